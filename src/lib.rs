@@ -1,0 +1,21 @@
+//! resumeproxy: SSH connections that survive the network.
+//!
+//! A transparent resumable proxy under stock OpenSSH. `resumeproxy` (the
+//! client, an ssh `ProxyCommand`) and `resumeproxyd` (the relay beside sshd)
+//! carry one byte stream each way in sequence-numbered, acknowledged frames
+//! over a reconnectable transport; after a break each side replays what the
+//! other has not acknowledged, so neither ssh nor sshd ever sees the drop.
+//!
+//! The modules follow the layers of the design (`DESIGN.md`):
+//!
+//! 1. [`wire`] — the codec: frames to and from bytes. Pure.
+//! 2. [`session`] (with [`replay`]) — the sans-IO state machine: offsets,
+//!    replay buffer, acks, end markers, resume.
+//! 3. [`transport`] — the byte transports a session can run over.
+//! 4. Drivers — [`link`] runs a session over its local end and current
+//!    transport; [`client`] and [`relay`] are the two programs' cores.
+//! 5. Front ends — [`cli`], [`demo`], and the binaries in `src/bin/`.
+
+pub mod replay;
+pub mod session;
+pub mod wire;

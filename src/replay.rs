@@ -1,0 +1,182 @@
+//! The replay buffer: bytes sent to the peer but not yet acknowledged.
+//!
+//! A sender keeps every byte until the peer acknowledges it, so that after a
+//! transport break it can send again whatever the peer did not receive. The
+//! buffer is bounded; when it is full the sender stops reading its local end,
+//! and backpressure reaches ssh or sshd through TCP flow control.
+//!
+//! Chunks are kept as they were read ([`Bytes`], shared, never copied), each
+//! with its stream offset, so a send is a cheap slice of a chunk.
+
+use bytes::Bytes;
+use std::collections::VecDeque;
+
+/// Unacknowledged bytes of one outgoing stream, from [`start`](Self::start)
+/// to [`end`](Self::end).
+#[derive(Debug)]
+pub struct ReplayBuffer {
+    /// Chunks in order, each with the stream offset of its first byte.
+    chunks: VecDeque<(u64, Bytes)>,
+    /// Offset of the first byte held: everything before it was acknowledged.
+    start: u64,
+    /// Offset just past the last byte held.
+    end: u64,
+    /// Most bytes held at once.
+    capacity: usize,
+}
+
+impl ReplayBuffer {
+    /// An empty buffer at offset 0 that holds at most `capacity` bytes.
+    pub fn new(capacity: usize) -> ReplayBuffer {
+        ReplayBuffer {
+            chunks: VecDeque::new(),
+            start: 0,
+            end: 0,
+            capacity,
+        }
+    }
+
+    /// Offset of the first unacknowledged byte.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// Offset just past the last byte pushed.
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// Bytes held.
+    pub fn len(&self) -> usize {
+        (self.end - self.start) as usize
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+
+    /// How many more bytes may be pushed.
+    pub fn room(&self) -> usize {
+        self.capacity.saturating_sub(self.len())
+    }
+
+    /// The bound given at creation.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Appends bytes read from the local end. The caller reads at most
+    /// [`room`](Self::room) bytes; anything beyond is still kept (nothing is
+    /// ever dropped) but a debug build asserts.
+    pub fn push(&mut self, bytes: Bytes) {
+        debug_assert!(bytes.len() <= self.room(), "replay buffer overfilled");
+        if bytes.is_empty() {
+            return;
+        }
+        let len = bytes.len() as u64;
+        self.chunks.push_back((self.end, bytes));
+        self.end += len;
+    }
+
+    /// Drops everything before `offset`, which the peer has acknowledged.
+    /// Offsets at or before [`start`](Self::start) change nothing; the caller
+    /// checks that `offset` is not past [`end`](Self::end).
+    pub fn acknowledge(&mut self, offset: u64) {
+        let offset = offset.min(self.end);
+        if offset <= self.start {
+            return;
+        }
+        while let Some((chunk_start, chunk)) = self.chunks.front_mut() {
+            let chunk_end = *chunk_start + chunk.len() as u64;
+            if chunk_end <= offset {
+                self.chunks.pop_front();
+            } else {
+                if *chunk_start < offset {
+                    let skip = (offset - *chunk_start) as usize;
+                    *chunk = chunk.slice(skip..);
+                    *chunk_start = offset;
+                }
+                break;
+            }
+        }
+        self.start = offset;
+    }
+
+    /// Up to `max` bytes starting at `offset`, without copying (never more
+    /// than one chunk). Empty when `offset` is outside `start..end`.
+    pub fn slice_from(&self, offset: u64, max: usize) -> Bytes {
+        if offset < self.start || offset >= self.end {
+            return Bytes::new();
+        }
+        // The chunk holding `offset` is the last one starting at or before it.
+        let idx = self.chunks.partition_point(|(s, _)| *s <= offset) - 1;
+        let (chunk_start, chunk) = &self.chunks[idx];
+        let from = (offset - chunk_start) as usize;
+        let to = chunk.len().min(from + max);
+        chunk.slice(from..to)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn slices_span_chunks_and_acks_trim_them() {
+        let mut r = ReplayBuffer::new(100);
+        r.push(Bytes::from_static(b"hello "));
+        r.push(Bytes::from_static(b"world"));
+        assert_eq!(r.len(), 11);
+        assert_eq!(r.room(), 89);
+        assert_eq!(&r.slice_from(0, 100)[..], b"hello ");
+        assert_eq!(&r.slice_from(3, 2)[..], b"lo");
+        assert_eq!(&r.slice_from(6, 100)[..], b"world");
+        r.acknowledge(8);
+        assert_eq!(r.start(), 8);
+        assert_eq!(&r.slice_from(8, 100)[..], b"rld");
+        assert!(r.slice_from(7, 100).is_empty());
+        assert!(r.slice_from(11, 100).is_empty());
+        r.acknowledge(3); // stale ack: nothing changes
+        assert_eq!(r.start(), 8);
+        r.acknowledge(11);
+        assert!(r.is_empty());
+        assert_eq!(r.room(), 100);
+    }
+
+    proptest! {
+        #[test]
+        fn reassembles_any_chunking_and_acks(
+            data in proptest::collection::vec(any::<u8>(), 1..2000),
+            cuts in proptest::collection::vec(1usize..300, 1..20),
+            acks in proptest::collection::vec(0usize..2000, 0..10),
+            max in 1usize..400,
+        ) {
+            let mut r = ReplayBuffer::new(data.len());
+            let mut pos = 0;
+            for c in cuts.iter().cycle() {
+                if pos >= data.len() { break; }
+                let end = (pos + c).min(data.len());
+                r.push(Bytes::copy_from_slice(&data[pos..end]));
+                pos = end;
+            }
+            let mut start = 0u64;
+            for a in acks {
+                let a = (a as u64).min(data.len() as u64);
+                r.acknowledge(a);
+                start = start.max(a);
+                prop_assert_eq!(r.start(), start);
+            }
+            let mut out = Vec::new();
+            let mut off = r.start();
+            while off < r.end() {
+                let s = r.slice_from(off, max);
+                prop_assert!(!s.is_empty() && s.len() <= max);
+                out.extend_from_slice(&s);
+                off += s.len() as u64;
+            }
+            prop_assert_eq!(&out[..], &data[start as usize..]);
+        }
+    }
+}

@@ -1,0 +1,432 @@
+//! The session state machine: one resumable, bidirectional byte stream.
+//!
+//! Sans-IO, in the style of quinn-proto and rustls: the driver feeds it events
+//! (bytes read from the local end, frames from the peer, the clock, a transport
+//! lost or a new one attached) and drains what it wants done (frames to send,
+//! bytes to write to the local end, whether the transport is dead). It knows
+//! nothing of sockets, tasks or which transport carries its frames, so it is
+//! property-tested with random data, chunking and transport breaks.
+//!
+//! # Positions
+//!
+//! Each direction is a byte stream with 64-bit offsets. The end marker counts
+//! as one more position after the last byte (like TCP's FIN), so one number —
+//! a *position* — says both how many bytes arrived and whether the end did:
+//! a peer that received `n` bytes and the end marker is at position `n + 1`.
+//! Acks carry positions; so do the resume handshakes, where each side tells the
+//! other the position it has received up to, and the other side re-sends from
+//! there ([`Session::attach`]).
+
+use crate::replay::ReplayBuffer;
+use crate::wire::{Code, Frame, MAX_DATA_LEN};
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Default bound on unacknowledged bytes per direction.
+pub const DEFAULT_REPLAY_CAPACITY: usize = 8 * 1024 * 1024;
+/// Default bound on received bytes waiting for the local end to take them.
+pub const DEFAULT_DELIVER_CAPACITY: usize = 1024 * 1024;
+/// Default dead-peer interval: a transport silent this long is abandoned.
+pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(5);
+/// Shortest dead-peer interval accepted from a user or a peer.
+pub const MIN_DEAD_AFTER: Duration = Duration::from_millis(500);
+/// Longest dead-peer interval accepted from a user or a peer.
+pub const MAX_DEAD_AFTER: Duration = Duration::from_secs(600);
+
+/// Tunables of one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Most unacknowledged bytes kept for replay; reading from the local end
+    /// stops when it is reached.
+    pub replay_capacity: usize,
+    /// Most received bytes queued for the local end; reading from the
+    /// transport stops when it is reached.
+    pub deliver_capacity: usize,
+    /// A transport from which nothing arrived for this long is dead.
+    pub dead_after: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            replay_capacity: DEFAULT_REPLAY_CAPACITY,
+            deliver_capacity: DEFAULT_DELIVER_CAPACITY,
+            dead_after: DEFAULT_DEAD_AFTER,
+        }
+    }
+}
+
+impl SessionConfig {
+    /// How long the sender may stay silent before it sends a heartbeat: a
+    /// quarter of the dead-peer interval, so three can be lost.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.dead_after / 4
+    }
+}
+
+/// The peer broke the protocol; the session cannot go on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("protocol error: {0}")]
+pub struct ProtocolError(pub String);
+
+/// Counters for status and the user's messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Bytes read from the local end.
+    pub bytes_read_local: u64,
+    /// Bytes received from the peer (each counted once, however often sent).
+    pub bytes_received: u64,
+    /// Bytes sent again after a resume.
+    pub bytes_replayed: u64,
+    /// Latest heartbeat round-trip time.
+    pub rtt: Option<Duration>,
+}
+
+/// One side of a resumable session (client and relay run the same machine).
+#[derive(Debug)]
+pub struct Session {
+    config: SessionConfig,
+
+    // Outgoing: local end → peer.
+    /// Bytes read from the local end and not yet acknowledged.
+    replay: ReplayBuffer,
+    /// The local end closed; the end marker sits at `replay.end()`.
+    local_eof: bool,
+    /// Next offset to send on the current transport.
+    send_next: u64,
+    /// The end marker was sent on the current transport.
+    end_sent: bool,
+    /// The peer acknowledged the end marker.
+    end_acked: bool,
+
+    // Incoming: peer → local end.
+    /// Next offset expected from the peer.
+    recv_next: u64,
+    /// The peer's end marker arrived.
+    peer_end: bool,
+    /// Highest position acknowledged to the peer.
+    ack_sent: u64,
+    /// Received bytes waiting for the local end.
+    deliver: VecDeque<Bytes>,
+    /// Bytes in `deliver`.
+    deliver_len: usize,
+    /// The local end no longer takes bytes: received bytes are dropped.
+    local_output_closed: bool,
+
+    // Transport and liveness.
+    /// A transport is attached.
+    attached: bool,
+    /// When something last arrived from the peer (or silence stopped counting).
+    last_heard: Instant,
+    /// When something was last sent.
+    last_sent: Instant,
+    /// A ping to answer.
+    pong_due: Option<u64>,
+    /// The latest ping sent and when.
+    ping_in_flight: Option<(u64, Instant)>,
+    /// Token of the next ping.
+    next_ping: u64,
+    /// The peer closed the session.
+    peer_close: Option<(Code, String)>,
+
+    stats: SessionStats,
+}
+
+impl Session {
+    /// A new session with nothing sent or received and no transport attached.
+    pub fn new(config: SessionConfig, now: Instant) -> Session {
+        Session {
+            config,
+            replay: ReplayBuffer::new(config.replay_capacity),
+            local_eof: false,
+            send_next: 0,
+            end_sent: false,
+            end_acked: false,
+            recv_next: 0,
+            peer_end: false,
+            ack_sent: 0,
+            deliver: VecDeque::new(),
+            deliver_len: 0,
+            local_output_closed: false,
+            attached: false,
+            last_heard: now,
+            last_sent: now,
+            pong_due: None,
+            ping_in_flight: None,
+            next_ping: 0,
+            peer_close: None,
+            stats: SessionStats::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// Changes the dead-peer interval (the relay adopts the client's).
+    pub fn set_dead_after(&mut self, dead_after: Duration) {
+        self.config.dead_after = dead_after;
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> SessionStats {
+        self.stats
+    }
+
+    // ----- local end -----
+
+    /// How many bytes may be read from the local end now: zero when the
+    /// replay buffer is full (backpressure) or the local end has closed.
+    pub fn local_room(&self) -> usize {
+        if self.local_eof {
+            0
+        } else {
+            self.replay.room()
+        }
+    }
+
+    /// Bytes read from the local end (at most [`local_room`](Self::local_room)).
+    pub fn push_local(&mut self, bytes: Bytes) {
+        if self.local_eof {
+            return;
+        }
+        self.stats.bytes_read_local += bytes.len() as u64;
+        self.replay.push(bytes);
+    }
+
+    /// The local end closed its output: an end marker follows the last byte.
+    pub fn local_eof(&mut self) {
+        self.local_eof = true;
+    }
+
+    /// Whether the local end has closed its output.
+    pub fn is_local_eof(&self) -> bool {
+        self.local_eof
+    }
+
+    /// Next received bytes for the local end, in order.
+    pub fn pop_deliver(&mut self) -> Option<Bytes> {
+        let bytes = self.deliver.pop_front()?;
+        self.deliver_len -= bytes.len();
+        Some(bytes)
+    }
+
+    /// Whether bytes wait for the local end.
+    pub fn has_deliver(&self) -> bool {
+        !self.deliver.is_empty()
+    }
+
+    /// The peer's stream has ended and every byte of it was handed out by
+    /// [`pop_deliver`](Self::pop_deliver): the local end's input can be closed.
+    pub fn deliver_finished(&self) -> bool {
+        self.peer_end && self.deliver.is_empty()
+    }
+
+    /// The local end no longer accepts bytes (it closed or failed): drop what
+    /// waits and whatever arrives later. Those bytes still count as received,
+    /// so the peer's replay buffer keeps draining.
+    pub fn close_local_output(&mut self) {
+        self.local_output_closed = true;
+        self.deliver.clear();
+        self.deliver_len = 0;
+    }
+
+    /// Whether the driver should read frames from the transport: false while
+    /// the local end is slow and enough bytes wait for it (backpressure).
+    pub fn wants_transport_read(&self) -> bool {
+        self.deliver_len < self.config.deliver_capacity
+    }
+
+    // ----- transport -----
+
+    /// The position received up to, which a resume handshake tells the peer.
+    pub fn received_position(&self) -> u64 {
+        self.recv_next + u64::from(self.peer_end)
+    }
+
+    /// Bytes (and end marker) the peer has not acknowledged.
+    pub fn unacked(&self) -> u64 {
+        self.replay.len() as u64 + u64::from(self.local_eof && !self.end_acked)
+    }
+
+    /// Whether a transport is attached.
+    pub fn is_attached(&self) -> bool {
+        self.attached
+    }
+
+    /// The transport was lost; frames queued for it are gone too.
+    pub fn detach(&mut self) {
+        self.attached = false;
+        self.pong_due = None;
+        self.ping_in_flight = None;
+    }
+
+    /// A new transport is attached, over which the peer said it has received
+    /// up to `peer_received`. Acknowledges everything before it and re-sends
+    /// the rest. A position outside what this side still holds is a protocol
+    /// error, never a guess.
+    pub fn attach(&mut self, peer_received: u64, now: Instant) -> Result<(), ProtocolError> {
+        let sent_max = self.replay.end() + u64::from(self.local_eof);
+        let acked = self.replay.start() + u64::from(self.end_acked);
+        if peer_received < acked || peer_received > sent_max {
+            return Err(ProtocolError(format!(
+                "peer resumes from position {peer_received}, but this side holds {acked}..={sent_max}"
+            )));
+        }
+        self.replay.acknowledge(peer_received);
+        if self.local_eof && peer_received == self.replay.end() + 1 {
+            self.end_acked = true;
+        }
+        let resume_at = peer_received.min(self.replay.end());
+        self.stats.bytes_replayed += self.send_next.saturating_sub(resume_at);
+        self.send_next = resume_at;
+        self.end_sent = self.end_acked;
+        self.ack_sent = self.received_position();
+        self.attached = true;
+        self.last_heard = now;
+        self.last_sent = now;
+        self.pong_due = None;
+        self.ping_in_flight = None;
+        Ok(())
+    }
+
+    /// A frame from the peer.
+    pub fn handle_frame(&mut self, frame: Frame, now: Instant) -> Result<(), ProtocolError> {
+        self.last_heard = now;
+        match frame {
+            Frame::Data { offset, bytes } => {
+                if self.peer_end {
+                    return Err(ProtocolError(format!("data at offset {offset} after end")));
+                }
+                if offset != self.recv_next {
+                    return Err(ProtocolError(format!(
+                        "data at offset {offset}, expected {}",
+                        self.recv_next
+                    )));
+                }
+                self.recv_next += bytes.len() as u64;
+                self.stats.bytes_received += bytes.len() as u64;
+                if !self.local_output_closed && !bytes.is_empty() {
+                    self.deliver_len += bytes.len();
+                    self.deliver.push_back(bytes);
+                }
+            }
+            Frame::Ack { position } => {
+                let sent = self.send_next + u64::from(self.end_sent);
+                if position > sent {
+                    return Err(ProtocolError(format!(
+                        "ack of position {position}, but only {sent} was sent"
+                    )));
+                }
+                self.replay.acknowledge(position);
+                if self.local_eof && position == self.replay.end() + 1 {
+                    self.end_acked = true;
+                }
+            }
+            Frame::Ping { token } => self.pong_due = Some(token),
+            Frame::Pong { token } => {
+                if let Some((sent_token, at)) = self.ping_in_flight {
+                    if sent_token == token {
+                        self.stats.rtt = Some(now.saturating_duration_since(at));
+                        self.ping_in_flight = None;
+                    }
+                }
+            }
+            Frame::End { offset } => {
+                if self.peer_end {
+                    return Err(ProtocolError("second end marker".into()));
+                }
+                if offset != self.recv_next {
+                    return Err(ProtocolError(format!(
+                        "end at offset {offset}, expected {}",
+                        self.recv_next
+                    )));
+                }
+                self.peer_end = true;
+            }
+            Frame::Close { code, reason } => self.peer_close = Some((code, reason)),
+        }
+        Ok(())
+    }
+
+    /// The peer's [`Frame::Close`], if it sent one.
+    pub fn peer_close(&self) -> Option<&(Code, String)> {
+        self.peer_close.as_ref()
+    }
+
+    /// The next frame to send on the attached transport, or `None` when there
+    /// is nothing to send (or no transport). Call until `None` (or until the
+    /// transport's write queue is full) after every event.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Frame> {
+        if !self.attached {
+            return None;
+        }
+        let frame = self.next_frame(now)?;
+        self.last_sent = now;
+        Some(frame)
+    }
+
+    fn next_frame(&mut self, now: Instant) -> Option<Frame> {
+        if let Some(token) = self.pong_due.take() {
+            return Some(Frame::Pong { token });
+        }
+        let received = self.received_position();
+        if received > self.ack_sent {
+            self.ack_sent = received;
+            return Some(Frame::Ack { position: received });
+        }
+        if self.send_next < self.replay.end() {
+            let bytes = self.replay.slice_from(self.send_next, MAX_DATA_LEN);
+            let offset = self.send_next;
+            self.send_next += bytes.len() as u64;
+            return Some(Frame::Data { offset, bytes });
+        }
+        if self.local_eof && !self.end_sent {
+            self.end_sent = true;
+            return Some(Frame::End {
+                offset: self.replay.end(),
+            });
+        }
+        if now.saturating_duration_since(self.last_sent) >= self.config.heartbeat_interval() {
+            let token = self.next_ping;
+            self.next_ping += 1;
+            self.ping_in_flight = Some((token, now));
+            return Some(Frame::Ping { token });
+        }
+        None
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if !self.attached {
+            return None;
+        }
+        let heartbeat = self.last_sent + self.config.heartbeat_interval();
+        let dead = self.last_heard + self.config.dead_after;
+        Some(heartbeat.min(dead))
+    }
+
+    /// The clock advanced. Returns true when the attached transport is dead:
+    /// nothing arrived for the dead-peer interval. Silence does not count
+    /// while this side is not reading (its local end is slow).
+    pub fn handle_timeout(&mut self, now: Instant) -> bool {
+        if !self.attached {
+            return false;
+        }
+        if !self.wants_transport_read() {
+            self.last_heard = now;
+        }
+        now.saturating_duration_since(self.last_heard) >= self.config.dead_after
+    }
+
+    /// Both streams ended and were acknowledged, and every received byte was
+    /// handed to the local end: the session is complete.
+    pub fn is_finished(&self) -> bool {
+        self.local_eof && self.end_acked && self.deliver_finished()
+    }
+}
+
+#[cfg(test)]
+mod tests;
