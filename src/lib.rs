@@ -16,6 +16,17 @@
 //!    transport; [`client`] and [`relay`] are the two programs' cores.
 //! 5. Front ends — [`cli`], [`demo`], and the binaries in `src/bin/`.
 
+pub mod backoff;
+pub mod cli;
+pub mod client;
+pub mod demo;
+pub mod fault;
+pub mod handshake;
+pub mod link;
+pub mod relay;
 pub mod replay;
 pub mod session;
+pub mod stdio;
+pub mod transport;
 pub mod wire;
+pub mod write_queue;

@@ -679,12 +679,14 @@ mod tests {
 
     fn frame() -> impl Strategy<Value = Frame> {
         prop_oneof![
-            (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..2048)).prop_map(
-                |(offset, v)| Frame::Data {
+            (
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 0..2048)
+            )
+                .prop_map(|(offset, v)| Frame::Data {
                     offset,
                     bytes: Bytes::from(v)
-                }
-            ),
+                }),
             any::<u64>().prop_map(|position| Frame::Ack { position }),
             any::<u64>().prop_map(|token| Frame::Ping { token }),
             any::<u64>().prop_map(|token| Frame::Pong { token }),
@@ -823,10 +825,7 @@ mod tests {
         put_header(&mut buf, T_ACK, 9);
         buf.put_slice(&[0; 9]);
         let (k, p) = split_message(&mut buf).unwrap().unwrap();
-        assert_eq!(
-            Frame::decode(k, p),
-            Err(DecodeError::TrailingBytes("ack"))
-        );
+        assert_eq!(Frame::decode(k, p), Err(DecodeError::TrailingBytes("ack")));
         assert_eq!(
             Frame::decode(T_END, Bytes::from_static(&[1, 2])),
             Err(DecodeError::Truncated("end"))

@@ -31,7 +31,9 @@ impl Side {
     }
 
     fn push(&mut self, n: usize) {
-        let n = n.min(self.session.local_room()).min(self.input.len() - self.pushed);
+        let n = n
+            .min(self.session.local_room())
+            .min(self.input.len() - self.pushed);
         if n > 0 {
             let chunk = Bytes::copy_from_slice(&self.input[self.pushed..self.pushed + n]);
             self.session.push_local(chunk);
@@ -55,9 +57,13 @@ impl Side {
         }
         let n = n.min(wire.len());
         self.read_buf.extend_from_slice(&wire.split_to(n));
-        while let Some((kind, payload)) = split_message(&mut self.read_buf).map_err(|e| e.to_string())? {
+        while let Some((kind, payload)) =
+            split_message(&mut self.read_buf).map_err(|e| e.to_string())?
+        {
             let frame = Frame::decode(kind, payload).map_err(|e| e.to_string())?;
-            self.session.handle_frame(frame, now).map_err(|e| e.to_string())?;
+            self.session
+                .handle_frame(frame, now)
+                .map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -168,7 +174,10 @@ impl World {
         for side in [&self.a, &self.b] {
             let bound = side.session.config().replay_capacity as u64 + 1;
             if side.session.unacked() > bound {
-                return Err(format!("replay buffer holds {} > {bound}", side.session.unacked()));
+                return Err(format!(
+                    "replay buffer holds {} > {bound}",
+                    side.session.unacked()
+                ));
             }
         }
         Ok(())
@@ -235,11 +244,17 @@ fn resume_outside_the_held_range_is_a_protocol_error() {
     let mut s = Session::new(SessionConfig::default(), now);
     s.push_local(Bytes::from_static(b"0123456789"));
     s.attach(0, now).unwrap();
-    assert!(s.attach(11, now).is_err(), "peer cannot have more than was read");
+    assert!(
+        s.attach(11, now).is_err(),
+        "peer cannot have more than was read"
+    );
     s.handle_frame(Frame::Ack { position: 0 }, now).unwrap();
     while s.poll_transmit(now).is_some() {}
     s.handle_frame(Frame::Ack { position: 4 }, now).unwrap();
-    assert!(s.attach(3, now).is_err(), "peer cannot have less than it acknowledged");
+    assert!(
+        s.attach(3, now).is_err(),
+        "peer cannot have less than it acknowledged"
+    );
     s.attach(4, now).unwrap();
     match s.poll_transmit(now) {
         Some(Frame::Data { offset, bytes }) => {

@@ -1,0 +1,110 @@
+//! `resumeproxy`: the client. See `resumeproxy --help` and `man resumeproxy`.
+
+use clap::Parser;
+use resumeproxy::cli::{format_bytes, format_duration, ClientCli, ClientCommand, ConnectArgs};
+use resumeproxy::client::{self, ClientConfig, ClientEvent};
+use resumeproxy::session::SessionConfig;
+use std::process::ExitCode;
+
+/// ssh's own exit status for a lost connection; scripts rely on it.
+const EXIT_CONNECTION_LOST: u8 = 255;
+
+fn main() -> ExitCode {
+    let cli = ClientCli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("resumeproxy: cannot start: {e}");
+            return ExitCode::from(EXIT_CONNECTION_LOST);
+        }
+    };
+    match cli.command {
+        Some(ClientCommand::Demo(args)) => {
+            init_logging(0, false);
+            match runtime.block_on(resumeproxy::demo::run(&args)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("resumeproxy demo: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        None => runtime.block_on(connect(cli.connect)),
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "resumeproxy=debug,info",
+        (false, _) => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RESUMEPROXY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
+async fn connect(args: ConnectArgs) -> ExitCode {
+    init_logging(args.verbose, args.quiet);
+    let (Some(host), Some(port)) = (args.host, args.port) else {
+        eprintln!("resumeproxy: HOST and PORT are required (see resumeproxy --help)");
+        return ExitCode::from(EXIT_CONNECTION_LOST);
+    };
+    let config = ClientConfig {
+        relay_host: host.clone(),
+        relay_port: args.relay_port,
+        target_host: String::new(),
+        target_port: port,
+        session: SessionConfig {
+            dead_after: args.dead_after,
+            ..SessionConfig::default()
+        },
+        connect_timeout: args.connect_timeout,
+    };
+    let hangup = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let quiet = args.quiet;
+    let on_event = |event: ClientEvent| {
+        if quiet {
+            return;
+        }
+        match event {
+            ClientEvent::Connected { .. } => {}
+            ClientEvent::Lost { reason } => {
+                eprintln!("resumeproxy: link to {host} lost ({reason}), reconnecting…")
+            }
+            ClientEvent::Resumed {
+                after, replayed, ..
+            } => eprintln!(
+                "resumeproxy: resumed after {}, {} replayed",
+                format_duration(after),
+                format_bytes(replayed)
+            ),
+        }
+    };
+    let (stdin, stdout) = resumeproxy::stdio::take();
+    match client::run(config, stdin, stdout, hangup, on_event).await {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("resumeproxy: {e}");
+            ExitCode::from(EXIT_CONNECTION_LOST)
+        }
+    }
+}

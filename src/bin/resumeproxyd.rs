@@ -1,0 +1,79 @@
+//! `resumeproxyd`: the relay. See `resumeproxyd --help` and `man resumeproxyd`.
+
+use clap::Parser;
+use resumeproxy::cli::RelayCli;
+use resumeproxy::relay::{Relay, RelayConfig};
+use resumeproxy::session::SessionConfig;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = RelayCli::parse();
+    let level = match cli.verbose {
+        0 => "info",
+        1 => "resumeproxy=debug,info",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RESUMEPROXY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("resumeproxyd: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let config = RelayConfig {
+            listen: cli.listen,
+            target: cli.target,
+            grace: cli.grace,
+            session: SessionConfig::default(),
+        };
+        let relay = match Relay::bind(config).await {
+            Ok(relay) => relay,
+            Err(e) => {
+                eprintln!("resumeproxyd: cannot listen on {}: {e}", cli.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        match relay.local_addr() {
+            Ok(addr) => tracing::info!("listening on {addr}, sessions go to {}", cli.target),
+            Err(e) => tracing::warn!("listening (address unknown: {e})"),
+        }
+        tokio::select! {
+            result = relay.run() => {
+                if let Err(e) = result {
+                    eprintln!("resumeproxyd: {e}");
+                    return ExitCode::FAILURE;
+                }
+                ExitCode::SUCCESS
+            }
+            _ = shutdown_signal() => {
+                tracing::info!("shutting down");
+                ExitCode::SUCCESS
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}

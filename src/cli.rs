@@ -1,0 +1,211 @@
+//! Command lines of both programs, defined once: `--help`, the man pages
+//! (`man/`, generated from these definitions) and the README follow them.
+
+use crate::session::{DEFAULT_DEAD_AFTER, MAX_DEAD_AFTER, MIN_DEAD_AFTER};
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The relay's port when none is given.
+pub const DEFAULT_RELAY_PORT: u16 = 7022;
+
+/// `resumeproxy`: the client.
+#[derive(Debug, Parser)]
+#[command(
+    name = "resumeproxy",
+    version,
+    about = "SSH connections that survive the network (client; use as ssh's ProxyCommand)",
+    long_about = "Carries one ssh connection to a resumeproxyd relay beside sshd, across any number of \
+network breaks: Wi-Fi changes, sleeping laptops, VPN flaps, silent partitions. Neither ssh nor sshd \
+ever sees the drop.\n\nUse it as a ProxyCommand in ssh_config:\n\n    Host myserver\n        \
+ProxyCommand resumeproxy --relay-port 7022 %h %p\n\nExit status: 0 when the session ended normally; \
+255 (like ssh) when the relay cannot be reached, refuses the session, or the session is gone.",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct ClientCli {
+    /// Connection options.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Other commands.
+    #[command(subcommand)]
+    pub command: Option<ClientCommand>,
+}
+
+/// Options for carrying a connection.
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// Port of the resumeproxyd relay on HOST.
+    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_RELAY_PORT)]
+    pub relay_port: u16,
+    /// Abandon a link that has delivered nothing for this long (heartbeats flow
+    /// every quarter of it while idle), and reconnect.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_dead_after)]
+    pub dead_after: Duration,
+    /// Give up at start if the relay has not answered within this long.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Print only errors: no line when the link is lost or resumed.
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// More detail on stderr; repeat for more.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Host the relay runs on (`%h` in ssh_config).
+    #[arg(required = true)]
+    pub host: Option<String>,
+    /// Port of sshd behind the relay (`%p` in ssh_config); the relay must allow it.
+    #[arg(required = true)]
+    pub port: Option<u16>,
+}
+
+/// Subcommands of `resumeproxy`.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Show what it does, with nothing but this binary: push a stream both ways
+    /// through a relay on loopback while a fault injector breaks the link, and
+    /// check that every byte arrived.
+    Demo(DemoArgs),
+}
+
+/// Options of `resumeproxy demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Bytes to send each way (suffixes K, M, G, KiB, MiB, GiB).
+    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size)]
+    pub size: u64,
+    /// Break the link this often.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub break_every: Duration,
+}
+
+/// `resumeproxyd`: the relay.
+#[derive(Debug, Parser)]
+#[command(
+    name = "resumeproxyd",
+    version,
+    about = "Relay daemon for resumeproxy: keeps ssh sessions alive while their clients are away",
+    long_about = "Runs beside sshd. Accepts resumeproxy clients, connects each new session to its \
+target (by default the local sshd), and holds that connection open while the client is away, for up \
+to the grace period. A client that comes back resumes exactly where it was."
+)]
+pub struct RelayCli {
+    /// Address and port to listen on for clients.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:7022")]
+    pub listen: SocketAddr,
+    /// Where sessions go. Clients may ask only for this port.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:22")]
+    pub target: SocketAddr,
+    /// Keep a session whose client is away this long, then close its sshd connection.
+    #[arg(long, value_name = "DURATION", default_value = "12h", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// More detail in the log; repeat for more.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Parses a duration like `90s`, `10m`, `12h`, `1h30m`, `500ms`; a bare
+/// number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 90s, 10m, 12h, 500ms)"))
+}
+
+fn parse_dead_after(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d < MIN_DEAD_AFTER || d > MAX_DEAD_AFTER {
+        return Err(format!(
+            "must be between {} and {} (default {})",
+            format_duration(MIN_DEAD_AFTER),
+            format_duration(MAX_DEAD_AFTER),
+            format_duration(DEFAULT_DEAD_AFTER)
+        ));
+    }
+    Ok(d)
+}
+
+/// Parses a byte count like `400MiB`, `1G`, `4096`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("not a size: {text:?} (examples: 4096, 64K, 400MiB, 2G)"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => return Err(format!("unknown size unit {other:?} (use K, M, G or T)")),
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("size too large: {text}"))
+}
+
+/// Renders a duration for people: `12.4s`, `850ms`, `12h`.
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs < 1.0 {
+        format!("{}ms", d.as_millis())
+    } else if secs < 60.0 {
+        format!("{secs:.1}s")
+    } else {
+        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+    }
+}
+
+/// Renders a byte count for people: `3.1 MiB`.
+pub fn format_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn durations_and_sizes_parse_as_documented() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_dead_after("1ms").is_err());
+        assert_eq!(parse_size("400MiB"), Ok(400 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12 parsecs").is_err());
+        assert_eq!(format_duration(Duration::from_millis(12_400)), "12.4s");
+        assert_eq!(format_bytes(3_250_586), "3.1 MiB");
+    }
+
+    #[test]
+    fn command_lines_are_consistent() {
+        ClientCli::command().debug_assert();
+        RelayCli::command().debug_assert();
+        let cli = ClientCli::try_parse_from(["resumeproxy", "--relay-port", "7022", "host", "22"])
+            .unwrap();
+        assert_eq!(cli.connect.host.as_deref(), Some("host"));
+        assert!(ClientCli::try_parse_from(["resumeproxy", "demo", "--size", "1M"]).is_ok());
+        assert!(ClientCli::try_parse_from(["resumeproxy", "host"]).is_err());
+    }
+}

@@ -1,0 +1,443 @@
+//! The client: one ssh connection carried to a relay across transport breaks.
+//!
+//! Opens a session with the relay, then runs the [`Link`] between the local
+//! end (ssh's pipes, or anything else) and the transport. When the transport
+//! is lost it keeps serving the local end and reconnects with capped, jittered
+//! backoff until it resumes, or the relay says the session is gone, or the
+//! relay's grace period has certainly passed.
+
+use crate::backoff::Backoff;
+use crate::cli::format_duration;
+use crate::handshake::{self, HandshakeError};
+use crate::link::{close_transport, Link, Outcome, Step};
+use crate::session::{Session, SessionConfig, SessionStats};
+use crate::transport::{Transport, TransportKind};
+use crate::wire::{Code, Hello, Reply, SessionId, SECRET_LEN};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// How long a new connection may take, from connect to the relay's reply,
+/// before the client gives up at start.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// After ssh has gone away, how long the client tries to tell the relay.
+pub const LINGER: Duration = Duration::from_secs(3);
+/// How long a close notice may take to send.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Shortest time a reconnect attempt is given.
+const MIN_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Extra wait past the relay's grace period before giving up for good.
+const GRACE_MARGIN: Duration = Duration::from_secs(5);
+
+/// What the client needs to know.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Relay host name or address.
+    pub relay_host: String,
+    /// Relay port.
+    pub relay_port: u16,
+    /// Target host as the relay should see it; empty for the relay's own target.
+    pub target_host: String,
+    /// Target port (sshd's port, `%p` in ssh_config).
+    pub target_port: u16,
+    /// Session tunables, dead-peer interval included.
+    pub session: SessionConfig,
+    /// Bound on the first connection and on each reconnect attempt.
+    pub connect_timeout: Duration,
+}
+
+impl ClientConfig {
+    fn relay_addr(&self) -> String {
+        if self.relay_host.contains(':') {
+            format!("[{}]:{}", self.relay_host, self.relay_port)
+        } else {
+            format!("{}:{}", self.relay_host, self.relay_port)
+        }
+    }
+}
+
+/// Something the user may want to hear about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientEvent {
+    /// The session is open.
+    Connected {
+        /// The relay's address.
+        relay: SocketAddr,
+        /// Over what.
+        transport: TransportKind,
+    },
+    /// The transport was lost; reconnecting.
+    Lost {
+        /// Why.
+        reason: String,
+    },
+    /// The session resumed on a new transport.
+    Resumed {
+        /// Time since the loss.
+        after: Duration,
+        /// Attempts it took.
+        attempts: u32,
+        /// Bytes sent again.
+        replayed: u64,
+    },
+}
+
+/// How the client ended badly; every one means exit status 255 for ssh.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The relay could not be reached at the start.
+    #[error("cannot reach relay at {addr}: {reason} (is resumeproxyd running there, and is --relay-port right?)")]
+    Unreachable {
+        /// host:port
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The relay refused to open the session.
+    #[error("relay at {addr} refused the session: {reason}")]
+    Refused {
+        /// host:port
+        addr: String,
+        /// The relay's reason.
+        reason: String,
+    },
+    /// The session no longer exists on the relay.
+    #[error("session {session} is gone from relay {addr}: {reason}; the ssh connection is lost")]
+    SessionGone {
+        /// host:port
+        addr: String,
+        /// Which session.
+        session: SessionId,
+        /// Why.
+        reason: String,
+    },
+    /// The relay ended the session.
+    #[error("relay at {addr} closed the session: {reason}")]
+    Closed {
+        /// host:port
+        addr: String,
+        /// The relay's reason.
+        reason: String,
+    },
+    /// The relay broke the protocol.
+    #[error("relay at {addr}: {reason}")]
+    Protocol {
+        /// host:port
+        addr: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// What a completed session did.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientReport {
+    /// Session counters.
+    pub stats: SessionStats,
+    /// Transport breaks survived.
+    pub resumes: u32,
+}
+
+/// What the session is waiting for besides the link itself.
+enum Interrupt {
+    HangUp,
+    LingerOver,
+    Reconnected(Result<(Transport, u64, u32), ClientError>),
+}
+
+type HangUp = Option<Pin<Box<dyn Future<Output = ()> + Send>>>;
+
+/// Resolves when ssh hangs up (once), then when the linger time is over.
+async fn next_interrupt(hangup: &mut HangUp, linger_until: Option<Instant>) -> Interrupt {
+    if let Some(h) = hangup.as_mut() {
+        h.await;
+        *hangup = None;
+        return Interrupt::HangUp;
+    }
+    match linger_until {
+        Some(deadline) => {
+            tokio::time::sleep_until(deadline.into()).await;
+            Interrupt::LingerOver
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs one session between `local_in`/`local_out` and the relay.
+///
+/// `hangup` resolves when the local end is gone for good (ssh sent SIGHUP):
+/// the client then ends the stream, tries for [`LINGER`] to tell the relay,
+/// and returns. `on_event` hears about losses and resumes.
+pub async fn run<R, W>(
+    config: ClientConfig,
+    local_in: R,
+    local_out: W,
+    hangup: impl Future<Output = ()> + Send + 'static,
+    mut on_event: impl FnMut(ClientEvent),
+) -> Result<ClientReport, ClientError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let addr = config.relay_addr();
+    let unreachable = |reason: String| ClientError::Unreachable {
+        addr: addr.clone(),
+        reason,
+    };
+    let opened = tokio::time::timeout(config.connect_timeout, open(&config)).await;
+    let (mut transport, session_id, secret, grace) = match opened {
+        Err(_) => {
+            return Err(unreachable(format!(
+                "no answer within {}",
+                format_duration(config.connect_timeout)
+            )))
+        }
+        Ok(Err(OpenError::Io(reason))) => return Err(unreachable(reason)),
+        Ok(Err(OpenError::Refused(reason))) => return Err(ClientError::Refused { addr, reason }),
+        Ok(Ok(opened)) => opened,
+    };
+    on_event(ClientEvent::Connected {
+        relay: transport.peer,
+        transport: transport.kind,
+    });
+    tracing::debug!(session = %session_id, "session opened, relay grace {}", format_duration(grace));
+
+    let mut session = Session::new(config.session, Instant::now());
+    session
+        .attach(0, Instant::now())
+        .map_err(|e| ClientError::Protocol {
+            addr: addr.clone(),
+            reason: e.to_string(),
+        })?;
+    let mut link = Link::new(session, local_in, local_out);
+    let mut hangup: HangUp = Some(Box::pin(hangup));
+    let mut linger_until = None;
+    let mut resumes = 0;
+    let report = |link: &Link<R, W>, resumes| ClientReport {
+        stats: link.session().stats(),
+        resumes,
+    };
+
+    loop {
+        let step = link
+            .run(
+                Some(&mut transport),
+                next_interrupt(&mut hangup, linger_until),
+            )
+            .await;
+        let reason = match step {
+            Step::Other(Interrupt::HangUp) => {
+                tracing::debug!("ssh hung up; ending the session");
+                link.hang_up();
+                linger_until = Some(Instant::now() + LINGER);
+                continue;
+            }
+            Step::Other(Interrupt::LingerOver) => return Ok(report(&link, resumes)),
+            Step::Other(Interrupt::Reconnected(_)) => unreachable!("no reconnect while attached"),
+            Step::Link(Outcome::Finished) => {
+                close_transport(
+                    &mut transport,
+                    Code::Done,
+                    "session complete",
+                    CLOSE_TIMEOUT,
+                )
+                .await;
+                return Ok(report(&link, resumes));
+            }
+            Step::Link(Outcome::PeerClosed(Code::Done, _)) => return Ok(report(&link, resumes)),
+            Step::Link(Outcome::PeerClosed(_, reason)) => {
+                return Err(ClientError::Closed { addr, reason })
+            }
+            Step::Link(Outcome::Protocol(reason)) => {
+                close_transport(&mut transport, Code::Protocol, &reason, CLOSE_TIMEOUT).await;
+                return Err(ClientError::Protocol { addr, reason });
+            }
+            Step::Link(Outcome::TransportLost(reason)) => reason,
+        };
+
+        link.session_mut().detach();
+        let lost_at = Instant::now();
+        on_event(ClientEvent::Lost { reason });
+        let replayed_before = link.session().stats().bytes_replayed;
+        let received = link.session().received_position();
+        let (new_transport, peer_received, attempts) = loop {
+            let reconnect = reconnect(&config, session_id, secret, received, grace, lost_at);
+            let interrupt = next_interrupt(&mut hangup, linger_until);
+            let either = async {
+                tokio::select! {
+                    r = reconnect => Interrupt::Reconnected(r),
+                    i = interrupt => i,
+                }
+            };
+            match link.run(None, either).await {
+                Step::Other(Interrupt::Reconnected(result)) => break result?,
+                Step::Other(Interrupt::HangUp) => {
+                    link.hang_up();
+                    linger_until = Some(Instant::now() + LINGER);
+                }
+                Step::Other(Interrupt::LingerOver) => return Ok(report(&link, resumes)),
+                Step::Link(outcome) => unreachable!("a detached link ended: {outcome:?}"),
+            }
+        };
+        transport = new_transport;
+        link.session_mut()
+            .attach(peer_received, Instant::now())
+            .map_err(|e| ClientError::Protocol {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        resumes += 1;
+        on_event(ClientEvent::Resumed {
+            after: lost_at.elapsed(),
+            attempts,
+            replayed: link.session().stats().bytes_replayed - replayed_before,
+        });
+    }
+}
+
+enum OpenError {
+    Io(String),
+    Refused(String),
+}
+
+/// Connects and asks the relay for a new session.
+async fn open(
+    config: &ClientConfig,
+) -> Result<(Transport, SessionId, [u8; SECRET_LEN], Duration), OpenError> {
+    let mut transport = Transport::connect_tcp(
+        &config.relay_host,
+        config.relay_port,
+        config.connect_timeout,
+    )
+    .await
+    .map_err(|e| OpenError::Io(e.to_string()))?;
+    let hello = Hello::New {
+        dead_after_ms: millis(config.session.dead_after),
+        host: config.target_host.clone(),
+        port: config.target_port,
+    };
+    match handshake::client(&mut transport, &hello).await {
+        Ok(Reply::Created {
+            session,
+            secret,
+            grace_ms,
+        }) => Ok((transport, session, secret, Duration::from_millis(grace_ms))),
+        Ok(Reply::Refused { reason, .. }) => Err(OpenError::Refused(reason)),
+        Ok(Reply::Resumed { .. }) => Err(OpenError::Io(
+            "relay answered a new session as a resume".into(),
+        )),
+        Err(e) => Err(OpenError::Io(describe_handshake_error(e))),
+    }
+}
+
+/// Turns a handshake failure into words for the user.
+fn describe_handshake_error(e: HandshakeError) -> String {
+    match e {
+        HandshakeError::Decode(crate::wire::DecodeError::BadMagic(sent))
+            if sent.starts_with("SSH-") =>
+        {
+            "it is an SSH server, not a resumeproxy relay (give the relay's port with --relay-port)"
+                .into()
+        }
+        HandshakeError::Decode(crate::wire::DecodeError::BadMagic(_)) => {
+            "it does not speak the resumeproxy protocol".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Tries to resume until it works or the session is certainly gone.
+async fn reconnect(
+    config: &ClientConfig,
+    session: SessionId,
+    secret: [u8; SECRET_LEN],
+    received: u64,
+    grace: Duration,
+    lost_at: Instant,
+) -> Result<(Transport, u64, u32), ClientError> {
+    let addr = config.relay_addr();
+    let mut backoff = Backoff::default();
+    let mut attempts = 0;
+    // A live path answers within a round trip or two; one that does not
+    // answer within the dead-peer interval is no better than a dead one.
+    let attempt_timeout = config
+        .connect_timeout
+        .min(config.session.dead_after.max(MIN_ATTEMPT_TIMEOUT));
+    loop {
+        attempts += 1;
+        let attempt = tokio::time::timeout(
+            attempt_timeout,
+            resume_once(config, session, secret, received),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(Ok((transport, peer_received)))) => {
+                return Ok((transport, peer_received, attempts))
+            }
+            Ok(Ok(Err((Code::UnknownSession, reason)))) => {
+                return Err(ClientError::SessionGone {
+                    addr,
+                    session,
+                    reason,
+                })
+            }
+            Ok(Ok(Err((Code::Busy, reason)))) => {
+                tracing::debug!("attempt {attempts}: relay busy: {reason}");
+            }
+            Ok(Ok(Err((_, reason)))) => return Err(ClientError::Refused { addr, reason }),
+            Ok(Err(reason)) => tracing::debug!("attempt {attempts}: {reason}"),
+            Err(_) => tracing::debug!(
+                "attempt {attempts}: no answer within {}",
+                format_duration(attempt_timeout)
+            ),
+        }
+        if lost_at.elapsed() > grace + GRACE_MARGIN {
+            return Err(ClientError::SessionGone {
+                addr,
+                session,
+                reason: format!(
+                    "the relay was unreachable for longer than its grace period of {}",
+                    format_duration(grace)
+                ),
+            });
+        }
+        let jitter: f64 = rand::random();
+        tokio::time::sleep(backoff.next_delay(jitter)).await;
+    }
+}
+
+type ResumeResult = Result<(Transport, u64), (Code, String)>;
+
+/// One resume attempt: `Err` is a network failure, `Ok(Err)` a refusal.
+async fn resume_once(
+    config: &ClientConfig,
+    session: SessionId,
+    secret: [u8; SECRET_LEN],
+    received: u64,
+) -> Result<ResumeResult, String> {
+    let mut transport = Transport::connect_tcp(
+        &config.relay_host,
+        config.relay_port,
+        config.connect_timeout,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let hello = Hello::Resume {
+        dead_after_ms: millis(config.session.dead_after),
+        session,
+        proof: secret,
+        received,
+    };
+    match handshake::client(&mut transport, &hello).await {
+        Ok(Reply::Resumed { received, .. }) => Ok(Ok((transport, received))),
+        Ok(Reply::Refused { code, reason }) => Ok(Err((code, reason))),
+        Ok(Reply::Created { .. }) => Err("relay answered a resume as a new session".into()),
+        Err(e) => Err(describe_handshake_error(e)),
+    }
+}
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
