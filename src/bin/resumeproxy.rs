@@ -50,6 +50,7 @@ fn init_logging(verbose: u8, quiet: bool) {
             tracing_subscriber::EnvFilter::try_from_env("RESUMEPROXY_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .without_time()
         .init();
@@ -99,12 +100,22 @@ async fn connect(args: ConnectArgs) -> ExitCode {
             ),
         }
     };
-    let (stdin, stdout) = resumeproxy::stdio::take();
-    match client::run(config, stdin, stdout, hangup, on_event).await {
+    // Held until the error line is out: ssh prints its own as soon as our
+    // stdout closes, and the user should read ours first.
+    let (mut stdin, mut stdout) = resumeproxy::stdio::take();
+    let result = client::run(config, &mut stdin, &mut stdout, hangup, on_event).await;
+    match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("resumeproxy: {e}");
+            say(&e.to_string());
             ExitCode::from(EXIT_CONNECTION_LOST)
         }
     }
+}
+
+/// Writes one line to stderr in one write, so that it does not interleave
+/// with ssh's own messages on the same terminal.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("resumeproxy: {line}\n").as_bytes());
 }

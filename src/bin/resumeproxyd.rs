@@ -19,6 +19,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("RESUMEPROXY_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
     let runtime = match tokio::runtime::Runtime::new() {

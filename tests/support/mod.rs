@@ -1,0 +1,4 @@
+//! Shared pieces of the end-to-end tests.
+
+pub mod relay;
+pub mod sshd;

@@ -1,0 +1,190 @@
+//! Runs the real `resumeproxyd` binary for end-to-end tests, and builds the
+//! `ProxyCommand` that points the real ssh at it.
+//!
+//! The relay listens on a free loopback port it picks itself; the harness
+//! learns the port from its "listening on" log line and keeps every later log
+//! line, so tests can wait for events ("session resumed", "expired") instead
+//! of sleeping.
+
+#![allow(dead_code)]
+
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long the relay may take to start listening.
+const START_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Log lines of a relay, with a way to wait for one.
+#[derive(Default)]
+struct Log {
+    lines: Mutex<Vec<String>>,
+    grew: Condvar,
+}
+
+/// A running `resumeproxyd`, killed on drop.
+pub struct RelayProcess {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Log>,
+}
+
+impl RelayProcess {
+    /// Starts the relay on 127.0.0.1 (a free port) with `--target
+    /// 127.0.0.1:target_port` and any `extra` flags.
+    pub fn start(target_port: u16, extra: &[&str]) -> Result<RelayProcess> {
+        Self::start_on("127.0.0.1:0", target_port, extra)
+    }
+
+    /// Like [`start`](Self::start), on a given listen address.
+    pub fn start_on(listen: &str, target_port: u16, extra: &[&str]) -> Result<RelayProcess> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_resumeproxyd"))
+            .arg("--listen")
+            .arg(listen)
+            .arg("--target")
+            .arg(format!("127.0.0.1:{target_port}"))
+            .args(extra)
+            .env("RESUMEPROXY_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting resumeproxyd")?;
+        let stderr = child.stderr.take().context("relay stderr")?;
+        let log = Arc::new(Log::default());
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut lines = sink.lines.lock().unwrap();
+                lines.push(line);
+                sink.grew.notify_all();
+            }
+        });
+        let mut relay = RelayProcess {
+            child,
+            addr: "0.0.0.0:0".parse()?,
+            log,
+        };
+        let line = relay
+            .wait_for_log("listening on", START_DEADLINE)
+            .with_context(|| format!("relay did not start; its log:\n{}", relay.log()))?;
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split([',', ' ']).next())
+            .context("no address in the relay's listening line")?;
+        relay.addr = addr
+            .parse()
+            .with_context(|| format!("bad address in {line:?}"))?;
+        Ok(relay)
+    }
+
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Everything the relay logged so far.
+    pub fn log(&self) -> String {
+        self.log.lines.lock().unwrap().join("\n")
+    }
+
+    /// How many log lines contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.log
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until a log line contains `needle`; returns it.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.log.lines.lock().unwrap();
+        loop {
+            if let Some(line) = lines.iter().find(|l| l.contains(needle)) {
+                return Ok(line.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                bail!("no relay log line with {needle:?} within {timeout:?}");
+            }
+            lines = self.log.grew.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Kills the relay now (as a crash or restart would).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- resumeproxyd log ---\n{}", self.log());
+        }
+    }
+}
+
+/// `ProxyCommand` running the real client against a relay at `relay`, for
+/// sshd on `sshd_port`, with `extra` client flags.
+pub fn proxy_command(relay: SocketAddr, sshd_port: u16, extra: &str) -> String {
+    format!(
+        "{} --relay-port {} {extra} {} {sshd_port}",
+        env!("CARGO_BIN_EXE_resumeproxy"),
+        relay.port(),
+        relay.ip()
+    )
+}
+
+/// Like [`proxy_command`], but also writes the client's exit status to
+/// `status_file` (ssh does not report its ProxyCommand's status).
+///
+/// The wrapping shell must not hold ssh's pipes, or ssh would never see the
+/// client close its output: it moves them to fds 3 and 4, starts the client
+/// on them in the background, closes its own copies, and waits. It ignores
+/// the SIGHUP ssh sends its ProxyCommand on exit, so it lives to write the
+/// status; the client then learns that ssh left through its pipes.
+pub fn proxy_command_with_status(
+    relay: SocketAddr,
+    sshd_port: u16,
+    extra: &str,
+    status_file: &Path,
+) -> String {
+    format!(
+        "sh -c 'trap \"\" HUP; exec 3<&0 4>&1 </dev/null >/dev/null; \
+         {} <&3 >&4 3<&- 4>&- & exec 3<&- 4>&-; wait $!; \
+         echo $? > {status}.tmp && mv {status}.tmp {status}'",
+        proxy_command(relay, sshd_port, extra),
+        status = status_file.display()
+    )
+}
+
+/// Waits for the status file written by [`proxy_command_with_status`] (the
+/// client may still be finishing after ssh has exited) and returns it.
+pub fn wait_for_status(status_file: &Path, timeout: Duration) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(status) = std::fs::read_to_string(status_file) {
+            return Ok(status.trim().to_owned());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the client did not exit within {timeout:?} (no {})",
+                status_file.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
