@@ -20,6 +20,8 @@ network breaks: Wi-Fi changes, sleeping laptops, VPN flaps, silent partitions. N
 ever sees the drop.\n\nUse it as a ProxyCommand in ssh_config:\n\n    Host myserver\n        \
 ProxyCommand resumeproxy --relay-port 7022 %h %p\n\nExit status: 0 when the session ended normally; \
 255 (like ssh) when the relay cannot be reached, refuses the session, or the session is gone.",
+    after_long_help = "Environment:\n  RESUMEPROXY_LOG  log filter (tracing EnvFilter syntax, e.g. debug); overrides -v and -q.\n\n\
+See also: resumeproxyd(8), ssh_config(5) ProxyCommand.",
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
@@ -87,7 +89,12 @@ pub struct DemoArgs {
     about = "Relay daemon for resumeproxy: keeps ssh sessions alive while their clients are away",
     long_about = "Runs beside sshd. Accepts resumeproxy clients, connects each new session to its \
 target (by default the local sshd), and holds that connection open while the client is away, for up \
-to the grace period. A client that comes back resumes exactly where it was."
+to the grace period. A client that comes back resumes exactly where it was.\n\n\
+The relay logs one line per session start, resume and end, with the session id, the client's \
+address, the target, and its local port towards sshd (sshd logs that port with the relay's \
+address, so its log can be joined back to the real client).",
+    after_long_help = "Environment:\n  RESUMEPROXY_LOG  log filter (tracing EnvFilter syntax, e.g. debug); overrides -v.\n\n\
+See also: resumeproxy(1), sshd(8)."
 )]
 pub struct RelayCli {
     /// Address and port to listen on for clients.
