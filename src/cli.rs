@@ -111,6 +111,24 @@ pub struct RelayCli {
     pub verbose: u8,
 }
 
+/// Sends `tracing` output to stderr: `default_filter` unless
+/// `RESUMEPROXY_LOG` says otherwise; timestamps only where asked for (journald
+/// and ssh's terminal add their own context).
+pub fn init_logging(default_filter: &str, with_time: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RESUMEPROXY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    if with_time {
+        builder.init();
+    } else {
+        builder.without_time().init();
+    }
+}
+
 /// Parses a duration like `90s`, `10m`, `12h`, `1h30m`, `500ms`; a bare
 /// number is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -140,10 +140,17 @@ pub struct ClientReport {
     pub resumes: u32,
 }
 
-/// What the session is waiting for besides the link itself.
+/// What the session waits for besides the link itself.
 enum Interrupt {
+    /// ssh has gone (SIGHUP).
     HangUp,
+    /// The time to tell the relay after ssh went is over.
     LingerOver,
+}
+
+/// What ends a detached spell.
+enum Detached {
+    Interrupt(Interrupt),
     Reconnected(Result<(Transport, u64, u32), ClientError>),
 }
 
@@ -235,7 +242,6 @@ where
                 continue;
             }
             Step::Other(Interrupt::LingerOver) => return Ok(report(&link, resumes)),
-            Step::Other(Interrupt::Reconnected(_)) => unreachable!("no reconnect while attached"),
             Step::Link(Outcome::Finished) => {
                 close_transport(
                     &mut transport,
@@ -267,18 +273,26 @@ where
             let interrupt = next_interrupt(&mut hangup, linger_until);
             let either = async {
                 tokio::select! {
-                    r = reconnect => Interrupt::Reconnected(r),
-                    i = interrupt => i,
+                    r = reconnect => Detached::Reconnected(r),
+                    i = interrupt => Detached::Interrupt(i),
                 }
             };
             match link.run(None, either).await {
-                Step::Other(Interrupt::Reconnected(result)) => break result?,
-                Step::Other(Interrupt::HangUp) => {
+                Step::Other(Detached::Reconnected(result)) => break result?,
+                Step::Other(Detached::Interrupt(Interrupt::HangUp)) => {
                     link.hang_up();
                     linger_until = Some(Instant::now() + LINGER);
                 }
-                Step::Other(Interrupt::LingerOver) => return Ok(report(&link, resumes)),
-                Step::Link(outcome) => unreachable!("a detached link ended: {outcome:?}"),
+                Step::Other(Detached::Interrupt(Interrupt::LingerOver)) => {
+                    return Ok(report(&link, resumes))
+                }
+                // Without a transport the link has nothing that could end it.
+                Step::Link(outcome) => {
+                    return Err(ClientError::Protocol {
+                        addr,
+                        reason: format!("link ended while detached: {outcome:?}"),
+                    })
+                }
             }
         };
         transport = new_transport;

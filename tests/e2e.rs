@@ -288,14 +288,9 @@ async fn local_forward_carries_a_stream_across_breaks() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_that_outlives_grace_ends_with_255_and_a_clear_line() -> Result<()> {
-    let sshd = TestSshd::start()?;
-    let relay = RelayProcess::start(sshd.port(), &["--grace", "2s"])?;
-    let injector = FaultInjector::start(relay.addr()).await?;
-    let status = sshd.dir().join("client.status");
-    let proxy = proxy_command_with_status(injector.addr(), sshd.port(), CLIENT_FLAGS, &status);
-    let mut cmd = sshd.ssh_command(Some(&proxy), "echo ready; exec sleep 600");
+/// Starts an ssh session that stays open doing nothing, once it is logged in.
+async fn idle_session(sshd: &TestSshd, proxy: &str) -> Result<tokio::process::Child> {
+    let mut cmd = sshd.ssh_command(Some(proxy), "echo ready; exec sleep 600");
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -304,7 +299,21 @@ async fn a_session_that_outlives_grace_ends_with_255_and_a_clear_line() -> Resul
         .spawn()?;
     let mut lines = BufReader::new(ssh.stdout.take().context("ssh stdout")?).lines();
     let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await??;
-    assert_eq!(first.as_deref(), Some("ready"));
+    ensure!(
+        first.as_deref() == Some("ready"),
+        "session did not start: {first:?}"
+    );
+    Ok(ssh)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_outlives_grace_ends_with_255_and_a_clear_line() -> Result<()> {
+    let sshd = TestSshd::start()?;
+    let relay = RelayProcess::start(sshd.port(), &["--grace", "2s"])?;
+    let injector = FaultInjector::start(relay.addr()).await?;
+    let status = sshd.dir().join("client.status");
+    let proxy = proxy_command_with_status(injector.addr(), sshd.port(), CLIENT_FLAGS, &status);
+    let mut ssh = idle_session(&sshd, &proxy).await?;
 
     injector.set_partitioned(true);
     let expired = relay.wait_for_log("expired", Duration::from_secs(20))?;
@@ -431,16 +440,7 @@ async fn a_restarted_relay_ends_the_session_with_255_promptly() -> Result<()> {
     let mut relay = RelayProcess::start(sshd.port(), &[])?;
     let addr = relay.addr();
     let proxy = proxy_command(addr, sshd.port(), CLIENT_FLAGS);
-    let mut cmd = sshd.ssh_command(Some(&proxy), "echo ready; exec sleep 600");
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut ssh = tokio::process::Command::from(cmd)
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut lines = BufReader::new(ssh.stdout.take().context("ssh stdout")?).lines();
-    let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await??;
-    assert_eq!(first.as_deref(), Some("ready"));
+    let mut ssh = idle_session(&sshd, &proxy).await?;
 
     relay.kill();
     let _restarted = RelayProcess::start_on(&addr.to_string(), sshd.port(), &[])?;
