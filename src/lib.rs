@@ -16,6 +16,8 @@
 //!    transport; [`client`] and [`relay`] are the two programs' cores.
 //! 5. Front ends — [`cli`], [`demo`], and the binaries in `src/bin/`.
 
+#![warn(missing_docs)]
+
 pub mod backoff;
 pub mod cli;
 pub mod client;

@@ -5,6 +5,8 @@ use resumeproxy::cli::{format_bytes, format_duration, ClientCli, ClientCommand, 
 use resumeproxy::client::{self, ClientConfig, ClientEvent};
 use resumeproxy::session::SessionConfig;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// ssh's own exit status for a lost connection; scripts rely on it.
 const EXIT_CONNECTION_LOST: u8 = 255;
@@ -64,17 +66,25 @@ async fn connect(args: ConnectArgs) -> ExitCode {
         },
         connect_timeout: args.connect_timeout,
     };
-    let hangup = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    // ssh sends SIGHUP when it exits. From then on nobody is reading: the
+    // client only tries to tell the relay, and says nothing more.
+    let hung_up = Arc::new(AtomicBool::new(false));
+    let hangup = {
+        let hung_up = Arc::clone(&hung_up);
+        async move {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                    hung_up.store(true, Ordering::SeqCst);
+                }
+                Err(_) => std::future::pending().await,
             }
-            Err(_) => std::future::pending().await,
         }
     };
     let quiet = args.quiet;
+    let silenced = || quiet || hung_up.load(Ordering::SeqCst);
     let on_event = |event: ClientEvent| {
-        if quiet {
+        if silenced() {
             return;
         }
         match event {
@@ -98,7 +108,11 @@ async fn connect(args: ConnectArgs) -> ExitCode {
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            say(&e.to_string());
+            if hung_up.load(Ordering::SeqCst) {
+                tracing::debug!("after ssh left: {e}");
+            } else {
+                say(&e.to_string());
+            }
             ExitCode::from(EXIT_CONNECTION_LOST)
         }
     }
