@@ -1,4 +1,5 @@
 //! Shared pieces of the end-to-end tests.
 
+pub mod netns;
 pub mod relay;
 pub mod sshd;

@@ -42,7 +42,36 @@ impl RelayProcess {
 
     /// Like [`start`](Self::start), on a given listen address.
     pub fn start_on(listen: &str, target_port: u16, extra: &[&str]) -> Result<RelayProcess> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_resumeproxyd"))
+        Self::spawn(
+            Command::new(env!("CARGO_BIN_EXE_resumeproxyd")),
+            listen,
+            target_port,
+            extra,
+        )
+    }
+
+    /// Like [`start_on`](Self::start_on), inside the network namespace
+    /// `netns` (`ip netns exec`, needs root); `--target` is that namespace's
+    /// own 127.0.0.1.
+    pub fn start_in_netns(
+        netns: &str,
+        listen: &str,
+        target_port: u16,
+        extra: &[&str],
+    ) -> Result<RelayProcess> {
+        let mut command = Command::new("ip");
+        // `ip netns exec` execs the relay in place: the child is the relay.
+        command.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_resumeproxyd")]);
+        Self::spawn(command, listen, target_port, extra)
+    }
+
+    fn spawn(
+        mut command: Command,
+        listen: &str,
+        target_port: u16,
+        extra: &[&str],
+    ) -> Result<RelayProcess> {
+        let mut child = command
             .arg("--listen")
             .arg(listen)
             .arg("--target")
@@ -116,6 +145,26 @@ impl RelayProcess {
             let now = Instant::now();
             if now >= deadline {
                 bail!("no relay log line with {needle:?} within {timeout:?}");
+            }
+            lines = self.log.grew.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Waits until `n` log lines contain `needle`; returns the `n`th.
+    pub fn wait_for_count(&self, needle: &str, n: usize, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.log.lines.lock().unwrap();
+        loop {
+            if let Some(line) = lines
+                .iter()
+                .filter(|l| l.contains(needle))
+                .nth(n.max(1) - 1)
+            {
+                return Ok(line.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                bail!("fewer than {n} relay log lines with {needle:?} within {timeout:?}");
             }
             lines = self.log.grew.wait_timeout(lines, deadline - now).unwrap().0;
         }

@@ -10,6 +10,8 @@
 //!
 //! Works as root (creates `/run/sshd` if needed) and as an ordinary user (then
 //! sshd can only authenticate that same user, which is what the harness does).
+//! As root, [`TestSshd::start_with`] can also run sshd inside a network
+//! namespace, and listen on more addresses (see [`SshdOptions`]).
 //!
 //! Deviations from a stock server worth knowing about: sessions get
 //! `SHLVL=1` (so bash does not source `~/.bashrc` for remote commands), the
@@ -82,6 +84,12 @@ impl TestSshd {
     /// another process grabs it first and sshd fails to bind, up to three ports
     /// are tried. On failure the error (and stderr) contains sshd's log.
     pub fn start() -> Result<TestSshd> {
+        Self::start_with(&SshdOptions::default())
+    }
+
+    /// Like [`TestSshd::start`], placed as `options` say: inside a network
+    /// namespace, and/or listening on more addresses.
+    pub fn start_with(options: &SshdOptions) -> Result<TestSshd> {
         let dir = TempDir::new("resumeproxy-sshd")?;
         let path = dir.path().to_path_buf();
         let euid = fs::metadata(&path)
@@ -112,15 +120,22 @@ impl TestSshd {
         let mut last_err = None;
         for attempt in 1..=START_ATTEMPTS {
             let port = free_port()?;
-            let config = sshd_config(port, &host_key, &authorized_keys, penalties);
+            let mut config = sshd_config(port, &host_key, &authorized_keys, penalties);
+            for addr in &options.extra_listen {
+                let _ = writeln!(config, "ListenAddress {addr}");
+            }
             fs::write(&config_path, config)
                 .with_context(|| format!("write {}", config_path.display()))?;
             // Pre-populate known_hosts so concurrent clients never need to write it.
-            let known = format!("[127.0.0.1]:{port} {host_pub}\n[localhost]:{port} {host_pub}\n");
+            let mut known =
+                format!("[127.0.0.1]:{port} {host_pub}\n[localhost]:{port} {host_pub}\n");
+            for addr in &options.extra_listen {
+                let _ = writeln!(known, "[{addr}]:{port} {host_pub}");
+            }
             fs::write(&known_hosts, known)
                 .with_context(|| format!("write {}", known_hosts.display()))?;
 
-            match spawn_sshd(&config_path, &log_path, port) {
+            match spawn_sshd(&config_path, &log_path, port, options) {
                 Ok(child) => {
                     return Ok(TestSshd {
                         child,
@@ -427,6 +442,20 @@ impl Drop for TempDir {
     }
 }
 
+/// Where and how [`TestSshd::start_with`] runs sshd. The default is what
+/// [`TestSshd::start`] does.
+#[derive(Debug, Clone, Default)]
+pub struct SshdOptions {
+    /// Run sshd inside this network namespace (`ip netns exec NAME sshd ...`,
+    /// needs root). It still listens on 127.0.0.1, that namespace's own
+    /// loopback; readiness is then its "Server listening" log lines alone, as
+    /// the harness cannot probe into the namespace.
+    pub netns: Option<String>,
+    /// More addresses to listen on (same port), e.g. the address of a veth in
+    /// that namespace; `known_hosts` gets entries for them.
+    pub extra_listen: Vec<Ipv4Addr>,
+}
+
 /// Why one attempt to start sshd failed.
 enum StartError {
     /// sshd could not bind its port (someone else took it); try another port.
@@ -436,12 +465,26 @@ enum StartError {
 }
 
 /// Spawns sshd and waits for it to be ready; kills it again on failure.
-fn spawn_sshd(config: &Path, log_path: &Path, port: u16) -> std::result::Result<Child, StartError> {
+fn spawn_sshd(
+    config: &Path,
+    log_path: &Path,
+    port: u16,
+    options: &SshdOptions,
+) -> std::result::Result<Child, StartError> {
     let fatal = StartError::Fatal;
     let log = File::create(log_path)
         .with_context(|| format!("create {}", log_path.display()))
         .map_err(fatal)?;
-    let mut child = Command::new(SSHD)
+    // `ip netns exec` execs sshd in place: the child is sshd itself.
+    let mut command = match &options.netns {
+        Some(netns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", netns, SSHD]);
+            c
+        }
+        None => Command::new(SSHD),
+    };
+    let mut child = command
         .arg("-D")
         .arg("-e")
         .arg("-f")
@@ -453,7 +496,7 @@ fn spawn_sshd(config: &Path, log_path: &Path, port: u16) -> std::result::Result<
         .with_context(|| format!("spawn {SSHD} -D -e -f {}", config.display()))
         .map_err(fatal)?;
 
-    match wait_ready(&mut child, log_path, port) {
+    match wait_ready(&mut child, log_path, port, options) {
         Ok(()) => Ok(child),
         Err(err) => {
             kill_tree(&mut child);
@@ -473,17 +516,29 @@ fn spawn_sshd(config: &Path, log_path: &Path, port: u16) -> std::result::Result<
     }
 }
 
-/// Polls until sshd logs "Server listening" and a TCP probe reads its banner.
-fn wait_ready(child: &mut Child, log_path: &Path, port: u16) -> Result<()> {
+/// Polls until sshd logs "Server listening" (for each address) and a TCP probe
+/// reads its banner; inside a network namespace, the log lines alone.
+fn wait_ready(child: &mut Child, log_path: &Path, port: u16, options: &SshdOptions) -> Result<()> {
     let deadline = Instant::now() + READY_DEADLINE;
-    let listening = format!("Server listening on 127.0.0.1 port {port}");
+    let mut all_listening = vec![format!("Server listening on 127.0.0.1 port {port}")];
+    all_listening.extend(
+        options
+            .extra_listen
+            .iter()
+            .map(|addr| format!("Server listening on {addr} port {port}")),
+    );
     let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
     let mut last_probe_err = String::from("sshd has not logged that it is listening");
     loop {
         if let Some(status) = child.try_wait().context("wait for sshd")? {
             anyhow::bail!("sshd exited during startup with {status}");
         }
-        if read_log(log_path).contains(&listening) {
+        let log = read_log(log_path);
+        if all_listening.iter().all(|l| log.contains(l.as_str())) {
+            if options.netns.is_some() {
+                // sshd logs this once it listens: connections queue from then on.
+                return Ok(());
+            }
             match probe_banner(addr) {
                 Ok(()) => return Ok(()),
                 Err(e) => last_probe_err = format!("{e:#}"),

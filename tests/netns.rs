@@ -1,0 +1,400 @@
+//! End-to-end in real network namespaces (as root; skipped otherwise): the
+//! real OpenSSH client in a "client" namespace, sshd and `resumeproxyd` in a
+//! "server" namespace, a veth pair between them, and the faults of a real
+//! network applied by the kernel: an address change of the client, a burst
+//! of TCP resets (iptables REJECT with tcp-reset) and a silent partition
+//! (iptables DROP) longer than the client's `--dead-after`.
+//!
+//! The acceptance criterion: a 400 MiB transfer through `ProxyCommand
+//! resumeproxy` survives all three, in both directions, with sha256 equal and
+//! ssh exiting 0. The veth is limited to 400 Mbit/s both ways. The faults
+//! come in turn, each kind three times per transfer; each is injected only
+//! after a further slice of the file has arrived at the far end (so it lands
+//! while data flows), and the next only after the client has said it resumed
+//! and the relay has logged the resume from the client's current address.
+//!
+//! A third test is the baseline: plain ssh over the same veth, without the
+//! proxy, dies of the same burst of resets.
+
+mod support;
+
+use anyhow::{bail, ensure, Context, Result};
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use support::netns::{wait_timeout, NetLab};
+use support::relay::{proxy_command, RelayProcess};
+use support::sshd::{sha256_file, write_random_file, SshdOptions, TestSshd};
+
+/// The transfer in each direction.
+const SIZE: u64 = 400 << 20;
+/// Client flags: notice a silent link within a second.
+const CLIENT_FLAGS: &str = "--dead-after 1s";
+/// A silent partition: well past `--dead-after`.
+const PARTITION: Duration = Duration::from_millis(2500);
+/// How long TCP is answered with resets.
+const RESET_BURST: Duration = Duration::from_secs(1);
+/// Bytes that must arrive at the far end before each fault (and so between
+/// one fault's resume and the next fault). Faults go on, in turn, while at
+/// least one and a half steps are left: 9 faults, each kind 3 times, the last
+/// with some 40 MiB still to go.
+const STEP: u64 = 40 << 20;
+/// The faults, in the order they come.
+const SCHEDULE: [Fault; 3] = [Fault::AddressChange, Fault::ResetBurst, Fault::Partition];
+/// Rate limit of the veth, both ways: a real link's bandwidth and queue.
+const RATE: &str = "400mbit";
+/// Bound on each wait for the next [`STEP`] to arrive.
+const PROGRESS_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound on the wait for a resume after a fault was injected.
+const RESUME_TIMEOUT: Duration = Duration::from_secs(20);
+/// Bound on a whole ssh run.
+const RUN_TIMEOUT: Duration = Duration::from_secs(180);
+/// What the client prints (through ssh's stderr) when it has resumed.
+const RESUMED: &str = "resumeproxy: resumed after";
+/// What the client prints when it has lost the link.
+const LOST: &str = "resumeproxy: link to";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    AddressChange,
+    ResetBurst,
+    Partition,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Upload,
+    Download,
+}
+
+/// Lines of a child's stderr, with a way to wait for one.
+#[derive(Default)]
+struct Lines {
+    lines: Mutex<Vec<String>>,
+    grew: Condvar,
+}
+
+impl Lines {
+    fn len(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    fn text(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        let lines = self.lines.lock().unwrap();
+        lines.iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits for a line at index `from` or later containing `needle`.
+    fn wait_for(&self, from: usize, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.lines.lock().unwrap();
+        loop {
+            if let Some(line) = lines.iter().skip(from).find(|l| l.contains(needle)) {
+                return Ok(line.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                bail!("no line with {needle:?} within {timeout:?}");
+            }
+            lines = self.grew.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+    }
+}
+
+/// An ssh process whose stderr (which carries the client's lines too) is
+/// collected as it comes; killed on drop.
+struct Ssh {
+    child: Child,
+    stderr: Arc<Lines>,
+}
+
+impl Ssh {
+    fn spawn(mut command: Command, stdin: Stdio, stdout: Stdio) -> Result<Ssh> {
+        let mut child = command
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting ssh")?;
+        let pipe = child.stderr.take().context("ssh stderr")?;
+        let stderr = Arc::new(Lines::default());
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                sink.lines.lock().unwrap().push(line);
+                sink.grew.notify_all();
+            }
+        });
+        Ok(Ssh { child, stderr })
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        wait_timeout(&mut self.child, timeout).with_context(|| {
+            format!(
+                "ssh did not finish within {timeout:?}; its stderr:\n{}",
+                self.stderr.text()
+            )
+        })
+    }
+
+    /// Waits until the file at `path` holds at least `bytes`, while ssh runs.
+    fn wait_for_bytes(&mut self, path: &Path, bytes: u64, timeout: Duration) -> Result<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let len = std::fs::metadata(path).map_or(0, |m| m.len());
+            if len >= bytes {
+                return Ok(len);
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "ssh exited with {status} after {len} bytes, before {bytes}; its stderr:\n{}",
+                    self.stderr.text()
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "only {len} of {bytes} bytes arrived within {timeout:?}; ssh's stderr:\n{}",
+                    self.stderr.text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Ssh {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- ssh stderr ---\n{}", self.stderr.text());
+        }
+    }
+}
+
+/// What one fault did.
+struct Outcome {
+    fault: Fault,
+    /// Bytes at the far end when it was injected.
+    at: u64,
+    /// How it was applied.
+    detail: String,
+    /// The client's line about the loss.
+    lost: String,
+    /// The client's line about the resume.
+    resumed: String,
+    /// The relay's line about the resume.
+    relay_line: String,
+    /// From the start of the fault until the client said it resumed.
+    took: Duration,
+}
+
+/// Applies `fault` to the client, for its whole duration.
+fn inject(lab: &NetLab, fault: Fault) -> Result<String> {
+    match fault {
+        Fault::AddressChange => {
+            let (old, new) = lab.move_client()?;
+            Ok(format!("client address {old} -> {new}"))
+        }
+        Fault::ResetBurst => {
+            let burst = lab.reset_burst()?;
+            std::thread::sleep(RESET_BURST);
+            burst.lift()?;
+            Ok(format!("TCP answered with RST for {RESET_BURST:?}"))
+        }
+        Fault::Partition => {
+            let partition = lab.partition()?;
+            std::thread::sleep(PARTITION);
+            partition.lift()?;
+            Ok(format!("all packets dropped for {PARTITION:?}"))
+        }
+    }
+}
+
+fn transfer_survives_every_fault(direction: Direction) -> Result<()> {
+    let Some(lab) = NetLab::create()? else {
+        return Ok(());
+    };
+    let started = Instant::now();
+    lab.rate_limit(RATE)?;
+    let sshd = TestSshd::start_with(&SshdOptions {
+        netns: Some(lab.server_ns().to_owned()),
+        ..SshdOptions::default()
+    })?;
+    let relay = RelayProcess::start_in_netns(
+        lab.server_ns(),
+        &format!("{}:0", lab.server_addr()),
+        sshd.port(),
+        &[],
+    )?;
+    let proxy = proxy_command(relay.addr(), sshd.port(), CLIENT_FLAGS);
+
+    let src = sshd.dir().join("src");
+    let dst = sshd.dir().join("dst");
+    write_random_file(&src, SIZE, direction as u64 + 1)?;
+    // Hashing 400 MiB takes a while in a debug build: do the source's while
+    // the transfer runs.
+    let src_hash = {
+        let src = src.clone();
+        std::thread::spawn(move || sha256_file(&src))
+    };
+    let (remote, stdin, stdout) = match direction {
+        Direction::Upload => (
+            format!("cat > {}", dst.display()),
+            Stdio::from(File::open(&src)?),
+            Stdio::null(),
+        ),
+        Direction::Download => (
+            format!("cat {}", src.display()),
+            Stdio::null(),
+            Stdio::from(File::create(&dst)?),
+        ),
+    };
+    let transfer_started = Instant::now();
+    let mut ssh = Ssh::spawn(
+        lab.in_client(&sshd.ssh_command(Some(&proxy), &remote)),
+        stdin,
+        stdout,
+    )?;
+
+    let mut outcomes = Vec::new();
+    let mut arrived = 0;
+    for fault in SCHEDULE.iter().copied().cycle() {
+        if arrived + STEP + STEP / 2 > SIZE {
+            break;
+        }
+        arrived = ssh.wait_for_bytes(&dst, arrived + STEP, PROGRESS_TIMEOUT)?;
+        let from = ssh.stderr.len();
+        let relay_resumes = relay.count("session resumed");
+        let t0 = Instant::now();
+        let detail = inject(&lab, fault)?;
+        let resumed = ssh
+            .stderr
+            .wait_for(from, RESUMED, RESUME_TIMEOUT)
+            .with_context(|| format!("{fault:?} ({detail}): the client never resumed"))?;
+        let took = t0.elapsed();
+        let lost = ssh.stderr.wait_for(from, LOST, Duration::ZERO)?;
+        let relay_line = relay
+            .wait_for_count("session resumed", relay_resumes + 1, RESUME_TIMEOUT)
+            .with_context(|| format!("{fault:?}: the relay never logged the resume"))?;
+        // After an address change, from the new address.
+        let client = format!("client={}:", lab.client_addr());
+        ensure!(
+            relay_line.contains(&client),
+            "{fault:?}: the relay resumed from elsewhere than {client}: {relay_line}"
+        );
+        outcomes.push(Outcome {
+            fault,
+            at: arrived,
+            detail,
+            lost,
+            resumed,
+            relay_line,
+            took,
+        });
+    }
+
+    let status = ssh.wait(RUN_TIMEOUT)?;
+    let transfer_took = transfer_started.elapsed();
+    ensure!(
+        status.success(),
+        "{direction:?}: ssh exited with {status}; its stderr:\n{}",
+        ssh.stderr.text()
+    );
+    let src_hash = src_hash
+        .join()
+        .map_err(|_| anyhow::anyhow!("hashing the source panicked"))??;
+    assert_eq!(
+        sha256_file(&dst)?,
+        src_hash,
+        "{direction:?}: sha256 of what arrived"
+    );
+    let resumes = ssh.stderr.count(RESUMED);
+    assert!(
+        resumes >= outcomes.len(),
+        "{resumes} resumes for {} faults",
+        outcomes.len()
+    );
+    for fault in SCHEDULE {
+        assert!(outcomes.iter().any(|o| o.fault == fault), "no {fault:?}");
+    }
+
+    eprintln!(
+        "{direction:?} of {} MiB at {RATE}: ssh ran {transfer_took:.1?}, test {:.1?}; {} faults, {resumes} resumes",
+        SIZE >> 20,
+        started.elapsed(),
+        outcomes.len()
+    );
+    for o in &outcomes {
+        eprintln!(
+            "  {:?} at {} MiB ({}): resumed {:.2?} after the fault began\n    {}\n    {}\n    relay: {}",
+            o.fault,
+            o.at >> 20,
+            o.detail,
+            o.took,
+            o.lost,
+            o.resumed,
+            o.relay_line
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_400_mib_upload_survives_an_address_change_resets_and_a_partition() -> Result<()> {
+    transfer_survives_every_fault(Direction::Upload)
+}
+
+#[test]
+fn a_400_mib_download_survives_an_address_change_resets_and_a_partition() -> Result<()> {
+    transfer_survives_every_fault(Direction::Download)
+}
+
+/// The baseline: plain ssh, straight to sshd over the same veth, dies of the
+/// same reset burst.
+#[test]
+fn plain_ssh_dies_of_the_same_reset_burst() -> Result<()> {
+    let Some(lab) = NetLab::create()? else {
+        return Ok(());
+    };
+    lab.rate_limit(RATE)?;
+    let sshd = TestSshd::start_with(&SshdOptions {
+        netns: Some(lab.server_ns().to_owned()),
+        extra_listen: vec![lab.server_addr()],
+    })?;
+    let dst = sshd.dir().join("dst");
+    // The harness's ssh, with its options, to the server's veth address.
+    let mut direct = Command::new(sshd.ssh_command(None, "").get_program());
+    direct
+        .args(sshd.ssh_opts())
+        .arg(lab.server_addr().to_string())
+        .arg("head -c 1G /dev/zero");
+    let mut ssh = Ssh::spawn(
+        lab.in_client(&direct),
+        Stdio::null(),
+        Stdio::from(File::create(&dst)?),
+    )?;
+    ssh.wait_for_bytes(&dst, STEP, PROGRESS_TIMEOUT)?;
+    inject(&lab, Fault::ResetBurst)?;
+    let status = ssh.wait(RESUME_TIMEOUT)?;
+    let got = std::fs::metadata(&dst)?.len();
+    assert!(
+        status.code() == Some(255) && got < 1 << 30,
+        "plain ssh did not die of the reset burst ({status}, {got} bytes); stderr:\n{}",
+        ssh.stderr.text()
+    );
+    eprintln!(
+        "plain ssh under the reset burst: {status} after {} MiB: {}",
+        got >> 20,
+        ssh.stderr.text().trim()
+    );
+    Ok(())
+}
