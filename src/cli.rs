@@ -92,7 +92,10 @@ target (by default the local sshd), and holds that connection open while the cli
 to the grace period. A client that comes back resumes exactly where it was.\n\n\
 The relay logs one line per session start, resume and end, with the session id, the client's \
 address, the target, and its local port towards sshd (sshd logs that port with the relay's \
-address, so its log can be joined back to the real client).",
+address, so its log can be joined back to the real client).\n\n\
+On SIGTERM or SIGINT it stops accepting, tells each connected client that the relay is shutting \
+down (their ssh exits 255 with that reason), closes every sshd connection and exits 0 within a few \
+seconds. Sessions live in memory: a restarted relay knows none of them.",
     after_long_help = "Environment:\n  RESUMEPROXY_LOG  log filter (tracing EnvFilter syntax, e.g. debug); overrides -v.\n\n\
 See also: resumeproxy(1), sshd(8)."
 )]

@@ -114,7 +114,7 @@ pub enum ClientError {
         reason: String,
     },
     /// The relay ended the session.
-    #[error("relay at {addr} closed the session: {reason}")]
+    #[error("relay at {addr} closed the session: {reason}; the ssh connection is lost")]
     Closed {
         /// host:port
         addr: String,
@@ -264,6 +264,9 @@ where
         };
 
         link.session_mut().detach();
+        // Close the dead transport now: if it is only half dead, the relay
+        // learns sooner that this client is coming back on a new one.
+        drop(transport);
         let lost_at = Instant::now();
         on_event(ClientEvent::Lost { reason });
         let replayed_before = link.session().stats().bytes_replayed;

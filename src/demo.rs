@@ -170,7 +170,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
     })
     .await?;
     let relay_addr = relay.local_addr()?;
-    let relay_task = tokio::spawn(relay.run());
+    let relay_task = tokio::spawn(relay.run(std::future::pending()));
     let injector = Arc::new(FaultInjector::start(relay_addr).await?);
     println!(
         "resumeproxy demo: {} each way through a relay on {relay_addr}, link broken every {}",

@@ -180,7 +180,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
                 }
             }
             // Nothing can move: arm the session's timer.
-            let Some(deadline) = self.session.poll_timeout() else {
+            let can_transmit = transport
+                .as_deref()
+                .is_some_and(|t| t.write_queue.len() < WRITE_QUEUE_HIGH);
+            let Some(deadline) = self.session.poll_timeout(can_transmit) else {
                 return Poll::Pending;
             };
             if self.timer_deadline != Some(deadline) {
@@ -258,6 +261,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
             }
             Poll::Ready(Ok(_)) => {
                 progress = true;
+                self.session.heard(now);
                 self.parse_frames(t, now)?;
             }
             Poll::Ready(Err(e)) => return Err(Outcome::TransportLost(e.to_string())),

@@ -6,6 +6,10 @@
 //! read their handshake; a session without a transport waits for one until
 //! its grace period ends, then closes the sshd connection and is forgotten.
 //!
+//! At shutdown the relay stops accepting, every session tells its client why
+//! (a [`Code::Shutdown`] close) and closes its sshd connection, and the relay
+//! waits a moment for them to finish.
+//!
 //! Audit trail: every session start, resume and end is logged with the
 //! session id, the client's address, the target, and the relay's local port
 //! towards sshd, so that sshd's log (which sees the relay's address) can be
@@ -18,12 +22,16 @@ use crate::session::{Session, SessionConfig, MAX_DEAD_AFTER, MIN_DEAD_AFTER};
 use crate::transport::Transport;
 use crate::wire::{Code, Hello, Reply, SessionId, SECRET_LEN, SESSION_ID_LEN};
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Default grace period: long enough for a laptop to sleep through a night.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(12 * 3600);
@@ -33,6 +41,13 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a close notice may take to send.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long sessions get at shutdown to tell their clients.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
+/// Grace period of a session whose streams have both ended, waiting only
+/// for the client's last acknowledgement.
+const ENDED_GRACE: Duration = Duration::from_secs(600);
+/// What clients are told when the relay stops.
+const SHUTDOWN_REASON: &str = "the relay is shutting down";
 
 /// What the relay needs to know.
 #[derive(Debug, Clone)]
@@ -60,13 +75,30 @@ struct Entry {
     attach: mpsc::Sender<Attach>,
 }
 
-type Table = Arc<Mutex<HashMap<SessionId, Entry>>>;
+/// What every task of a relay shares.
+struct Shared {
+    config: RelayConfig,
+    /// Live sessions, by id.
+    table: Mutex<HashMap<SessionId, Entry>>,
+    /// Cancelled when the relay shuts down.
+    stop: CancellationToken,
+    /// Every task the relay spawned, to wait for at shutdown.
+    tasks: TaskTracker,
+}
+
+impl Shared {
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Entry>> {
+        // A panic while holding the lock cannot leave the map half-changed.
+        self.table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
 
 /// A bound relay, ready to run.
 pub struct Relay {
     listener: TcpListener,
-    config: Arc<RelayConfig>,
-    table: Table,
+    shared: Arc<Shared>,
 }
 
 impl Relay {
@@ -75,8 +107,12 @@ impl Relay {
         let listener = TcpListener::bind(config.listen).await?;
         Ok(Relay {
             listener,
-            config: Arc::new(config),
-            table: Arc::default(),
+            shared: Arc::new(Shared {
+                config,
+                table: Mutex::default(),
+                stop: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
         })
     }
 
@@ -85,10 +121,17 @@ impl Relay {
         self.listener.local_addr()
     }
 
-    /// Serves clients until the task is dropped.
-    pub async fn run(self) -> io::Result<()> {
+    /// Serves clients until `shutdown` completes; then stops accepting, tells
+    /// every connected client that the relay is going away, closes every
+    /// sshd connection, and returns within about [`SHUTDOWN_TIMEOUT`].
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let mut shutdown = pin!(shutdown);
         loop {
-            let (stream, peer) = match self.listener.accept().await {
+            let accepted = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of descriptors and the like: wait a moment rather than spin.
@@ -97,13 +140,33 @@ impl Relay {
                     continue;
                 }
             };
-            let config = Arc::clone(&self.config);
-            let table = Arc::clone(&self.table);
-            tokio::spawn(async move {
-                if let Err(e) = accept(stream, peer, config, table).await {
-                    tracing::info!(client = %peer, "connection refused: {e}");
+            let shared = Arc::clone(&self.shared);
+            self.shared.tasks.spawn(async move {
+                let stop = shared.stop.clone();
+                tokio::select! {
+                    result = accept(stream, peer, shared) => {
+                        if let Err(e) = result {
+                            tracing::info!(client = %peer, "connection refused: {e}");
+                        }
+                    }
+                    () = stop.cancelled() => {}
                 }
             });
+        }
+        drop(self.listener);
+        let sessions = self.shared.table().len();
+        tracing::info!("shutting down: closing {sessions} sessions");
+        self.shared.stop.cancel();
+        self.shared.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_TIMEOUT, self.shared.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "{} tasks still running after {}; exiting anyway",
+                self.shared.tasks.len(),
+                format_duration(SHUTDOWN_TIMEOUT)
+            );
         }
     }
 }
@@ -123,9 +186,9 @@ enum AcceptError {
 async fn accept(
     stream: TcpStream,
     peer: SocketAddr,
-    config: Arc<RelayConfig>,
-    table: Table,
+    shared: Arc<Shared>,
 ) -> Result<(), AcceptError> {
+    let config = &shared.config;
     let mut transport = Transport::tcp(stream).map_err(HandshakeError::from)?;
     let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake::relay(&mut transport))
         .await
@@ -178,7 +241,7 @@ async fn accept(
             let session = SessionId(rand::random::<[u8; SESSION_ID_LEN]>());
             let secret = rand::random::<[u8; SECRET_LEN]>();
             let (tx, rx) = mpsc::channel(4);
-            lock(&table).insert(session, Entry { secret, attach: tx });
+            shared.table().insert(session, Entry { secret, attach: tx });
             let reply = Reply::Created {
                 session,
                 secret,
@@ -188,7 +251,7 @@ async fn accept(
                 tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake::reply(&mut transport, &reply))
                     .await
             {
-                lock(&table).remove(&session);
+                shared.table().remove(&session);
                 return Err(AcceptError::Refused(format!("could not answer: {e}")));
             }
             tracing::info!(
@@ -197,15 +260,15 @@ async fn accept(
             );
             let mut session_config = config.session;
             session_config.dead_after = dead_after;
-            tokio::spawn(run_session(
+            let task = run_session(
                 session,
                 target,
                 transport,
                 session_config,
-                config,
-                table,
+                Arc::clone(&shared),
                 rx,
-            ));
+            );
+            shared.tasks.spawn(task);
             Ok(())
         }
         Hello::Resume {
@@ -214,7 +277,8 @@ async fn accept(
             proof,
             received,
         } => {
-            let found = lock(&table)
+            let found = shared
+                .table()
                 .get(&session)
                 .map(|entry| (entry.secret == proof, entry.attach.clone()));
             let attach = match found {
@@ -252,13 +316,6 @@ fn clamp_dead_after(ms: u32) -> Duration {
     Duration::from_millis(ms.into()).clamp(MIN_DEAD_AFTER, MAX_DEAD_AFTER)
 }
 
-fn lock(table: &Table) -> std::sync::MutexGuard<'_, HashMap<SessionId, Entry>> {
-    // A panic while holding the lock cannot leave the map half-changed.
-    table
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 async fn refuse(transport: &mut Transport, code: Code, reason: String) -> Result<(), AcceptError> {
     let reply = Reply::Refused {
         code,
@@ -268,16 +325,51 @@ async fn refuse(transport: &mut Transport, code: Code, reason: String) -> Result
     Err(AcceptError::Refused(reason))
 }
 
+/// What a session task waits for besides its link.
+enum Wake {
+    /// The client is back on a new transport.
+    Attach(Attach),
+    /// Nobody came back within the grace period.
+    Expired,
+    /// The relay is shutting down.
+    Shutdown,
+}
+
+/// The next [`Wake`]: a new transport, the relay's shutdown, or (if `grace`
+/// is given) the grace period passing. A period too long for the clock never
+/// passes.
+async fn next_wake(
+    attach_rx: &mut mpsc::Receiver<Attach>,
+    stop: &CancellationToken,
+    grace: Option<Duration>,
+) -> Wake {
+    let expiry = async {
+        match grace.and_then(|g| tokio::time::Instant::now().checked_add(g)) {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        attach = attach_rx.recv() => match attach {
+            Some(attach) => Wake::Attach(attach),
+            // The sender lives in the table until this task removes it.
+            None => Wake::Shutdown,
+        },
+        () = stop.cancelled() => Wake::Shutdown,
+        () = expiry => Wake::Expired,
+    }
+}
+
 /// One session, from its first transport until it ends or expires.
 async fn run_session(
     id: SessionId,
     target: TcpStream,
     first: Transport,
     session_config: SessionConfig,
-    config: Arc<RelayConfig>,
-    table: Table,
+    shared: Arc<Shared>,
     mut attach_rx: mpsc::Receiver<Attach>,
 ) {
+    let config = &shared.config;
     let started = Instant::now();
     let mut session = Session::new(session_config, Instant::now());
     let mut current = Some(first);
@@ -289,32 +381,46 @@ async fn run_session(
     let mut link = Link::new(session, target_in, target_out);
     let end_reason = loop {
         let Some(mut transport) = current.take() else {
-            let detached_at = Instant::now();
-            let deadline = tokio::time::Instant::from_std(detached_at + config.grace);
-            match link
-                .run(None, tokio::time::timeout_at(deadline, attach_rx.recv()))
-                .await
-            {
-                Step::Other(Ok(Some(attach))) => {
-                    current = resume(id, &mut link, attach, &config).await;
+            // Both streams are over and only the client's last ack is
+            // missing: it has most likely exited, so do not hold on for long.
+            let grace = if link.session().both_streams_ended() {
+                config.grace.min(ENDED_GRACE)
+            } else {
+                config.grace
+            };
+            let wake = next_wake(&mut attach_rx, &shared.stop, Some(grace));
+            match link.run(None, wake).await {
+                Step::Other(Wake::Attach(attach)) => {
+                    current = resume(id, &mut link, attach, config).await;
                     continue;
                 }
-                Step::Other(Ok(None)) => break "relay shutting down".to_string(),
-                Step::Other(Err(_)) => {
-                    break format!("expired: no client for {}", format_duration(config.grace))
+                Step::Other(Wake::Shutdown) => break SHUTDOWN_REASON.to_string(),
+                Step::Other(Wake::Expired) => {
+                    break format!("expired: no client for {}", format_duration(grace))
                 }
                 Step::Link(outcome) => break format!("ended while detached: {outcome:?}"),
             }
         };
-        match link.run(Some(&mut transport), attach_rx.recv()).await {
-            Step::Other(Some(attach)) => {
+        let wake = next_wake(&mut attach_rx, &shared.stop, None);
+        match link.run(Some(&mut transport), wake).await {
+            Step::Other(Wake::Attach(attach)) => {
                 // The client came back on a new transport before this side
                 // noticed the old one die: the new one wins.
                 drop(transport);
                 link.session_mut().detach();
-                current = resume(id, &mut link, attach, &config).await;
+                current = resume(id, &mut link, attach, config).await;
             }
-            Step::Other(None) => break "relay shutting down".to_string(),
+            Step::Other(Wake::Shutdown) => {
+                close_transport(
+                    &mut transport,
+                    Code::Shutdown,
+                    SHUTDOWN_REASON,
+                    CLOSE_TIMEOUT,
+                )
+                .await;
+                break SHUTDOWN_REASON.to_string();
+            }
+            Step::Other(Wake::Expired) => unreachable!("no grace period while attached"),
             Step::Link(Outcome::Finished) => {
                 close_transport(
                     &mut transport,
@@ -339,7 +445,7 @@ async fn run_session(
             }
         }
     };
-    lock(&table).remove(&id);
+    shared.table().remove(&id);
     let stats = link.session().stats();
     tracing::info!(
         session = %id,
@@ -362,6 +468,11 @@ where
     W: tokio::io::AsyncWrite + Unpin,
 {
     let session = link.session_mut();
+    if let Err(e) = session.check_resume(attach.peer_received) {
+        tracing::warn!(session = %id, client = %attach.transport.peer, "resume refused: {e}");
+        let _ = refuse(&mut attach.transport, Code::Protocol, e.to_string()).await;
+        return None;
+    }
     session.set_dead_after(attach.dead_after);
     let reply = Reply::Resumed {
         received: session.received_position(),
@@ -384,14 +495,8 @@ where
         }
     }
     if let Err(e) = session.attach(attach.peer_received, Instant::now()) {
-        tracing::warn!(session = %id, client = %attach.transport.peer, "resume refused: {e}");
-        close_transport(
-            &mut attach.transport,
-            Code::Protocol,
-            &e.to_string(),
-            CLOSE_TIMEOUT,
-        )
-        .await;
+        // Checked above; kept so that a mistake cannot go unnoticed.
+        tracing::error!(session = %id, client = %attach.transport.peer, "resume failed: {e}");
         return None;
     }
     tracing::info!(

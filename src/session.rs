@@ -97,6 +97,9 @@ pub struct Session {
     send_next: u64,
     /// The end marker was sent on the current transport.
     end_sent: bool,
+    /// Highest position ever sent, on any transport: a peer that resumes
+    /// claiming more than this would skip bytes it never saw.
+    sent_high: u64,
     /// The peer acknowledged the end marker.
     end_acked: bool,
 
@@ -142,6 +145,7 @@ impl Session {
             local_eof: false,
             send_next: 0,
             end_sent: false,
+            sent_high: 0,
             end_acked: false,
             recv_next: 0,
             peer_end: false,
@@ -263,18 +267,27 @@ impl Session {
         self.ping_in_flight = None;
     }
 
+    /// Checks a peer's resume position against what this side holds: it must
+    /// lie between what the peer already acknowledged and what was ever sent.
+    /// The relay asks before it answers a resume; [`attach`](Self::attach)
+    /// asks again.
+    pub fn check_resume(&self, peer_received: u64) -> Result<(), ProtocolError> {
+        let acked = self.replay.start() + u64::from(self.end_acked);
+        if peer_received < acked || peer_received > self.sent_high {
+            return Err(ProtocolError(format!(
+                "peer resumes from position {peer_received}, but this side holds {acked}..={}",
+                self.sent_high
+            )));
+        }
+        Ok(())
+    }
+
     /// A new transport is attached, over which the peer said it has received
     /// up to `peer_received`. Acknowledges everything before it and re-sends
     /// the rest. A position outside what this side still holds is a protocol
     /// error, never a guess.
     pub fn attach(&mut self, peer_received: u64, now: Instant) -> Result<(), ProtocolError> {
-        let sent_max = self.replay.end() + u64::from(self.local_eof);
-        let acked = self.replay.start() + u64::from(self.end_acked);
-        if peer_received < acked || peer_received > sent_max {
-            return Err(ProtocolError(format!(
-                "peer resumes from position {peer_received}, but this side holds {acked}..={sent_max}"
-            )));
-        }
+        self.check_resume(peer_received)?;
         self.replay.acknowledge(peer_received);
         if self.local_eof && peer_received == self.replay.end() + 1 {
             self.end_acked = true;
@@ -290,6 +303,13 @@ impl Session {
         self.pong_due = None;
         self.ping_in_flight = None;
         Ok(())
+    }
+
+    /// Bytes arrived from the peer, whether or not they complete a frame: the
+    /// transport is alive. (On a slow link one large frame can take longer
+    /// than the dead-peer interval to arrive.)
+    pub fn heard(&mut self, now: Instant) {
+        self.last_heard = now;
     }
 
     /// A frame from the peer.
@@ -381,10 +401,12 @@ impl Session {
             let bytes = self.replay.slice_from(self.send_next, MAX_DATA_LEN);
             let offset = self.send_next;
             self.send_next += bytes.len() as u64;
+            self.sent_high = self.sent_high.max(self.send_next);
             return Some(Frame::Data { offset, bytes });
         }
         if self.local_eof && !self.end_sent {
             self.end_sent = true;
+            self.sent_high = self.replay.end() + 1;
             return Some(Frame::End {
                 offset: self.replay.end(),
             });
@@ -399,12 +421,19 @@ impl Session {
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    /// `can_transmit` says whether the driver could send a frame now; while
+    /// it cannot (its write queue is full), no heartbeat is due, only the
+    /// dead-peer check — otherwise an overdue heartbeat would wake it at once,
+    /// again and again.
+    pub fn poll_timeout(&self, can_transmit: bool) -> Option<Instant> {
         if !self.attached {
             return None;
         }
-        let heartbeat = self.last_sent + self.config.heartbeat_interval();
         let dead = self.last_heard + self.config.dead_after;
+        if !can_transmit {
+            return Some(dead);
+        }
+        let heartbeat = self.last_sent + self.config.heartbeat_interval();
         Some(heartbeat.min(dead))
     }
 
@@ -421,10 +450,16 @@ impl Session {
         now.saturating_duration_since(self.last_heard) >= self.config.dead_after
     }
 
+    /// Both streams have ended and every received byte was handed to the
+    /// local end; at most the peer's acknowledgement of the end is missing.
+    pub fn both_streams_ended(&self) -> bool {
+        self.local_eof && self.deliver_finished()
+    }
+
     /// Both streams ended and were acknowledged, and every received byte was
     /// handed to the local end: the session is complete.
     pub fn is_finished(&self) -> bool {
-        self.local_eof && self.end_acked && self.deliver_finished()
+        self.both_streams_ended() && self.end_acked
     }
 }
 

@@ -8,19 +8,52 @@
 //! when the handle is dropped, so a terminal shared with the shell is left as
 //! it was.
 //!
-//! Dropping (or shutting down) the writer closes fd 1: that is how ssh learns
-//! that the stream from sshd has ended.
+//! Dropping (or shutting down) the writer closes the pipe behind fd 1: that is
+//! how ssh learns that the stream from sshd has ended. The descriptor number
+//! itself stays taken (by /dev/null), so a socket opened later can never land
+//! on fd 1 and receive what was meant for ssh.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// A standard descriptor (0 or 1) owned by this module. Dropping it closes
+/// its file but keeps the number: /dev/null takes its place.
+struct StdioFd(RawFd);
+
+impl AsRawFd for StdioFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+impl Drop for StdioFd {
+    fn drop(&mut self) {
+        park_on_dev_null(self.0);
+    }
+}
+
+/// Points `fd` at /dev/null, closing what it referred to, in one step.
+fn park_on_dev_null(fd: RawFd) {
+    // SAFETY: open, dup2 and close on descriptors this module owns; no memory
+    // is touched.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        if null < 0 {
+            libc::close(fd);
+            return;
+        }
+        libc::dup2(null, fd);
+        libc::close(null);
+    }
+}
+
 /// A non-blocking file descriptor registered with the reactor.
 struct NonBlockingFd {
-    fd: AsyncFd<OwnedFd>,
+    fd: AsyncFd<StdioFd>,
     /// File status flags before we set O_NONBLOCK.
     original_flags: libc::c_int,
 }
@@ -39,21 +72,21 @@ impl NonBlockingFd {
             return Err(raw);
         }
         // SAFETY: the caller hands over `raw` (0 or 1, open for the process's
-        // life) and nothing else in this process uses it afterwards.
-        let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: `owned` is open and stays open, referring to the same
-        // description, for as long as the AsyncFd holds it.
-        match unsafe { AsyncFd::register(owned) } {
+        // life) and nothing else in this process uses it afterwards; it
+        // refers to the same description until the StdioFd is dropped, which
+        // happens only after the AsyncFd has deregistered it.
+        match unsafe { AsyncFd::register(StdioFd(raw)) } {
             Ok(fd) => Ok(NonBlockingFd {
                 fd,
                 original_flags: flags,
             }),
             Err(e) => {
-                let (owned, _) = e.into_parts();
+                let (fd, _) = e.into_parts();
                 // SAFETY: restoring the flags read above.
-                unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_SETFL, flags) };
-                // Give the descriptor back without closing it.
-                Err(std::os::fd::IntoRawFd::into_raw_fd(owned))
+                unsafe { libc::fcntl(fd.0, libc::F_SETFL, flags) };
+                // Give the descriptor back untouched.
+                std::mem::forget(fd);
+                Err(raw)
             }
         }
     }
@@ -179,14 +212,14 @@ impl AsyncWrite for Stdout {
         match self.get_mut() {
             Stdout::Blocking(s) => {
                 ready!(Pin::new(&mut *s).poll_flush(cx))?;
-                // tokio's handle cannot close fd 1; close it directly so the
-                // reader sees end of file.
-                // SAFETY: closing fd 1, which nothing else here writes to.
-                unsafe { libc::close(1) };
+                // tokio's handle cannot close fd 1; do it here so the reader
+                // sees end of file.
+                park_on_dev_null(1);
                 Poll::Ready(Ok(()))
             }
             Stdout::Reactor(fd) => {
-                // Dropping restores the flags, deregisters and closes fd 1.
+                // Dropping restores the flags, deregisters and closes the
+                // pipe behind fd 1.
                 fd.take();
                 Poll::Ready(Ok(()))
             }

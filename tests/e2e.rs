@@ -455,3 +455,37 @@ async fn a_restarted_relay_ends_the_session_with_255_promptly() -> Result<()> {
     assert!(stderr.contains("is gone from relay"), "{stderr}");
     Ok(())
 }
+
+/// SIGTERM (systemd stopping the relay): the relay tells the client why and
+/// closes sshd's connection; the client exits 255 with that reason at once,
+/// instead of reconnecting to a relay that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_relay_tells_the_client_why() -> Result<()> {
+    let sshd = TestSshd::start()?;
+    let mut relay = RelayProcess::start(sshd.port(), &[])?;
+    let proxy = proxy_command(relay.addr(), sshd.port(), CLIENT_FLAGS);
+    let mut ssh = idle_session(&sshd, &proxy).await?;
+
+    let exited_cleanly = tokio::task::block_in_place(|| relay.terminate(Duration::from_secs(10)))?;
+    assert!(exited_cleanly, "relay exit status on SIGTERM");
+    assert!(
+        relay
+            .log()
+            .contains("session ended: the relay is shutting down"),
+        "{}",
+        relay.log()
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(5), ssh.wait()).await??;
+    let mut stderr = String::new();
+    ssh.stderr
+        .take()
+        .context("ssh stderr")?
+        .read_to_string(&mut stderr)
+        .await?;
+    assert_eq!(exit.code(), Some(255), "{stderr}");
+    assert!(
+        stderr.contains("closed the session: the relay is shutting down"),
+        "{stderr}"
+    );
+    Ok(())
+}

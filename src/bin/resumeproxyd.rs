@@ -39,19 +39,8 @@ fn main() -> ExitCode {
             Ok(addr) => tracing::info!("listening on {addr}, sessions go to {}", cli.target),
             Err(e) => tracing::warn!("listening (address unknown: {e})"),
         }
-        tokio::select! {
-            result = relay.run() => {
-                if let Err(e) = result {
-                    eprintln!("resumeproxyd: {e}");
-                    return ExitCode::FAILURE;
-                }
-                ExitCode::SUCCESS
-            }
-            _ = shutdown_signal() => {
-                tracing::info!("shutting down");
-                ExitCode::SUCCESS
-            }
-        }
+        relay.run(shutdown_signal()).await;
+        ExitCode::SUCCESS
     })
 }
 

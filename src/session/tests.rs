@@ -248,6 +248,10 @@ fn resume_outside_the_held_range_is_a_protocol_error() {
         s.attach(11, now).is_err(),
         "peer cannot have more than was read"
     );
+    assert!(
+        s.attach(5, now).is_err(),
+        "peer cannot have bytes that were read but never sent"
+    );
     s.handle_frame(Frame::Ack { position: 0 }, now).unwrap();
     while s.poll_transmit(now).is_some() {}
     s.handle_frame(Frame::Ack { position: 4 }, now).unwrap();
@@ -312,6 +316,37 @@ fn silence_kills_the_transport_unless_the_local_end_is_slow() {
     .unwrap();
     assert!(!s.wants_transport_read());
     assert!(!s.handle_timeout(start + Duration::from_secs(60)));
+}
+
+#[test]
+fn bytes_of_an_incomplete_frame_keep_the_transport_alive() {
+    let start = Instant::now();
+    let config = SessionConfig {
+        dead_after: Duration::from_secs(4),
+        ..SessionConfig::default()
+    };
+    let mut s = Session::new(config, start);
+    s.attach(0, start).unwrap();
+    // A large frame trickles in over a slow link: no frame completes for
+    // longer than the dead-peer interval, but bytes keep arriving.
+    for second in 1..=10 {
+        s.heard(start + Duration::from_secs(second));
+    }
+    assert!(!s.handle_timeout(start + Duration::from_secs(10)));
+    assert!(s.handle_timeout(start + Duration::from_secs(14)));
+}
+
+#[test]
+fn a_full_write_queue_arms_only_the_dead_peer_check() {
+    let start = Instant::now();
+    let mut s = Session::new(SessionConfig::default(), start);
+    s.attach(0, start).unwrap();
+    let heartbeat = start + s.config().heartbeat_interval();
+    let dead = start + s.config().dead_after;
+    assert_eq!(s.poll_timeout(true), Some(heartbeat));
+    // Long past the heartbeat, with no room to send it, the timer must not
+    // point into the past (the driver would spin).
+    assert_eq!(s.poll_timeout(false), Some(dead));
 }
 
 #[test]

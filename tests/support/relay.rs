@@ -170,6 +170,29 @@ impl RelayProcess {
         }
     }
 
+    /// Stops the relay as systemd would (SIGTERM) and waits, at most
+    /// `timeout`, for it to exit; returns whether it exited successfully.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<bool> {
+        let pid = libc::pid_t::try_from(self.child.id()).context("relay pid")?;
+        // SAFETY: sending a signal to our own child has no memory effects.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            bail!(
+                "cannot signal the relay: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.success());
+            }
+            if Instant::now() >= deadline {
+                bail!("the relay did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Kills the relay now (as a crash or restart would).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
