@@ -1,9 +1,12 @@
 //! Command lines of both programs, defined once: `--help`, the man pages
 //! (`man/`, generated from these definitions) and the README follow them.
 
+use crate::identity::Fingerprint;
 use crate::session::{DEFAULT_DEAD_AFTER, MAX_DEAD_AFTER, MIN_DEAD_AFTER};
+use crate::target_policy::AllowedTarget;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The relay's port when none is given.
@@ -18,7 +21,12 @@ pub const DEFAULT_RELAY_PORT: u16 = 7022;
     long_about = "Carries one ssh connection to a resumeproxyd relay beside sshd, across any number of \
 network breaks: Wi-Fi changes, sleeping laptops, VPN flaps, silent partitions. Neither ssh nor sshd \
 ever sees the drop.\n\nUse it as a ProxyCommand in ssh_config:\n\n    Host myserver\n        \
-ProxyCommand resumeproxy --relay-port 7022 %h %p\n\nExit status: 0 when the session ended normally; \
+ProxyCommand resumeproxy --relay-port 7022 %h %p\n\n\
+The link to the relay is TLS 1.3. The relay is known by its key, as ssh knows hosts: on first use the \
+client pins the key's fingerprint in known_relays (and says so); a relay that later presents another key \
+is refused with a warning naming the line to remove if the change is expected. --relay-fingerprint \
+pins a key given by the relay's operator (`resumeproxyd fingerprint`) instead.\n\n\
+Exit status: 0 when the session ended normally; \
 255 (like ssh) when the relay cannot be reached, refuses the session, or the session is gone.",
     after_long_help = "Environment:\n  RESUMEPROXY_LOG  log filter (tracing EnvFilter syntax, e.g. debug); overrides -v and -q.\n\n\
 See also: resumeproxyd(8), ssh_config(5) ProxyCommand.",
@@ -47,13 +55,28 @@ pub struct ConnectArgs {
     /// Give up at start if the relay has not answered within this long.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+    /// Trust only the relay key with this fingerprint (as printed by
+    /// `resumeproxyd fingerprint`), instead of the known_relays file.
+    #[arg(long, value_name = "SHA256:…")]
+    pub relay_fingerprint: Option<Fingerprint>,
+    /// File of pinned relay keys [default: $XDG_CONFIG_HOME/resumeproxy/known_relays,
+    /// or ~/.config/resumeproxy/known_relays]. A relay not named in it is
+    /// pinned on first use; a relay whose key changed is refused.
+    #[arg(long, value_name = "FILE")]
+    pub known_relays: Option<PathBuf>,
+    /// Connect to the relay on this host and ask it for HOST:PORT, which the
+    /// relay must allow (--allow); without it, the relay runs on HOST and
+    /// PORT is its own target's port.
+    #[arg(long, value_name = "RELAYHOST")]
+    pub relay: Option<String>,
     /// Print only errors: no line when the link is lost or resumed.
     #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,
     /// More detail on stderr; repeat for more.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
-    /// Host the relay runs on (`%h` in ssh_config).
+    /// Host the relay runs on (`%h` in ssh_config), or with --relay the
+    /// target host the relay should connect to.
     #[arg(required = true)]
     pub host: Option<String>,
     /// Port of sshd behind the relay (`%p` in ssh_config); the relay must allow it.
@@ -90,6 +113,11 @@ pub struct DemoArgs {
     long_about = "Runs beside sshd. Accepts resumeproxy clients, connects each new session to its \
 target (by default the local sshd), and holds that connection open while the client is away, for up \
 to the grace period. A client that comes back resumes exactly where it was.\n\n\
+Clients connect with TLS 1.3; the relay proves its identity with a key made on first start (--key-file, \
+mode 0600), which clients pin by its fingerprint (`resumeproxyd fingerprint`). A resume must prove the \
+session's secret, bound to the new connection; addresses that fail repeatedly are refused for a minute. \
+The relay connects only to its --target and the targets named by --allow, and bounds what clients can \
+make it hold (handshakes, sessions, detached sessions, replay buffers, frame size).\n\n\
 The relay logs one line per session start, resume and end, with the session id, the client's \
 address, the target, and its local port towards sshd (sshd logs that port with the relay's \
 address, so its log can be joined back to the real client).\n\n\
@@ -97,21 +125,109 @@ On SIGTERM or SIGINT it stops accepting, tells each connected client that the re
 down (their ssh exits 255 with that reason), closes every sshd connection and exits 0 within a few \
 seconds. Sessions live in memory: a restarted relay knows none of them.",
     after_long_help = "Environment:\n  RESUMEPROXY_LOG  log filter (tracing EnvFilter syntax, e.g. debug); overrides -v.\n\n\
-See also: resumeproxy(1), sshd(8)."
+See also: resumeproxy(1), sshd(8).",
+    args_conflicts_with_subcommands = true
 )]
 pub struct RelayCli {
+    /// Relay options.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Other commands.
+    #[command(subcommand)]
+    pub command: Option<RelayCommand>,
+}
+
+/// Subcommands of `resumeproxyd`.
+#[derive(Debug, Subcommand)]
+pub enum RelayCommand {
+    /// Print the fingerprint of the relay's key (creating the key if there is
+    /// none), for clients' --relay-fingerprint or known_relays.
+    Fingerprint {
+        /// The relay's private key [default: as for serving].
+        #[arg(long, value_name = "PATH")]
+        key_file: Option<PathBuf>,
+    },
+}
+
+/// Options for serving clients.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
     /// Address and port to listen on for clients.
     #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:7022")]
     pub listen: SocketAddr,
-    /// Where sessions go. Clients may ask only for this port.
+    /// Where sessions go by default. Clients that name no host may ask only
+    /// for this port.
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:22")]
     pub target: SocketAddr,
+    /// Also allow clients to ask for this target by name (bastion mode);
+    /// repeatable. Nothing else is ever connected to.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub allow: Vec<AllowedTarget>,
     /// Keep a session whose client is away this long, then close its sshd connection.
     #[arg(long, value_name = "DURATION", default_value = "12h", value_parser = parse_duration)]
     pub grace: Duration,
+    /// The relay's private key, made (mode 0600) on first start if missing
+    /// [default: $STATE_DIRECTORY/relay.key under systemd,
+    /// /var/lib/resumeproxy/relay.key as root, else
+    /// ~/.local/state/resumeproxy/relay.key].
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+    /// Longest time a connection may take from accept to a complete
+    /// handshake (TLS and request).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+    /// Most sessions at once, connected or not.
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sessions: u32,
+    /// Most sessions whose client is away, at once; new sessions are refused
+    /// beyond it.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_detached: u32,
+    /// Most connections still in their handshake, at once.
+    #[arg(long, value_name = "N", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_handshakes: u32,
+    /// Most connections still in their handshake from one source address.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_handshakes_per_source: u32,
+    /// Unacknowledged bytes kept per session for replay towards the client;
+    /// reading from sshd pauses when it is full.
+    #[arg(long, value_name = "SIZE", default_value = "8MiB", value_parser = parse_replay_buffer)]
+    pub replay_buffer: u64,
+    /// Largest data frame either side may send (1KiB to 128KiB).
+    #[arg(long, value_name = "SIZE", default_value = "128KiB", value_parser = parse_max_frame)]
+    pub max_frame: u64,
     /// More detail in the log; repeat for more.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+fn parse_replay_buffer(text: &str) -> Result<u64, String> {
+    let size = parse_size(text)?;
+    let (min, max) = (64 << 10, 1 << 30);
+    if !(min..=max).contains(&size) {
+        return Err(format!(
+            "must be between {} and {}",
+            format_bytes(min),
+            format_bytes(max)
+        ));
+    }
+    Ok(size)
+}
+
+fn parse_max_frame(text: &str) -> Result<u64, String> {
+    let size = parse_size(text)?;
+    let (min, max) = (
+        crate::wire::MIN_DATA_LEN as u64,
+        crate::wire::MAX_DATA_LEN as u64,
+    );
+    if !(min..=max).contains(&size) {
+        return Err(format!(
+            "must be between {} and {}",
+            format_bytes(min),
+            format_bytes(max)
+        ));
+    }
+    Ok(size)
 }
 
 /// Sends `tracing` output to stderr: `default_filter` unless
@@ -235,5 +351,34 @@ mod tests {
         assert_eq!(cli.connect.host.as_deref(), Some("host"));
         assert!(ClientCli::try_parse_from(["resumeproxy", "demo", "--size", "1M"]).is_ok());
         assert!(ClientCli::try_parse_from(["resumeproxy", "host"]).is_err());
+        assert!(ClientCli::try_parse_from([
+            "resumeproxy",
+            "--relay-fingerprint",
+            "MD5:00",
+            "host",
+            "22"
+        ])
+        .is_err());
+
+        let relay = RelayCli::try_parse_from([
+            "resumeproxyd",
+            "--allow",
+            "db:22",
+            "--allow",
+            "[fd00::1]:2222",
+            "--max-frame",
+            "16KiB",
+        ])
+        .unwrap();
+        assert_eq!(relay.serve.allow.len(), 2);
+        assert_eq!(relay.serve.max_frame, 16 << 10);
+        assert!(RelayCli::try_parse_from(["resumeproxyd", "--max-frame", "1MiB"]).is_err());
+        assert!(RelayCli::try_parse_from(["resumeproxyd", "--allow", "db"]).is_err());
+        assert!(RelayCli::try_parse_from(["resumeproxyd", "--max-sessions", "0"]).is_err());
+        let fp = RelayCli::try_parse_from(["resumeproxyd", "fingerprint", "--key-file", "k"]);
+        assert!(matches!(
+            fp.unwrap().command,
+            Some(RelayCommand::Fingerprint { key_file: Some(_) })
+        ));
     }
 }

@@ -8,14 +8,19 @@
 
 use crate::backoff::Backoff;
 use crate::cli::format_duration;
-use crate::handshake::{self, HandshakeError};
+use crate::handshake;
+use crate::identity::Fingerprint;
 use crate::link::{close_transport, Link, Outcome, Step};
 use crate::session::{Session, SessionConfig, SessionStats};
-use crate::transport::{Transport, TransportKind};
+use crate::tls::{self, PinVerifier};
+use crate::transport::{ConnectError, Transport, TransportKind};
+use crate::trust::{self, Expectation, KeyChanged, TrustSource};
 use crate::wire::{Code, Hello, Reply, SessionId, SECRET_LEN};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -46,10 +51,13 @@ pub struct ClientConfig {
     pub session: SessionConfig,
     /// Bound on the first connection and on each reconnect attempt.
     pub connect_timeout: Duration,
+    /// Which relay keys to trust.
+    pub trust: TrustSource,
 }
 
 impl ClientConfig {
-    fn relay_addr(&self) -> String {
+    /// The relay's name as pins record it: `host:port`, `[v6addr]:port`.
+    pub fn relay_addr(&self) -> String {
         if self.relay_host.contains(':') {
             format!("[{}]:{}", self.relay_host, self.relay_port)
         } else {
@@ -61,6 +69,15 @@ impl ClientConfig {
 /// Something the user may want to hear about.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientEvent {
+    /// A relay seen for the first time had its key pinned.
+    Pinned {
+        /// `host:port`.
+        relay: String,
+        /// Its key.
+        fingerprint: Fingerprint,
+        /// The file the pin went to.
+        file: PathBuf,
+    },
     /// The session is open.
     Connected {
         /// The relay's address.
@@ -119,6 +136,17 @@ pub enum ClientError {
         /// host:port
         addr: String,
         /// The relay's reason.
+        reason: String,
+    },
+    /// The relay presented a key other than the pinned one.
+    #[error("{0}")]
+    KeyChanged(Box<KeyChanged>),
+    /// The relay's key could not be checked or pinned.
+    #[error("cannot check the key of relay {addr}: {reason}")]
+    Trust {
+        /// host:port
+        addr: String,
+        /// Why.
         reason: String,
     },
     /// The relay broke the protocol.
@@ -193,8 +221,13 @@ where
         addr: addr.clone(),
         reason,
     };
-    let opened = tokio::time::timeout(config.connect_timeout, open(&config)).await;
-    let (mut transport, session_id, secret, grace) = match opened {
+    let expectation =
+        Expectation::for_relay(&config.trust, &addr).map_err(|e| ClientError::Trust {
+            addr: addr.clone(),
+            reason: e.to_string(),
+        })?;
+    let opened = tokio::time::timeout(config.connect_timeout, open(&config, &expectation)).await;
+    let opened = match opened {
         Err(_) => {
             return Err(unreachable(format!(
                 "no answer within {}",
@@ -203,15 +236,43 @@ where
         }
         Ok(Err(OpenError::Io(reason))) => return Err(unreachable(reason)),
         Ok(Err(OpenError::Refused(reason))) => return Err(ClientError::Refused { addr, reason }),
+        Ok(Err(OpenError::KeyChanged(seen))) => {
+            let changed = expectation.changed(&config.trust, &addr, seen);
+            return Err(ClientError::KeyChanged(Box::new(changed)));
+        }
         Ok(Ok(opened)) => opened,
     };
+    let Opened {
+        mut transport,
+        session: session_id,
+        secret,
+        grace,
+        max_data,
+        relay_key,
+    } = opened;
+    let pinned =
+        trust::pin_first_use(&config.trust, &expectation, &addr, &relay_key).map_err(|e| {
+            ClientError::Trust {
+                addr: addr.clone(),
+                reason: format!("pinning its key: {e}"),
+            }
+        })?;
+    if let Some(file) = pinned {
+        on_event(ClientEvent::Pinned {
+            relay: addr.clone(),
+            fingerprint: relay_key,
+            file,
+        });
+    }
     on_event(ClientEvent::Connected {
         relay: transport.peer,
         transport: transport.kind,
     });
     tracing::debug!(session = %session_id, "session opened, relay grace {}", format_duration(grace));
 
-    let mut session = Session::new(config.session, Instant::now());
+    let mut session_config = config.session;
+    session_config.max_data_len = max_data;
+    let mut session = Session::new(session_config, Instant::now());
     session
         .attach(0, Instant::now())
         .map_err(|e| ClientError::Protocol {
@@ -272,7 +333,13 @@ where
         let replayed_before = link.session().stats().bytes_replayed;
         let received = link.session().received_position();
         let (new_transport, peer_received, attempts) = loop {
-            let reconnect = reconnect(&config, session_id, secret, received, grace, lost_at);
+            let resume = Resume {
+                session: session_id,
+                secret,
+                relay_key,
+                received,
+            };
+            let reconnect = reconnect(&config, resume, grace, lost_at);
             let interrupt = next_interrupt(&mut hangup, linger_until);
             let either = async {
                 tokio::select! {
@@ -317,19 +384,47 @@ where
 enum OpenError {
     Io(String),
     Refused(String),
+    KeyChanged(Fingerprint),
 }
 
-/// Connects and asks the relay for a new session.
-async fn open(
+/// A session the relay created.
+struct Opened {
+    transport: Transport,
+    session: SessionId,
+    secret: [u8; SECRET_LEN],
+    grace: Duration,
+    max_data: usize,
+    /// The key the relay presented.
+    relay_key: Fingerprint,
+}
+
+/// Connects with TLS, checking the relay's key against `expectation`.
+/// Returns the transport and the key the relay presented.
+async fn connect(
     config: &ClientConfig,
-) -> Result<(Transport, SessionId, [u8; SECRET_LEN], Duration), OpenError> {
-    let mut transport = Transport::connect_tcp(
+    expectation: &Expectation,
+) -> Result<(Transport, Fingerprint), OpenError> {
+    let verifier = Arc::new(PinVerifier::new(expectation.accepted.clone()));
+    let tls =
+        tls::client_config(Arc::clone(&verifier)).map_err(|e| OpenError::Io(e.to_string()))?;
+    let connected = Transport::connect(
         &config.relay_host,
         config.relay_port,
         config.connect_timeout,
+        tls,
     )
-    .await
-    .map_err(|e| OpenError::Io(e.to_string()))?;
+    .await;
+    match (connected, verifier.seen()) {
+        (Ok(transport), Some(seen)) => Ok((transport, seen)),
+        (Ok(_), None) => Err(OpenError::Io("the relay presented no key".into())),
+        (Err(_), Some(seen)) if !expectation.accepts(&seen) => Err(OpenError::KeyChanged(seen)),
+        (Err(e), _) => Err(OpenError::Io(describe_connect_error(&e))),
+    }
+}
+
+/// Connects and asks the relay for a new session.
+async fn open(config: &ClientConfig, expectation: &Expectation) -> Result<Opened, OpenError> {
+    let (mut transport, relay_key) = connect(config, expectation).await?;
     let hello = Hello::New {
         dead_after_ms: millis(config.session.dead_after),
         host: config.target_host.clone(),
@@ -340,41 +435,58 @@ async fn open(
             session,
             secret,
             grace_ms,
-        }) => Ok((transport, session, secret, Duration::from_millis(grace_ms))),
+            max_data,
+        }) => Ok(Opened {
+            transport,
+            session,
+            secret,
+            grace: Duration::from_millis(grace_ms),
+            max_data: max_data as usize,
+            relay_key,
+        }),
         Ok(Reply::Refused { reason, .. }) => Err(OpenError::Refused(reason)),
         Ok(Reply::Resumed { .. }) => Err(OpenError::Io(
             "relay answered a new session as a resume".into(),
         )),
-        Err(e) => Err(OpenError::Io(describe_handshake_error(e))),
+        Err(e) => Err(OpenError::Io(e.to_string())),
     }
 }
 
-/// Turns a handshake failure into words for the user.
-fn describe_handshake_error(e: HandshakeError) -> String {
-    match e {
-        HandshakeError::Decode(crate::wire::DecodeError::BadMagic(sent))
-            if sent.starts_with("SSH-") =>
-        {
-            "it is an SSH server, not a resumeproxy relay (give the relay's port with --relay-port)"
-                .into()
+/// Turns a failed connection into words for the user.
+fn describe_connect_error(e: &ConnectError) -> String {
+    match e.tls_error() {
+        Some(rustls::Error::InvalidMessage(_)) => {
+            "it does not speak TLS: it is not a resumeproxy relay (if it is sshd, give the relay's port with --relay-port), or an older resumeproxyd".into()
         }
-        HandshakeError::Decode(crate::wire::DecodeError::BadMagic(_)) => {
-            "it does not speak the resumeproxy protocol".into()
+        Some(rustls::Error::NoApplicationProtocol) => {
+            "it speaks TLS but not the resumeproxy protocol".into()
         }
-        other => other.to_string(),
+        _ if matches!(e, ConnectError::Tls(io) if io.kind() == std::io::ErrorKind::UnexpectedEof) => {
+            "the relay closed the connection during the TLS handshake (it may be at a connection limit; see its log)".into()
+        }
+        _ => e.to_string(),
     }
+}
+
+/// What a resume needs to prove and say.
+#[derive(Clone, Copy)]
+struct Resume {
+    session: SessionId,
+    secret: [u8; SECRET_LEN],
+    /// The key the session was opened with: a reconnect must meet the same.
+    relay_key: Fingerprint,
+    received: u64,
 }
 
 /// Tries to resume until it works or the session is certainly gone.
 async fn reconnect(
     config: &ClientConfig,
-    session: SessionId,
-    secret: [u8; SECRET_LEN],
-    received: u64,
+    resume: Resume,
     grace: Duration,
     lost_at: Instant,
 ) -> Result<(Transport, u64, u32), ClientError> {
     let addr = config.relay_addr();
+    let session = resume.session;
     let mut backoff = Backoff::default();
     let mut attempts = 0;
     // A live path answers within a round trip or two; one that does not
@@ -384,11 +496,7 @@ async fn reconnect(
         .min(config.session.dead_after.max(MIN_ATTEMPT_TIMEOUT));
     loop {
         attempts += 1;
-        let attempt = tokio::time::timeout(
-            attempt_timeout,
-            resume_once(config, session, secret, received),
-        )
-        .await;
+        let attempt = tokio::time::timeout(attempt_timeout, resume_once(config, &resume)).await;
         match attempt {
             Ok(Ok(Ok((transport, peer_received)))) => {
                 return Ok((transport, peer_received, attempts))
@@ -404,7 +512,14 @@ async fn reconnect(
                 tracing::debug!("attempt {attempts}: relay busy: {reason}");
             }
             Ok(Ok(Err((_, reason)))) => return Err(ClientError::Refused { addr, reason }),
-            Ok(Err(reason)) => tracing::debug!("attempt {attempts}: {reason}"),
+            Ok(Err(OpenError::KeyChanged(seen))) => {
+                let expectation = Expectation::exactly(resume.relay_key);
+                let changed = expectation.changed(&config.trust, &addr, seen);
+                return Err(ClientError::KeyChanged(Box::new(changed)));
+            }
+            Ok(Err(OpenError::Io(reason) | OpenError::Refused(reason))) => {
+                tracing::debug!("attempt {attempts}: {reason}")
+            }
             Err(_) => tracing::debug!(
                 "attempt {attempts}: no answer within {}",
                 format_duration(attempt_timeout)
@@ -428,30 +543,22 @@ async fn reconnect(
 type ResumeResult = Result<(Transport, u64), (Code, String)>;
 
 /// One resume attempt: `Err` is a network failure, `Ok(Err)` a refusal.
-async fn resume_once(
-    config: &ClientConfig,
-    session: SessionId,
-    secret: [u8; SECRET_LEN],
-    received: u64,
-) -> Result<ResumeResult, String> {
-    let mut transport = Transport::connect_tcp(
-        &config.relay_host,
-        config.relay_port,
-        config.connect_timeout,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+async fn resume_once(config: &ClientConfig, resume: &Resume) -> Result<ResumeResult, OpenError> {
+    let expectation = Expectation::exactly(resume.relay_key);
+    let (mut transport, _) = connect(config, &expectation).await?;
     let hello = Hello::Resume {
         dead_after_ms: millis(config.session.dead_after),
-        session,
-        proof: secret,
-        received,
+        session: resume.session,
+        proof: crate::resume_auth::proof(&resume.secret, &resume.session, &transport.binding),
+        received: resume.received,
     };
     match handshake::client(&mut transport, &hello).await {
         Ok(Reply::Resumed { received, .. }) => Ok(Ok((transport, received))),
         Ok(Reply::Refused { code, reason }) => Ok(Err((code, reason))),
-        Ok(Reply::Created { .. }) => Err("relay answered a resume as a new session".into()),
-        Err(e) => Err(describe_handshake_error(e)),
+        Ok(Reply::Created { .. }) => Err(OpenError::Io(
+            "relay answered a resume as a new session".into(),
+        )),
+        Err(e) => Err(OpenError::Io(e.to_string())),
     }
 }
 

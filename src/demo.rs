@@ -9,8 +9,12 @@
 use crate::cli::{format_bytes, format_duration, DemoArgs};
 use crate::client::{self, ClientConfig, ClientEvent};
 use crate::fault::FaultInjector;
-use crate::relay::{Relay, RelayConfig};
+use crate::identity::RelayKey;
+use crate::relay::{Limits, Relay, RelayConfig};
 use crate::session::SessionConfig;
+use crate::target_policy::TargetPolicy;
+use crate::tls;
+use crate::trust::TrustSource;
 use sha2::{Digest, Sha256};
 use std::io;
 use std::net::SocketAddr;
@@ -162,11 +166,18 @@ async fn start_target(size: u64) -> io::Result<(SocketAddr, oneshot::Receiver<(u
 /// Runs the demo; returns whether every byte arrived intact.
 pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
     let (target, target_report) = start_target(args.size).await?;
+    // A throwaway key, pinned by the client directly: TLS as in production.
+    let key = RelayKey::generate()?;
     let relay = Relay::bind(RelayConfig {
         listen: "127.0.0.1:0".parse()?,
-        target,
+        targets: TargetPolicy {
+            default: target,
+            allowed: Vec::new(),
+        },
         grace: Duration::from_secs(60),
         session: SessionConfig::default(),
+        limits: Limits::default(),
+        tls: tls::server_config(&key)?,
     })
     .await?;
     let relay_addr = relay.local_addr()?;
@@ -214,6 +225,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
             ..SessionConfig::default()
         },
         connect_timeout: Duration::from_secs(5),
+        trust: TrustSource::Fingerprint(key.fingerprint()),
     };
     let started = Instant::now();
     let mut sink = HashingWriter::default();

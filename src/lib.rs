@@ -11,24 +11,34 @@
 //! 1. [`wire`] — the codec: frames to and from bytes. Pure.
 //! 2. [`session`] (with [`replay`]) — the sans-IO state machine: offsets,
 //!    replay buffer, acks, end markers, resume.
-//! 3. [`transport`] — the byte transports a session can run over.
+//! 3. [`transport`] — the byte transports a session can run over, secured
+//!    by [`tls`]: the relay's [`identity`], the client's [`trust`] in it
+//!    ([`known_relays`]), and [`resume_auth`] for proving a resume.
 //! 4. Drivers — [`link`] runs a session over its local end and current
 //!    transport; [`client`] and [`relay`] are the two programs' cores.
 //! 5. Front ends — [`cli`], [`demo`], and the binaries in `src/bin/`.
 
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod backoff;
 pub mod cli;
 pub mod client;
 pub mod demo;
 pub mod fault;
 pub mod handshake;
+pub mod identity;
+pub mod known_relays;
 pub mod link;
+pub mod paths;
 pub mod relay;
 pub mod replay;
+pub mod resume_auth;
 pub mod session;
 pub mod stdio;
+pub mod target_policy;
+pub mod tls;
 pub mod transport;
+pub mod trust;
 pub mod wire;
 pub mod write_queue;

@@ -15,7 +15,7 @@
 
 use crate::session::Session;
 use crate::transport::{Transport, TRANSPORT_READ_SIZE};
-use crate::wire::{split_message, Code, Frame, MAX_DATA_LEN};
+use crate::wire::{split_message_within, Code, Frame, MAX_DATA_LEN};
 use crate::write_queue::{WriteQueue, MAX_IO_SLICES};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::future::{poll_fn, Future};
@@ -273,7 +273,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
     fn parse_frames(&mut self, t: &mut Transport, now: Instant) -> Result<bool, Outcome> {
         let mut any = false;
         while self.session.peer_close().is_none() {
-            let (kind, payload) = match split_message(&mut t.read_buf) {
+            let max_payload = self.session.max_payload_in();
+            let (kind, payload) = match split_message_within(&mut t.read_buf, max_payload) {
                 Ok(Some(message)) => message,
                 Ok(None) => break,
                 Err(e) => return Err(Outcome::Protocol(e.to_string())),

@@ -3,8 +3,16 @@
 //!
 //! Every session is one task that owns the sshd connection and the session's
 //! [`Link`]. New transports reach it through a channel after the acceptor has
-//! read their handshake; a session without a transport waits for one until
-//! its grace period ends, then closes the sshd connection and is forgotten.
+//! authenticated their resume; a session without a transport waits for one
+//! until its grace period ends, then closes the sshd connection and is
+//! forgotten.
+//!
+//! Every input is hostile until proven otherwise: connections in their
+//! handshake are bounded in number ([`Admission`]) and time; sessions and
+//! detached sessions are bounded; a resume must prove the session's secret
+//! ([`resume_auth`]), and an address that keeps failing is refused for a
+//! while. At a limit the relay refuses the new thing, with a reason, and
+//! keeps serving what it has.
 //!
 //! At shutdown the relay stops accepting, every session tells its client why
 //! (a [`Code::Shutdown`] close) and closes its sshd connection, and the relay
@@ -15,10 +23,13 @@
 //! towards sshd, so that sshd's log (which sees the relay's address) can be
 //! joined back to the real client.
 
+use crate::admission::{Admission, Full};
 use crate::cli::format_duration;
-use crate::handshake::{self, HandshakeError};
+use crate::handshake::{self, HandshakeError, NOT_A_CLIENT_NOTICE};
 use crate::link::{close_transport, Link, Outcome, Step};
+use crate::resume_auth::{self, FailureLimiter, Verdict, MAX_FAILURES};
 use crate::session::{Session, SessionConfig, MAX_DEAD_AFTER, MIN_DEAD_AFTER};
+use crate::target_policy::{Target, TargetPolicy};
 use crate::transport::Transport;
 use crate::wire::{Code, Hello, Reply, SessionId, SECRET_LEN, SESSION_ID_LEN};
 use std::collections::HashMap;
@@ -26,17 +37,18 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Default grace period: long enough for a laptop to sleep through a night.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(12 * 3600);
-/// Longest time a new connection may take to complete its handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest time a connection to the target may take.
 pub const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a close notice may take to send.
@@ -48,18 +60,54 @@ pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
 const ENDED_GRACE: Duration = Duration::from_secs(600);
 /// What clients are told when the relay stops.
 const SHUTDOWN_REASON: &str = "the relay is shutting down";
+/// The first byte of every TLS connection (a handshake record).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// The relay's limits. At each, it refuses the new thing with a reason and
+/// keeps serving what it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest time a connection may take from accept to a complete
+    /// handshake (TLS and hello).
+    pub handshake_timeout: Duration,
+    /// Most sessions at once, attached or not.
+    pub max_sessions: usize,
+    /// Most sessions without a client at once.
+    pub max_detached: usize,
+    /// Most connections in their handshake at once.
+    pub max_handshakes: usize,
+    /// Most connections in their handshake from one source address.
+    pub max_handshakes_per_source: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout: Duration::from_secs(10),
+            max_sessions: 1024,
+            max_detached: 256,
+            max_handshakes: 512,
+            max_handshakes_per_source: 16,
+        }
+    }
+}
 
 /// What the relay needs to know.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
     /// Where to listen for clients.
     pub listen: SocketAddr,
-    /// Where sessions go (the local sshd).
-    pub target: SocketAddr,
+    /// Where sessions may go.
+    pub targets: TargetPolicy,
     /// How long a session without a client is kept.
     pub grace: Duration,
-    /// Session tunables (the dead-peer interval is the client's).
+    /// Session tunables: replay buffer and frame size (the dead-peer
+    /// interval is the client's).
     pub session: SessionConfig,
+    /// Limits on what clients may make the relay hold.
+    pub limits: Limits,
+    /// TLS with the relay's key.
+    pub tls: Arc<rustls::ServerConfig>,
 }
 
 /// A new transport for an existing session.
@@ -78,8 +126,15 @@ struct Entry {
 /// What every task of a relay shares.
 struct Shared {
     config: RelayConfig,
+    acceptor: TlsAcceptor,
     /// Live sessions, by id.
     table: Mutex<HashMap<SessionId, Entry>>,
+    /// Sessions without a client.
+    detached: AtomicUsize,
+    /// Connections in their handshake.
+    admission: Arc<Admission>,
+    /// Failed resumes per source address.
+    failures: Mutex<FailureLimiter>,
     /// Cancelled when the relay shuts down.
     stop: CancellationToken,
     /// Every task the relay spawned, to wait for at shutdown.
@@ -93,6 +148,39 @@ impl Shared {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, FailureLimiter> {
+        self.failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Counts one session as detached while it lives.
+struct DetachedMark<'a>(&'a AtomicUsize);
+
+impl<'a> DetachedMark<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        DetachedMark(counter)
+    }
+}
+
+impl Drop for DetachedMark<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts of what a relay holds, for status lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayCounts {
+    /// Live sessions.
+    pub sessions: usize,
+    /// Of which without a client.
+    pub detached: usize,
+    /// Connections in their handshake.
+    pub handshakes: usize,
 }
 
 /// A bound relay, ready to run.
@@ -105,11 +193,16 @@ impl Relay {
     /// Binds the listening socket.
     pub async fn bind(config: RelayConfig) -> io::Result<Relay> {
         let listener = TcpListener::bind(config.listen).await?;
+        let limits = config.limits;
         Ok(Relay {
             listener,
             shared: Arc::new(Shared {
+                acceptor: TlsAcceptor::from(Arc::clone(&config.tls)),
                 config,
                 table: Mutex::default(),
+                detached: AtomicUsize::new(0),
+                admission: Admission::new(limits.max_handshakes, limits.max_handshakes_per_source),
+                failures: Mutex::default(),
                 stop: CancellationToken::new(),
                 tasks: TaskTracker::new(),
             }),
@@ -121,11 +214,21 @@ impl Relay {
         self.listener.local_addr()
     }
 
+    /// What the relay holds now.
+    pub fn counts(&self) -> RelayCounts {
+        RelayCounts {
+            sessions: self.shared.table().len(),
+            detached: self.shared.detached.load(Ordering::Relaxed),
+            handshakes: self.shared.admission.in_progress(),
+        }
+    }
+
     /// Serves clients until `shutdown` completes; then stops accepting, tells
     /// every connected client that the relay is going away, closes every
     /// sshd connection, and returns within about [`SHUTDOWN_TIMEOUT`].
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let mut shutdown = pin!(shutdown);
+        let mut refused_full = 0u64;
         loop {
             let accepted = tokio::select! {
                 () = &mut shutdown => break,
@@ -140,6 +243,27 @@ impl Relay {
                     continue;
                 }
             };
+            let slot = match self.shared.admission.admit(peer.ip()) {
+                Ok(slot) => slot,
+                Err(full) => {
+                    // Dropping the connection is the answer: nothing about
+                    // it is known yet, and answering costs more than it did.
+                    refused_full += 1;
+                    if refused_full.is_power_of_two() {
+                        let why = match full {
+                            Full::Total(n) => {
+                                format!("{n} handshakes in progress (--max-handshakes)")
+                            }
+                            Full::Source(n) => format!(
+                                "{n} handshakes in progress from {} (--max-handshakes-per-source)",
+                                peer.ip()
+                            ),
+                        };
+                        tracing::warn!(client = %peer, "connection dropped: {why}; {refused_full} dropped so far");
+                    }
+                    continue;
+                }
+            };
             let shared = Arc::clone(&self.shared);
             self.shared.tasks.spawn(async move {
                 let stop = shared.stop.clone();
@@ -151,6 +275,7 @@ impl Relay {
                     }
                     () = stop.cancelled() => {}
                 }
+                drop(slot);
             });
         }
         drop(self.listener);
@@ -176,8 +301,12 @@ impl Relay {
 enum AcceptError {
     #[error("handshake: {0}")]
     Handshake(#[from] HandshakeError),
-    #[error("handshake took longer than {}", format_duration(HANDSHAKE_TIMEOUT))]
-    Timeout,
+    #[error("TLS: {0}")]
+    Tls(io::Error),
+    #[error("not a resumeproxy client (it did not start TLS)")]
+    NotTls,
+    #[error("handshake took longer than {}", format_duration(*.0))]
+    Timeout(Duration),
     #[error("{0}")]
     Refused(String),
 }
@@ -188,116 +317,68 @@ async fn accept(
     peer: SocketAddr,
     shared: Arc<Shared>,
 ) -> Result<(), AcceptError> {
-    let config = &shared.config;
-    let mut transport = Transport::tcp(stream).map_err(HandshakeError::from)?;
-    let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake::relay(&mut transport))
+    let limit = shared.config.limits.handshake_timeout;
+    let deadline = tokio::time::Instant::now() + limit;
+    let handshake = async {
+        let mut first = [0u8; 1];
+        let n = stream
+            .peek(&mut first)
+            .await
+            .map_err(HandshakeError::from)?;
+        if n == 0 || first[0] != TLS_HANDSHAKE_RECORD {
+            // An ssh client pointed at this port, a scanner: say what this is.
+            let mut stream = stream;
+            let _ = stream.write_all(NOT_A_CLIENT_NOTICE).await;
+            return Err(AcceptError::NotTls);
+        }
+        let mut transport = Transport::accept(stream, &shared.acceptor)
+            .await
+            .map_err(AcceptError::Tls)?;
+        let hello = handshake::relay(&mut transport).await?;
+        Ok((transport, hello))
+    };
+    let (mut transport, hello) = tokio::time::timeout_at(deadline, handshake)
         .await
-        .map_err(|_| AcceptError::Timeout)??;
+        .map_err(|_| AcceptError::Timeout(limit))??;
     match hello {
         Hello::New {
             dead_after_ms,
             host,
             port,
-        } => {
-            let dead_after = clamp_dead_after(dead_after_ms);
-            let refusal = if !host.is_empty() {
-                Some((
-                    Code::TargetRefused,
-                    format!("this relay forwards only to its own target, not to host {host:?}"),
-                ))
-            } else if port != config.target.port() {
-                Some((
-                    Code::TargetRefused,
-                    format!(
-                        "this relay forwards only to port {} (its --target), not to port {port}",
-                        config.target.port()
-                    ),
-                ))
-            } else {
-                None
-            };
-            if let Some((code, reason)) = refusal {
-                return refuse(&mut transport, code, reason).await;
-            }
-            let connected =
-                tokio::time::timeout(TARGET_CONNECT_TIMEOUT, TcpStream::connect(config.target))
-                    .await;
-            let target = match connected {
-                Ok(Ok(target)) => target,
-                Ok(Err(e)) => {
-                    let reason = format!(
-                        "the relay cannot connect to its target {}: {e}",
-                        config.target
-                    );
-                    return refuse(&mut transport, Code::TargetUnreachable, reason).await;
-                }
-                Err(_) => {
-                    let reason = format!("the relay's target {} does not answer", config.target);
-                    return refuse(&mut transport, Code::TargetUnreachable, reason).await;
-                }
-            };
-            target.set_nodelay(true).map_err(HandshakeError::from)?;
-            let local_port = target.local_addr().map(|a| a.port()).unwrap_or(0);
-            let session = SessionId(rand::random::<[u8; SESSION_ID_LEN]>());
-            let secret = rand::random::<[u8; SECRET_LEN]>();
-            let (tx, rx) = mpsc::channel(4);
-            shared.table().insert(session, Entry { secret, attach: tx });
-            let reply = Reply::Created {
-                session,
-                secret,
-                grace_ms: config.grace.as_millis().try_into().unwrap_or(u64::MAX),
-            };
-            if let Err(e) =
-                tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake::reply(&mut transport, &reply))
-                    .await
-            {
-                shared.table().remove(&session);
-                return Err(AcceptError::Refused(format!("could not answer: {e}")));
-            }
-            tracing::info!(
-                session = %session, client = %peer, target = %config.target, local_port,
-                "session started"
-            );
-            let mut session_config = config.session;
-            session_config.dead_after = dead_after;
-            let task = run_session(
-                session,
-                target,
-                transport,
-                session_config,
-                Arc::clone(&shared),
-                rx,
-            );
-            shared.tasks.spawn(task);
-            Ok(())
-        }
+        } => open_session(transport, peer, &shared, dead_after_ms, &host, port).await,
         Hello::Resume {
             dead_after_ms,
             session,
             proof,
             received,
         } => {
+            let ip = peer.ip();
+            let verdict = shared.failures().verdict(ip, Instant::now());
+            if let Verdict::Refuse { retry_after } = verdict {
+                let reason = format!(
+                    "too many failed resume attempts from {ip}; try again in {}",
+                    format_duration(retry_after)
+                );
+                return refuse(&mut transport, Code::Busy, reason).await;
+            }
             let found = shared
                 .table()
                 .get(&session)
-                .map(|entry| (entry.secret == proof, entry.attach.clone()));
-            let attach = match found {
-                Some((false, _)) => {
-                    tracing::warn!(session = %session, client = %peer, "resume with a wrong secret refused");
-                    return refuse(
-                        &mut transport,
-                        Code::BadProof,
-                        "wrong session secret".into(),
-                    )
-                    .await;
-                }
-                Some((true, attach)) => Some(attach),
-                None => None,
-            };
+                .map(|entry| (entry.secret, entry.attach.clone()));
             let gone = "no such session on this relay: it expired after its grace period, or the relay was restarted";
-            let Some(attach) = attach else {
+            let Some((secret, attach)) = found else {
                 return refuse(&mut transport, Code::UnknownSession, gone.into()).await;
             };
+            if !resume_auth::verify(&secret, &session, &transport.binding, &proof) {
+                let failures = shared.failures().record_failure(ip, Instant::now());
+                if failures <= MAX_FAILURES {
+                    tracing::warn!(session = %session, client = %peer, "resume refused: wrong proof ({failures} from this address in the last minute)");
+                }
+                if failures == MAX_FAILURES {
+                    tracing::warn!(client = %peer, "further resume attempts from {ip} are refused for a minute");
+                }
+                return refuse(&mut transport, Code::BadProof, "wrong session proof".into()).await;
+            }
             let request = Attach {
                 transport,
                 peer_received: received,
@@ -310,6 +391,108 @@ async fn accept(
             Ok(())
         }
     }
+}
+
+/// Opens a new session to the target a client asked for, if it is allowed
+/// and the relay has room.
+async fn open_session(
+    mut transport: Transport,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    dead_after_ms: u32,
+    host: &str,
+    port: u16,
+) -> Result<(), AcceptError> {
+    let config = &shared.config;
+    let target = match config.targets.decide(host, port) {
+        Ok(target) => target,
+        Err(reason) => return refuse(&mut transport, Code::TargetRefused, reason).await,
+    };
+    let limits = config.limits;
+    if shared.table().len() >= limits.max_sessions {
+        let reason = format!(
+            "the relay is at its limit of {} sessions (--max-sessions)",
+            limits.max_sessions
+        );
+        return refuse(&mut transport, Code::Busy, reason).await;
+    }
+    if shared.detached.load(Ordering::Relaxed) >= limits.max_detached {
+        let reason = format!(
+            "the relay holds its limit of {} sessions whose clients are away (--max-detached)",
+            limits.max_detached
+        );
+        return refuse(&mut transport, Code::Busy, reason).await;
+    }
+    let connect = async {
+        match &target {
+            Target::Default(addr) => TcpStream::connect(addr).await,
+            Target::Named(named) => TcpStream::connect((named.host.as_str(), named.port)).await,
+        }
+    };
+    let sshd = match tokio::time::timeout(TARGET_CONNECT_TIMEOUT, connect).await {
+        Ok(Ok(sshd)) => sshd,
+        Ok(Err(e)) => {
+            let reason = format!("the relay cannot connect to its target {target}: {e}");
+            return refuse(&mut transport, Code::TargetUnreachable, reason).await;
+        }
+        Err(_) => {
+            let reason = format!("the relay's target {target} does not answer");
+            return refuse(&mut transport, Code::TargetUnreachable, reason).await;
+        }
+    };
+    sshd.set_nodelay(true).map_err(HandshakeError::from)?;
+    let local_port = sshd.local_addr().map(|a| a.port()).unwrap_or(0);
+    let session = SessionId(rand::random::<[u8; SESSION_ID_LEN]>());
+    let secret = rand::random::<[u8; SECRET_LEN]>();
+    let (tx, rx) = mpsc::channel(4);
+    shared.table().insert(session, Entry { secret, attach: tx });
+    let reply = Reply::Created {
+        session,
+        secret,
+        grace_ms: config.grace.as_millis().try_into().unwrap_or(u64::MAX),
+        max_data: u32::try_from(config.session.max_data_len).unwrap_or(u32::MAX),
+    };
+    if let Err(e) = tokio::time::timeout(
+        limits.handshake_timeout,
+        handshake::reply(&mut transport, &reply),
+    )
+    .await
+    {
+        shared.table().remove(&session);
+        return Err(AcceptError::Refused(format!("could not answer: {e}")));
+    }
+    let audit = Audit {
+        id: session,
+        client: peer,
+        target,
+        local_port,
+    };
+    tracing::info!(
+        session = %audit.id, client = %audit.client, target = %audit.target, local_port,
+        "session started"
+    );
+    let mut session_config = config.session;
+    session_config.dead_after = clamp_dead_after(dead_after_ms);
+    let task = run_session(
+        audit,
+        sshd,
+        transport,
+        session_config,
+        Arc::clone(shared),
+        rx,
+    );
+    shared.tasks.spawn(task);
+    Ok(())
+}
+
+/// What the audit trail says of a session.
+struct Audit {
+    id: SessionId,
+    /// The client's latest address.
+    client: SocketAddr,
+    target: Target,
+    /// The relay's port towards the target: what sshd logs.
+    local_port: u16,
 }
 
 fn clamp_dead_after(ms: u32) -> Duration {
@@ -328,7 +511,7 @@ async fn refuse(transport: &mut Transport, code: Code, reason: String) -> Result
 /// What a session task waits for besides its link.
 enum Wake {
     /// The client is back on a new transport.
-    Attach(Attach),
+    Attach(Box<Attach>),
     /// Nobody came back within the grace period.
     Expired,
     /// The relay is shutting down.
@@ -351,7 +534,7 @@ async fn next_wake(
     };
     tokio::select! {
         attach = attach_rx.recv() => match attach {
-            Some(attach) => Wake::Attach(attach),
+            Some(attach) => Wake::Attach(Box::new(attach)),
             // The sender lives in the table until this task removes it.
             None => Wake::Shutdown,
         },
@@ -362,14 +545,15 @@ async fn next_wake(
 
 /// One session, from its first transport until it ends or expires.
 async fn run_session(
-    id: SessionId,
-    target: TcpStream,
+    mut audit: Audit,
+    sshd: TcpStream,
     first: Transport,
     session_config: SessionConfig,
     shared: Arc<Shared>,
     mut attach_rx: mpsc::Receiver<Attach>,
 ) {
     let config = &shared.config;
+    let id = audit.id;
     let started = Instant::now();
     let mut session = Session::new(session_config, Instant::now());
     let mut current = Some(first);
@@ -377,10 +561,11 @@ async fn run_session(
         tracing::error!(session = %id, "cannot start: {e}");
         current = None;
     }
-    let (target_in, target_out) = target.into_split();
-    let mut link = Link::new(session, target_in, target_out);
+    let (sshd_in, sshd_out) = sshd.into_split();
+    let mut link = Link::new(session, sshd_in, sshd_out);
     let end_reason = loop {
         let Some(mut transport) = current.take() else {
+            let _detached = DetachedMark::new(&shared.detached);
             // Both streams are over and only the client's last ack is
             // missing: it has most likely exited, so do not hold on for long.
             let grace = if link.session().both_streams_ended() {
@@ -391,7 +576,7 @@ async fn run_session(
             let wake = next_wake(&mut attach_rx, &shared.stop, Some(grace));
             match link.run(None, wake).await {
                 Step::Other(Wake::Attach(attach)) => {
-                    current = resume(id, &mut link, attach, config).await;
+                    current = resume(&mut audit, &mut link, attach, config).await;
                     continue;
                 }
                 Step::Other(Wake::Shutdown) => break SHUTDOWN_REASON.to_string(),
@@ -404,11 +589,12 @@ async fn run_session(
         let wake = next_wake(&mut attach_rx, &shared.stop, None);
         match link.run(Some(&mut transport), wake).await {
             Step::Other(Wake::Attach(attach)) => {
-                // The client came back on a new transport before this side
-                // noticed the old one die: the new one wins.
+                // The client came back on a new, authenticated transport
+                // before this side noticed the old one die: the new one wins
+                // and the old one is retired.
                 drop(transport);
                 link.session_mut().detach();
-                current = resume(id, &mut link, attach, config).await;
+                current = resume(&mut audit, &mut link, attach, config).await;
             }
             Step::Other(Wake::Shutdown) => {
                 close_transport(
@@ -441,14 +627,19 @@ async fn run_session(
             }
             Step::Link(Outcome::TransportLost(reason)) => {
                 link.session_mut().detach();
-                tracing::info!(session = %id, client = %transport.peer, "client lost: {reason}; keeping the session for {}", format_duration(config.grace));
+                tracing::info!(
+                    session = %id, client = %audit.client, target = %audit.target,
+                    local_port = audit.local_port,
+                    "client lost: {reason}; keeping the session for {}", format_duration(config.grace)
+                );
             }
         }
     };
     shared.table().remove(&id);
     let stats = link.session().stats();
     tracing::info!(
-        session = %id,
+        session = %id, client = %audit.client, target = %audit.target,
+        local_port = audit.local_port,
         duration = %format_duration(started.elapsed()),
         bytes_from_client = stats.bytes_received,
         bytes_to_client = stats.bytes_read_local,
@@ -458,18 +649,20 @@ async fn run_session(
 
 /// Attaches a client's new transport to the session; `None` if that failed.
 async fn resume<R, W>(
-    id: SessionId,
+    audit: &mut Audit,
     link: &mut Link<R, W>,
-    mut attach: Attach,
+    mut attach: Box<Attach>,
     config: &RelayConfig,
 ) -> Option<Transport>
 where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
+    let id = audit.id;
+    let client = attach.transport.peer;
     let session = link.session_mut();
     if let Err(e) = session.check_resume(attach.peer_received) {
-        tracing::warn!(session = %id, client = %attach.transport.peer, "resume refused: {e}");
+        tracing::warn!(session = %id, client = %client, "resume refused: {e}");
         let _ = refuse(&mut attach.transport, Code::Protocol, e.to_string()).await;
         return None;
     }
@@ -478,29 +671,29 @@ where
         received: session.received_position(),
         grace_ms: config.grace.as_millis().try_into().unwrap_or(u64::MAX),
     };
-    match tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
+    let answered = tokio::time::timeout(
+        config.limits.handshake_timeout,
         handshake::reply(&mut attach.transport, &reply),
     )
-    .await
-    {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::info!(session = %id, client = %attach.transport.peer, "resume failed: {e}");
-            return None;
-        }
-        Err(_) => {
-            tracing::info!(session = %id, client = %attach.transport.peer, "resume failed: client silent");
-            return None;
-        }
+    .await;
+    let failure = match answered {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("client silent".to_string()),
+    };
+    if let Some(why) = failure {
+        tracing::info!(session = %id, client = %client, "resume failed: {why}");
+        return None;
     }
     if let Err(e) = session.attach(attach.peer_received, Instant::now()) {
         // Checked above; kept so that a mistake cannot go unnoticed.
-        tracing::error!(session = %id, client = %attach.transport.peer, "resume failed: {e}");
+        tracing::error!(session = %id, client = %client, "resume failed: {e}");
         return None;
     }
+    audit.client = client;
     tracing::info!(
-        session = %id, client = %attach.transport.peer,
+        session = %id, client = %client, target = %audit.target,
+        local_port = audit.local_port,
         replaying = session.unacked(),
         "session resumed"
     );

@@ -18,7 +18,7 @@
 //! there ([`Session::attach`]).
 
 use crate::replay::ReplayBuffer;
-use crate::wire::{Code, Frame, MAX_DATA_LEN};
+use crate::wire::{Code, Frame, DATA_PREFIX_LEN, MAX_DATA_LEN, MIN_DATA_LEN};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -45,6 +45,9 @@ pub struct SessionConfig {
     pub deliver_capacity: usize,
     /// A transport from which nothing arrived for this long is dead.
     pub dead_after: Duration,
+    /// Largest data frame payload sent or accepted (the relay sets it and
+    /// tells the client).
+    pub max_data_len: usize,
 }
 
 impl Default for SessionConfig {
@@ -53,6 +56,7 @@ impl Default for SessionConfig {
             replay_capacity: DEFAULT_REPLAY_CAPACITY,
             deliver_capacity: DEFAULT_DELIVER_CAPACITY,
             dead_after: DEFAULT_DEAD_AFTER,
+            max_data_len: MAX_DATA_LEN,
         }
     }
 }
@@ -172,6 +176,12 @@ impl Session {
     /// Changes the dead-peer interval (the relay adopts the client's).
     pub fn set_dead_after(&mut self, dead_after: Duration) {
         self.config.dead_after = dead_after;
+    }
+
+    /// Largest message payload the peer may send: a data frame of
+    /// [`SessionConfig::max_data_len`] bytes, or any control frame.
+    pub fn max_payload_in(&self) -> usize {
+        (self.config.max_data_len + DATA_PREFIX_LEN).max(MIN_DATA_LEN + DATA_PREFIX_LEN)
     }
 
     /// Counters.
@@ -398,7 +408,9 @@ impl Session {
             return Some(Frame::Ack { position: received });
         }
         if self.send_next < self.replay.end() {
-            let bytes = self.replay.slice_from(self.send_next, MAX_DATA_LEN);
+            let bytes = self
+                .replay
+                .slice_from(self.send_next, self.config.max_data_len);
             let offset = self.send_next;
             self.send_next += bytes.len() as u64;
             self.sent_high = self.sent_high.max(self.send_next);

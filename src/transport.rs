@@ -6,17 +6,21 @@
 //! written). Both are thrown away with the transport when it breaks; the
 //! session replays from its own buffer on the next one.
 //!
-//! Today: plain TCP with `TCP_NODELAY` (writes are batched by the driver, so
-//! Nagle would only add latency to interactive traffic).
+//! Today: TCP with `TCP_NODELAY` (writes are batched by the driver, so Nagle
+//! would only add latency to interactive traffic), under TLS 1.3 (see
+//! [`crate::tls`]).
 
+use crate::tls::{channel_binding, BINDING_LEN};
 use crate::write_queue::WriteQueue;
 use bytes::BytesMut;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// Bytes reserved for each read from a transport.
 pub const TRANSPORT_READ_SIZE: usize = 256 * 1024;
@@ -28,14 +32,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> ByteStream for T {}
 /// Which kind of transport carries the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportKind {
-    /// Plain TCP.
-    Tcp,
+    /// TLS 1.3 over TCP.
+    Tls,
 }
 
 impl fmt::Display for TransportKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TransportKind::Tcp => f.write_str("tcp"),
+            TransportKind::Tls => f.write_str("tls"),
         }
     }
 }
@@ -48,6 +52,8 @@ pub struct Transport {
     pub peer: SocketAddr,
     /// What kind of stream it is.
     pub kind: TransportKind,
+    /// The connection's channel binding (see [`crate::tls::channel_binding`]).
+    pub binding: [u8; BINDING_LEN],
     /// Bytes read and not yet parsed.
     pub read_buf: BytesMut,
     /// Frames encoded and not yet written.
@@ -63,31 +69,80 @@ impl fmt::Debug for Transport {
     }
 }
 
+/// Why a connection to the relay could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// TCP failed: refused, unreachable, timed out.
+    #[error("{0}")]
+    Tcp(io::Error),
+    /// TCP worked, the TLS handshake did not.
+    #[error("TLS handshake failed: {0}")]
+    Tls(io::Error),
+}
+
+impl ConnectError {
+    /// The TLS library's own error, if that is what failed.
+    pub fn tls_error(&self) -> Option<&rustls::Error> {
+        match self {
+            ConnectError::Tls(e) => e.get_ref()?.downcast_ref::<rustls::Error>(),
+            ConnectError::Tcp(_) => None,
+        }
+    }
+}
+
 impl Transport {
-    /// Wraps an established TCP connection.
-    pub fn tcp(stream: TcpStream) -> io::Result<Transport> {
-        stream.set_nodelay(true)?;
-        let peer = stream.peer_addr()?;
-        Ok(Transport {
-            stream: Box::new(stream),
+    fn new(stream: Box<dyn ByteStream>, peer: SocketAddr, binding: [u8; BINDING_LEN]) -> Transport {
+        Transport {
+            stream,
             peer,
-            kind: TransportKind::Tcp,
-            read_buf: BytesMut::with_capacity(TRANSPORT_READ_SIZE),
+            kind: TransportKind::Tls,
+            binding,
+            // Grown to TRANSPORT_READ_SIZE by the link once a session runs;
+            // a connection still in its handshake holds only what it sent.
+            read_buf: BytesMut::new(),
             write_queue: WriteQueue::new(),
-        })
+        }
     }
 
-    /// Connects over TCP to `host:port`, trying each resolved address, all
-    /// within `timeout`.
-    pub async fn connect_tcp(host: &str, port: u16, timeout: Duration) -> io::Result<Transport> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
+    /// Connects to the relay at `host:port` (trying each resolved address)
+    /// and completes the TLS handshake, all within `timeout`.
+    pub async fn connect(
+        host: &str,
+        port: u16,
+        timeout: Duration,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Transport, ConnectError> {
+        let timed_out = || {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {}", crate::cli::format_duration(timeout)),
+            )
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let tcp = tokio::time::timeout_at(deadline, TcpStream::connect((host, port)))
             .await
-            .map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no answer within {}", crate::cli::format_duration(timeout)),
-                )
-            })??;
-        Transport::tcp(stream)
+            .map_err(|_| ConnectError::Tcp(timed_out()))?
+            .map_err(ConnectError::Tcp)?;
+        tcp.set_nodelay(true).map_err(ConnectError::Tcp)?;
+        let peer = tcp.peer_addr().map_err(ConnectError::Tcp)?;
+        // The relay is identified by its pinned key, not by a name.
+        let name = rustls::pki_types::ServerName::IpAddress(peer.ip().into());
+        let stream = tokio::time::timeout_at(deadline, TlsConnector::from(tls).connect(name, tcp))
+            .await
+            .map_err(|_| ConnectError::Tls(timed_out()))?
+            .map_err(ConnectError::Tls)?;
+        let binding = channel_binding(stream.get_ref().1)
+            .map_err(|e| ConnectError::Tls(io::Error::other(e)))?;
+        Ok(Transport::new(Box::new(stream), peer, binding))
+    }
+
+    /// Completes the relay's side of the TLS handshake on an accepted
+    /// connection (the caller bounds it with a timeout).
+    pub async fn accept(tcp: TcpStream, tls: &TlsAcceptor) -> io::Result<Transport> {
+        tcp.set_nodelay(true)?;
+        let peer = tcp.peer_addr()?;
+        let stream = tls.accept(tcp).await?;
+        let binding = channel_binding(stream.get_ref().1).map_err(io::Error::other)?;
+        Ok(Transport::new(Box::new(stream), peer, binding))
     }
 }

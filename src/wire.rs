@@ -26,15 +26,17 @@ use std::fmt;
 /// The first bytes each side sends: identifies the protocol.
 pub const MAGIC: [u8; 6] = *b"RSPRXY";
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Length of a [`Preamble`] on the wire.
 pub const PREAMBLE_LEN: usize = MAGIC.len() + 2;
 /// Length of every message header (type and payload length).
 pub const HEADER_LEN: usize = 5;
 /// Largest payload of one [`Frame::Data`].
 pub const MAX_DATA_LEN: usize = 128 * 1024;
+/// Bytes of a [`Frame::Data`] payload before its data (the offset).
+pub const DATA_PREFIX_LEN: usize = 8;
 /// Largest payload of any message; anything longer is rejected before it is buffered.
-pub const MAX_PAYLOAD_LEN: usize = MAX_DATA_LEN + 8;
+pub const MAX_PAYLOAD_LEN: usize = MAX_DATA_LEN + DATA_PREFIX_LEN;
 /// Largest reason text in a [`Reply::Refused`] or [`Frame::Close`], in bytes.
 pub const MAX_REASON_LEN: usize = 1024;
 /// Largest target host name in a [`Hello::New`], in bytes.
@@ -43,6 +45,10 @@ pub const MAX_HOST_LEN: usize = 255;
 pub const SESSION_ID_LEN: usize = 16;
 /// Length of the per-session resume secret.
 pub const SECRET_LEN: usize = 32;
+/// Length of a resume proof (see [`crate::resume_auth`]).
+pub const PROOF_LEN: usize = 32;
+/// Smallest data frame limit a relay may announce.
+pub const MIN_DATA_LEN: usize = 1024;
 
 /// Why bytes from the peer could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -237,8 +243,9 @@ pub enum Hello {
         dead_after_ms: u32,
         /// Which session.
         session: SessionId,
-        /// Proof that the client holds the session's secret.
-        proof: [u8; SECRET_LEN],
+        /// Proof that the client holds the session's secret, bound to this
+        /// connection (see [`crate::resume_auth`]).
+        proof: [u8; PROOF_LEN],
         /// Stream position the client has received up to (see [`crate::session`]).
         received: u64,
     },
@@ -255,6 +262,9 @@ pub enum Reply {
         secret: [u8; SECRET_LEN],
         /// How long the relay keeps the session while the client is away, in milliseconds.
         grace_ms: u64,
+        /// Largest data frame payload either side may send in this session
+        /// (at least [`MIN_DATA_LEN`], at most [`MAX_DATA_LEN`]).
+        max_data: u32,
     },
     /// The session was resumed.
     Resumed {
@@ -332,17 +342,23 @@ const REPLY_REFUSED: u8 = 2;
 /// soon as the header announces more than [`MAX_PAYLOAD_LEN`], so a hostile
 /// peer cannot make the reader buffer more than one maximal message.
 pub fn split_message(buf: &mut BytesMut) -> Result<Option<(u8, Bytes)>, DecodeError> {
+    split_message_within(buf, MAX_PAYLOAD_LEN)
+}
+
+/// Like [`split_message`], with a lower bound on the payload: `max_payload`
+/// (at most [`MAX_PAYLOAD_LEN`]).
+pub fn split_message_within(
+    buf: &mut BytesMut,
+    max_payload: usize,
+) -> Result<Option<(u8, Bytes)>, DecodeError> {
     if buf.len() < HEADER_LEN {
         return Ok(None);
     }
     let kind = buf[0];
     let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-    if len > MAX_PAYLOAD_LEN {
-        return Err(DecodeError::TooLong {
-            kind,
-            len,
-            max: MAX_PAYLOAD_LEN,
-        });
+    let max = max_payload.min(MAX_PAYLOAD_LEN);
+    if len > max {
+        return Err(DecodeError::TooLong { kind, len, max });
     }
     if buf.len() < HEADER_LEN + len {
         buf.reserve(HEADER_LEN + len - buf.len());
@@ -467,7 +483,7 @@ impl Hello {
                 proof,
                 received,
             } => {
-                put_header(dst, T_HELLO, 1 + 4 + SESSION_ID_LEN + SECRET_LEN + 8);
+                put_header(dst, T_HELLO, 1 + 4 + SESSION_ID_LEN + PROOF_LEN + 8);
                 dst.put_u8(HELLO_RESUME);
                 dst.put_u32(*dead_after_ms);
                 dst.put_slice(&session.0);
@@ -517,12 +533,14 @@ impl Reply {
                 session,
                 secret,
                 grace_ms,
+                max_data,
             } => {
-                put_header(dst, T_REPLY, 1 + SESSION_ID_LEN + SECRET_LEN + 8);
+                put_header(dst, T_REPLY, 1 + SESSION_ID_LEN + SECRET_LEN + 8 + 4);
                 dst.put_u8(REPLY_CREATED);
                 dst.put_slice(&session.0);
                 dst.put_slice(secret);
                 dst.put_u64(*grace_ms);
+                dst.put_u32(*max_data);
             }
             Reply::Resumed { received, grace_ms } => {
                 put_header(dst, T_REPLY, 1 + 8 + 8);
@@ -556,11 +574,21 @@ impl Reply {
         }
         let mut f = Fields::new(payload, "reply");
         let reply = match f.u8()? {
-            REPLY_CREATED => Reply::Created {
-                session: SessionId(f.array()?),
-                secret: f.array()?,
-                grace_ms: f.u64()?,
-            },
+            REPLY_CREATED => {
+                let session = SessionId(f.array()?);
+                let secret = f.array()?;
+                let grace_ms = f.u64()?;
+                let max_data = f.u32()?;
+                if !(MIN_DATA_LEN..=MAX_DATA_LEN).contains(&(max_data as usize)) {
+                    return Err(DecodeError::BadField("reply max_data"));
+                }
+                Reply::Created {
+                    session,
+                    secret,
+                    grace_ms,
+                    max_data,
+                }
+            }
             REPLY_RESUMED => Reply::Resumed {
                 received: f.u64()?,
                 grace_ms: f.u64()?,
@@ -593,7 +621,7 @@ impl Frame {
     pub fn encode_head(&self, dst: &mut BytesMut) {
         match self {
             Frame::Data { offset, bytes } => {
-                put_header(dst, T_DATA, 8 + bytes.len());
+                put_header(dst, T_DATA, DATA_PREFIX_LEN + bytes.len());
                 dst.put_u64(*offset);
             }
             Frame::Ack { position } => {
@@ -721,13 +749,18 @@ mod tests {
 
     fn reply() -> impl Strategy<Value = Reply> {
         prop_oneof![
-            (any::<[u8; 16]>(), any::<[u8; 32]>(), any::<u64>()).prop_map(
-                |(id, secret, grace_ms)| Reply::Created {
+            (
+                any::<[u8; 16]>(),
+                any::<[u8; 32]>(),
+                any::<u64>(),
+                MIN_DATA_LEN as u32..=MAX_DATA_LEN as u32
+            )
+                .prop_map(|(id, secret, grace_ms, max_data)| Reply::Created {
                     session: SessionId(id),
                     secret,
-                    grace_ms
-                }
-            ),
+                    grace_ms,
+                    max_data,
+                }),
             (any::<u64>(), any::<u64>())
                 .prop_map(|(received, grace_ms)| Reply::Resumed { received, grace_ms }),
             (code(), ".{0,100}").prop_map(|(code, reason)| Reply::Refused { code, reason }),

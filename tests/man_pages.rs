@@ -40,4 +40,11 @@ fn man_pages_match_the_command_line_definitions() {
         .clone()
         .name("resumeproxy-demo");
     check("resumeproxy-demo.1", render(demo, "1"));
+    let relay = RelayCli::command();
+    let fingerprint = relay
+        .find_subcommand("fingerprint")
+        .expect("the fingerprint subcommand exists")
+        .clone()
+        .name("resumeproxyd-fingerprint");
+    check("resumeproxyd-fingerprint.8", render(fingerprint, "8"));
 }

@@ -4,6 +4,7 @@ use clap::Parser;
 use resumeproxy::cli::{format_bytes, format_duration, ClientCli, ClientCommand, ConnectArgs};
 use resumeproxy::client::{self, ClientConfig, ClientEvent};
 use resumeproxy::session::SessionConfig;
+use resumeproxy::trust::TrustSource;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -55,16 +56,28 @@ async fn connect(args: ConnectArgs) -> ExitCode {
         eprintln!("resumeproxy: HOST and PORT are required (see resumeproxy --help)");
         return ExitCode::from(EXIT_CONNECTION_LOST);
     };
+    // With --relay, HOST is the target the relay is asked for by name;
+    // without, HOST runs the relay and PORT is its own target's port.
+    let (relay_host, target_host) = match args.relay {
+        Some(relay) => (relay, host.clone()),
+        None => (host.clone(), String::new()),
+    };
+    let trust = match (args.relay_fingerprint, args.known_relays) {
+        (Some(fingerprint), _) => TrustSource::Fingerprint(fingerprint),
+        (None, Some(file)) => TrustSource::KnownRelays(file),
+        (None, None) => TrustSource::KnownRelays(resumeproxy::known_relays::default_path()),
+    };
     let config = ClientConfig {
-        relay_host: host.clone(),
+        relay_host,
         relay_port: args.relay_port,
-        target_host: String::new(),
+        target_host,
         target_port: port,
         session: SessionConfig {
             dead_after: args.dead_after,
             ..SessionConfig::default()
         },
         connect_timeout: args.connect_timeout,
+        trust,
     };
     // ssh sends SIGHUP when it exits. From then on nobody is reading: the
     // client only tries to tell the relay, and says nothing more.
@@ -89,6 +102,14 @@ async fn connect(args: ConnectArgs) -> ExitCode {
         }
         match event {
             ClientEvent::Connected { .. } => {}
+            ClientEvent::Pinned {
+                relay,
+                fingerprint,
+                file,
+            } => say(&format!(
+                "pinned the key of relay {relay} ({fingerprint}) in {}",
+                file.display()
+            )),
             ClientEvent::Lost { reason } => {
                 eprintln!("resumeproxy: link to {host} lost ({reason}), reconnecting…")
             }

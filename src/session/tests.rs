@@ -2,7 +2,7 @@
 //! random schedules: the stream contract must hold for every one of them.
 
 use super::*;
-use crate::wire::{split_message, Frame};
+use crate::wire::{split_message_within, Frame};
 use bytes::BytesMut;
 use proptest::prelude::*;
 
@@ -58,7 +58,8 @@ impl Side {
         let n = n.min(wire.len());
         self.read_buf.extend_from_slice(&wire.split_to(n));
         while let Some((kind, payload)) =
-            split_message(&mut self.read_buf).map_err(|e| e.to_string())?
+            split_message_within(&mut self.read_buf, self.session.max_payload_in())
+                .map_err(|e| e.to_string())?
         {
             let frame = Frame::decode(kind, payload).map_err(|e| e.to_string())?;
             self.session
@@ -210,6 +211,7 @@ proptest! {
         b_in in proptest::collection::vec(any::<u8>(), 0..20_000),
         replay_capacity in 1usize..6000,
         deliver_capacity in 1usize..6000,
+        max_data_len in 1024usize..5000,
         ops in proptest::collection::vec(op(), 0..300),
     ) {
         let now = Instant::now();
@@ -217,6 +219,7 @@ proptest! {
             replay_capacity,
             deliver_capacity,
             dead_after: Duration::from_secs(1),
+            max_data_len,
         };
         let mut world = World {
             a: Side::new(config, a_in.clone(), now),

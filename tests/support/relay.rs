@@ -11,13 +11,27 @@
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How long the relay may take to start listening.
 const START_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The relay key every test relay of this process uses (unless a test gives
+/// its own `--key-file`), and its fingerprint, which [`proxy_command`] pins.
+/// One key, kept in cargo's scratch directory for tests, so that a relay
+/// restarted on the same port is the same relay to its clients.
+pub fn test_key() -> &'static (PathBuf, String) {
+    static KEY: OnceLock<(PathBuf, String)> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-relay.key");
+        let (key, _) = resumeproxy::identity::RelayKey::load_or_create(&path)
+            .expect("making the test relay key");
+        (path, key.fingerprint().to_string())
+    })
+}
 
 /// Log lines of a relay, with a way to wait for one.
 #[derive(Default)]
@@ -71,6 +85,9 @@ impl RelayProcess {
         target_port: u16,
         extra: &[&str],
     ) -> Result<RelayProcess> {
+        if !extra.contains(&"--key-file") {
+            command.arg("--key-file").arg(&test_key().0);
+        }
         let mut child = command
             .arg("--listen")
             .arg(listen)
@@ -210,10 +227,17 @@ impl Drop for RelayProcess {
 }
 
 /// `ProxyCommand` running the real client against a relay at `relay`, for
-/// sshd on `sshd_port`, with `extra` client flags.
+/// sshd on `sshd_port`, with `extra` client flags. Unless `extra` says how to
+/// trust the relay, the client pins the [`test_key`] with
+/// `--relay-fingerprint` (so no test touches the user's known_relays).
 pub fn proxy_command(relay: SocketAddr, sshd_port: u16, extra: &str) -> String {
+    let trust = if extra.contains("--relay-fingerprint") || extra.contains("--known-relays") {
+        String::new()
+    } else {
+        format!("--relay-fingerprint {} ", test_key().1)
+    };
     format!(
-        "{} --relay-port {} {extra} {} {sshd_port}",
+        "{} --relay-port {} {trust}{extra} {} {sshd_port}",
         env!("CARGO_BIN_EXE_resumeproxy"),
         relay.port(),
         relay.ip()

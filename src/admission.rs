@@ -1,0 +1,110 @@
+//! Admission of connections still in their handshake ("unauthenticated"):
+//! bounded in total and per source address, so that idle or slow
+//! connections (slowloris) from one place cannot starve everyone else.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+/// Counts of connections in their handshake.
+#[derive(Debug)]
+pub struct Admission {
+    max_total: usize,
+    max_per_source: usize,
+    counts: Mutex<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    total: usize,
+    per_source: HashMap<IpAddr, usize>,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// Too many handshakes in progress overall.
+    Total(usize),
+    /// Too many from this source address.
+    Source(usize),
+}
+
+/// A connection's place; gives it back when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    admission: Arc<Admission>,
+    source: IpAddr,
+}
+
+impl Admission {
+    /// At most `max_total` handshakes at once, `max_per_source` from any one
+    /// address.
+    pub fn new(max_total: usize, max_per_source: usize) -> Arc<Admission> {
+        Arc::new(Admission {
+            max_total,
+            max_per_source,
+            counts: Mutex::default(),
+        })
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a place for a connection from `source`, if there is one.
+    pub fn admit(self: &Arc<Self>, source: IpAddr) -> Result<Slot, Full> {
+        let mut counts = self.counts();
+        if counts.total >= self.max_total {
+            return Err(Full::Total(self.max_total));
+        }
+        let from_source = counts.per_source.entry(source).or_insert(0);
+        if *from_source >= self.max_per_source {
+            return Err(Full::Source(self.max_per_source));
+        }
+        *from_source += 1;
+        counts.total += 1;
+        Ok(Slot {
+            admission: Arc::clone(self),
+            source,
+        })
+    }
+
+    /// Handshakes in progress.
+    pub fn in_progress(&self) -> usize {
+        self.counts().total
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.admission.counts();
+        counts.total = counts.total.saturating_sub(1);
+        if let Some(n) = counts.per_source.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                counts.per_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn places_are_bounded_per_source_and_in_total_and_given_back() {
+        let admission = Admission::new(3, 2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let a1 = admission.admit(a).unwrap();
+        let _a2 = admission.admit(a).unwrap();
+        assert_eq!(admission.admit(a).unwrap_err(), Full::Source(2));
+        let _b1 = admission.admit(b).unwrap();
+        assert_eq!(admission.admit(b).unwrap_err(), Full::Total(3));
+        drop(a1);
+        assert_eq!(admission.in_progress(), 2);
+        let _a3 = admission.admit(a).unwrap();
+        assert_eq!(admission.in_progress(), 3);
+    }
+}
