@@ -9,13 +9,13 @@ use std::sync::{Arc, Mutex};
 /// Counts of connections in their handshake.
 #[derive(Debug)]
 pub struct Admission {
-    max_total: usize,
-    max_per_source: usize,
     counts: Mutex<Counts>,
 }
 
 #[derive(Debug, Default)]
 struct Counts {
+    max_total: usize,
+    max_per_source: usize,
     total: usize,
     per_source: HashMap<IpAddr, usize>,
 }
@@ -41,10 +41,19 @@ impl Admission {
     /// address.
     pub fn new(max_total: usize, max_per_source: usize) -> Arc<Admission> {
         Arc::new(Admission {
-            max_total,
-            max_per_source,
-            counts: Mutex::default(),
+            counts: Mutex::new(Counts {
+                max_total,
+                max_per_source,
+                ..Counts::default()
+            }),
         })
+    }
+
+    /// Changes the bounds; places already taken are kept.
+    pub fn set_limits(&self, max_total: usize, max_per_source: usize) {
+        let mut counts = self.counts();
+        counts.max_total = max_total;
+        counts.max_per_source = max_per_source;
     }
 
     fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
@@ -54,12 +63,13 @@ impl Admission {
     /// Takes a place for a connection from `source`, if there is one.
     pub fn admit(self: &Arc<Self>, source: IpAddr) -> Result<Slot, Full> {
         let mut counts = self.counts();
-        if counts.total >= self.max_total {
-            return Err(Full::Total(self.max_total));
+        let (max_total, max_per_source) = (counts.max_total, counts.max_per_source);
+        if counts.total >= max_total {
+            return Err(Full::Total(max_total));
         }
         let from_source = counts.per_source.entry(source).or_insert(0);
-        if *from_source >= self.max_per_source {
-            return Err(Full::Source(self.max_per_source));
+        if *from_source >= max_per_source {
+            return Err(Full::Source(max_per_source));
         }
         *from_source += 1;
         counts.total += 1;

@@ -42,19 +42,37 @@ pub struct ClientCli {
     pub command: Option<ClientCommand>,
 }
 
-/// Options for carrying a connection.
+/// Options for carrying a connection: a host and port, and how.
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
-    /// Port of the resumeproxyd relay on HOST.
-    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_RELAY_PORT)]
-    pub relay_port: u16,
+    /// How to reach the relay.
+    #[command(flatten)]
+    pub options: LinkOptions,
+    /// Host the relay runs on (`%h` in ssh_config), or with --relay the
+    /// target host the relay should connect to.
+    #[arg(required = true)]
+    pub host: Option<String>,
+    /// Port of sshd behind the relay (`%p` in ssh_config); the relay must allow it.
+    #[arg(required = true)]
+    pub port: Option<u16>,
+}
+
+/// How the client reaches and trusts its relay. Unset options come from the
+/// config file (`$XDG_CONFIG_HOME/resumeproxy/config.toml`), then from the
+/// built-in defaults: flags win.
+#[derive(Debug, Clone, Default, Args)]
+pub struct LinkOptions {
+    /// Port of the resumeproxyd relay on HOST [default: 7022].
+    #[arg(long, value_name = "PORT")]
+    pub relay_port: Option<u16>,
     /// Abandon a link that has delivered nothing for this long (heartbeats flow
-    /// every quarter of it while idle), and reconnect.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_dead_after)]
-    pub dead_after: Duration,
-    /// Give up at start if the relay has not answered within this long.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
-    pub connect_timeout: Duration,
+    /// every quarter of it while idle), and reconnect [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_dead_after)]
+    pub dead_after: Option<Duration>,
+    /// Give up at start if the relay has not answered within this long
+    /// [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub connect_timeout: Option<Duration>,
     /// Trust only the relay key with this fingerprint (as printed by
     /// `resumeproxyd fingerprint`), instead of the known_relays file.
     #[arg(long, value_name = "SHA256:…")]
@@ -69,19 +87,60 @@ pub struct ConnectArgs {
     /// PORT is its own target's port.
     #[arg(long, value_name = "RELAYHOST")]
     pub relay: Option<String>,
+    /// Config file [default: $XDG_CONFIG_HOME/resumeproxy/config.toml, or
+    /// ~/.config/resumeproxy/config.toml; see resumeproxy.toml(5)].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Print only errors: no line when the link is lost or resumed.
     #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,
     /// More detail on stderr; repeat for more.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
-    /// Host the relay runs on (`%h` in ssh_config), or with --relay the
-    /// target host the relay should connect to.
-    #[arg(required = true)]
-    pub host: Option<String>,
-    /// Port of sshd behind the relay (`%p` in ssh_config); the relay must allow it.
-    #[arg(required = true)]
-    pub port: Option<u16>,
+}
+
+impl LinkOptions {
+    /// The options as command-line arguments (only those set), to pass on.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut push = |flag: &str, value: Option<String>| {
+            if let Some(value) = value {
+                args.push(flag.to_owned());
+                args.push(value);
+            }
+        };
+        push("--relay-port", self.relay_port.map(|p| p.to_string()));
+        push("--dead-after", self.dead_after.map(format_duration_exact));
+        push(
+            "--connect-timeout",
+            self.connect_timeout.map(format_duration_exact),
+        );
+        push(
+            "--relay-fingerprint",
+            self.relay_fingerprint.map(|f| f.to_string()),
+        );
+        push(
+            "--known-relays",
+            self.known_relays.as_ref().map(|p| p.display().to_string()),
+        );
+        push("--relay", self.relay.clone());
+        push(
+            "--config",
+            self.config.as_ref().map(|p| p.display().to_string()),
+        );
+        if self.quiet {
+            args.push("--quiet".into());
+        }
+        for _ in 0..self.verbose {
+            args.push("-v".into());
+        }
+        args
+    }
+}
+
+/// A duration as `parse_duration` reads it back exactly: milliseconds.
+fn format_duration_exact(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
 }
 
 /// Subcommands of `resumeproxy`.
@@ -91,6 +150,45 @@ pub enum ClientCommand {
     /// through a relay on loopback while a fault injector breaks the link, and
     /// check that every byte arrived.
     Demo(DemoArgs),
+    /// List this user's live sessions: id, relay, state (connected, or
+    /// reconnecting since when and how many attempts), uptime, bytes each
+    /// way, reconnects, round-trip time, bytes waiting for acknowledgement.
+    Status {
+        /// One JSON object per session, one per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make reconnecting clients try now instead of waiting out their
+    /// backoff: for the moment the network is back.
+    Resume {
+        /// The session (a prefix of its id, as `status` shows it).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every session of this user.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Run ssh, scp, sftp, rsync or git once through resumeproxy, without
+    /// touching ssh_config; exits with the command's status. Options given
+    /// before `wrap` are passed on to the ProxyCommand.
+    Wrap {
+        /// Options for the ProxyCommand.
+        #[command(flatten)]
+        options: LinkOptions,
+        /// The command and its arguments (after `--`).
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "COMMAND"
+        )]
+        command: Vec<String>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Options of `resumeproxy demo`.
@@ -146,26 +244,44 @@ pub enum RelayCommand {
         /// The relay's private key [default: as for serving].
         #[arg(long, value_name = "PATH")]
         key_file: Option<PathBuf>,
+        /// Config file naming the key file [default: as for serving].
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+    /// Check the configuration (config file and flags) and print the
+    /// effective settings as a config file; exits non-zero if it is invalid.
+    CheckConfig {
+        /// Options as for serving.
+        #[command(flatten)]
+        serve: ServeArgs,
     },
 }
 
-/// Options for serving clients.
-#[derive(Debug, Args)]
+/// Options for serving clients. Unset options come from the config file
+/// (`/etc/resumeproxy/resumeproxyd.toml`, or `--config`), then from the
+/// built-in defaults: flags win.
+#[derive(Debug, Clone, Default, Args)]
 pub struct ServeArgs {
-    /// Address and port to listen on for clients.
-    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:7022")]
-    pub listen: SocketAddr,
-    /// Where sessions go by default. Clients that name no host may ask only
-    /// for this port.
-    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:22")]
-    pub target: SocketAddr,
+    /// Config file [default: /etc/resumeproxy/resumeproxyd.toml, if it
+    /// exists; see resumeproxy.toml(5)].
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Address and port to listen on for clients [default: 0.0.0.0:7022].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// Where sessions go by default; clients that name no host may ask only
+    /// for this port [default: 127.0.0.1:22].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub target: Option<SocketAddr>,
     /// Also allow clients to ask for this target by name (bastion mode);
-    /// repeatable. Nothing else is ever connected to.
+    /// repeatable, adds to the config file's list. Nothing else is ever
+    /// connected to.
     #[arg(long, value_name = "HOST:PORT")]
     pub allow: Vec<AllowedTarget>,
-    /// Keep a session whose client is away this long, then close its sshd connection.
-    #[arg(long, value_name = "DURATION", default_value = "12h", value_parser = parse_duration)]
-    pub grace: Duration,
+    /// Keep a session whose client is away this long, then close its sshd
+    /// connection [default: 12h].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub grace: Option<Duration>,
     /// The relay's private key, made (mode 0600) on first start if missing
     /// [default: $STATE_DIRECTORY/relay.key under systemd,
     /// /var/lib/resumeproxy/relay.key as root, else
@@ -173,35 +289,39 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PATH")]
     pub key_file: Option<PathBuf>,
     /// Longest time a connection may take from accept to a complete
-    /// handshake (TLS and request).
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-    pub handshake_timeout: Duration,
-    /// Most sessions at once, connected or not.
-    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_sessions: u32,
+    /// handshake, TLS and request [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub handshake_timeout: Option<Duration>,
+    /// Most sessions at once, connected or not [default: 1024].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sessions: Option<u32>,
     /// Most sessions whose client is away, at once; new sessions are refused
-    /// beyond it.
-    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_detached: u32,
-    /// Most connections still in their handshake, at once.
-    #[arg(long, value_name = "N", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_handshakes: u32,
-    /// Most connections still in their handshake from one source address.
-    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_handshakes_per_source: u32,
+    /// beyond it [default: 256].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_detached: Option<u32>,
+    /// Most connections still in their handshake, at once [default: 512].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_handshakes: Option<u32>,
+    /// Most connections still in their handshake from one source address
+    /// [default: 16].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_handshakes_per_source: Option<u32>,
     /// Unacknowledged bytes kept per session for replay towards the client;
-    /// reading from sshd pauses when it is full.
-    #[arg(long, value_name = "SIZE", default_value = "8MiB", value_parser = parse_replay_buffer)]
-    pub replay_buffer: u64,
-    /// Largest data frame either side may send (1KiB to 128KiB).
-    #[arg(long, value_name = "SIZE", default_value = "128KiB", value_parser = parse_max_frame)]
-    pub max_frame: u64,
-    /// More detail in the log; repeat for more.
+    /// reading from sshd pauses when it is full (64KiB to 1GiB) [default: 8MiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_replay_buffer)]
+    pub replay_buffer: Option<u64>,
+    /// Largest data frame either side may send (1KiB to 128KiB)
+    /// [default: 128KiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_max_frame)]
+    pub max_frame: Option<u64>,
+    /// More detail in the log; repeat for more (overrides the config file's
+    /// log_level).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }
 
-fn parse_replay_buffer(text: &str) -> Result<u64, String> {
+/// Parses a replay buffer size within its bounds.
+pub fn parse_replay_buffer(text: &str) -> Result<u64, String> {
     let size = parse_size(text)?;
     let (min, max) = (64 << 10, 1 << 30);
     if !(min..=max).contains(&size) {
@@ -214,7 +334,8 @@ fn parse_replay_buffer(text: &str) -> Result<u64, String> {
     Ok(size)
 }
 
-fn parse_max_frame(text: &str) -> Result<u64, String> {
+/// Parses a frame size within its bounds.
+pub fn parse_max_frame(text: &str) -> Result<u64, String> {
     let size = parse_size(text)?;
     let (min, max) = (
         crate::wire::MIN_DATA_LEN as u64,
@@ -258,7 +379,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 90s, 10m, 12h, 500ms)"))
 }
 
-fn parse_dead_after(text: &str) -> Result<Duration, String> {
+/// Parses a dead-peer interval within its bounds.
+pub fn parse_dead_after(text: &str) -> Result<Duration, String> {
     let d = parse_duration(text)?;
     if d < MIN_DEAD_AFTER || d > MAX_DEAD_AFTER {
         return Err(format!(
@@ -349,6 +471,33 @@ mod tests {
         let cli = ClientCli::try_parse_from(["resumeproxy", "--relay-port", "7022", "host", "22"])
             .unwrap();
         assert_eq!(cli.connect.host.as_deref(), Some("host"));
+        assert_eq!(cli.connect.options.relay_port, Some(7022));
+        let wrap = ClientCli::try_parse_from([
+            "resumeproxy",
+            "wrap",
+            "--dead-after",
+            "2s",
+            "-q",
+            "--",
+            "rsync",
+            "-a",
+            "src/",
+            "host:dst/",
+        ])
+        .unwrap();
+        match wrap.command {
+            Some(ClientCommand::Wrap { options, command }) => {
+                assert_eq!(
+                    options.to_args(),
+                    ["--dead-after", "2000ms", "--quiet"].map(String::from)
+                );
+                assert_eq!(
+                    command,
+                    ["rsync", "-a", "src/", "host:dst/"].map(String::from)
+                );
+            }
+            other => panic!("expected wrap, got {other:?}"),
+        }
         assert!(ClientCli::try_parse_from(["resumeproxy", "demo", "--size", "1M"]).is_ok());
         assert!(ClientCli::try_parse_from(["resumeproxy", "host"]).is_err());
         assert!(ClientCli::try_parse_from([
@@ -371,14 +520,17 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(relay.serve.allow.len(), 2);
-        assert_eq!(relay.serve.max_frame, 16 << 10);
+        assert_eq!(relay.serve.max_frame, Some(16 << 10));
         assert!(RelayCli::try_parse_from(["resumeproxyd", "--max-frame", "1MiB"]).is_err());
         assert!(RelayCli::try_parse_from(["resumeproxyd", "--allow", "db"]).is_err());
         assert!(RelayCli::try_parse_from(["resumeproxyd", "--max-sessions", "0"]).is_err());
         let fp = RelayCli::try_parse_from(["resumeproxyd", "fingerprint", "--key-file", "k"]);
         assert!(matches!(
             fp.unwrap().command,
-            Some(RelayCommand::Fingerprint { key_file: Some(_) })
+            Some(RelayCommand::Fingerprint {
+                key_file: Some(_),
+                ..
+            })
         ));
     }
 }

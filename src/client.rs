@@ -8,6 +8,7 @@
 
 use crate::backoff::Backoff;
 use crate::cli::format_duration;
+use crate::control::{LinkState, Request, StatusReport};
 use crate::handshake;
 use crate::identity::Fingerprint;
 use crate::link::{close_transport, Link, Outcome, Step};
@@ -19,10 +20,12 @@ use crate::wire::{Code, Hello, Reply, SessionId, SECRET_LEN};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, Notify};
 
 /// How long a new connection may take, from connect to the relay's reply,
 /// before the client gives up at start.
@@ -174,6 +177,8 @@ enum Interrupt {
     HangUp,
     /// The time to tell the relay after ssh went is over.
     LingerOver,
+    /// A request on the control socket.
+    Control(Request),
 }
 
 /// What ends a detached spell.
@@ -184,32 +189,109 @@ enum Detached {
 
 type HangUp = Option<Pin<Box<dyn Future<Output = ()> + Send>>>;
 
-/// Resolves when ssh hangs up (once), then when the linger time is over.
-async fn next_interrupt(hangup: &mut HangUp, linger_until: Option<Instant>) -> Interrupt {
-    if let Some(h) = hangup.as_mut() {
-        h.await;
-        *hangup = None;
-        return Interrupt::HangUp;
-    }
-    match linger_until {
-        Some(deadline) => {
-            tokio::time::sleep_until(deadline.into()).await;
-            Interrupt::LingerOver
+/// What the client waits on besides its link.
+struct Waits {
+    hangup: HangUp,
+    linger_until: Option<Instant>,
+    control: Option<mpsc::Receiver<Request>>,
+}
+
+impl Waits {
+    /// Resolves when ssh hangs up (once), when the linger time is over, or
+    /// when a control request arrives.
+    async fn next(&mut self) -> Interrupt {
+        let hangup = async {
+            match self.hangup.as_mut() {
+                Some(h) => h.await,
+                None => std::future::pending().await,
+            }
+        };
+        let linger = async {
+            match self.linger_until {
+                Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let control = async {
+            match self.control.as_mut() {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = hangup => {
+                self.hangup = None;
+                Interrupt::HangUp
+            }
+            () = linger => Interrupt::LingerOver,
+            request = control => match request {
+                Some(request) => Interrupt::Control(request),
+                None => {
+                    self.control = None;
+                    std::future::pending().await
+                }
+            },
         }
-        None => std::future::pending().await,
     }
+}
+
+/// What the client knows of itself, for status reports.
+struct Vitals {
+    id: SessionId,
+    relay: String,
+    target: String,
+    transport: TransportKind,
+    opened: Instant,
+    resumes: u32,
+    /// When the link was lost, if it is down.
+    lost_at: Option<Instant>,
+    attempts: Arc<AtomicU32>,
+}
+
+impl Vitals {
+    fn report(&self, session: &Session) -> StatusReport {
+        let stats = session.stats();
+        StatusReport {
+            id: self.id.to_string(),
+            pid: std::process::id(),
+            relay: self.relay.clone(),
+            target: self.target.clone(),
+            transport: self.transport.to_string(),
+            link: match self.lost_at {
+                None => LinkState::Connected,
+                Some(at) => LinkState::Reconnecting {
+                    since_ms: millis64(at.elapsed()),
+                    attempts: self.attempts.load(Ordering::Relaxed),
+                },
+            },
+            uptime_ms: millis64(self.opened.elapsed()),
+            bytes_sent: stats.bytes_read_local,
+            bytes_received: stats.bytes_received,
+            reconnects: self.resumes,
+            rtt_us: stats
+                .rtt
+                .map(|d| d.as_micros().try_into().unwrap_or(u64::MAX)),
+            unacked: session.unacked(),
+        }
+    }
+}
+
+fn millis64(d: Duration) -> u64 {
+    d.as_millis().try_into().unwrap_or(u64::MAX)
 }
 
 /// Runs one session between `local_in`/`local_out` and the relay.
 ///
 /// `hangup` resolves when the local end is gone for good (ssh sent SIGHUP):
 /// the client then ends the stream, tries for [`LINGER`] to tell the relay,
-/// and returns. `on_event` hears about losses and resumes.
+/// and returns. `control` brings requests from the control socket (see
+/// [`crate::control`]). `on_event` hears about losses and resumes.
 pub async fn run<R, W>(
     config: ClientConfig,
     local_in: R,
     local_out: W,
     hangup: impl Future<Output = ()> + Send + 'static,
+    control: Option<mpsc::Receiver<Request>>,
     mut on_event: impl FnMut(ClientEvent),
 ) -> Result<ClientReport, ClientError>
 where
@@ -280,29 +362,40 @@ where
             reason: e.to_string(),
         })?;
     let mut link = Link::new(session, local_in, local_out);
-    let mut hangup: HangUp = Some(Box::pin(hangup));
-    let mut linger_until = None;
-    let mut resumes = 0;
+    let mut waits = Waits {
+        hangup: Some(Box::pin(hangup)),
+        linger_until: None,
+        control,
+    };
+    let mut vitals = Vitals {
+        id: session_id,
+        relay: addr.clone(),
+        target: format!("{}:{}", config.target_host, config.target_port),
+        transport: transport.kind,
+        opened: Instant::now(),
+        resumes: 0,
+        lost_at: None,
+        attempts: Arc::default(),
+    };
     let report = |link: &Link<R, W>, resumes| ClientReport {
         stats: link.session().stats(),
         resumes,
     };
 
     loop {
-        let step = link
-            .run(
-                Some(&mut transport),
-                next_interrupt(&mut hangup, linger_until),
-            )
-            .await;
+        let step = link.run(Some(&mut transport), waits.next()).await;
         let reason = match step {
             Step::Other(Interrupt::HangUp) => {
                 tracing::debug!("ssh hung up; ending the session");
                 link.hang_up();
-                linger_until = Some(Instant::now() + LINGER);
+                waits.linger_until = Some(Instant::now() + LINGER);
                 continue;
             }
-            Step::Other(Interrupt::LingerOver) => return Ok(report(&link, resumes)),
+            Step::Other(Interrupt::LingerOver) => return Ok(report(&link, vitals.resumes)),
+            Step::Other(Interrupt::Control(request)) => {
+                answer(request, &vitals, link.session());
+                continue;
+            }
             Step::Link(Outcome::Finished) => {
                 close_transport(
                     &mut transport,
@@ -311,9 +404,11 @@ where
                     CLOSE_TIMEOUT,
                 )
                 .await;
-                return Ok(report(&link, resumes));
+                return Ok(report(&link, vitals.resumes));
             }
-            Step::Link(Outcome::PeerClosed(Code::Done, _)) => return Ok(report(&link, resumes)),
+            Step::Link(Outcome::PeerClosed(Code::Done, _)) => {
+                return Ok(report(&link, vitals.resumes))
+            }
             Step::Link(Outcome::PeerClosed(_, reason)) => {
                 return Err(ClientError::Closed { addr, reason })
             }
@@ -329,32 +424,42 @@ where
         // learns sooner that this client is coming back on a new one.
         drop(transport);
         let lost_at = Instant::now();
+        vitals.lost_at = Some(lost_at);
+        vitals.attempts.store(0, Ordering::Relaxed);
         on_event(ClientEvent::Lost { reason });
         let replayed_before = link.session().stats().bytes_replayed;
-        let received = link.session().received_position();
+        let resume = Resume {
+            session: session_id,
+            secret,
+            relay_key,
+            received: link.session().received_position(),
+        };
+        let try_now = Notify::new();
+        let attempts = Arc::clone(&vitals.attempts);
+        let mut reconnecting = pin!(reconnect(
+            &config, resume, grace, lost_at, &attempts, &try_now
+        ));
         let (new_transport, peer_received, attempts) = loop {
-            let resume = Resume {
-                session: session_id,
-                secret,
-                relay_key,
-                received,
-            };
-            let reconnect = reconnect(&config, resume, grace, lost_at);
-            let interrupt = next_interrupt(&mut hangup, linger_until);
             let either = async {
                 tokio::select! {
-                    r = reconnect => Detached::Reconnected(r),
-                    i = interrupt => Detached::Interrupt(i),
+                    r = &mut reconnecting => Detached::Reconnected(r),
+                    i = waits.next() => Detached::Interrupt(i),
                 }
             };
             match link.run(None, either).await {
                 Step::Other(Detached::Reconnected(result)) => break result?,
                 Step::Other(Detached::Interrupt(Interrupt::HangUp)) => {
                     link.hang_up();
-                    linger_until = Some(Instant::now() + LINGER);
+                    waits.linger_until = Some(Instant::now() + LINGER);
                 }
                 Step::Other(Detached::Interrupt(Interrupt::LingerOver)) => {
-                    return Ok(report(&link, resumes))
+                    return Ok(report(&link, vitals.resumes))
+                }
+                Step::Other(Detached::Interrupt(Interrupt::Control(request))) => {
+                    if matches!(request, Request::Resume) {
+                        try_now.notify_one();
+                    }
+                    answer(request, &vitals, link.session());
                 }
                 // Without a transport the link has nothing that could end it.
                 Step::Link(outcome) => {
@@ -372,12 +477,24 @@ where
                 addr: addr.clone(),
                 reason: e.to_string(),
             })?;
-        resumes += 1;
+        vitals.resumes += 1;
+        vitals.lost_at = None;
         on_event(ClientEvent::Resumed {
             after: lost_at.elapsed(),
             attempts,
             replayed: link.session().stats().bytes_replayed - replayed_before,
         });
+    }
+}
+
+/// Answers a control request.
+fn answer(request: Request, vitals: &Vitals, session: &Session) {
+    match request {
+        Request::Status(reply) => {
+            let _ = reply.send(vitals.report(session));
+        }
+        // While connected there is nothing to hurry.
+        Request::Resume => {}
     }
 }
 
@@ -479,11 +596,16 @@ struct Resume {
 }
 
 /// Tries to resume until it works or the session is certainly gone.
+///
+/// `attempts` counts the attempts made (for status); `now` cuts the wait
+/// before the next attempt short (`resumeproxy resume`).
 async fn reconnect(
     config: &ClientConfig,
     resume: Resume,
     grace: Duration,
     lost_at: Instant,
+    attempts_made: &AtomicU32,
+    now: &Notify,
 ) -> Result<(Transport, u64, u32), ClientError> {
     let addr = config.relay_addr();
     let session = resume.session;
@@ -496,7 +618,17 @@ async fn reconnect(
         .min(config.session.dead_after.max(MIN_ATTEMPT_TIMEOUT));
     loop {
         attempts += 1;
-        let attempt = tokio::time::timeout(attempt_timeout, resume_once(config, &resume)).await;
+        attempts_made.store(attempts, Ordering::Relaxed);
+        let attempt = tokio::select! {
+            attempt = tokio::time::timeout(attempt_timeout, resume_once(config, &resume)) => attempt,
+            () = now.notified() => {
+                // The user says the network is back: an attempt still
+                // waiting on the old path is not worth finishing.
+                tracing::debug!("asked to try now; starting a fresh attempt");
+                backoff = Backoff::default();
+                continue;
+            }
+        };
         match attempt {
             Ok(Ok(Ok((transport, peer_received)))) => {
                 return Ok((transport, peer_received, attempts))
@@ -536,7 +668,13 @@ async fn reconnect(
             });
         }
         let jitter: f64 = rand::random();
-        tokio::time::sleep(backoff.next_delay(jitter)).await;
+        tokio::select! {
+            () = tokio::time::sleep(backoff.next_delay(jitter)) => {}
+            () = now.notified() => {
+                tracing::debug!("asked to try now");
+                backoff = Backoff::default();
+            }
+        }
     }
 }
 

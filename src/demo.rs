@@ -236,6 +236,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
         PatternReader::new(args.size, UP_SEED),
         &mut sink,
         std::future::pending(),
+        None,
         |event| {
             if let ClientEvent::Resumed { replayed: r, .. } = event {
                 resumed += 1;

@@ -125,7 +125,8 @@ struct Entry {
 
 /// What every task of a relay shares.
 struct Shared {
-    config: RelayConfig,
+    /// The configuration; replaced by [`RelayHandle::reload`].
+    config: std::sync::RwLock<Arc<RelayConfig>>,
     acceptor: TlsAcceptor,
     /// Live sessions, by id.
     table: Mutex<HashMap<SessionId, Entry>>,
@@ -142,6 +143,11 @@ struct Shared {
 }
 
 impl Shared {
+    /// The current configuration.
+    fn config(&self) -> Arc<RelayConfig> {
+        Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Entry>> {
         // A panic while holding the lock cannot leave the map half-changed.
         self.table
@@ -183,6 +189,40 @@ pub struct RelayCounts {
     pub handshakes: usize,
 }
 
+/// Watches and reconfigures a running relay.
+#[derive(Clone)]
+pub struct RelayHandle {
+    shared: Arc<Shared>,
+}
+
+impl RelayHandle {
+    /// What the relay holds now.
+    pub fn counts(&self) -> RelayCounts {
+        RelayCounts {
+            sessions: self.shared.table().len(),
+            detached: self.shared.detached.load(Ordering::Relaxed),
+            handshakes: self.shared.admission.in_progress(),
+        }
+    }
+
+    /// Applies a new configuration without dropping anything: targets,
+    /// grace period and limits take effect at once (a lower limit refuses
+    /// new things, it closes nothing); replay buffer and frame size apply to
+    /// new sessions. The listening address and the key cannot change while
+    /// running; `listen` and `tls` of `config` are ignored.
+    pub fn reload(&self, config: RelayConfig) {
+        let limits = config.limits;
+        self.shared
+            .admission
+            .set_limits(limits.max_handshakes, limits.max_handshakes_per_source);
+        *self
+            .shared
+            .config
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+    }
+}
+
 /// A bound relay, ready to run.
 pub struct Relay {
     listener: TcpListener,
@@ -198,7 +238,7 @@ impl Relay {
             listener,
             shared: Arc::new(Shared {
                 acceptor: TlsAcceptor::from(Arc::clone(&config.tls)),
-                config,
+                config: std::sync::RwLock::new(Arc::new(config)),
                 table: Mutex::default(),
                 detached: AtomicUsize::new(0),
                 admission: Admission::new(limits.max_handshakes, limits.max_handshakes_per_source),
@@ -214,12 +254,10 @@ impl Relay {
         self.listener.local_addr()
     }
 
-    /// What the relay holds now.
-    pub fn counts(&self) -> RelayCounts {
-        RelayCounts {
-            sessions: self.shared.table().len(),
-            detached: self.shared.detached.load(Ordering::Relaxed),
-            handshakes: self.shared.admission.in_progress(),
+    /// A handle to watch and reconfigure the relay while it runs.
+    pub fn handle(&self) -> RelayHandle {
+        RelayHandle {
+            shared: Arc::clone(&self.shared),
         }
     }
 
@@ -317,7 +355,7 @@ async fn accept(
     peer: SocketAddr,
     shared: Arc<Shared>,
 ) -> Result<(), AcceptError> {
-    let limit = shared.config.limits.handshake_timeout;
+    let limit = shared.config().limits.handshake_timeout;
     let deadline = tokio::time::Instant::now() + limit;
     let handshake = async {
         let mut first = [0u8; 1];
@@ -403,7 +441,7 @@ async fn open_session(
     host: &str,
     port: u16,
 ) -> Result<(), AcceptError> {
-    let config = &shared.config;
+    let config = shared.config();
     let target = match config.targets.decide(host, port) {
         Ok(target) => target,
         Err(reason) => return refuse(&mut transport, Code::TargetRefused, reason).await,
@@ -552,7 +590,6 @@ async fn run_session(
     shared: Arc<Shared>,
     mut attach_rx: mpsc::Receiver<Attach>,
 ) {
-    let config = &shared.config;
     let id = audit.id;
     let started = Instant::now();
     let mut session = Session::new(session_config, Instant::now());
@@ -564,6 +601,9 @@ async fn run_session(
     let (sshd_in, sshd_out) = sshd.into_split();
     let mut link = Link::new(session, sshd_in, sshd_out);
     let end_reason = loop {
+        // Reloads apply from the next detach or resume on.
+        let config = shared.config();
+        let config = config.as_ref();
         let Some(mut transport) = current.take() else {
             let _detached = DetachedMark::new(&shared.detached);
             // Both streams are over and only the client's last ack is

@@ -29,22 +29,27 @@ fn check(file: &str, expected: String) {
     );
 }
 
+/// Every subcommand of `parent` gets its own page, `<parent>-<sub>`.
+fn check_subcommands(parent: clap::Command, section: &str) {
+    let name = parent.get_name().to_owned();
+    for sub in parent.get_subcommands() {
+        let page = format!("{name}-{}", sub.get_name());
+        check(
+            &format!("{page}.{section}"),
+            render(
+                sub.clone()
+                    .name(clap::builder::Str::from(page.clone().leak() as &str)),
+                section,
+            ),
+        );
+    }
+}
+
 #[test]
 fn man_pages_match_the_command_line_definitions() {
     check("resumeproxy.1", render(ClientCli::command(), "1"));
     check("resumeproxyd.8", render(RelayCli::command(), "8"));
-    let client = ClientCli::command();
-    let demo = client
-        .find_subcommand("demo")
-        .expect("the demo subcommand exists")
-        .clone()
-        .name("resumeproxy-demo");
-    check("resumeproxy-demo.1", render(demo, "1"));
-    let relay = RelayCli::command();
-    let fingerprint = relay
-        .find_subcommand("fingerprint")
-        .expect("the fingerprint subcommand exists")
-        .clone()
-        .name("resumeproxyd-fingerprint");
-    check("resumeproxyd-fingerprint.8", render(fingerprint, "8"));
+    check_subcommands(ClientCli::command(), "1");
+    check_subcommands(RelayCli::command(), "8");
+    check("resumeproxy.toml.5", resumeproxy::config::man_page());
 }

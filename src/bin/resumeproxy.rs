@@ -1,13 +1,20 @@
 //! `resumeproxy`: the client. See `resumeproxy --help` and `man resumeproxy`.
 
+use clap::CommandFactory;
 use clap::Parser;
-use resumeproxy::cli::{format_bytes, format_duration, ClientCli, ClientCommand, ConnectArgs};
+use resumeproxy::cli::{
+    format_bytes, format_duration, ClientCli, ClientCommand, ConnectArgs, LinkOptions,
+};
 use resumeproxy::client::{self, ClientConfig, ClientEvent};
+use resumeproxy::config::ClientSettings;
+use resumeproxy::control::{self, ControlSocket, LinkState};
 use resumeproxy::session::SessionConfig;
 use resumeproxy::trust::TrustSource;
+use std::os::unix::process::ExitStatusExt;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// ssh's own exit status for a lost connection; scripts rely on it.
 const EXIT_CONNECTION_LOST: u8 = 255;
@@ -36,7 +43,136 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some(ClientCommand::Status { json }) => {
+            init_logging(0, false);
+            runtime.block_on(status(json))
+        }
+        Some(ClientCommand::Resume { id, all: _ }) => {
+            init_logging(0, false);
+            runtime.block_on(resume(id))
+        }
+        Some(ClientCommand::Wrap { options, command }) => wrap(&options, &command),
+        Some(ClientCommand::Completions { shell }) => {
+            let mut command = ClientCli::command();
+            clap_complete::generate(shell, &mut command, "resumeproxy", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
         None => runtime.block_on(connect(cli.connect)),
+    }
+}
+
+/// `resumeproxy status`: one line (or JSON object) per live session.
+async fn status(json: bool) -> ExitCode {
+    let reports = control::status_all(&control::runtime_dir()).await;
+    if json {
+        for report in &reports {
+            match serde_json::to_string(report) {
+                Ok(line) => println!("{line}"),
+                Err(e) => eprintln!("resumeproxy: {e}"),
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    if reports.is_empty() {
+        println!("no live sessions");
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{:<16} {:<22} {:<9} {:<34} {:>9} {:>10} {:>10} {:>5} {:>9} {:>10}",
+        "ID",
+        "RELAY",
+        "TRANSPORT",
+        "STATE",
+        "UPTIME",
+        "SENT",
+        "RECEIVED",
+        "RECON",
+        "RTT",
+        "UNACKED"
+    );
+    for r in &reports {
+        let state = match r.link {
+            LinkState::Connected => "connected".to_string(),
+            LinkState::Reconnecting { since_ms, attempts } => format!(
+                "reconnecting for {} ({attempts} attempts)",
+                format_duration(Duration::from_millis(since_ms))
+            ),
+        };
+        let rtt = r
+            .rtt_us
+            .map_or("-".to_string(), |us| format!("{:.1}ms", us as f64 / 1000.0));
+        println!(
+            "{:<16} {:<22} {:<9} {:<34} {:>9} {:>10} {:>10} {:>5} {:>9} {:>10}",
+            r.id,
+            r.relay,
+            r.transport,
+            state,
+            format_duration(Duration::from_millis(r.uptime_ms)),
+            format_bytes(r.bytes_sent),
+            format_bytes(r.bytes_received),
+            r.reconnects,
+            rtt,
+            format_bytes(r.unacked)
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// `resumeproxy resume`: ask reconnecting clients to try now.
+async fn resume(id: Option<String>) -> ExitCode {
+    let asked = control::resume(&control::runtime_dir(), id.as_deref()).await;
+    if asked.is_empty() {
+        match id {
+            Some(id) => say(&format!(
+                "no live session with an id starting {id:?} (see resumeproxy status)"
+            )),
+            None => say("no live sessions"),
+        }
+        return ExitCode::FAILURE;
+    }
+    for id in asked {
+        println!("{id}: trying now");
+    }
+    ExitCode::SUCCESS
+}
+
+/// `resumeproxy wrap -- COMMAND …`: runs the command through resumeproxy.
+fn wrap(options: &LinkOptions, command: &[String]) -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe.display().to_string(),
+        Err(e) => {
+            say(&format!("wrap: cannot find this program's path: {e}"));
+            return ExitCode::from(EXIT_CONNECTION_LOST);
+        }
+    };
+    let wrapped = match resumeproxy::wrap::wrap(&exe, &options.to_args(), command, |key| {
+        std::env::var(key).ok()
+    }) {
+        Ok(wrapped) => wrapped,
+        Err(e) => {
+            say(&e);
+            return ExitCode::from(2);
+        }
+    };
+    let status = std::process::Command::new(&wrapped.program)
+        .args(&wrapped.args)
+        .envs(wrapped.env.iter().map(|(k, v)| (k, v)))
+        .status();
+    match status {
+        Ok(status) => match status.code() {
+            Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            // Killed by a signal: the shell's convention.
+            None => ExitCode::from(
+                128 + status
+                    .signal()
+                    .and_then(|s| u8::try_from(s).ok())
+                    .unwrap_or(0),
+            ),
+        },
+        Err(e) => {
+            say(&format!("wrap: cannot run {}: {e}", wrapped.program));
+            ExitCode::from(127)
+        }
     }
 }
 
@@ -51,32 +187,40 @@ fn init_logging(verbose: u8, quiet: bool) {
 }
 
 async fn connect(args: ConnectArgs) -> ExitCode {
-    init_logging(args.verbose, args.quiet);
+    let options = args.options;
+    let settings = match ClientSettings::resolve(&options) {
+        Ok(settings) => settings,
+        Err(e) => {
+            init_logging(0, false);
+            say(&e.to_string());
+            return ExitCode::from(EXIT_CONNECTION_LOST);
+        }
+    };
+    init_logging(options.verbose, settings.quiet);
     let (Some(host), Some(port)) = (args.host, args.port) else {
-        eprintln!("resumeproxy: HOST and PORT are required (see resumeproxy --help)");
+        say("HOST and PORT are required (see resumeproxy --help)");
         return ExitCode::from(EXIT_CONNECTION_LOST);
     };
     // With --relay, HOST is the target the relay is asked for by name;
     // without, HOST runs the relay and PORT is its own target's port.
-    let (relay_host, target_host) = match args.relay {
+    let (relay_host, target_host) = match options.relay {
         Some(relay) => (relay, host.clone()),
         None => (host.clone(), String::new()),
     };
-    let trust = match (args.relay_fingerprint, args.known_relays) {
-        (Some(fingerprint), _) => TrustSource::Fingerprint(fingerprint),
-        (None, Some(file)) => TrustSource::KnownRelays(file),
-        (None, None) => TrustSource::KnownRelays(resumeproxy::known_relays::default_path()),
+    let trust = match options.relay_fingerprint {
+        Some(fingerprint) => TrustSource::Fingerprint(fingerprint),
+        None => TrustSource::KnownRelays(settings.known_relays.clone()),
     };
     let config = ClientConfig {
         relay_host,
-        relay_port: args.relay_port,
+        relay_port: settings.relay_port,
         target_host,
         target_port: port,
         session: SessionConfig {
-            dead_after: args.dead_after,
+            dead_after: settings.dead_after,
             ..SessionConfig::default()
         },
-        connect_timeout: args.connect_timeout,
+        connect_timeout: settings.connect_timeout,
         trust,
     };
     // ssh sends SIGHUP when it exits. From then on nobody is reading: the
@@ -94,7 +238,7 @@ async fn connect(args: ConnectArgs) -> ExitCode {
             }
         }
     };
-    let quiet = args.quiet;
+    let quiet = settings.quiet;
     let silenced = || quiet || hung_up.load(Ordering::SeqCst);
     let on_event = |event: ClientEvent| {
         if silenced() {
@@ -125,7 +269,20 @@ async fn connect(args: ConnectArgs) -> ExitCode {
     // Held until the error line is out: ssh prints its own as soon as our
     // stdout closes, and the user should read ours first.
     let (mut stdin, mut stdout) = resumeproxy::stdio::take();
-    let result = client::run(config, &mut stdin, &mut stdout, hangup, on_event).await;
+    // `resumeproxy status` and `resume` reach this client here; without it
+    // the session still works.
+    let control = match ControlSocket::serve(&control::runtime_dir()) {
+        Ok((socket, requests)) => Some((socket, requests)),
+        Err(e) => {
+            tracing::info!("no control socket (status and resume will not see this session): {e}");
+            None
+        }
+    };
+    let (_socket, requests) = match control {
+        Some((socket, requests)) => (Some(socket), Some(requests)),
+        None => (None, None),
+    };
+    let result = client::run(config, &mut stdin, &mut stdout, hangup, requests, on_event).await;
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {

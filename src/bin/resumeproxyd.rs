@@ -2,25 +2,43 @@
 
 use clap::Parser;
 use resumeproxy::cli::{RelayCli, RelayCommand, ServeArgs};
-use resumeproxy::identity::{default_key_path, RelayKey};
-use resumeproxy::relay::{Limits, Relay, RelayConfig};
+use resumeproxy::config::RelaySettings;
+use resumeproxy::identity::RelayKey;
+use resumeproxy::relay::{Relay, RelayConfig, RelayHandle};
+use resumeproxy::sd_notify::notify;
 use resumeproxy::session::SessionConfig;
-use resumeproxy::target_policy::TargetPolicy;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often systemd's status line is refreshed.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     let cli = RelayCli::parse();
     match cli.command {
-        Some(RelayCommand::Fingerprint { key_file }) => fingerprint(key_file),
+        Some(RelayCommand::Fingerprint { key_file, config }) => fingerprint(key_file, config),
+        Some(RelayCommand::CheckConfig { serve }) => check_config(&serve),
         None => serve(cli.serve),
     }
 }
 
 /// Prints the key's fingerprint, making the key if there is none yet (so an
 /// operator can hand the fingerprint to users before the first start).
-fn fingerprint(key_file: Option<PathBuf>) -> ExitCode {
-    let path = key_file.unwrap_or_else(default_key_path);
+fn fingerprint(key_file: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
+    let flags = ServeArgs {
+        key_file,
+        config,
+        ..ServeArgs::default()
+    };
+    let path = match RelaySettings::resolve(&flags) {
+        Ok(settings) => settings.key_file,
+        Err(e) => {
+            eprintln!("resumeproxyd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match RelayKey::load_or_create(&path) {
         Ok((key, created)) => {
             if created {
@@ -36,18 +54,56 @@ fn fingerprint(key_file: Option<PathBuf>) -> ExitCode {
     }
 }
 
-fn serve(args: ServeArgs) -> ExitCode {
-    let level = match args.verbose {
-        0 => "info",
-        1 => "resumeproxy=debug,info",
-        _ => "trace",
+/// `resumeproxyd check-config`: validates and prints the effective settings.
+fn check_config(flags: &ServeArgs) -> ExitCode {
+    match RelaySettings::resolve(flags) {
+        Ok(settings) => {
+            print!("{}", settings.to_toml());
+            if let Err(e) = RelayKey::load(&settings.key_file) {
+                eprintln!("resumeproxyd: note: {e} (a missing key is made on first start)");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("resumeproxyd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The relay's runtime configuration from resolved settings.
+fn relay_config(settings: &RelaySettings, tls: Arc<rustls::ServerConfig>) -> RelayConfig {
+    RelayConfig {
+        listen: settings.listen,
+        targets: settings.targets.clone(),
+        grace: settings.grace,
+        session: SessionConfig {
+            replay_capacity: settings.replay_buffer,
+            max_data_len: settings.max_frame,
+            ..SessionConfig::default()
+        },
+        limits: settings.limits,
+        tls,
+    }
+}
+
+fn serve(flags: ServeArgs) -> ExitCode {
+    let settings = match RelaySettings::resolve(&flags) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("resumeproxyd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let level = match settings.log_level.as_str() {
+        "debug" => "resumeproxy=debug,info",
+        other => other,
     };
     resumeproxy::cli::init_logging(level, true);
-    let key_path = args.key_file.clone().unwrap_or_else(default_key_path);
-    let key = match RelayKey::load_or_create(&key_path) {
+    let key = match RelayKey::load_or_create(&settings.key_file) {
         Ok((key, created)) => {
             if created {
-                tracing::info!("created a new key in {}", key_path.display());
+                tracing::info!("created a new key in {}", settings.key_file.display());
             }
             key
         }
@@ -61,31 +117,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         Err(e) => {
             eprintln!(
                 "resumeproxyd: cannot use the key in {}: {e}",
-                key_path.display()
+                settings.key_file.display()
             );
             return ExitCode::FAILURE;
         }
-    };
-    let config = RelayConfig {
-        listen: args.listen,
-        targets: TargetPolicy {
-            default: args.target,
-            allowed: args.allow.clone(),
-        },
-        grace: args.grace,
-        session: SessionConfig {
-            replay_capacity: usize::try_from(args.replay_buffer).unwrap_or(usize::MAX),
-            max_data_len: usize::try_from(args.max_frame).unwrap_or(usize::MAX),
-            ..SessionConfig::default()
-        },
-        limits: Limits {
-            handshake_timeout: args.handshake_timeout,
-            max_sessions: args.max_sessions as usize,
-            max_detached: args.max_detached as usize,
-            max_handshakes: args.max_handshakes as usize,
-            max_handshakes_per_source: args.max_handshakes_per_source as usize,
-        },
-        tls,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -95,14 +130,19 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let relay = match Relay::bind(config).await {
+        let relay = match Relay::bind(relay_config(&settings, Arc::clone(&tls))).await {
             Ok(relay) => relay,
             Err(e) => {
-                eprintln!("resumeproxyd: cannot listen on {}: {e}", args.listen);
+                eprintln!("resumeproxyd: cannot listen on {}: {e}", settings.listen);
                 return ExitCode::FAILURE;
             }
         };
-        let allowed: Vec<String> = args.allow.iter().map(|a| a.to_string()).collect();
+        let allowed: Vec<String> = settings
+            .targets
+            .allowed
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
         let also = if allowed.is_empty() {
             String::new()
         } else {
@@ -111,14 +151,66 @@ fn serve(args: ServeArgs) -> ExitCode {
         match relay.local_addr() {
             Ok(addr) => tracing::info!(
                 "listening on {addr}, sessions go to {}{also}, key {}",
-                args.target,
+                settings.targets.default,
                 key.fingerprint()
             ),
             Err(e) => tracing::warn!("listening (address unknown: {e})"),
         }
+        let handle = relay.handle();
+        let _ = notify("READY=1");
+        let watcher = tokio::spawn(watch(handle, flags, settings, tls));
         relay.run(shutdown_signal()).await;
+        watcher.abort();
+        let _ = notify("STOPPING=1");
         ExitCode::SUCCESS
     })
+}
+
+/// Reloads on SIGHUP and keeps systemd's status line current.
+async fn watch(
+    handle: RelayHandle,
+    flags: ServeArgs,
+    mut settings: RelaySettings,
+    tls: Arc<rustls::ServerConfig>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = signal(SignalKind::hangup()).ok();
+    let mut ticks = tokio::time::interval(STATUS_EVERY);
+    loop {
+        let hangup = async {
+            match hangups.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = ticks.tick() => {
+                let c = handle.counts();
+                let _ = notify(&format!(
+                    "STATUS={} sessions ({} detached), {} handshakes in progress",
+                    c.sessions, c.detached, c.handshakes
+                ));
+            }
+            _ = hangup => {
+                let _ = notify("RELOADING=1");
+                match RelaySettings::resolve(&flags) {
+                    Ok(new) => {
+                        if new.listen != settings.listen || new.key_file != settings.key_file {
+                            tracing::warn!("listen and key_file change only with a restart; kept {} and {}", settings.listen, settings.key_file.display());
+                        }
+                        if new.log_level != settings.log_level {
+                            tracing::warn!("log_level changes only with a restart");
+                        }
+                        handle.reload(relay_config(&new, Arc::clone(&tls)));
+                        tracing::info!("configuration reloaded");
+                        settings = new;
+                    }
+                    Err(e) => tracing::error!("configuration not reloaded: {e}"),
+                }
+                let _ = notify("READY=1");
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

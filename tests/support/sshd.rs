@@ -248,7 +248,16 @@ impl TestSshd {
             .arg("127.0.0.1")
             .arg(remote_command)
             .stdin(Stdio::null());
+        self.private_env(&mut cmd);
         cmd
+    }
+
+    /// Points the client's per-user directories (control sockets, config,
+    /// known_relays) into this test's directory, away from the real user's.
+    pub fn private_env(&self, cmd: &mut Command) {
+        cmd.env("XDG_RUNTIME_DIR", self.dir().join("run"))
+            .env("XDG_CONFIG_HOME", self.dir().join("config"))
+            .env("XDG_STATE_HOME", self.dir().join("state"));
     }
 
     /// The remote-shell string for `rsync -e <this>`: `ssh [-o ProxyCommand=<proxy>] <ssh_opts>`,
