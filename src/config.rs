@@ -363,8 +363,8 @@ impl RelaySettings {
             max_detached: Some(self.limits.max_detached as u32),
             max_handshakes: Some(self.limits.max_handshakes as u32),
             max_handshakes_per_source: Some(self.limits.max_handshakes_per_source as u32),
-            replay_buffer: Some(format!("{}KiB", self.replay_buffer >> 10)),
-            max_frame: Some(format!("{}KiB", self.max_frame >> 10)),
+            replay_buffer: Some(size_text(self.replay_buffer)),
+            max_frame: Some(size_text(self.max_frame)),
             log_level: Some(self.log_level.clone()),
         };
         toml::to_string(&file).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
@@ -400,6 +400,17 @@ pub fn man_page() -> String {
     out.push_str(".SH EXAMPLE\n.nf\n# /etc/resumeproxy/resumeproxyd.toml\nlisten = \"0.0.0.0:7022\"\ntarget = \"127.0.0.1:22\"\nallow = [\"db.internal:22\"]\ngrace = \"12h\"\nmax_sessions = 256\n.fi\n");
     out.push_str(".SH SEE ALSO\nresumeproxy(1), resumeproxyd(8)\n");
     out
+}
+
+/// A size as the config file writes it: whole MiB or KiB where exact.
+fn size_text(bytes: usize) -> String {
+    if bytes % (1 << 20) == 0 {
+        format!("{}MiB", bytes >> 20)
+    } else if bytes % (1 << 10) == 0 {
+        format!("{}KiB", bytes >> 10)
+    } else {
+        bytes.to_string()
+    }
 }
 
 #[cfg(test)]

@@ -27,6 +27,14 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_REPLAY_CAPACITY: usize = 8 * 1024 * 1024;
 /// Default bound on received bytes waiting for the local end to take them.
 pub const DEFAULT_DELIVER_CAPACITY: usize = 1024 * 1024;
+/// What one queued chunk for the local end costs besides its bytes, as
+/// counted against [`SessionConfig::deliver_capacity`]: a peer sending tiny
+/// frames fills the queue by count, not just by bytes.
+pub const DELIVER_ENTRY_COST: usize = 64;
+/// Received payloads shorter than this are copied out of the transport's
+/// read buffer, so that a few tiny frames cannot keep whole read buffers
+/// alive; larger ones are kept zero-copy.
+pub const DELIVER_COPY_BELOW: usize = 4096;
 /// Default dead-peer interval: a transport silent this long is abandoned.
 pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(5);
 /// Shortest dead-peer interval accepted from a user or a peer.
@@ -116,7 +124,8 @@ pub struct Session {
     ack_sent: u64,
     /// Received bytes waiting for the local end.
     deliver: VecDeque<Bytes>,
-    /// Bytes in `deliver`.
+    /// Memory `deliver` accounts for: its bytes plus [`DELIVER_ENTRY_COST`]
+    /// per chunk.
     deliver_len: usize,
     /// The local end no longer takes bytes: received bytes are dropped.
     local_output_closed: bool,
@@ -223,7 +232,7 @@ impl Session {
     /// Next received bytes for the local end, in order.
     pub fn pop_deliver(&mut self) -> Option<Bytes> {
         let bytes = self.deliver.pop_front()?;
-        self.deliver_len -= bytes.len();
+        self.deliver_len -= bytes.len() + DELIVER_ENTRY_COST;
         Some(bytes)
     }
 
@@ -339,7 +348,12 @@ impl Session {
                 self.recv_next += bytes.len() as u64;
                 self.stats.bytes_received += bytes.len() as u64;
                 if !self.local_output_closed && !bytes.is_empty() {
-                    self.deliver_len += bytes.len();
+                    let bytes = if bytes.len() < DELIVER_COPY_BELOW {
+                        Bytes::copy_from_slice(&bytes)
+                    } else {
+                        bytes
+                    };
+                    self.deliver_len += bytes.len() + DELIVER_ENTRY_COST;
                     self.deliver.push_back(bytes);
                 }
             }

@@ -366,3 +366,28 @@ fn pong_measures_round_trip_time() {
         .unwrap();
     assert_eq!(s.stats().rtt, Some(Duration::from_millis(7)));
 }
+
+#[test]
+fn tiny_frames_fill_the_local_queue_by_count() {
+    let now = Instant::now();
+    let config = SessionConfig {
+        deliver_capacity: 64 * 1024,
+        ..SessionConfig::default()
+    };
+    let mut s = Session::new(config, now);
+    s.attach(0, now).unwrap();
+    let mut frames = 0u64;
+    while s.wants_transport_read() {
+        let data = Frame::Data {
+            offset: frames,
+            bytes: Bytes::from_static(b"x"),
+        };
+        s.handle_frame(data, now).unwrap();
+        frames += 1;
+    }
+    // 64 KiB of budget at one byte plus the entry cost each: about a
+    // thousand frames, not 65,536.
+    assert_eq!(frames, (64 * 1024 / (1 + DELIVER_ENTRY_COST)) as u64 + 1);
+    while s.pop_deliver().is_some() {}
+    assert!(s.wants_transport_read());
+}
