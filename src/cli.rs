@@ -1,10 +1,11 @@
 //! Command lines of both programs, defined once: `--help`, the man pages
 //! (`man/`, generated from these definitions) and the README follow them.
 
+use crate::connector::TransportChoice;
 use crate::identity::Fingerprint;
 use crate::session::{DEFAULT_DEAD_AFTER, MAX_DEAD_AFTER, MIN_DEAD_AFTER};
 use crate::target_policy::AllowedTarget;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -69,6 +70,11 @@ pub struct LinkOptions {
     /// every quarter of it while idle), and reconnect [default: 5s].
     #[arg(long, value_name = "DURATION", value_parser = parse_dead_after)]
     pub dead_after: Option<Duration>,
+    /// How to reach the relay: tcp (TLS over TCP), quic (UDP; roams across
+    /// address changes without a resume), or auto (race both, QUIC first;
+    /// fall back to TCP where UDP is blocked) [default: auto].
+    #[arg(long, value_name = "KIND", value_enum)]
+    pub transport: Option<TransportChoice>,
     /// Give up at start if the relay has not answered within this long
     /// [default: 5s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -111,6 +117,12 @@ impl LinkOptions {
         };
         push("--relay-port", self.relay_port.map(|p| p.to_string()));
         push("--dead-after", self.dead_after.map(format_duration_exact));
+        push(
+            "--transport",
+            self.transport
+                .and_then(|t| t.to_possible_value())
+                .map(|v| v.get_name().to_owned()),
+        );
         push(
             "--connect-timeout",
             self.connect_timeout.map(format_duration_exact),

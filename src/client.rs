@@ -8,6 +8,7 @@
 
 use crate::backoff::Backoff;
 use crate::cli::format_duration;
+use crate::connector::{Connector, TransportChoice};
 use crate::control::{LinkState, Request, StatusReport};
 use crate::handshake;
 use crate::identity::Fingerprint;
@@ -56,6 +57,8 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Which relay keys to trust.
     pub trust: TrustSource,
+    /// Which transports to use.
+    pub transport: TransportChoice,
 }
 
 impl ClientConfig {
@@ -308,7 +311,17 @@ where
             addr: addr.clone(),
             reason: e.to_string(),
         })?;
-    let opened = tokio::time::timeout(config.connect_timeout, open(&config, &expectation)).await;
+    let connector = Connector::new(
+        config.transport,
+        &config.relay_host,
+        config.relay_port,
+        config.session.dead_after,
+    );
+    let opened = tokio::time::timeout(
+        config.connect_timeout,
+        open(&config, &connector, &expectation),
+    )
+    .await;
     let opened = match opened {
         Err(_) => {
             return Err(unreachable(format!(
@@ -437,7 +450,7 @@ where
         let try_now = Notify::new();
         let attempts = Arc::clone(&vitals.attempts);
         let mut reconnecting = pin!(reconnect(
-            &config, resume, grace, lost_at, &attempts, &try_now
+            &config, &connector, resume, grace, lost_at, &attempts, &try_now
         ));
         let (new_transport, peer_received, attempts) = loop {
             let either = async {
@@ -479,6 +492,7 @@ where
             })?;
         vitals.resumes += 1;
         vitals.lost_at = None;
+        vitals.transport = transport.kind;
         on_event(ClientEvent::Resumed {
             after: lost_at.elapsed(),
             attempts,
@@ -519,18 +533,13 @@ struct Opened {
 /// Returns the transport and the key the relay presented.
 async fn connect(
     config: &ClientConfig,
+    connector: &Connector,
     expectation: &Expectation,
 ) -> Result<(Transport, Fingerprint), OpenError> {
     let verifier = Arc::new(PinVerifier::new(expectation.accepted.clone()));
     let tls =
         tls::client_config(Arc::clone(&verifier)).map_err(|e| OpenError::Io(e.to_string()))?;
-    let connected = Transport::connect(
-        &config.relay_host,
-        config.relay_port,
-        config.connect_timeout,
-        tls,
-    )
-    .await;
+    let connected = connector.connect(config.connect_timeout, tls).await;
     match (connected, verifier.seen()) {
         (Ok(transport), Some(seen)) => Ok((transport, seen)),
         (Ok(_), None) => Err(OpenError::Io("the relay presented no key".into())),
@@ -540,8 +549,12 @@ async fn connect(
 }
 
 /// Connects and asks the relay for a new session.
-async fn open(config: &ClientConfig, expectation: &Expectation) -> Result<Opened, OpenError> {
-    let (mut transport, relay_key) = connect(config, expectation).await?;
+async fn open(
+    config: &ClientConfig,
+    connector: &Connector,
+    expectation: &Expectation,
+) -> Result<Opened, OpenError> {
+    let (mut transport, relay_key) = connect(config, connector, expectation).await?;
     let hello = Hello::New {
         dead_after_ms: millis(config.session.dead_after),
         host: config.target_host.clone(),
@@ -601,6 +614,7 @@ struct Resume {
 /// before the next attempt short (`resumeproxy resume`).
 async fn reconnect(
     config: &ClientConfig,
+    connector: &Connector,
     resume: Resume,
     grace: Duration,
     lost_at: Instant,
@@ -620,7 +634,7 @@ async fn reconnect(
         attempts += 1;
         attempts_made.store(attempts, Ordering::Relaxed);
         let attempt = tokio::select! {
-            attempt = tokio::time::timeout(attempt_timeout, resume_once(config, &resume)) => attempt,
+            attempt = tokio::time::timeout(attempt_timeout, resume_once(config, connector, &resume)) => attempt,
             () = now.notified() => {
                 // The user says the network is back: an attempt still
                 // waiting on the old path is not worth finishing.
@@ -681,9 +695,13 @@ async fn reconnect(
 type ResumeResult = Result<(Transport, u64), (Code, String)>;
 
 /// One resume attempt: `Err` is a network failure, `Ok(Err)` a refusal.
-async fn resume_once(config: &ClientConfig, resume: &Resume) -> Result<ResumeResult, OpenError> {
+async fn resume_once(
+    config: &ClientConfig,
+    connector: &Connector,
+    resume: &Resume,
+) -> Result<ResumeResult, OpenError> {
     let expectation = Expectation::exactly(resume.relay_key);
-    let (mut transport, _) = connect(config, &expectation).await?;
+    let (mut transport, _) = connect(config, connector, &expectation).await?;
     let hello = Hello::Resume {
         dead_after_ms: millis(config.session.dead_after),
         session: resume.session,

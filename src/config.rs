@@ -14,6 +14,7 @@ use crate::cli::{
     format_bytes, format_duration, parse_dead_after, parse_duration, parse_max_frame,
     parse_replay_buffer, LinkOptions, ServeArgs,
 };
+use crate::connector::TransportChoice;
 use crate::identity::default_key_path;
 use crate::relay::Limits;
 use crate::session::DEFAULT_DEAD_AFTER;
@@ -56,6 +57,12 @@ pub const CLIENT_KEYS: &[KeyDoc] = &[
         "abandon a silent link after this long (--dead-after)",
     ),
     (
+        "transport",
+        "tcp|quic|auto",
+        "\"auto\"",
+        "how to reach the relay (--transport)",
+    ),
+    (
         "connect_timeout",
         "DURATION",
         "\"5s\"",
@@ -93,6 +100,7 @@ pub const RELAY_KEYS: &[KeyDoc] = &[
 pub struct ClientFile {
     relay_port: Option<u16>,
     dead_after: Option<String>,
+    transport: Option<TransportChoice>,
     connect_timeout: Option<String>,
     known_relays: Option<PathBuf>,
     quiet: Option<bool>,
@@ -159,6 +167,8 @@ pub struct ClientSettings {
     pub relay_port: u16,
     /// Dead-peer interval.
     pub dead_after: Duration,
+    /// Which transports to use.
+    pub transport: TransportChoice,
     /// Bound on the first connection and each attempt.
     pub connect_timeout: Duration,
     /// The known_relays file.
@@ -195,6 +205,7 @@ impl ClientSettings {
                 .or(file.relay_port)
                 .unwrap_or(crate::cli::DEFAULT_RELAY_PORT),
             dead_after,
+            transport: flags.transport.or(file.transport).unwrap_or_default(),
             connect_timeout,
             known_relays: flags
                 .known_relays

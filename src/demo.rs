@@ -8,6 +8,7 @@
 
 use crate::cli::{format_bytes, format_duration, DemoArgs};
 use crate::client::{self, ClientConfig, ClientEvent};
+use crate::connector::TransportChoice;
 use crate::fault::FaultInjector;
 use crate::identity::RelayKey;
 use crate::relay::{Limits, Relay, RelayConfig};
@@ -226,6 +227,8 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
         },
         connect_timeout: Duration::from_secs(5),
         trust: TrustSource::Fingerprint(key.fingerprint()),
+        // The fault injector breaks TCP connections.
+        transport: TransportChoice::Tcp,
     };
     let started = Instant::now();
     let mut sink = HashingWriter::default();

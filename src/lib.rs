@@ -11,7 +11,8 @@
 //! 1. [`wire`] — the codec: frames to and from bytes. Pure.
 //! 2. [`session`] (with [`replay`]) — the sans-IO state machine: offsets,
 //!    replay buffer, acks, end markers, resume.
-//! 3. [`transport`] — the byte transports a session can run over, secured
+//! 3. [`transport`] — the byte transports a session can run over (TCP and
+//!    [`quic`], chosen by the client's [`connector`]), secured
 //!    by [`tls`]: the relay's [`identity`], the client's [`trust`] in it
 //!    ([`known_relays`]), and [`resume_auth`] for proving a resume.
 //! 4. Drivers — [`link`] runs a session over its local end and current
@@ -25,6 +26,7 @@ pub mod backoff;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod connector;
 pub mod control;
 pub mod demo;
 pub mod fault;
@@ -33,6 +35,7 @@ pub mod identity;
 pub mod known_relays;
 pub mod link;
 pub mod paths;
+pub mod quic;
 pub mod relay;
 pub mod replay;
 pub mod resume_auth;

@@ -348,12 +348,20 @@ pub async fn close_transport(
         code,
         reason: reason.to_owned(),
     });
-    let flush = poll_fn(|cx| match poll_write_queue(cx, transport) {
-        Ok(true) => Poll::Ready(()),
-        Ok(false) => Poll::Pending,
-        Err(_) => Poll::Ready(()),
-    });
-    let _ = tokio::time::timeout(timeout, flush).await;
+    let delivered = async {
+        let flushed = poll_fn(|cx| match poll_write_queue(cx, transport) {
+            Ok(true) => Poll::Ready(true),
+            Ok(false) => Poll::Pending,
+            Err(_) => Poll::Ready(false),
+        })
+        .await;
+        // Shutting the stream down waits, on QUIC, until the peer has it all:
+        // the process may exit right after.
+        if flushed {
+            let _ = poll_fn(|cx| Pin::new(&mut transport.stream).poll_shutdown(cx)).await;
+        }
+    };
+    let _ = tokio::time::timeout(timeout, delivered).await;
 }
 
 /// Writes from the transport's queue until it is empty (`Ok(true)`, flushed)

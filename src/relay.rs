@@ -1,6 +1,9 @@
 //! The relay: accepts clients, connects each new session to its target (the
 //! local sshd), and keeps that connection open while the client is away.
 //!
+//! Clients come over TLS on TCP or over QUIC on UDP, both on the same port
+//! number; after the transport's handshake both are served alike.
+//!
 //! Every session is one task that owns the sshd connection and the session's
 //! [`Link`]. New transports reach it through a channel after the acceptor has
 //! authenticated their resume; a session without a transport waits for one
@@ -226,16 +229,25 @@ impl RelayHandle {
 /// A bound relay, ready to run.
 pub struct Relay {
     listener: TcpListener,
+    quic: quinn::Endpoint,
     shared: Arc<Shared>,
 }
 
 impl Relay {
-    /// Binds the listening socket.
+    /// Binds the listening sockets: TCP on the configured address, and UDP
+    /// for QUIC on the same address and port.
     pub async fn bind(config: RelayConfig) -> io::Result<Relay> {
         let listener = TcpListener::bind(config.listen).await?;
         let limits = config.limits;
+        let quic = crate::quic::server_endpoint(
+            listener.local_addr()?,
+            Arc::clone(&config.tls),
+            limits.max_handshakes,
+        )
+        .map_err(|e| io::Error::new(e.kind(), format!("UDP (for QUIC): {e}")))?;
         Ok(Relay {
             listener,
+            quic,
             shared: Arc::new(Shared {
                 acceptor: TlsAcceptor::from(Arc::clone(&config.tls)),
                 config: std::sync::RwLock::new(Arc::new(config)),
@@ -268,17 +280,20 @@ impl Relay {
         let mut shutdown = pin!(shutdown);
         let mut refused_full = 0u64;
         loop {
-            let accepted = tokio::select! {
+            let (connection, peer) = tokio::select! {
                 () = &mut shutdown => break,
-                accepted = self.listener.accept() => accepted,
-            };
-            let (stream, peer) = match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of descriptors and the like: wait a moment rather than spin.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => (Incoming::Tcp(stream), peer),
+                    Err(e) => {
+                        // Out of descriptors and the like: wait a moment rather than spin.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                Some(incoming) = self.quic.accept() => {
+                    let peer = incoming.remote_address();
+                    (Incoming::Quic(Box::new(incoming)), peer)
                 }
             };
             let slot = match self.shared.admission.admit(peer.ip()) {
@@ -286,6 +301,9 @@ impl Relay {
                 Err(full) => {
                     // Dropping the connection is the answer: nothing about
                     // it is known yet, and answering costs more than it did.
+                    if let Incoming::Quic(incoming) = connection {
+                        incoming.ignore();
+                    }
                     refused_full += 1;
                     if refused_full.is_power_of_two() {
                         let why = match full {
@@ -306,7 +324,7 @@ impl Relay {
             self.shared.tasks.spawn(async move {
                 let stop = shared.stop.clone();
                 tokio::select! {
-                    result = accept(stream, peer, shared) => {
+                    result = accept(connection, peer, shared) => {
                         if let Err(e) = result {
                             tracing::info!(client = %peer, "connection refused: {e}");
                         }
@@ -317,6 +335,9 @@ impl Relay {
             });
         }
         drop(self.listener);
+        // New QUIC connections are refused from now on; live ones close
+        // with their sessions.
+        self.quic.set_server_config(None);
         let sessions = self.shared.table().len();
         tracing::info!("shutting down: closing {sessions} sessions");
         self.shared.stop.cancel();
@@ -331,7 +352,16 @@ impl Relay {
                 format_duration(SHUTDOWN_TIMEOUT)
             );
         }
+        // Let the last QUIC packets (the sessions' close notices) go out.
+        self.quic.close(0u32.into(), SHUTDOWN_REASON.as_bytes());
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.quic.wait_idle()).await;
     }
+}
+
+/// A connection in its handshake.
+enum Incoming {
+    Tcp(TcpStream),
+    Quic(Box<quinn::Incoming>),
 }
 
 /// Why a new connection went nowhere.
@@ -341,6 +371,8 @@ enum AcceptError {
     Handshake(#[from] HandshakeError),
     #[error("TLS: {0}")]
     Tls(io::Error),
+    #[error("QUIC: {0}")]
+    Quic(io::Error),
     #[error("not a resumeproxy client (it did not start TLS)")]
     NotTls,
     #[error("handshake took longer than {}", format_duration(*.0))]
@@ -351,39 +383,59 @@ enum AcceptError {
 
 /// Reads one connection's handshake and opens or resumes its session.
 async fn accept(
-    stream: TcpStream,
+    connection: Incoming,
     peer: SocketAddr,
     shared: Arc<Shared>,
 ) -> Result<(), AcceptError> {
     let limit = shared.config().limits.handshake_timeout;
     let deadline = tokio::time::Instant::now() + limit;
     let handshake = async {
-        let mut first = [0u8; 1];
-        let n = stream
-            .peek(&mut first)
-            .await
-            .map_err(HandshakeError::from)?;
-        if n == 0 || first[0] != TLS_HANDSHAKE_RECORD {
-            // An ssh client pointed at this port, a scanner: say what this is.
-            let mut stream = stream;
-            let _ = stream.write_all(NOT_A_CLIENT_NOTICE).await;
-            return Err(AcceptError::NotTls);
-        }
-        let mut transport = Transport::accept(stream, &shared.acceptor)
-            .await
-            .map_err(AcceptError::Tls)?;
+        let mut transport = match connection {
+            Incoming::Tcp(stream) => accept_tls(stream, &shared).await?,
+            Incoming::Quic(incoming) => crate::quic::accept(*incoming)
+                .await
+                .map_err(AcceptError::Quic)?,
+        };
         let hello = handshake::relay(&mut transport).await?;
-        Ok((transport, hello))
+        Ok::<_, AcceptError>((transport, hello))
     };
-    let (mut transport, hello) = tokio::time::timeout_at(deadline, handshake)
+    let (transport, hello) = tokio::time::timeout_at(deadline, handshake)
         .await
         .map_err(|_| AcceptError::Timeout(limit))??;
+    serve(transport, hello, peer, &shared).await
+}
+
+/// Completes the TLS handshake of a TCP connection.
+async fn accept_tls(stream: TcpStream, shared: &Shared) -> Result<Transport, AcceptError> {
+    let mut first = [0u8; 1];
+    let n = stream
+        .peek(&mut first)
+        .await
+        .map_err(HandshakeError::from)?;
+    if n == 0 || first[0] != TLS_HANDSHAKE_RECORD {
+        // An ssh client pointed at this port, a scanner: say what this is.
+        let mut stream = stream;
+        let _ = stream.write_all(NOT_A_CLIENT_NOTICE).await;
+        return Err(AcceptError::NotTls);
+    }
+    Transport::accept(stream, &shared.acceptor)
+        .await
+        .map_err(AcceptError::Tls)
+}
+
+/// Opens or resumes the session a client's hello asks for.
+async fn serve(
+    mut transport: Transport,
+    hello: Hello,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+) -> Result<(), AcceptError> {
     match hello {
         Hello::New {
             dead_after_ms,
             host,
             port,
-        } => open_session(transport, peer, &shared, dead_after_ms, &host, port).await,
+        } => open_session(transport, peer, shared, dead_after_ms, &host, port).await,
         Hello::Resume {
             dead_after_ms,
             session,
@@ -507,6 +559,7 @@ async fn open_session(
     };
     tracing::info!(
         session = %audit.id, client = %audit.client, target = %audit.target, local_port,
+        transport = %transport.kind,
         "session started"
     );
     let mut session_config = config.session;
@@ -542,7 +595,13 @@ async fn refuse(transport: &mut Transport, code: Code, reason: String) -> Result
         code,
         reason: reason.clone(),
     };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, handshake::reply(transport, &reply)).await;
+    let answer = async {
+        handshake::reply(transport, &reply).await?;
+        // On QUIC, dropping the connection would drop the answer with it.
+        transport.stream.shutdown().await?;
+        Ok::<_, HandshakeError>(())
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, answer).await;
     Err(AcceptError::Refused(reason))
 }
 
@@ -734,6 +793,7 @@ where
     tracing::info!(
         session = %id, client = %client, target = %audit.target,
         local_port = audit.local_port,
+        transport = %attach.transport.kind,
         replaying = session.unacked(),
         "session resumed"
     );

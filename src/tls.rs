@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 /// handshake instead of exchanging data.
 pub const ALPN: &[u8] = b"resumeproxy/2";
 /// Exporter label of the channel binding (RFC 8446 §7.5).
-const BINDING_LABEL: &[u8] = b"EXPORTER-resumeproxy-channel-binding";
+pub(crate) const BINDING_LABEL: &[u8] = b"EXPORTER-resumeproxy-channel-binding";
 /// Length of a channel binding.
 pub const BINDING_LEN: usize = 32;
 

@@ -6,9 +6,10 @@
 //! written). Both are thrown away with the transport when it breaks; the
 //! session replays from its own buffer on the next one.
 //!
-//! Today: TCP with `TCP_NODELAY` (writes are batched by the driver, so Nagle
-//! would only add latency to interactive traffic), under TLS 1.3 (see
-//! [`crate::tls`]).
+//! Two kinds: TCP with `TCP_NODELAY` (writes are batched by the driver, so
+//! Nagle would only add latency to interactive traffic) under TLS 1.3 (see
+//! [`crate::tls`]), and QUIC (see [`crate::quic`]). [`crate::connector`]
+//! chooses between them.
 
 use crate::tls::{channel_binding, BINDING_LEN};
 use crate::write_queue::WriteQueue;
@@ -34,12 +35,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> ByteStream for T {}
 pub enum TransportKind {
     /// TLS 1.3 over TCP.
     Tls,
+    /// QUIC (its own TLS 1.3) over UDP.
+    Quic,
 }
 
 impl fmt::Display for TransportKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TransportKind::Tls => f.write_str("tls"),
+            TransportKind::Quic => f.write_str("quic"),
         }
     }
 }
@@ -78,6 +82,9 @@ pub enum ConnectError {
     /// TCP worked, the TLS handshake did not.
     #[error("TLS handshake failed: {0}")]
     Tls(io::Error),
+    /// QUIC failed: no answer over UDP, or its handshake failed.
+    #[error("QUIC: {0}")]
+    Quic(String),
 }
 
 impl ConnectError {
@@ -85,17 +92,33 @@ impl ConnectError {
     pub fn tls_error(&self) -> Option<&rustls::Error> {
         match self {
             ConnectError::Tls(e) => e.get_ref()?.downcast_ref::<rustls::Error>(),
-            ConnectError::Tcp(_) => None,
+            ConnectError::Tcp(_) | ConnectError::Quic(_) => None,
+        }
+    }
+
+    /// A QUIC connection that failed, in words.
+    pub fn from_quic(e: quinn::ConnectionError) -> ConnectError {
+        match e {
+            quinn::ConnectionError::TimedOut => {
+                ConnectError::Quic("no answer over UDP (is UDP blocked on the way?)".into())
+            }
+            other => ConnectError::Quic(other.to_string()),
         }
     }
 }
 
 impl Transport {
-    fn new(stream: Box<dyn ByteStream>, peer: SocketAddr, binding: [u8; BINDING_LEN]) -> Transport {
+    /// A transport on `stream`, freshly connected to `peer`.
+    pub fn new(
+        stream: Box<dyn ByteStream>,
+        peer: SocketAddr,
+        kind: TransportKind,
+        binding: [u8; BINDING_LEN],
+    ) -> Transport {
         Transport {
             stream,
             peer,
-            kind: TransportKind::Tls,
+            kind,
             binding,
             // Grown to TRANSPORT_READ_SIZE by the link once a session runs;
             // a connection still in its handshake holds only what it sent.
@@ -133,7 +156,12 @@ impl Transport {
             .map_err(ConnectError::Tls)?;
         let binding = channel_binding(stream.get_ref().1)
             .map_err(|e| ConnectError::Tls(io::Error::other(e)))?;
-        Ok(Transport::new(Box::new(stream), peer, binding))
+        Ok(Transport::new(
+            Box::new(stream),
+            peer,
+            TransportKind::Tls,
+            binding,
+        ))
     }
 
     /// Completes the relay's side of the TLS handshake on an accepted
@@ -143,6 +171,11 @@ impl Transport {
         let peer = tcp.peer_addr()?;
         let stream = tls.accept(tcp).await?;
         let binding = channel_binding(stream.get_ref().1).map_err(io::Error::other)?;
-        Ok(Transport::new(Box::new(stream), peer, binding))
+        Ok(Transport::new(
+            Box::new(stream),
+            peer,
+            TransportKind::Tls,
+            binding,
+        ))
     }
 }

@@ -2,4 +2,5 @@
 
 pub mod netns;
 pub mod relay;
+pub mod ssh_child;
 pub mod sshd;

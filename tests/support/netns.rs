@@ -178,8 +178,8 @@ impl NetLab {
         *self.client_addr.lock().unwrap()
     }
 
-    /// `command` (program and arguments; not its stdio or environment) run
-    /// in the server namespace through `ip netns exec`, which execs it in
+    /// `command` (program, arguments, environment and working directory; not its stdio)
+    /// run in the server namespace through `ip netns exec`, which execs it in
     /// place: the child's pid is the program's.
     pub fn in_server(&self, command: &Command) -> Command {
         self.wrap(&self.server_ns, command)
@@ -196,6 +196,16 @@ impl NetLab {
             .args(["netns", "exec", ns])
             .arg(command.get_program())
             .args(command.get_args());
+        // `ip netns exec` passes its environment on.
+        for (key, value) in command.get_envs() {
+            match value {
+                Some(value) => wrapped.env(key, value),
+                None => wrapped.env_remove(key),
+            };
+        }
+        if let Some(dir) = command.get_current_dir() {
+            wrapped.current_dir(dir);
+        }
         wrapped
     }
 
@@ -232,6 +242,15 @@ impl NetLab {
         self.block(vec![
             format!("INPUT -i {CLIENT_IF} {reject}"),
             format!("OUTPUT -o {CLIENT_IF} {reject}"),
+        ])
+    }
+
+    /// Drops every UDP packet on the client's veth, both ways (a network
+    /// that lets only TCP through), until the guard is lifted or dropped.
+    pub fn block_udp(&self) -> Result<Blocked<'_>> {
+        self.block(vec![
+            format!("INPUT -i {CLIENT_IF} -p udp -j DROP"),
+            format!("OUTPUT -o {CLIENT_IF} -p udp -j DROP"),
         ])
     }
 

@@ -230,14 +230,22 @@ impl Drop for RelayProcess {
 /// sshd on `sshd_port`, with `extra` client flags. Unless `extra` says how to
 /// trust the relay, the client pins the [`test_key`] with
 /// `--relay-fingerprint` (so no test touches the user's known_relays).
+/// Unless `extra` chooses a transport, the client uses TCP: the fault
+/// injector and the faults these tests make are TCP's (QUIC's own tests
+/// choose it).
 pub fn proxy_command(relay: SocketAddr, sshd_port: u16, extra: &str) -> String {
     let trust = if extra.contains("--relay-fingerprint") || extra.contains("--known-relays") {
         String::new()
     } else {
         format!("--relay-fingerprint {} ", test_key().1)
     };
+    let transport = if extra.contains("--transport") {
+        ""
+    } else {
+        "--transport tcp "
+    };
     format!(
-        "{} --relay-port {} {trust}{extra} {} {sshd_port}",
+        "{} --relay-port {} {trust}{transport}{extra} {} {sshd_port}",
         env!("CARGO_BIN_EXE_resumeproxy"),
         relay.port(),
         relay.ip()

@@ -1,0 +1,260 @@
+//! QUIC for the relay link (quinn), beside TCP+TLS.
+//!
+//! One QUIC connection carries one session on one bidirectional stream,
+//! opened by the client; the frames on it are the very same as on TCP, so
+//! the session layer does not know which transport it runs on. The TLS
+//! inside QUIC is the same TLS 1.3 with the same relay key and pinning (see
+//! [`crate::tls`]), and the channel binding comes from the same kind of
+//! exporter, so a resume is proven the same way.
+//!
+//! What QUIC adds is connection migration: when the client's address
+//! changes, its packets simply come from the new one and the relay follows
+//! (after validating the new path), with no resume and nothing replayed.
+//! The client helps it along with [`follow_local_address`], which moves the
+//! endpoint to a fresh socket as soon as the route to the relay leaves from
+//! another address.
+//!
+//! Keep-alives and the idle timeout follow the client's `--dead-after`, so
+//! QUIC gives up on a silent path exactly when the session layer would; the
+//! flow-control windows are sized for bulk transfers over long fat links.
+
+use crate::tls::BINDING_LEN;
+use crate::transport::{ConnectError, Transport, TransportKind};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{IdleTimeout, VarInt};
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Bytes the peer may send on the session's stream ahead of what was read:
+/// room for a bandwidth-delay product of 1 Gbit/s over 60 ms.
+pub const STREAM_WINDOW: u32 = 8 << 20;
+/// Bytes the peer may send on the whole connection ahead of what was read.
+pub const CONNECTION_WINDOW: u32 = 2 * STREAM_WINDOW;
+/// Bytes this side may have sent and not yet had acknowledged.
+pub const SEND_WINDOW: u64 = 2 * STREAM_WINDOW as u64;
+/// How often the client checks which local address the route to the relay
+/// leaves from.
+pub const ADDRESS_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// Application error code of a connection closed on purpose.
+const CLOSED_ON_PURPOSE: u32 = 0;
+/// Longest idle timeout the relay allows; the client's own (its
+/// `--dead-after`) is shorter and wins, as QUIC takes the smaller one.
+const RELAY_IDLE_TIMEOUT: Duration = crate::session::MAX_DEAD_AFTER;
+
+/// The session's stream: the two halves of one bidirectional QUIC stream.
+pub struct QuicStream {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    /// Once the stream is finished: resolves when the peer has all of it.
+    delivered: Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>,
+}
+
+impl QuicStream {
+    fn new(send: quinn::SendStream, recv: quinn::RecvStream) -> QuicStream {
+        QuicStream {
+            send,
+            recv,
+            delivered: None,
+        }
+    }
+}
+
+impl AsyncRead for QuicStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().recv).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for QuicStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        AsyncWrite::poll_write(Pin::new(&mut self.get_mut().send), cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_flush(Pin::new(&mut self.get_mut().send), cx)
+    }
+
+    /// Finishes the stream and waits until the peer has acknowledged all of
+    /// it, so that a last frame is not lost when the process exits.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.delivered.is_none() {
+            // Finishing twice is harmless; the first time counts.
+            let _ = this.send.finish();
+            let stopped = this.send.stopped();
+            this.delivered = Some(Box::pin(async move {
+                let _ = stopped.await;
+            }));
+        }
+        match this.delivered.as_mut() {
+            Some(delivered) => delivered.as_mut().poll(cx).map(Ok),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// The transport parameters both ends use, with the given idle timeout.
+fn transport_config(idle: Duration, keep_alive: Option<Duration>) -> quinn::TransportConfig {
+    let mut config = quinn::TransportConfig::default();
+    // Only the client opens a stream, and only one.
+    config.max_concurrent_bidi_streams(VarInt::from_u32(1));
+    config.max_concurrent_uni_streams(VarInt::from_u32(0));
+    config.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
+    config.receive_window(VarInt::from_u32(CONNECTION_WINDOW));
+    config.send_window(SEND_WINDOW);
+    // Durations this short always fit QUIC's idle timeout field.
+    config.max_idle_timeout(IdleTimeout::try_from(idle).ok());
+    config.keep_alive_interval(keep_alive);
+    config
+}
+
+/// Binds the relay's QUIC endpoint on `addr` (UDP), with the relay's TLS
+/// configuration (its key, TLS 1.3, the ALPN).
+pub fn server_endpoint(
+    addr: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    max_handshakes: usize,
+) -> io::Result<quinn::Endpoint> {
+    let crypto = QuicServerConfig::try_from(tls).map_err(io::Error::other)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(transport_config(RELAY_IDLE_TIMEOUT, None)));
+    config.migration(true);
+    config.max_incoming(max_handshakes.max(1));
+    quinn::Endpoint::server(config, addr)
+}
+
+/// Completes the relay's side of a QUIC connection: the handshake and the
+/// client's stream (the caller bounds it with a timeout).
+pub async fn accept(incoming: quinn::Incoming) -> io::Result<Transport> {
+    let connection = incoming.accept()?.await?;
+    let (send, recv) = connection.accept_bi().await?;
+    transport(connection, send, recv)
+}
+
+fn transport(
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) -> io::Result<Transport> {
+    let mut binding = [0u8; BINDING_LEN];
+    connection
+        .export_keying_material(&mut binding, crate::tls::BINDING_LABEL, &[])
+        .map_err(|_| io::Error::other("cannot derive the channel binding"))?;
+    Ok(Transport::new(
+        Box::new(QuicStream::new(send, recv)),
+        connection.remote_address(),
+        TransportKind::Quic,
+        binding,
+    ))
+}
+
+/// The client's QUIC endpoint: one UDP socket for every connection to one
+/// relay, moved to a new socket when the local address changes.
+#[derive(Debug, Clone)]
+pub struct QuicClient {
+    endpoint: quinn::Endpoint,
+}
+
+impl QuicClient {
+    /// An endpoint on an ephemeral port of the family of `relay`.
+    pub fn new(relay: SocketAddr) -> io::Result<QuicClient> {
+        let endpoint = quinn::Endpoint::client(unspecified(relay))?;
+        Ok(QuicClient { endpoint })
+    }
+
+    /// Connects to the relay at `addr` and opens the session's stream; the
+    /// caller bounds it with a timeout. The idle timeout is `dead_after`,
+    /// with keep-alives four times as often.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        tls: Arc<rustls::ClientConfig>,
+        dead_after: Duration,
+    ) -> Result<Transport, ConnectError> {
+        let crypto =
+            QuicClientConfig::try_from(tls).map_err(|e| ConnectError::Quic(e.to_string()))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(Arc::new(transport_config(dead_after, Some(dead_after / 4))));
+        // The relay is identified by its pinned key, not by a name.
+        let name = addr.ip().to_string();
+        let connecting = self
+            .endpoint
+            .connect_with(config, addr, &name)
+            .map_err(|e| ConnectError::Quic(e.to_string()))?;
+        let connection = connecting.await.map_err(ConnectError::from_quic)?;
+        let (send, recv) = connection
+            .open_bi()
+            .await
+            .map_err(ConnectError::from_quic)?;
+        transport(connection, send, recv).map_err(|e| ConnectError::Quic(e.to_string()))
+    }
+
+    /// Moves the endpoint to a new UDP socket: the relay sees packets from
+    /// the new address and migrates the connection to it.
+    fn rebind(&self, relay: SocketAddr) -> io::Result<()> {
+        self.endpoint.rebind(UdpSocket::bind(unspecified(relay))?)
+    }
+
+    /// Closes every connection at once and waits (at most `timeout`) for
+    /// the relay to hear of it.
+    pub async fn close(&self, timeout: Duration) {
+        self.endpoint
+            .close(VarInt::from_u32(CLOSED_ON_PURPOSE), b"closed");
+        let _ = tokio::time::timeout(timeout, self.endpoint.wait_idle()).await;
+    }
+}
+
+/// The wildcard address of `relay`'s family, port 0.
+fn unspecified(relay: SocketAddr) -> SocketAddr {
+    match relay {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    }
+}
+
+/// The local address the kernel would send from to reach `relay` now, if
+/// there is a route (asks the routing table; sends nothing).
+pub fn route_source(relay: SocketAddr) -> Option<IpAddr> {
+    let socket = UdpSocket::bind(unspecified(relay)).ok()?;
+    socket.connect(relay).ok()?;
+    Some(socket.local_addr().ok()?.ip())
+}
+
+/// Watches the route to `relay` and, when it starts to leave from another
+/// local address (the old one was deleted, Wi-Fi changed), rebinds the
+/// client's endpoint so that the relay hears from the new address at once
+/// instead of at the next keep-alive. Runs until dropped.
+pub async fn follow_local_address(client: QuicClient, relay: SocketAddr) {
+    let mut current = route_source(relay);
+    let mut ticks = tokio::time::interval(ADDRESS_CHECK_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let now = route_source(relay);
+        if now.is_none() || now == current {
+            continue;
+        }
+        match client.rebind(relay) {
+            Ok(()) => tracing::debug!(
+                "the route to {relay} now leaves from {}; moved the QUIC path",
+                now.map_or_else(|| "?".into(), |ip| ip.to_string())
+            ),
+            Err(e) => tracing::debug!("cannot move the QUIC path to a new socket: {e}"),
+        }
+        current = now;
+    }
+}

@@ -1,0 +1,294 @@
+//! The QUIC transport with the real OpenSSH client and server.
+//!
+//! * On loopback (any user): ssh runs over `--transport quic`, and the relay
+//!   logs the session as QUIC.
+//! * In the network-namespace lab (as root; skipped otherwise, see
+//!   `support/netns.rs`):
+//!   - with `--transport quic`, a 512 MiB download goes on through two
+//!     changes of the client's address with sha256 equal and no resume at
+//!     all: no loss or resume line from the client, none in the relay's log,
+//!     `resumeproxy status` shows zero reconnects — QUIC migrated the
+//!     connection; and data flows again within seconds of each change;
+//!   - with UDP dropped on the client's link, `auto` is connected over TCP
+//!     within a second or two;
+//!   - a QUIC connection killed by a silent partition mid-transfer is
+//!     resumed, and one killed by UDP becoming blocked is resumed over TCP.
+
+mod support;
+
+use anyhow::{ensure, Context, Result};
+use resumeproxy::control::StatusReport;
+use std::fs::File;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::netns::NetLab;
+use support::relay::{proxy_command, RelayProcess};
+use support::ssh_child::Ssh;
+use support::sshd::{sha256_file, write_random_file, SshdOptions, TestSshd};
+
+/// Rate limit of the lab's link, both ways.
+const RATE: &str = "400mbit";
+/// Bound on each wait for a further slice of a transfer.
+const PROGRESS_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound on a whole ssh run.
+const RUN_TIMEOUT: Duration = Duration::from_secs(180);
+/// Bound on the wait for a resume.
+const RESUME_TIMEOUT: Duration = Duration::from_secs(20);
+/// What the client prints (through ssh's stderr) when it has resumed.
+const RESUMED: &str = "resumeproxy: resumed after";
+/// What the client prints when it has lost the link.
+const LOST: &str = "resumeproxy: link to";
+
+/// `resumeproxy status --json` as the user of `sshd`'s sessions sees it.
+fn status(sshd: &TestSshd) -> Result<Vec<StatusReport>> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_resumeproxy"));
+    cmd.args(["status", "--json"]);
+    sshd.private_env(&mut cmd);
+    let out = cmd.output().context("resumeproxy status")?;
+    ensure!(out.status.success(), "status failed: {out:?}");
+    String::from_utf8(out.stdout)?
+        .lines()
+        .map(|line| serde_json::from_str(line).context("status line"))
+        .collect()
+}
+
+/// A lab with sshd and the relay in its server namespace.
+struct Server {
+    sshd: TestSshd,
+    relay: RelayProcess,
+}
+
+fn server(lab: &NetLab) -> Result<Server> {
+    lab.rate_limit(RATE)?;
+    let sshd = TestSshd::start_with(&SshdOptions {
+        netns: Some(lab.server_ns().to_owned()),
+        ..SshdOptions::default()
+    })?;
+    let relay = RelayProcess::start_in_netns(
+        lab.server_ns(),
+        &format!("{}:0", lab.server_addr()),
+        sshd.port(),
+        &[],
+    )?;
+    Ok(Server { sshd, relay })
+}
+
+/// Starts ssh in the client namespace downloading `src` to `dst` through
+/// the client with `flags`.
+fn download(lab: &NetLab, server: &Server, flags: &str, src: &Path, dst: &Path) -> Result<Ssh> {
+    let proxy = proxy_command(server.relay.addr(), server.sshd.port(), flags);
+    let remote = format!("cat {}", src.display());
+    Ssh::spawn(
+        lab.in_client(&server.sshd.ssh_command(Some(&proxy), &remote)),
+        Stdio::null(),
+        Stdio::from(File::create(dst)?),
+    )
+}
+
+/// Hashes `path` on another thread (400 MiB take a while in a debug build).
+fn hash_in_background(path: &Path) -> std::thread::JoinHandle<Result<String>> {
+    let path = path.to_owned();
+    std::thread::spawn(move || sha256_file(&path))
+}
+
+fn joined(hash: std::thread::JoinHandle<Result<String>>) -> Result<String> {
+    hash.join()
+        .map_err(|_| anyhow::anyhow!("hashing panicked"))?
+}
+
+#[test]
+fn ssh_runs_over_quic_on_loopback() -> Result<()> {
+    let sshd = TestSshd::start()?;
+    let relay = RelayProcess::start(sshd.port(), &[])?;
+    let src = sshd.dir().join("src");
+    write_random_file(&src, 8 << 20, 7)?;
+    let proxy = proxy_command(relay.addr(), sshd.port(), "--transport quic");
+    let out = sshd
+        .ssh_command(Some(&proxy), &format!("cat {}", src.display()))
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "ssh over QUIC failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        support::sshd::sha256_bytes(&out.stdout),
+        sha256_file(&src)?,
+        "sha256 of what arrived"
+    );
+    let started = relay.wait_for_log("session started", Duration::from_secs(5))?;
+    assert!(started.contains("transport=quic"), "{started}");
+    relay.wait_for_log("session ended: complete", Duration::from_secs(5))?;
+    Ok(())
+}
+
+#[test]
+fn quic_carries_512_mib_through_two_address_changes_without_a_resume() -> Result<()> {
+    let Some(lab) = NetLab::create()? else {
+        return Ok(());
+    };
+    let server = server(&lab)?;
+    const SIZE: u64 = 512 << 20;
+    let src = server.sshd.dir().join("src");
+    let dst = server.sshd.dir().join("dst");
+    write_random_file(&src, SIZE, 11)?;
+    let src_hash = hash_in_background(&src);
+    let started = Instant::now();
+    let mut ssh = download(
+        &lab,
+        &server,
+        "--transport quic --dead-after 2s",
+        &src,
+        &dst,
+    )?;
+
+    let mut arrived = 0;
+    let mut pauses = Vec::new();
+    for at in [SIZE / 4, SIZE / 2] {
+        arrived = ssh.wait_for_bytes(&dst, at, PROGRESS_TIMEOUT)?;
+        let (old, new) = lab.move_client()?;
+        let moved = Instant::now();
+        // Data must keep coming: the next MiB within a few seconds.
+        let next = ssh.wait_for_bytes(&dst, arrived + (1 << 20), Duration::from_secs(5))?;
+        pauses.push((old, new, moved.elapsed(), next));
+    }
+    let reports = status(&server.sshd)?;
+    let status = ssh.wait(RUN_TIMEOUT)?;
+    ensure!(
+        status.success(),
+        "ssh exited with {status}; stderr:\n{}",
+        ssh.stderr.text()
+    );
+    assert_eq!(
+        sha256_file(&dst)?,
+        joined(src_hash)?,
+        "sha256 of what arrived"
+    );
+    assert_eq!(ssh.stderr.count(LOST), 0, "{}", ssh.stderr.text());
+    assert_eq!(ssh.stderr.count(RESUMED), 0, "{}", ssh.stderr.text());
+    assert_eq!(
+        server.relay.count("client lost"),
+        0,
+        "{}",
+        server.relay.log()
+    );
+    assert_eq!(
+        server.relay.count("session resumed"),
+        0,
+        "{}",
+        server.relay.log()
+    );
+    let [report] = reports.as_slice() else {
+        panic!("expected one live session, status showed {reports:?}");
+    };
+    assert_eq!(report.transport, "quic", "{report:?}");
+    assert_eq!(report.reconnects, 0, "{report:?}");
+    let opened = server
+        .relay
+        .wait_for_log("session started", Duration::ZERO)?;
+    assert!(opened.contains("transport=quic"), "{opened}");
+
+    eprintln!(
+        "512 MiB over QUIC at {RATE} in {:.1?} with {} address changes, 0 resumes",
+        started.elapsed(),
+        pauses.len()
+    );
+    for (old, new, took, next) in pauses {
+        eprintln!(
+            "  {old} -> {new} at {arrived} bytes: next MiB after {took:.2?} ({next} bytes)",
+            arrived = next - (1 << 20)
+        );
+    }
+    let _ = arrived;
+    Ok(())
+}
+
+#[test]
+fn auto_connects_over_tcp_within_seconds_when_udp_is_blocked() -> Result<()> {
+    let Some(lab) = NetLab::create()? else {
+        return Ok(());
+    };
+    let server = server(&lab)?;
+    let _blocked = lab.block_udp()?;
+    let proxy = proxy_command(server.relay.addr(), server.sshd.port(), "--transport auto");
+    let mut ssh = Ssh::spawn(
+        lab.in_client(&server.sshd.ssh_command(Some(&proxy), "echo over-tcp")),
+        Stdio::null(),
+        Stdio::piped(),
+    )?;
+    let spawned = Instant::now();
+    let opened = server
+        .relay
+        .wait_for_log("session started", Duration::from_secs(10))?;
+    let took = spawned.elapsed();
+    assert!(opened.contains("transport=tls"), "{opened}");
+    assert!(
+        took < Duration::from_secs(2),
+        "the session opened only after {took:?}"
+    );
+    let status = ssh.wait(Duration::from_secs(20))?;
+    ensure!(status.success(), "ssh: {status}; {}", ssh.stderr.text());
+    eprintln!("UDP blocked: auto opened the session over TCP {took:.2?} after ssh started");
+    Ok(())
+}
+
+#[test]
+fn a_dead_quic_connection_is_resumed_over_quic_or_tcp() -> Result<()> {
+    let Some(lab) = NetLab::create()? else {
+        return Ok(());
+    };
+    let server = server(&lab)?;
+    const SIZE: u64 = 256 << 20;
+    let src = server.sshd.dir().join("src");
+    let dst = server.sshd.dir().join("dst");
+    write_random_file(&src, SIZE, 13)?;
+    let src_hash = hash_in_background(&src);
+    let mut ssh = download(
+        &lab,
+        &server,
+        "--transport auto --dead-after 1s",
+        &src,
+        &dst,
+    )?;
+    let opened = server
+        .relay
+        .wait_for_log("session started", Duration::from_secs(10))?;
+    assert!(
+        opened.contains("transport=quic"),
+        "auto chose TCP: {opened}"
+    );
+
+    // A silent partition outlives --dead-after: the QUIC connection dies
+    // and the session resumes when the network is back.
+    ssh.wait_for_bytes(&dst, SIZE / 4, PROGRESS_TIMEOUT)?;
+    let from = ssh.stderr.len();
+    let partition = lab.partition()?;
+    std::thread::sleep(Duration::from_millis(2500));
+    partition.lift()?;
+    let resumed = ssh.stderr.wait_for(from, RESUMED, RESUME_TIMEOUT)?;
+    let first = server
+        .relay
+        .wait_for_count("session resumed", 1, RESUME_TIMEOUT)?;
+
+    // Then UDP is blocked for good: the session goes on over TCP.
+    let arrived = ssh.wait_for_bytes(&dst, SIZE / 2, PROGRESS_TIMEOUT)?;
+    let from = ssh.stderr.len();
+    let _blocked = lab.block_udp()?;
+    let over_tcp = ssh.stderr.wait_for(from, RESUMED, RESUME_TIMEOUT)?;
+    let second = server
+        .relay
+        .wait_for_count("session resumed", 2, RESUME_TIMEOUT)?;
+    assert!(second.contains("transport=tls"), "{second}");
+
+    let status = ssh.wait(RUN_TIMEOUT)?;
+    ensure!(status.success(), "ssh: {status}; {}", ssh.stderr.text());
+    assert_eq!(
+        sha256_file(&dst)?,
+        joined(src_hash)?,
+        "sha256 of what arrived"
+    );
+    eprintln!("partition: {resumed}\n  relay: {first}");
+    eprintln!("UDP blocked at {arrived} bytes: {over_tcp}\n  relay: {second}");
+    Ok(())
+}
