@@ -730,6 +730,12 @@ async fn a_changed_relay_key_stops_the_client_with_the_warning() -> Result<()> {
         "{stderr}"
     );
     assert!(!stderr.contains("resumed after"), "{stderr}");
+    // It names the pin to remove, not a --relay-fingerprint nobody gave.
+    assert!(
+        stderr.contains(&format!("Pinned in {} (line 1): {fp_a}", known.display())),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("--relay-fingerprint"), "{stderr}");
 
     // A new connection is refused before anything is sent, loudly.
     let status = sshd.dir().join("changed.status");
