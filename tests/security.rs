@@ -20,11 +20,12 @@
 //!   with another key ends the same way instead of resuming.
 //! * **Hostile traffic does not stop a real session.** 1,000 idle connections
 //!   from one address (only `--max-handshakes-per-source` are even admitted),
-//!   garbage of several kinds, and a slowloris ClientHello trickled a byte a
-//!   second: the relay stays up, answers each with a refusal or a timeout in
-//!   its log, the running transfer completes (sha256), a new session from
-//!   another address opens while the flood is held, and once it is gone the
-//!   relay's descriptors are back where they were.
+//!   garbage before TLS, inside TLS and after a session is open, and a
+//!   slowloris ClientHello trickled a byte a second: the relay stays up,
+//!   answers each with a refusal or a timeout in its log, the running
+//!   transfer completes (sha256), a new session from another address opens
+//!   while the flood is held, and once it is gone the relay's descriptors are
+//!   back where they were.
 //! * **Not an open proxy.** In bastion mode (`--relay`), a target not named
 //!   by `--allow` is refused with the reason (naming `--allow`) and never
 //!   connected to; an allowed one works.
@@ -1011,7 +1012,24 @@ async fn hostile_traffic_neither_crashes_the_relay_nor_stops_a_session() -> Resu
     let mut answer = BytesMut::from(&answer[Preamble::CURRENT.encode().len()..]);
     let (kind, payload) = split_message(&mut answer)?.context("no reply to a bad version")?;
     assert_refused(&Reply::decode(kind, payload)?, Code::Version, "upgrade");
+    // A client that opens a session and then sends garbage: the relay ends
+    // that session (and its sshd connection), and nothing else.
+    let mut transport = connect_from(addr, ATTACKER_2).await?;
+    let hello = Hello::New {
+        dead_after_ms: 1000,
+        host: String::new(),
+        port: sshd.port(),
+    };
+    let reply =
+        tokio::time::timeout(EVENT_TIMEOUT, handshake::client(&mut transport, &hello)).await??;
+    ensure!(matches!(reply, Reply::Created { .. }), "{reply:?}");
+    transport
+        .stream
+        .write_all(&[0x7f, 0, 0, 0, 4, 0xde, 0xad, 0xbe, 0xef])
+        .await?;
+    read_to_close(&mut transport.stream).await?;
     for logged in [
+        "session ended: protocol error: unexpected message type 0x7f",
         "not a resumeproxy client (it did not start TLS)",
         "connection refused: TLS:",
         "not a resumeproxy peer",
