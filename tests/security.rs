@@ -6,7 +6,8 @@
 //!   sees TLS records from the first byte, and none of what ssh alone would
 //!   show (its `SSH-2.0-` banner, its key-exchange algorithm names), nor the
 //!   session's payload both ways, nor resumeproxy's own preamble, nor the
-//!   relay's public key.
+//!   relay's public key; the same recorder in front of bare sshd sees ssh's
+//!   banner and algorithm names, so the check can tell.
 //! * **Resume is authenticated.** While a real session streams, a hostile
 //!   client that knows the live session's full id resumes it with a wrong
 //!   proof and with a replayed one (a proof the relay really accepted,
@@ -392,6 +393,26 @@ async fn nothing_of_the_ssh_stream_appears_in_clear_on_the_wire() -> Result<()> 
             assert!(!contains(bytes, window), "payload in clear {what}");
         }
     }
+
+    // The control: the same recorder in front of sshd itself, without
+    // resumeproxy, sees what ssh shows anyone on the path.
+    let bare = Recorder::start(SocketAddr::from(([127, 0, 0, 1], sshd.port()))).await?;
+    let mut opts = sshd.ssh_opts();
+    let port = opts
+        .iter()
+        .position(|o| o == "-p")
+        .context("no -p in ssh_opts")?;
+    opts[port + 1] = bare.addr.port().to_string();
+    let mut cmd = std::process::Command::new("ssh");
+    cmd.args(&opts).arg("127.0.0.1").arg("true");
+    let out = run(cmd, Stdio::null(), Stdio::null()).await?;
+    ensure!(out.status.success(), "bare ssh: {}", stderr_of(&out));
+    let captures = bare.captures();
+    let (up, down) = captures.first().context("bare ssh was not recorded")?;
+    for (what, bytes) in [("client to sshd", up), ("sshd to client", down)] {
+        assert!(contains(bytes, b"SSH-2.0-"), "{what}: the banner");
+        assert!(contains(bytes, b"curve25519"), "{what}: the key exchange");
+    }
     Ok(())
 }
 
@@ -597,7 +618,12 @@ async fn wrong_or_replayed_resume_proofs_fail_and_the_real_session_goes_on() -> 
     assert_eq!(accepted.len(), 1, "the client's one resume");
     stream.wait_for_progress(256 * 1024, EVENT_TIMEOUT).await?;
 
-    // A wrong proof, then the accepted one replayed on a new connection.
+    // A wrong proof, then a replay. A proof is an HMAC keyed with the
+    // session's secret over the session id and the channel binding of the
+    // TLS connection it travels on, so "replayed" can only mean: the very
+    // bytes the relay accepted on one connection, sent again on another.
+    // These are those bytes, taken where no one on the path could see them
+    // (inside the tap), which is more than an eavesdropper ever gets.
     let reply = hostile_resume(relay.addr(), ATTACKER, session, |_| rand::random()).await?;
     assert_refused(&reply, Code::BadProof, "wrong session proof");
     let replayed = accepted[0];
@@ -629,7 +655,8 @@ async fn wrong_or_replayed_resume_proofs_fail_and_the_real_session_goes_on() -> 
     let reply = hostile_resume(relay.addr(), ATTACKER_2, session, |_| rand::random()).await?;
     assert_refused(&reply, Code::BadProof, "wrong session proof");
 
-    // The live session never noticed: no loss, no resume, still flowing.
+    // The live session never noticed: no loss or resume beyond the test's
+    // own break, and still flowing.
     stream.wait_for_progress(256 * 1024, EVENT_TIMEOUT).await?;
     assert_eq!(relay.count("session resumed"), 1, "{}", relay.log());
     assert!(
