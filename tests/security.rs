@@ -21,8 +21,9 @@
 //!   with another key ends the same way instead of resuming.
 //! * **Hostile traffic does not stop a real session.** 1,000 idle connections
 //!   from one address (only `--max-handshakes-per-source` are even admitted),
-//!   garbage before TLS, inside TLS and after a session is open, and a
-//!   slowloris ClientHello trickled a byte a second: the relay stays up,
+//!   garbage before TLS, inside TLS and after a session is open, a
+//!   slowloris ClientHello trickled a byte a second, and a TLS connection
+//!   that never says hello: the relay stays up,
 //!   answers each with a refusal or a timeout in its log, the running
 //!   transfer completes (sha256), a new session from another address opens
 //!   while the flood is held, and once it is gone the relay's descriptors are
@@ -988,9 +989,16 @@ async fn hostile_traffic_neither_crashes_the_relay_nor_stops_a_session() -> Resu
     // With one session open (which holds descriptors of its own).
     let fds_before = fd_count(pid)?;
 
-    // The slow handshake runs alongside everything else.
+    // The slow handshakes run alongside everything else: one trickles its
+    // ClientHello, one completes TLS and then says nothing.
     let addr = relay.addr();
     let slow = tokio::spawn(slowloris(addr, ATTACKER_2));
+    let silent = tokio::spawn(async move {
+        let mut transport = connect_from(addr, ATTACKER_2).await?;
+        let started = Instant::now();
+        read_to_close(&mut transport.stream).await?;
+        anyhow::Ok(started.elapsed())
+    });
 
     // 1,000 idle connections from one address: the relay admits its
     // per-source allowance and drops the rest at once.
@@ -1089,11 +1097,16 @@ async fn hostile_traffic_neither_crashes_the_relay_nor_stops_a_session() -> Resu
         "handshake took longer than {:.1}s",
         HANDSHAKE_TIMEOUT.as_secs_f64()
     );
-    relay.wait_for_count(&timed_out, PER_SOURCE + 1, EVENT_TIMEOUT)?;
+    relay.wait_for_count(&timed_out, PER_SOURCE + 2, EVENT_TIMEOUT)?;
     let (lasted, sent) = slow.await??;
     assert!(
         lasted < HANDSHAKE_TIMEOUT + Duration::from_secs(3),
         "the slow handshake was cut after {lasted:?} ({sent} bytes)"
+    );
+    let lasted = silent.await??;
+    assert!(
+        lasted < HANDSHAKE_TIMEOUT + Duration::from_secs(3),
+        "the silent TLS connection was cut after {lasted:?}"
     );
     let deadline = Instant::now() + Duration::from_secs(5);
     while idle.iter().any(|s| !closed_by_peer(s)) {
