@@ -23,14 +23,16 @@
 //!   from one address (only `--max-handshakes-per-source` are even admitted),
 //!   garbage before TLS, inside TLS and after a session is open, a
 //!   slowloris ClientHello trickled a byte a second, and a TLS connection
-//!   that never says hello: the relay stays up,
-//!   answers each with a refusal or a timeout in its log, the running
-//!   transfer completes (sha256), a new session from another address opens
-//!   while the flood is held, and once it is gone the relay's descriptors are
-//!   back where they were.
+//!   that never says hello: the relay stays up, answers each with a refusal
+//!   or a timeout in its log, the running transfer completes (sha256), a new
+//!   session from another address opens while the flood is held, and once it
+//!   is gone the relay's descriptors are back where they were.
 //! * **Not an open proxy.** In bastion mode (`--relay`), a target not named
 //!   by `--allow` is refused with the reason (naming `--allow`) and never
 //!   connected to; an allowed one works.
+//!
+//! One test is ignored: it shows a weakness not fixed yet (sessions opened
+//! and abandoned from one address lock everyone out; see its doc comment).
 //!
 //! How the resume test learns the live session's id and secret: they never
 //! leave TLS, and logs and `resumeproxy status` show only the id's first 8
@@ -147,10 +149,9 @@ impl Stream {
             let mut total = 0u64;
             for seed in 1000u64.. {
                 let chunk = random_bytes(STREAM_CHUNK, seed);
-                tokio::select! {
-                    written = stdin.write_all(&chunk) => written?,
-                    () = stopped.cancelled() => break,
-                }
+                // Never cut a write short: a partial chunk would go out
+                // unhashed. A stuck session makes `finish` time out instead.
+                stdin.write_all(&chunk).await?;
                 hasher.update(&chunk);
                 total += chunk.len() as u64;
                 tokio::select! {
