@@ -50,6 +50,7 @@ use bytes::BytesMut;
 use resumeproxy::fault::FaultInjector;
 use resumeproxy::handshake::{self, NOT_A_CLIENT_NOTICE};
 use resumeproxy::identity::{Fingerprint, RelayKey};
+use resumeproxy::relay::Limits;
 use resumeproxy::resume_auth;
 use resumeproxy::tls::{self, PinVerifier, BINDING_LEN};
 use resumeproxy::transport::{Transport, TransportKind};
@@ -978,11 +979,22 @@ async fn slowloris(relay: SocketAddr, source: IpAddr) -> Result<(Duration, usize
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_traffic_neither_crashes_the_relay_nor_stops_a_session() -> Result<()> {
     const IDLE: usize = 1000;
-    const PER_SOURCE: usize = 16; // resumeproxyd's default --max-handshakes-per-source
-    const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(8);
+    // The relay's defaults, given explicitly so that no config file on the
+    // machine can change them.
+    let defaults = Limits::default();
+    let per_source = defaults.max_handshakes_per_source;
+    let handshake_timeout = defaults.handshake_timeout;
     raise_fd_limit(IDLE as u64 + 512)?;
     let sshd = TestSshd::start()?;
-    let mut relay = RelayProcess::start(sshd.port(), &["--handshake-timeout", "8s"])?;
+    let mut relay = RelayProcess::start(
+        sshd.port(),
+        &[
+            "--handshake-timeout",
+            &format!("{}ms", handshake_timeout.as_millis()),
+            "--max-handshakes-per-source",
+            &per_source.to_string(),
+        ],
+    )?;
     let pid = relay.pid();
     let proxy = proxy_command(relay.addr(), sshd.port(), CLIENT_FLAGS);
     let stream = Stream::start(&sshd, &proxy, &sshd.dir().join("stream.dst")).await?;
@@ -1017,14 +1029,16 @@ async fn hostile_traffic_neither_crashes_the_relay_nor_stops_a_session() -> Resu
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut open = loop {
         let open = idle.iter().filter(|s| !closed_by_peer(s)).count();
-        if open <= PER_SOURCE || Instant::now() >= deadline {
+        if open <= per_source || Instant::now() >= deadline {
             break open;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(open, PER_SOURCE, "idle connections the relay holds");
+    assert_eq!(open, per_source, "idle connections the relay holds");
     relay.wait_for_log(
-        "16 handshakes in progress from 127.0.0.2 (--max-handshakes-per-source)",
+        &format!(
+            "{per_source} handshakes in progress from 127.0.0.2 (--max-handshakes-per-source)"
+        ),
         EVENT_TIMEOUT,
     )?;
 
@@ -1087,7 +1101,7 @@ async fn hostile_traffic_neither_crashes_the_relay_nor_stops_a_session() -> Resu
     assert_eq!(out.stdout, b"fresh\n");
     open = idle.iter().filter(|s| !closed_by_peer(s)).count();
     assert!(
-        opened.elapsed() < HANDSHAKE_TIMEOUT && open == PER_SOURCE,
+        opened.elapsed() < handshake_timeout && open == per_source,
         "the new session opened while the flood held its slots ({open} open after {:?})",
         opened.elapsed()
     );
@@ -1096,17 +1110,17 @@ async fn hostile_traffic_neither_crashes_the_relay_nor_stops_a_session() -> Resu
     // The held ones time out; so does the slow one.
     let timed_out = format!(
         "handshake took longer than {:.1}s",
-        HANDSHAKE_TIMEOUT.as_secs_f64()
+        handshake_timeout.as_secs_f64()
     );
-    relay.wait_for_count(&timed_out, PER_SOURCE + 2, EVENT_TIMEOUT)?;
+    relay.wait_for_count(&timed_out, per_source + 2, EVENT_TIMEOUT)?;
     let (lasted, sent) = slow.await??;
     assert!(
-        lasted < HANDSHAKE_TIMEOUT + Duration::from_secs(3),
+        lasted < handshake_timeout + Duration::from_secs(3),
         "the slow handshake was cut after {lasted:?} ({sent} bytes)"
     );
     let lasted = silent.await??;
     assert!(
-        lasted < HANDSHAKE_TIMEOUT + Duration::from_secs(3),
+        lasted < handshake_timeout + Duration::from_secs(3),
         "the silent TLS connection was cut after {lasted:?}"
     );
     let deadline = Instant::now() + Duration::from_secs(5);
