@@ -659,7 +659,16 @@ async fn reconnect(
             }
             Ok(Ok(Err((_, reason)))) => return Err(ClientError::Refused { addr, reason }),
             Ok(Err(OpenError::KeyChanged(seen))) => {
-                let expectation = Expectation::exactly(resume.relay_key);
+                // Say where the key is pinned, as a new connection would:
+                // the user removes that line if the change is expected. If
+                // the trust source no longer refuses the new key (edited
+                // meanwhile), the refusal is that a session must meet the
+                // key it was opened with; never blame a --relay-fingerprint
+                // the user did not give.
+                let expectation = Expectation::for_relay(&config.trust, &addr)
+                    .ok()
+                    .filter(|e| !e.is_first_use() && !e.accepts(&seen))
+                    .unwrap_or_else(|| Expectation::exactly(resume.relay_key));
                 let changed = expectation.changed(&config.trust, &addr, seen);
                 return Err(ClientError::KeyChanged(Box::new(changed)));
             }

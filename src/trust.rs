@@ -24,6 +24,9 @@ pub struct Expectation {
     pub accepted: Vec<Fingerprint>,
     /// The file lines those keys come from, if from a file.
     pins: Vec<Pin>,
+    /// Whether the key is the one a live session was opened with (a
+    /// reconnect), not one the user gave.
+    session: bool,
 }
 
 impl Expectation {
@@ -33,6 +36,7 @@ impl Expectation {
             TrustSource::Fingerprint(fingerprint) => Ok(Expectation {
                 accepted: vec![*fingerprint],
                 pins: Vec::new(),
+                session: false,
             }),
             TrustSource::KnownRelays(path) => {
                 let known = KnownRelays::load(path)?;
@@ -43,10 +47,12 @@ impl Expectation {
                     Lookup::Unknown => Expectation {
                         accepted: Vec::new(),
                         pins: Vec::new(),
+                        session: false,
                     },
                     Lookup::Pinned(pins) => Expectation {
                         accepted: pins.iter().map(|p| p.fingerprint).collect(),
                         pins,
+                        session: false,
                     },
                 })
             }
@@ -59,6 +65,7 @@ impl Expectation {
         Expectation {
             accepted: vec![fingerprint],
             pins: Vec::new(),
+            session: true,
         }
     }
 
@@ -83,6 +90,7 @@ impl Expectation {
                 _ => None,
             },
             lines: self.pins.iter().map(|p| p.line).collect(),
+            session: self.session,
         }
     }
 }
@@ -118,6 +126,9 @@ pub struct KeyChanged {
     pub file: Option<PathBuf>,
     /// The lines of that file that pin this relay.
     pub lines: Vec<usize>,
+    /// Whether what was expected is the key a live session was opened with,
+    /// rather than a `--relay-fingerprint` (when no file is named).
+    pub session: bool,
 }
 
 impl fmt::Display for KeyChanged {
@@ -158,7 +169,12 @@ impl fmt::Display for KeyChanged {
                 write!(f, "and connect again. Refusing to connect.")
             }
             None => {
-                writeln!(f, "Expected (--relay-fingerprint): {}", expected.join(", "))?;
+                let origin = if self.session {
+                    "the key this session was opened with"
+                } else {
+                    "--relay-fingerprint"
+                };
+                writeln!(f, "Expected ({origin}): {}", expected.join(", "))?;
                 write!(f, "Refusing to connect.")
             }
         }
@@ -206,5 +222,16 @@ mod tests {
         assert!(!exp.is_first_use());
         let text = exp.changed(&given, "r:7022", new).to_string();
         assert!(text.contains("--relay-fingerprint"), "{text}");
+
+        let text = Expectation::exactly(old)
+            .changed(&source, "r:7022", new)
+            .to_string();
+        assert!(
+            text.contains(&format!(
+                "Expected (the key this session was opened with): {old}"
+            )),
+            "{text}"
+        );
+        assert!(!text.contains("--relay-fingerprint"), "{text}");
     }
 }

@@ -135,6 +135,16 @@ impl RelayProcess {
         self.addr
     }
 
+    /// The relay's process id (for `/proc/PID/...`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the relay is still running (it has neither crashed nor exited).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Everything the relay logged so far.
     pub fn log(&self) -> String {
         self.log.lines.lock().unwrap().join("\n")
