@@ -311,6 +311,10 @@ pub struct ServeArgs {
     /// beyond it [default: 256].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_detached: Option<u32>,
+    /// Most sessions from one client address, connected or not: one source
+    /// cannot take every session [default: 64].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sessions_per_source: Option<u32>,
     /// Most connections still in their handshake, at once [default: 512].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_handshakes: Option<u32>,

@@ -87,6 +87,7 @@ pub const RELAY_KEYS: &[KeyDoc] = &[
     ("handshake_timeout", "DURATION", "\"10s\"", "accept to complete handshake (--handshake-timeout); reloaded on SIGHUP"),
     ("max_sessions", "N", "1024", "sessions at once (--max-sessions); reloaded on SIGHUP"),
     ("max_detached", "N", "256", "detached sessions at once (--max-detached); reloaded on SIGHUP"),
+    ("max_sessions_per_source", "N", "64", "sessions from one client address (--max-sessions-per-source); reloaded on SIGHUP"),
     ("max_handshakes", "N", "512", "handshakes in progress (--max-handshakes); reloaded on SIGHUP"),
     ("max_handshakes_per_source", "N", "16", "handshakes in progress per source address (--max-handshakes-per-source); reloaded on SIGHUP"),
     ("replay_buffer", "SIZE", "\"8MiB\"", "replay buffer per session, for new sessions (--replay-buffer); reloaded on SIGHUP"),
@@ -126,6 +127,8 @@ pub struct RelayFile {
     max_sessions: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_detached: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_sessions_per_source: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_handshakes: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -332,6 +335,12 @@ impl RelaySettings {
                     defaults.max_detached,
                     "max_detached",
                 )?,
+                max_sessions_per_source: count(
+                    flags.max_sessions_per_source,
+                    file.max_sessions_per_source,
+                    defaults.max_sessions_per_source,
+                    "max_sessions_per_source",
+                )?,
                 max_handshakes: count(
                     flags.max_handshakes,
                     file.max_handshakes,
@@ -372,6 +381,7 @@ impl RelaySettings {
             handshake_timeout: Some(format_duration(self.limits.handshake_timeout)),
             max_sessions: Some(self.limits.max_sessions as u32),
             max_detached: Some(self.limits.max_detached as u32),
+            max_sessions_per_source: Some(self.limits.max_sessions_per_source as u32),
             max_handshakes: Some(self.limits.max_handshakes as u32),
             max_handshakes_per_source: Some(self.limits.max_handshakes_per_source as u32),
             replay_buffer: Some(size_text(self.replay_buffer)),

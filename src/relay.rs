@@ -38,7 +38,7 @@ use crate::wire::{Code, Hello, Reply, SessionId, SECRET_LEN, SESSION_ID_LEN};
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -77,6 +77,8 @@ pub struct Limits {
     pub max_sessions: usize,
     /// Most sessions without a client at once.
     pub max_detached: usize,
+    /// Most sessions opened from one client address, attached or not.
+    pub max_sessions_per_source: usize,
     /// Most connections in their handshake at once.
     pub max_handshakes: usize,
     /// Most connections in their handshake from one source address.
@@ -89,6 +91,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             max_sessions: 1024,
             max_detached: 256,
+            max_sessions_per_source: 64,
             max_handshakes: 512,
             max_handshakes_per_source: 16,
         }
@@ -135,6 +138,8 @@ struct Shared {
     table: Mutex<HashMap<SessionId, Entry>>,
     /// Sessions without a client.
     detached: AtomicUsize,
+    /// Live sessions per address they were opened from.
+    per_source: Mutex<HashMap<IpAddr, usize>>,
     /// Connections in their handshake.
     admission: Arc<Admission>,
     /// Failed resumes per source address.
@@ -158,10 +163,54 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn per_source(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.per_source
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts a session opened from `source` while the mark lives, unless
+    /// that source has `max` already.
+    fn add_source(self: &Arc<Self>, source: IpAddr, max: usize) -> Option<SourceMark> {
+        let mut per_source = self.per_source();
+        let count = per_source.entry(source).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(SourceMark {
+            shared: Arc::clone(self),
+            source,
+        })
+    }
+
+    /// Forgets a session opened from `source`.
+    fn remove_source(&self, source: IpAddr) {
+        let mut per_source = self.per_source();
+        if let Some(count) = per_source.get_mut(&source) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                per_source.remove(&source);
+            }
+        }
+    }
+
     fn failures(&self) -> std::sync::MutexGuard<'_, FailureLimiter> {
         self.failures
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Counts one session against the address it was opened from while it lives.
+struct SourceMark {
+    shared: Arc<Shared>,
+    source: IpAddr,
+}
+
+impl Drop for SourceMark {
+    fn drop(&mut self) {
+        self.shared.remove_source(self.source);
     }
 }
 
@@ -253,6 +302,7 @@ impl Relay {
                 config: std::sync::RwLock::new(Arc::new(config)),
                 table: Mutex::default(),
                 detached: AtomicUsize::new(0),
+                per_source: Mutex::default(),
                 admission: Admission::new(limits.max_handshakes, limits.max_handshakes_per_source),
                 failures: Mutex::default(),
                 stop: CancellationToken::new(),
@@ -513,6 +563,14 @@ async fn open_session(
         );
         return refuse(&mut transport, Code::Busy, reason).await;
     }
+    let Some(source_mark) = shared.add_source(peer.ip(), limits.max_sessions_per_source) else {
+        let reason = format!(
+            "the relay holds its limit of {} sessions from {} (--max-sessions-per-source)",
+            limits.max_sessions_per_source,
+            peer.ip()
+        );
+        return refuse(&mut transport, Code::Busy, reason).await;
+    };
     let connect = async {
         match &target {
             Target::Default(addr) => TcpStream::connect(addr).await,
@@ -556,6 +614,7 @@ async fn open_session(
         client: peer,
         target,
         local_port,
+        _source: source_mark,
     };
     tracing::info!(
         session = %audit.id, client = %audit.client, target = %audit.target, local_port,
@@ -584,6 +643,8 @@ struct Audit {
     target: Target,
     /// The relay's port towards the target: what sshd logs.
     local_port: u16,
+    /// Counts the session against the address it was opened from.
+    _source: SourceMark,
 }
 
 fn clamp_dead_after(ms: u32) -> Duration {

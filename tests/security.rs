@@ -31,8 +31,9 @@
 //!   by `--allow` is refused with the reason (naming `--allow`) and never
 //!   connected to; an allowed one works.
 //!
-//! One test is ignored: it shows a weakness not fixed yet (sessions opened
-//! and abandoned from one address lock everyone out; see its doc comment).
+//! * **One source cannot take every session.** Sessions opened and abandoned
+//!   from one address stop at `--max-sessions-per-source`, so they cannot
+//!   fill `--max-detached` and lock everyone else out.
 //!
 //! How the resume test learns the live session's id and secret: they never
 //! leave TLS, and logs and `resumeproxy status` show only the id's first 8
@@ -1253,22 +1254,26 @@ async fn a_target_not_allowed_is_refused_and_never_connected_to() -> Result<()> 
 }
 
 // ---------------------------------------------------------------------------
-// Known weakness (ignored until fixed).
+// One source cannot take every session.
 // ---------------------------------------------------------------------------
 
 /// Opening a session needs no secret (ssh authenticates the user later, end
-/// to end), and sessions have no per-source bound: clients from one address
-/// that open a session each and vanish fill `--max-detached` (default 256)
-/// for the whole grace period (default 12h; sshd closing its end does not
-/// shorten it), and then the relay refuses every new session, from anyone.
-/// The same holds for attached sessions and `--max-sessions`.
+/// to end), so clients from one address could open sessions and vanish until
+/// `--max-detached` (or `--max-sessions`) is full, and then every new session
+/// from anyone would be refused for the whole grace period.
+/// `--max-sessions-per-source` stops that: here one address may hold 4 of the
+/// 8 detached sessions; its fifth is refused with the limit's name, and a
+/// real ssh session from another address still opens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known weakness: abandoned sessions from one source lock everyone out (see doc)"]
 async fn sessions_abandoned_by_one_source_do_not_lock_out_everyone_else() -> Result<()> {
-    const LIMIT: usize = 8;
+    const PER_SOURCE: usize = 4;
     let sshd = TestSshd::start()?;
-    let relay = RelayProcess::start(sshd.port(), &["--max-detached", "8"])?;
-    for _ in 0..LIMIT {
+    let relay = RelayProcess::start(
+        sshd.port(),
+        &["--max-detached", "8", "--max-sessions-per-source", "4"],
+    )?;
+    let mut refused = Vec::new();
+    for attempt in 0..2 * PER_SOURCE {
         let mut transport = connect_from(relay.addr(), ATTACKER).await?;
         let hello = Hello::New {
             dead_after_ms: 1000,
@@ -1277,9 +1282,22 @@ async fn sessions_abandoned_by_one_source_do_not_lock_out_everyone_else() -> Res
         };
         let reply = tokio::time::timeout(EVENT_TIMEOUT, handshake::client(&mut transport, &hello))
             .await??;
-        ensure!(matches!(reply, Reply::Created { .. }), "{reply:?}");
+        match reply {
+            Reply::Created { .. } if attempt < PER_SOURCE => {}
+            Reply::Refused {
+                code: Code::Busy,
+                reason,
+            } if attempt >= PER_SOURCE => refused.push(reason),
+            other => bail!("attempt {attempt}: {other:?}"),
+        }
     }
-    relay.wait_for_count("client lost", LIMIT, EVENT_TIMEOUT)?;
+    assert!(
+        refused
+            .iter()
+            .all(|r| r.contains("--max-sessions-per-source")),
+        "{refused:?}"
+    );
+    relay.wait_for_count("client lost", PER_SOURCE, EVENT_TIMEOUT)?;
     let proxy = proxy_command(relay.addr(), sshd.port(), CLIENT_FLAGS);
     let out = run(
         sshd.ssh_command(Some(&proxy), "echo still open"),
