@@ -431,6 +431,15 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size too large: {text}"))
 }
 
+/// `host:port`, with an IPv6 address in brackets: `[::1]:7022`.
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 /// Renders a duration for people: `12.4s`, `850ms`, `12h`.
 pub fn format_duration(d: Duration) -> String {
     let secs = d.as_secs_f64();

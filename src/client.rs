@@ -59,16 +59,15 @@ pub struct ClientConfig {
     pub trust: TrustSource,
     /// Which transports to use.
     pub transport: TransportChoice,
+    /// Where clients remember relays UDP could not reach (see
+    /// [`crate::udp_memory`]); `None` to keep it to this process.
+    pub udp_memory: Option<PathBuf>,
 }
 
 impl ClientConfig {
     /// The relay's name as pins record it: `host:port`, `[v6addr]:port`.
     pub fn relay_addr(&self) -> String {
-        if self.relay_host.contains(':') {
-            format!("[{}]:{}", self.relay_host, self.relay_port)
-        } else {
-            format!("{}:{}", self.relay_host, self.relay_port)
-        }
+        crate::cli::host_port(&self.relay_host, self.relay_port)
     }
 }
 
@@ -316,6 +315,7 @@ where
         &config.relay_host,
         config.relay_port,
         config.session.dead_after,
+        config.udp_memory.clone(),
     );
     let opened = tokio::time::timeout(
         config.connect_timeout,

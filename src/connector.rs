@@ -7,11 +7,14 @@
 //! reconnect, so a session that fell back to TCP goes back to QUIC when a
 //! later network lets UDP through. When TCP wins, UDP is taken to be blocked
 //! on the way to this relay and QUIC is not tried again for
-//! [`UDP_RETRY_AFTER`].
+//! [`UDP_RETRY_AFTER`] — by this client, and by the next ones too (see
+//! [`crate::udp_memory`]).
 
 use crate::quic::{self, QuicClient};
 use crate::transport::{ConnectError, Transport};
+use crate::udp_memory;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -81,6 +84,8 @@ pub struct Connector {
     dead_after: Duration,
     /// When TCP last won a race.
     udp_failed_at: Mutex<Option<Instant>>,
+    /// Where other clients learn of it, and this one learned from them.
+    memory: Option<PathBuf>,
     /// The QUIC endpoint, made at the first QUIC attempt, and the task that
     /// moves it when the local address changes.
     quic: Mutex<Option<(QuicClient, SocketAddr, AbortHandle)>>,
@@ -88,16 +93,73 @@ pub struct Connector {
 
 impl Connector {
     /// A connector to the relay at `host:port`; QUIC connections give up on
-    /// a path silent for `dead_after`.
-    pub fn new(choice: TransportChoice, host: &str, port: u16, dead_after: Duration) -> Connector {
-        Connector {
+    /// a path silent for `dead_after`. With `memory` (a
+    /// [`udp_memory`] file), what one client learns of UDP to this relay,
+    /// the next ones know.
+    pub fn new(
+        choice: TransportChoice,
+        host: &str,
+        port: u16,
+        dead_after: Duration,
+        memory: Option<PathBuf>,
+    ) -> Connector {
+        let mut connector = Connector {
             choice,
             host: host.to_owned(),
             port,
             dead_after,
             udp_failed_at: Mutex::new(None),
+            memory,
             quic: Mutex::new(None),
+        };
+        if choice == TransportChoice::Auto {
+            if let Some(path) = &connector.memory {
+                let text = udp_memory::read(path);
+                let ago = udp_memory::failed_ago(
+                    &text,
+                    &connector.relay(),
+                    udp_memory::unix_now(),
+                    UDP_RETRY_AFTER,
+                );
+                if let Some(ago) = ago {
+                    tracing::debug!(
+                        "UDP to {} failed {} ago: trying TCP only",
+                        connector.relay(),
+                        crate::cli::format_duration(ago)
+                    );
+                }
+                *connector
+                    .udp_failed_at
+                    .get_mut()
+                    .unwrap_or_else(|p| p.into_inner()) =
+                    ago.and_then(|ago| Instant::now().checked_sub(ago));
+            }
         }
+        connector
+    }
+
+    /// The relay as the memory file names it.
+    fn relay(&self) -> String {
+        crate::cli::host_port(&self.host, self.port)
+    }
+
+    /// Records whether UDP worked (QUIC won) or not (TCP won), here and in
+    /// the memory file.
+    fn remember(&self, udp_works: bool) {
+        let before = std::mem::replace(
+            &mut *lock(&self.udp_failed_at),
+            (!udp_works).then(Instant::now),
+        );
+        let Some(path) = &self.memory else { return };
+        if udp_works && before.is_none() {
+            // Nothing was remembered, so there is nothing to forget.
+            return;
+        }
+        let now = udp_memory::unix_now();
+        let text = udp_memory::read(path);
+        let failed_at = (!udp_works).then_some(now);
+        let text = udp_memory::updated(&text, &self.relay(), failed_at, now, UDP_RETRY_AFTER);
+        udp_memory::write(path, &text);
     }
 
     /// One connection to the relay, with its transport's handshake done,
@@ -180,7 +242,7 @@ impl Connector {
                 result = &mut quic, if quic_failed.is_none() => {
                     match result.unwrap_or_else(|_| Err(quic_timed_out(timeout))) {
                         Ok(transport) => {
-                            *lock(&self.udp_failed_at) = None;
+                            self.remember(true);
                             return Ok(transport);
                         }
                         Err(e) => {
@@ -198,7 +260,7 @@ impl Connector {
                             "TCP connected before QUIC; using only TCP for {}",
                             crate::cli::format_duration(UDP_RETRY_AFTER)
                         );
-                        *lock(&self.udp_failed_at) = Some(Instant::now());
+                        self.remember(false);
                         return Ok(transport);
                     }
                     Err(e) => {

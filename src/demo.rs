@@ -229,6 +229,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
         trust: TrustSource::Fingerprint(key.fingerprint()),
         // The fault injector breaks TCP connections.
         transport: TransportChoice::Tcp,
+        udp_memory: None,
     };
     let started = Instant::now();
     let mut sink = HashingWriter::default();

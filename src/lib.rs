@@ -46,6 +46,7 @@ pub mod target_policy;
 pub mod tls;
 pub mod transport;
 pub mod trust;
+pub mod udp_memory;
 pub mod wire;
 pub mod wrap;
 pub mod write_queue;

@@ -41,11 +41,7 @@ impl FromStr for AllowedTarget {
 
 impl fmt::Display for AllowedTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
+        f.write_str(&crate::cli::host_port(&self.host, self.port))
     }
 }
 

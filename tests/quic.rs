@@ -10,7 +10,8 @@
 //!     `resumeproxy status` shows zero reconnects — QUIC migrated the
 //!     connection; and data flows again within seconds of each change;
 //!   - with UDP dropped on the client's link, `auto` is connected over TCP
-//!     within a second or two;
+//!     within a second or two, and the next client remembers: with UDP
+//!     open again, it still uses TCP (for ten minutes);
 //!   - a QUIC connection killed by a silent partition mid-transfer is
 //!     resumed, and one killed by UDP becoming blocked is resumed over TCP.
 
@@ -210,7 +211,7 @@ fn auto_connects_over_tcp_within_seconds_when_udp_is_blocked() -> Result<()> {
         return Ok(());
     };
     let server = server(&lab)?;
-    let _blocked = lab.block_udp()?;
+    let blocked = lab.block_udp()?;
     let proxy = proxy_command(server.relay.addr(), server.sshd.port(), "--transport auto");
     let mut ssh = Ssh::spawn(
         lab.in_client(&server.sshd.ssh_command(Some(&proxy), "echo over-tcp")),
@@ -230,6 +231,23 @@ fn auto_connects_over_tcp_within_seconds_when_udp_is_blocked() -> Result<()> {
     let status = ssh.wait(Duration::from_secs(20))?;
     ensure!(status.success(), "ssh: {status}; {}", ssh.stderr.text());
     eprintln!("UDP blocked: auto opened the session over TCP {took:.2?} after ssh started");
+
+    // The next client knows, even with UDP open again.
+    let memory = server.sshd.dir().join("state/resumeproxy/udp-failed");
+    let remembered = std::fs::read_to_string(&memory)?;
+    assert!(
+        remembered.starts_with(&format!("{} ", server.relay.addr())),
+        "{remembered}"
+    );
+    blocked.lift()?;
+    let out = lab
+        .in_client(&server.sshd.ssh_command(Some(&proxy), "true"))
+        .output()?;
+    ensure!(out.status.success(), "second ssh: {out:?}");
+    let second = server
+        .relay
+        .wait_for_count("session started", 2, Duration::from_secs(5))?;
+    assert!(second.contains("transport=tls"), "{second}");
     Ok(())
 }
 
