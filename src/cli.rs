@@ -23,7 +23,7 @@ pub const DEFAULT_RELAY_PORT: u16 = 7022;
 network breaks: Wi-Fi changes, sleeping laptops, VPN flaps, silent partitions. Neither ssh nor sshd \
 ever sees the drop.\n\nUse it as a ProxyCommand in ssh_config:\n\n    Host myserver\n        \
 ProxyCommand resumeproxy --relay-port 7022 %h %p\n\n\
-The link to the relay is TLS 1.3. The relay is known by its key, as ssh knows hosts: on first use the \
+The link to the relay is QUIC or TLS 1.3 over TCP (--transport; auto races both). The relay is known by its key, as ssh knows hosts: on first use the \
 client pins the key's fingerprint in known_relays (and says so); a relay that later presents another key \
 is refused with a warning naming the line to remove if the change is expected. --relay-fingerprint \
 pins a key given by the relay's operator (`resumeproxyd fingerprint`) instead.\n\n\
@@ -223,7 +223,7 @@ pub struct DemoArgs {
     long_about = "Runs beside sshd. Accepts resumeproxy clients, connects each new session to its \
 target (by default the local sshd), and holds that connection open while the client is away, for up \
 to the grace period. A client that comes back resumes exactly where it was.\n\n\
-Clients connect with TLS 1.3; the relay proves its identity with a key made on first start (--key-file, \
+Clients connect with TLS 1.3 over TCP or with QUIC over UDP, both on the --listen port (open both in the firewall); the relay proves its identity with a key made on first start (--key-file, \
 mode 0600), which clients pin by its fingerprint (`resumeproxyd fingerprint`). A resume must prove the \
 session's secret, bound to the new connection; addresses that fail repeatedly are refused for a minute. \
 The relay connects only to its --target and the targets named by --allow, and bounds what clients can \
