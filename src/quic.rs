@@ -38,6 +38,11 @@ pub const STREAM_WINDOW: u32 = 8 << 20;
 pub const CONNECTION_WINDOW: u32 = 2 * STREAM_WINDOW;
 /// Bytes this side may have sent and not yet had acknowledged.
 pub const SEND_WINDOW: u64 = 2 * STREAM_WINDOW as u64;
+/// Socket buffer asked for each way on UDP sockets (the kernel caps it at
+/// `net.core.rmem_max`/`wmem_max`): the default, some 200 KiB, drops
+/// datagrams at a few hundred MiB/s, and every drop costs QUIC a congestion
+/// window cut.
+pub const UDP_SOCKET_BUFFER: usize = 4 << 20;
 /// How often the client checks which local address the route to the relay
 /// leaves from.
 pub const ADDRESS_CHECK_INTERVAL: Duration = Duration::from_millis(250);
@@ -82,6 +87,36 @@ impl AsyncWrite for QuicStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         AsyncWrite::poll_write(Pin::new(&mut self.get_mut().send), cx, buf)
+    }
+
+    /// Writes as many of `bufs` as the stream takes now (frames are queued
+    /// as header and payload slices: one call, not one per slice).
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let send = &mut self.get_mut().send;
+        let mut written = 0;
+        for buf in bufs.iter().filter(|b| !b.is_empty()) {
+            match AsyncWrite::poll_write(Pin::new(&mut *send), cx, buf) {
+                Poll::Ready(Ok(n)) => {
+                    written += n;
+                    if n < buf.len() {
+                        break;
+                    }
+                }
+                Poll::Ready(Err(e)) if written == 0 => return Poll::Ready(Err(e)),
+                Poll::Pending if written == 0 => return Poll::Pending,
+                // What was written counts; the error or the wait comes again.
+                Poll::Ready(Err(_)) | Poll::Pending => break,
+            }
+        }
+        Poll::Ready(Ok(written))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -134,7 +169,29 @@ pub fn server_endpoint(
     config.transport_config(Arc::new(transport_config(RELAY_IDLE_TIMEOUT, None)));
     config.migration(true);
     config.max_incoming(max_handshakes.max(1));
-    quinn::Endpoint::server(config, addr)
+    endpoint(Some(config), udp_socket(addr)?)
+}
+
+/// An endpoint on `socket`, serving with `server` if given.
+fn endpoint(server: Option<quinn::ServerConfig>, socket: UdpSocket) -> io::Result<quinn::Endpoint> {
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+}
+
+/// A UDP socket bound to `addr`, with [`UDP_SOCKET_BUFFER`] each way.
+fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: a smaller buffer still works, only slower.
+    let _ = socket.set_recv_buffer_size(UDP_SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_SOCKET_BUFFER);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// Completes the relay's side of a QUIC connection: the handshake and the
@@ -172,7 +229,7 @@ pub struct QuicClient {
 impl QuicClient {
     /// An endpoint on an ephemeral port of the family of `relay`.
     pub fn new(relay: SocketAddr) -> io::Result<QuicClient> {
-        let endpoint = quinn::Endpoint::client(unspecified(relay))?;
+        let endpoint = endpoint(None, udp_socket(unspecified(relay))?)?;
         Ok(QuicClient { endpoint })
     }
 
@@ -206,7 +263,7 @@ impl QuicClient {
     /// Moves the endpoint to a new UDP socket: the relay sees packets from
     /// the new address and migrates the connection to it.
     fn rebind(&self, relay: SocketAddr) -> io::Result<()> {
-        self.endpoint.rebind(UdpSocket::bind(unspecified(relay))?)
+        self.endpoint.rebind(udp_socket(unspecified(relay))?)
     }
 
     /// Closes every connection at once and waits (at most `timeout`) for
