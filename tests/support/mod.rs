@@ -3,3 +3,5 @@
 pub mod netns;
 pub mod relay;
 pub mod sshd;
+pub mod watch;
+pub mod faults;
