@@ -102,11 +102,7 @@ fn ended_with_255(ssh: &mut Watched, status: &Path, timeout: Duration) -> Result
     ensure!(client == "255", "client exit status {client}");
     let gone: Vec<_> = stderr.lines().filter(|l| l.contains(GONE)).collect();
     ensure!(gone.len() == 1, "want one clear line; stderr:\n{stderr}");
-    ensure!(
-        gone[0].starts_with("resumeproxy: session "),
-        "{}",
-        gone[0]
-    );
+    ensure!(gone[0].starts_with("resumeproxy: session "), "{}", gone[0]);
     Ok(gone[0].to_owned())
 }
 
@@ -117,7 +113,10 @@ fn an_outage_past_grace_ends_both_sides_while_the_network_is_still_down() -> Res
     };
     let status = bench.sshd.dir().join("client.status");
     let mut ssh = idle_session(&bench)?;
-    ensure!(!sshd_connections(&bench)?.is_empty(), "no connection to sshd");
+    ensure!(
+        !sshd_connections(&bench)?.is_empty(),
+        "no connection to sshd"
+    );
     let started = Instant::now();
     let _partition = bench.lab.partition()?;
     let expired = bench
@@ -178,14 +177,21 @@ fn a_relay_restarted_mid_transfer_ends_the_session_with_255_promptly() -> Result
     let killed = Instant::now();
     // The kernel closed the killed relay's connection to sshd.
     wait_sshd_closed(&bench, Duration::from_secs(10))?;
-    bench.relay =
-        RelayProcess::start_in_netns(bench.lab.server_ns(), &addr.to_string(), bench.sshd.port(), &[])?;
+    bench.relay = RelayProcess::start_in_netns(
+        bench.lab.server_ns(),
+        &addr.to_string(),
+        bench.sshd.port(),
+        &[],
+    )?;
     let line = ended_with_255(&mut ssh, &status, Duration::from_secs(15))?;
     let took = killed.elapsed();
     ensure!(line.contains("restarted"), "{line}");
     ensure!(took < Duration::from_secs(10), "took {took:?}");
     let got = std::fs::metadata(&dst)?.len();
     ensure!(got < 256 << 20, "all arrived before the kill?");
-    eprintln!("relay killed at {} MiB and restarted: ssh exited 255 {took:.1?} after the kill: {line}", got >> 20);
+    eprintln!(
+        "relay killed at {} MiB and restarted: ssh exited 255 {took:.1?} after the kill: {line}",
+        got >> 20
+    );
     Ok(())
 }

@@ -74,7 +74,11 @@ fn stream_through_forward(
         .with_context(|| format!("{what}; ssh's stderr:\n{}", ssh.stderr.text()))?;
     drop(ssh.child.stdin.take());
     let status = ssh.wait(Duration::from_secs(20))?;
-    ensure!(status.success(), "{what}: ssh {status}: {}", ssh.stderr.text());
+    ensure!(
+        status.success(),
+        "{what}: ssh {status}: {}",
+        ssh.stderr.text()
+    );
     ensure!(outcomes.len() == 3, "{} faults", outcomes.len());
     eprintln!(
         "{what}: {} MiB each way in {:.1?}",
@@ -146,25 +150,35 @@ fn control_master_with_multiplexed_commands_survives_every_fault() -> Result<()>
     let mut master = Watched::spawn(
         bench.ssh(
             false,
-            &["-o", "ControlMaster=yes", "-o", &control_opt, "-o", "ControlPersist=no"],
+            &[
+                "-o",
+                "ControlMaster=yes",
+                "-o",
+                &control_opt,
+                "-o",
+                "ControlPersist=no",
+            ],
             "cat > /dev/null",
         ),
         Stdio::piped(),
         Stdio::null(),
     )?;
-    let mux = |remote: &str| {
+    // A multiplexed ssh: `extra` options, then the host and `remote`.
+    let mux = |extra: &[&str], remote: &str| {
         let mut command = bench.client("ssh", true);
         command
             .args(["-o", "ControlMaster=no", "-o", &control_opt])
-            .arg("127.0.0.1")
-            .arg(remote);
+            .args(extra)
+            .arg("127.0.0.1");
+        if !remote.is_empty() {
+            command.arg(remote);
+        }
         bench.in_client(&command)
     };
     // The master is up when `-O check` says so.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let mut check = mux("");
-        check.args(["-O", "check"]);
+        let check = mux(&["-O", "check"], "");
         let mut check = Watched::spawn(check, Stdio::null(), Stdio::null())?;
         if check.wait(Duration::from_secs(10))?.success() {
             break;
@@ -177,28 +191,31 @@ fn control_master_with_multiplexed_commands_survives_every_fault() -> Result<()>
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    let size = 40 << 20;
-    let mut commands = Vec::new();
+    let size = 48 << 20;
+    // All files first, so that the commands start together.
     let mut pairs = Vec::new();
-    for i in 0..3u64 {
-        let (src, dst) = (dir.join(format!("down{i}")), dir.join(format!("got{i}")));
+    for i in 0..4u64 {
+        let (src, dst) = (dir.join(format!("src{i}")), dir.join(format!("dst{i}")));
         write_random_file(&src, size, 40 + i)?;
-        commands.push(Watched::spawn(
-            mux(&format!("cat {}", src.display())),
-            Stdio::null(),
-            Stdio::from(File::create(&dst)?),
-        )?);
         pairs.push((src, dst));
     }
-    let (src, dst) = (dir.join("up"), dir.join("put"));
-    write_random_file(&src, size, 49)?;
-    commands.push(Watched::spawn(
-        mux(&format!("cat > {}", dst.display())),
-        Stdio::from(File::open(&src)?),
-        Stdio::null(),
-    )?);
-    pairs.push((src, dst));
-
+    let mut commands = Vec::new();
+    for (i, (src, dst)) in pairs.iter().enumerate() {
+        // Three download, one uploads.
+        commands.push(if i < 3 {
+            Watched::spawn(
+                mux(&[], &format!("cat {}", src.display())),
+                Stdio::null(),
+                Stdio::from(File::create(dst)?),
+            )?
+        } else {
+            Watched::spawn(
+                mux(&[], &format!("cat > {}", dst.display())),
+                Stdio::from(File::open(src)?),
+                Stdio::null(),
+            )?
+        });
+    }
     let started = Instant::now();
     let progress = || {
         Ok(pairs
@@ -219,20 +236,23 @@ fn control_master_with_multiplexed_commands_survives_every_fault() -> Result<()>
             &progress,
             &mut running,
             &EVERY_FAULT,
-            30 << 20,
+            40 << 20,
             4 * size,
         )
         .with_context(|| format!("master's stderr:\n{}", master.stderr.text()))?
     };
     for (i, c) in commands.iter_mut().enumerate() {
         let status = c.wait(RUN_TIMEOUT)?;
-        ensure!(status.success(), "command {i}: {status}: {}", c.stderr.text());
+        ensure!(
+            status.success(),
+            "command {i}: {status}: {}",
+            c.stderr.text()
+        );
     }
     for (src, dst) in &pairs {
         assert_eq!(sha256_file(dst)?, sha256_file(src)?, "{}", dst.display());
     }
-    let mut check = mux("");
-    check.args(["-O", "check"]);
+    let check = mux(&["-O", "check"], "");
     let mut check = Watched::spawn(check, Stdio::null(), Stdio::null())?;
     ensure!(
         check.wait(Duration::from_secs(10))?.success(),
@@ -241,8 +261,11 @@ fn control_master_with_multiplexed_commands_survives_every_fault() -> Result<()>
     );
     drop(master.child.stdin.take());
     let status = master.wait(Duration::from_secs(20))?;
-    ensure!(status.success(), "master: {status}: {}", master.stderr.text());
-    ensure!(outcomes.len() == 3, "{} faults", outcomes.len());
+    ensure!(
+        status.success(),
+        "master: {status}: {}",
+        master.stderr.text()
+    );
     eprintln!(
         "ControlMaster, 4 multiplexed commands of {} MiB: {:.1?}",
         size >> 20,
@@ -251,8 +274,12 @@ fn control_master_with_multiplexed_commands_survives_every_fault() -> Result<()>
     for o in &outcomes {
         eprintln!("  {o}");
     }
+    ensure!(outcomes.len() == 3, "{} faults", outcomes.len());
     Ok(())
 }
+
+/// Applies a fault; says what it did.
+type Inject<'a> = &'a dyn Fn() -> Result<String>;
 
 /// The baseline, measured by the same harness: a download through
 /// resumeproxy and one by plain ssh straight to sshd, side by side over the
@@ -273,16 +300,20 @@ fn baseline_plain_ssh_beside_resumeproxy_through_each_fault() -> Result<()> {
         )?;
         Ok(format!("{} breaks, one every 2 s", breaks.len()))
     };
-    let cases: [(&str, &dyn Fn() -> Result<String>, u64); 4] = [
-        ("address change", &|| bench.lab.apply(Fault::AddressChange), 24),
-        ("reset storm 1s", &|| bench.lab.apply(RESET_STORM), 24),
-        ("silent partition 2.5s", &|| bench.lab.apply(PARTITION), 24),
+    let cases: [(&str, Inject, u64); 4] = [
+        (
+            "address change",
+            &|| bench.lab.apply(Fault::AddressChange),
+            16,
+        ),
+        ("reset storm 1s", &|| bench.lab.apply(RESET_STORM), 16),
+        ("silent partition 2.5s", &|| bench.lab.apply(PARTITION), 16),
         ("flapping, 2s for 30s", &flapping, 48),
     ];
     let mut report = String::new();
     for (name, fault, mib) in cases {
         let (proxied, plain, detail) =
-            side_by_side(&bench, mib << 20, 2 << 20, Duration::from_secs(20), fault)
+            side_by_side(&bench, mib << 20, 2 << 20, Duration::from_secs(12), fault)
                 .with_context(|| name.to_owned())?;
         let line = format!(
             "BASELINE {name} ({detail}):\n  resumeproxy: {proxied}\n  plain ssh:   {plain}\n"

@@ -48,8 +48,7 @@ impl Tmux<'_> {
     /// Types `text` and Enter.
     fn type_line(&self, text: &str) -> Result<()> {
         self.run(&["send-keys", "-t", "fault", "-l", text])?;
-        self.run(&["send-keys", "-t", "fault", "Enter"])
-            .map(drop)
+        self.run(&["send-keys", "-t", "fault", "Enter"]).map(drop)
     }
 
     /// The whole pane, history included, wrapped lines joined.
@@ -100,7 +99,10 @@ fn wait_in_file(path: &Path, needle: &str, from: usize, timeout: Duration) -> Re
             return Ok(n);
         }
         if Instant::now() >= deadline {
-            bail!("no new {needle:?} in {} within {timeout:?}:\n{text}", path.display());
+            bail!(
+                "no new {needle:?} in {} within {timeout:?}:\n{text}",
+                path.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -146,7 +148,17 @@ fn typed_input_is_echoed_exactly_once_after_each_break() -> Result<()> {
         socket: dir.join("tmux.sock"),
     };
     tmux.run(&[
-        "-f", "/dev/null", "new-session", "-d", "-s", "fault", "-x", "200", "-y", "50", &line,
+        "-f",
+        "/dev/null",
+        "new-session",
+        "-d",
+        "-s",
+        "fault",
+        "-x",
+        "200",
+        "-y",
+        "50",
+        &line,
     ])?;
     tmux.wait_for("the prompt", &|l| l.starts_with("$ "))
         .with_context(|| std::fs::read_to_string(&err).unwrap_or_default())?;
@@ -155,7 +167,10 @@ fn typed_input_is_echoed_exactly_once_after_each_break() -> Result<()> {
 
     let lost = "resumeproxy: link to";
     let resumed = "resumeproxy: resumed after";
-    for (n, kind) in ["partition", "reset storm", "address change"].iter().enumerate() {
+    for (n, kind) in ["partition", "reset storm", "address change"]
+        .iter()
+        .enumerate()
+    {
         let n = n + 1;
         let typed = format!("echo typed-{n}-$(({n}*111))");
         let output = format!("typed-{n}-{}", n * 111);

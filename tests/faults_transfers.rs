@@ -217,7 +217,11 @@ fn an_sftp_batch_survives_every_fault() -> Result<()> {
     let mut names = names;
     names.sort();
     assert_eq!(names, ["a2", "b"], "files on the server");
-    assert_eq!(sha256_file(&remote.join("a2"))?, sha256_file(&up1)?, "put a");
+    assert_eq!(
+        sha256_file(&remote.join("a2"))?,
+        sha256_file(&up1)?,
+        "put a"
+    );
     assert_eq!(sha256_file(&remote.join("b"))?, sha256_file(&up2)?, "put b");
     assert_eq!(sha256_file(&local.join("c"))?, sha256_file(&down)?, "get c");
     Ok(())
@@ -264,7 +268,11 @@ fn an_upload_survives_flapping_every_2s_for_30s() -> Result<()> {
     let flowing = back.elapsed();
     let status = ssh.wait(RUN_TIMEOUT)?;
     ensure!(status.success(), "ssh: {status}; {}", ssh.stderr.text());
-    assert_eq!(sha256_file(&dst)?, sha256_file(&src)?, "sha256 after flapping");
+    assert_eq!(
+        sha256_file(&dst)?,
+        sha256_file(&src)?,
+        "sha256 after flapping"
+    );
     let resumes = ssh.stderr.count("resumeproxy: resumed after");
     eprintln!(
         "flapping: {} breaks in 30 s during a {} MiB upload ({} MiB when it ended), {resumes} resumes, \
@@ -288,14 +296,14 @@ fn a_minute_long_partition_is_survived_and_flows_again_within_seconds() -> Resul
         return Ok(());
     };
     let minute = Fault::Partition(Duration::from_secs(60));
-    let (proxied, plain, detail) = side_by_side(
-        &bench,
-        24 << 20,
-        2 << 20,
-        Duration::from_secs(60),
-        &|| bench.lab.apply(minute),
-    )?;
-    eprintln!("BASELINE {} ({detail}):\n  resumeproxy: {proxied}\n  plain ssh:   {plain}", minute.name());
+    let (proxied, plain, detail) =
+        side_by_side(&bench, 24 << 20, 2 << 20, Duration::from_secs(60), &|| {
+            bench.lab.apply(minute)
+        })?;
+    eprintln!(
+        "BASELINE {} ({detail}):\n  resumeproxy: {proxied}\n  plain ssh:   {plain}",
+        minute.name()
+    );
     ensure!(
         bench.relay.count("expired") == 0,
         "the relay gave up: {}",

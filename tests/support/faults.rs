@@ -98,7 +98,9 @@ impl Bench {
     pub fn client(&self, program: &str, direct: bool) -> Command {
         let mut command = Command::new(program);
         if !direct {
-            command.arg("-o").arg(format!("ProxyCommand={}", self.proxy));
+            command
+                .arg("-o")
+                .arg(format!("ProxyCommand={}", self.proxy));
         }
         command.args(if program == "ssh" {
             self.sshd.ssh_opts()
@@ -188,7 +190,12 @@ pub fn inject_while_flowing(
         let line = bench
             .relay
             .wait_for_count("session resumed", resumes + 1, RESUME_TIMEOUT)
-            .with_context(|| format!("{} ({detail}): the relay never logged a resume", fault.name()))?;
+            .with_context(|| {
+                format!(
+                    "{} ({detail}): the relay never logged a resume",
+                    fault.name()
+                )
+            })?;
         let resumed = back.elapsed();
         let client = format!("client={}:", bench.lab.client_addr());
         ensure!(
@@ -197,7 +204,12 @@ pub fn inject_while_flowing(
             fault.name()
         );
         wait_progress(progress, running, at_lift + FLOW_DELTA, FLOWING_AGAIN).with_context(
-            || format!("{} ({detail}): data did not flow again in time", fault.name()),
+            || {
+                format!(
+                    "{} ({detail}): data did not flow again in time",
+                    fault.name()
+                )
+            },
         )?;
         outcomes.push(Injected {
             fault,
@@ -395,7 +407,10 @@ impl EchoStream {
             .join()
             .map_err(|_| anyhow::anyhow!("reader panicked"))??;
         ensure!(got == self.len, "{got} bytes came back of {}", self.len);
-        ensure!(received == sent, "sha256 of the echo differs from what was sent");
+        ensure!(
+            received == sent,
+            "sha256 of the echo differs from what was sent"
+        );
         Ok(())
     }
 }
@@ -427,9 +442,15 @@ impl std::fmt::Display for Verdict {
                 status,
                 after,
                 line,
-            } => write!(f, "died: {status} {after:.1?} after the network was back: {line}"),
+            } => write!(
+                f,
+                "died: {status}, by {after:.1?} after the network was back: {line}"
+            ),
             Verdict::Stalled { for_ } => {
-                write!(f, "stalled: nothing arrived for {for_:.1?} after the network was back (killed)")
+                write!(
+                    f,
+                    "stalled: nothing arrived for {for_:.1?} after the network was back (killed)"
+                )
             }
         }
     }

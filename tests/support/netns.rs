@@ -27,8 +27,8 @@
 
 use anyhow::{bail, Context, Result};
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -246,10 +246,7 @@ impl NetLab {
                     // SAFETY: setns on a valid namespace fd changes only this
                     // thread's network namespace.
                     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        bail!(
-                            "setns into {ns}: {}",
-                            std::io::Error::last_os_error()
-                        );
+                        bail!("setns into {ns}: {}", std::io::Error::last_os_error());
                     }
                     f()
                 })
@@ -340,12 +337,17 @@ impl NetLab {
     }
 
     /// Starts a burst of TCP resets: every TCP segment on the client's veth
-    /// is rejected with a RST, both ways, until the guard is lifted or dropped.
+    /// is rejected with a RST, both ways (the client's own socket gets one
+    /// for what it sends, the server one for what it sends), until the guard
+    /// is lifted or dropped.
     pub fn reset_burst(&self) -> Result<Blocked<'_>> {
-        let reject = "-p tcp -j REJECT --reject-with tcp-reset";
+        let reject = "-j REJECT --reject-with tcp-reset";
+        // The RST made for a segment coming in goes out through OUTPUT
+        // too: let RSTs pass there, so that the sender (the server) is
+        // reset as a middlebox would reset it, not only the client.
         self.block(vec![
-            format!("INPUT -i {CLIENT_IF} {reject}"),
-            format!("OUTPUT -o {CLIENT_IF} {reject}"),
+            format!("INPUT -i {CLIENT_IF} -p tcp {reject}"),
+            format!("OUTPUT -o {CLIENT_IF} -p tcp ! --tcp-flags RST RST {reject}"),
         ])
     }
 

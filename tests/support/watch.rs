@@ -112,7 +112,11 @@ impl Watched {
 
     /// Waits until the file at `path` holds at least `bytes`, while it runs.
     pub fn wait_for_bytes(&mut self, path: &Path, bytes: u64, timeout: Duration) -> Result<u64> {
-        self.wait_for_progress(|| Ok(std::fs::metadata(path).map_or(0, |m| m.len())), bytes, timeout)
+        self.wait_for_progress(
+            || Ok(std::fs::metadata(path).map_or(0, |m| m.len())),
+            bytes,
+            timeout,
+        )
     }
 
     /// Waits until `progress` reports at least `bytes`, while it runs.
@@ -150,7 +154,11 @@ impl Drop for Watched {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("--- stderr of {:?} ---\n{}", self.child.id(), self.stderr.text());
+            eprintln!(
+                "--- stderr of {:?} ---\n{}",
+                self.child.id(),
+                self.stderr.text()
+            );
         }
     }
 }
