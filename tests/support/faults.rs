@@ -428,8 +428,9 @@ pub enum Verdict {
         after: Duration,
         line: String,
     },
-    /// Nothing more arrived within this long after the network was back.
-    Stalled { for_: Duration },
+    /// Nothing more arrived within this long after the network was back;
+    /// `note` says what sshd logged meanwhile, if it ended the connection.
+    Stalled { for_: Duration, note: String },
 }
 
 impl std::fmt::Display for Verdict {
@@ -446,10 +447,10 @@ impl std::fmt::Display for Verdict {
                 f,
                 "died: {status}, by {after:.1?} after the network was back: {line}"
             ),
-            Verdict::Stalled { for_ } => {
+            Verdict::Stalled { for_, note } => {
                 write!(
                     f,
-                    "stalled: nothing arrived for {for_:.1?} after the network was back (killed)"
+                    "stalled: nothing arrived for {for_:.1?} after the network was back (killed){note}"
                 )
             }
         }
@@ -499,6 +500,7 @@ pub fn side_by_side(
     for (ssh, dst) in &mut runs {
         ssh.wait_for_bytes(dst, start, PROGRESS_TIMEOUT)?;
     }
+    let resets_before = bench.sshd.log().matches("Connection reset by").count();
     let detail = fault()?;
     let back = Instant::now();
     let len = |dst: &Path| std::fs::metadata(dst).map_or(0, |m| m.len());
@@ -524,7 +526,13 @@ pub fn side_by_side(
             } else if len(dst) >= (at_lift[i] + FLOW_DELTA).min(size) {
                 early[i] = Some(Ok(back.elapsed()));
             } else if back.elapsed() >= bound {
-                early[i] = Some(Err(Verdict::Stalled { for_: bound }));
+                let reset = "Connection reset by";
+                let note = if bench.sshd.log().matches(reset).count() > resets_before {
+                    format!("; sshd's side was reset (sshd: \"{reset} …\")")
+                } else {
+                    String::new()
+                };
+                early[i] = Some(Err(Verdict::Stalled { for_: bound, note }));
             }
         }
         std::thread::sleep(Duration::from_millis(10));
