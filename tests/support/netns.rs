@@ -8,7 +8,15 @@
 //!   socket, a packet coming in a RST back to its sender);
 //! * address change: the client gets a new address on its veth and loses the
 //!   old one (with `promote_secondaries`, so that the new one survives);
-//! * a rate limit (tc tbf) on both ends of the veth.
+//! * a rate limit (tc tbf) on both ends of the veth;
+//! * flapping: a break every so often for a while ([`NetLab::flap`]), in
+//!   turn each of the three faults above ([`Fault`], [`NetLab::apply`]).
+//!
+//! [`NetLab::in_netns`] runs code on a thread inside either namespace, so a
+//! test can listen and connect there itself (echo servers, SOCKS clients).
+//! Several labs can run at once, in one test process or in several: each
+//! has its own namespaces, named after the test process's pid and a counter,
+//! and its own /24 that exists only inside them.
 //!
 //! The subnet (`10.231.N.0/24`) exists only inside the two namespaces, and
 //! the veth is created directly inside them: nothing is added to the
