@@ -24,8 +24,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::netns::NetLab;
 use support::relay::{proxy_command, RelayProcess};
-use support::ssh_child::Ssh;
 use support::sshd::{sha256_file, write_random_file, SshdOptions, TestSshd};
+use support::watch::Watched as Ssh;
 
 /// The transfer in each direction.
 const SIZE: u64 = 400 << 20;

@@ -1,6 +1,7 @@
 //! Shared pieces of the end-to-end tests.
 
+pub mod faults;
 pub mod netns;
 pub mod relay;
-pub mod ssh_child;
 pub mod sshd;
+pub mod watch;

@@ -8,7 +8,15 @@
 //!   socket, a packet coming in a RST back to its sender);
 //! * address change: the client gets a new address on its veth and loses the
 //!   old one (with `promote_secondaries`, so that the new one survives);
-//! * a rate limit (tc tbf) on both ends of the veth.
+//! * a rate limit (tc tbf) on both ends of the veth;
+//! * flapping: a break every so often for a while ([`NetLab::flap`]), in
+//!   turn each of the three faults above ([`Fault`], [`NetLab::apply`]).
+//!
+//! [`NetLab::in_netns`] runs code on a thread inside either namespace, so a
+//! test can listen and connect there itself (echo servers, SOCKS clients).
+//! Several labs can run at once, in one test process or in several: each
+//! has its own namespaces, named after the test process's pid and a counter,
+//! and its own /24 that exists only inside them.
 //!
 //! The subnet (`10.231.N.0/24`) exists only inside the two namespaces, and
 //! the veth is created directly inside them: nothing is added to the
@@ -28,9 +36,10 @@
 use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -42,6 +51,28 @@ pub const SERVER_IF: &str = "vserver";
 pub const CLIENT_IF: &str = "vclient";
 /// Bound on any one `ip`/`iptables-restore`/`tc` command.
 const TOOL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A fault of the network between the client and the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The client moves to its other address (add the new, delete the old).
+    AddressChange,
+    /// Every TCP segment on the client's veth is answered with a RST.
+    ResetBurst(Duration),
+    /// Every packet on the client's veth is dropped: no RST, no link event.
+    Partition(Duration),
+}
+
+impl Fault {
+    /// A short name for tables.
+    pub fn name(&self) -> String {
+        match self {
+            Fault::AddressChange => "address change".into(),
+            Fault::ResetBurst(d) => format!("reset storm {d:?}"),
+            Fault::Partition(d) => format!("silent partition {d:?}"),
+        }
+    }
+}
 
 /// Two namespaces joined by a veth pair; deleted on drop.
 pub struct NetLab {
@@ -196,7 +227,8 @@ impl NetLab {
             .args(["netns", "exec", ns])
             .arg(command.get_program())
             .args(command.get_args());
-        // `ip netns exec` passes its environment on.
+        // `ip netns exec` passes its environment on: so do the variables
+        // set on `command` (e.g. the client's private XDG directories).
         for (key, value) in command.get_envs() {
             match value {
                 Some(value) => wrapped.env(key, value),
@@ -207,6 +239,83 @@ impl NetLab {
             wrapped.current_dir(dir);
         }
         wrapped
+    }
+
+    /// Runs `f` on a thread that has entered the network namespace `ns`:
+    /// sockets it makes (listeners, connections) belong to that namespace
+    /// and stay there, whichever thread uses them later.
+    pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+        let path = Path::new("/run/netns").join(ns);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let file = std::fs::File::open(&path)
+                        .with_context(|| format!("open {}", path.display()))?;
+                    // SAFETY: setns on a valid namespace fd changes only this
+                    // thread's network namespace.
+                    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                        bail!("setns into {ns}: {}", std::io::Error::last_os_error());
+                    }
+                    f()
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("a thread in {ns} panicked"))?
+        })
+    }
+
+    /// Applies `fault` to the client for its whole duration (returns when
+    /// the network is back); says what it did.
+    pub fn apply(&self, fault: Fault) -> Result<String> {
+        match fault {
+            Fault::AddressChange => {
+                let (old, new) = self.move_client()?;
+                Ok(format!("client address {old} -> {new}"))
+            }
+            Fault::ResetBurst(how_long) => {
+                let burst = self.reset_burst()?;
+                std::thread::sleep(how_long);
+                burst.lift()?;
+                Ok(format!("TCP answered with RST for {how_long:?}"))
+            }
+            Fault::Partition(how_long) => {
+                let partition = self.partition()?;
+                std::thread::sleep(how_long);
+                partition.lift()?;
+                Ok(format!("all packets dropped for {how_long:?}"))
+            }
+        }
+    }
+
+    /// Flapping: a break every `every`, for `total` (or until `stop` is
+    /// set), each `down` long, in turn a silent partition, a reset burst and
+    /// an address change. Returns the breaks applied. The breaks are a
+    /// schedule, so this sleeps between them.
+    pub fn flap(
+        &self,
+        every: Duration,
+        down: Duration,
+        total: Duration,
+        stop: &AtomicBool,
+    ) -> Result<Vec<Fault>> {
+        let kinds = [
+            Fault::Partition(down),
+            Fault::ResetBurst(down),
+            Fault::AddressChange,
+        ];
+        let started = Instant::now();
+        let mut applied = Vec::new();
+        for (i, fault) in kinds.iter().copied().cycle().enumerate() {
+            let at = every * u32::try_from(i).unwrap_or(u32::MAX);
+            if at >= total || stop.load(Ordering::SeqCst) {
+                break;
+            }
+            if let Some(wait) = at.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+            self.apply(fault)?;
+            applied.push(fault);
+        }
+        Ok(applied)
     }
 
     /// Limits the veth to `rate` (tc syntax, e.g. `400mbit`) both ways.
@@ -236,12 +345,17 @@ impl NetLab {
     }
 
     /// Starts a burst of TCP resets: every TCP segment on the client's veth
-    /// is rejected with a RST, both ways, until the guard is lifted or dropped.
+    /// is rejected with a RST, both ways (the client's own socket gets one
+    /// for what it sends, the server one for what it sends), until the guard
+    /// is lifted or dropped.
     pub fn reset_burst(&self) -> Result<Blocked<'_>> {
-        let reject = "-p tcp -j REJECT --reject-with tcp-reset";
+        let reject = "-j REJECT --reject-with tcp-reset";
+        // The RST made for a segment coming in goes out through OUTPUT
+        // too: let RSTs pass there, so that the sender (the server) is
+        // reset as a middlebox would reset it, not only the client.
         self.block(vec![
-            format!("INPUT -i {CLIENT_IF} {reject}"),
-            format!("OUTPUT -o {CLIENT_IF} {reject}"),
+            format!("INPUT -i {CLIENT_IF} -p tcp {reject}"),
+            format!("OUTPUT -o {CLIENT_IF} -p tcp ! --tcp-flags RST RST {reject}"),
         ])
     }
 
