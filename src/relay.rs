@@ -766,7 +766,9 @@ async fn run_session(
                 .await;
                 break SHUTDOWN_REASON.to_string();
             }
-            Step::Other(Wake::Expired) => unreachable!("no grace period while attached"),
+            // No grace period runs while attached; were it to end anyway,
+            // ending the session is safer than a panic.
+            Step::Other(Wake::Expired) => break "expired while attached (a bug)".to_string(),
             Step::Link(Outcome::Finished) => {
                 close_transport(
                     &mut transport,
