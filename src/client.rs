@@ -19,7 +19,7 @@ use crate::transport::{ConnectError, Transport, TransportKind};
 use crate::trust::{self, Expectation, KeyChanged, TrustSource};
 use crate::wire::{Code, Hello, Reply, SessionId, SECRET_LEN};
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -181,12 +181,14 @@ enum Interrupt {
     LingerOver,
     /// A request on the control socket.
     Control(Request),
+    /// The address the transport was made from is no longer this machine's.
+    AddressGone(IpAddr),
 }
 
 /// What ends a detached spell.
 enum Detached {
     Interrupt(Interrupt),
-    Reconnected(Result<(Transport, u64, u32), ClientError>),
+    Reconnected(Box<Result<(Transport, u64, u32), ClientError>>),
 }
 
 type HangUp = Option<Pin<Box<dyn Future<Output = ()> + Send>>>;
@@ -196,11 +198,15 @@ struct Waits {
     hangup: HangUp,
     linger_until: Option<Instant>,
     control: Option<mpsc::Receiver<Request>>,
+    /// The local address of the current transport, while it is one that
+    /// cannot move (TCP).
+    address: Option<IpAddr>,
 }
 
 impl Waits {
-    /// Resolves when ssh hangs up (once), when the linger time is over, or
-    /// when a control request arrives.
+    /// Resolves when ssh hangs up (once), when the linger time is over,
+    /// when a control request arrives, or when the transport's local address
+    /// is gone.
     async fn next(&mut self) -> Interrupt {
         let hangup = async {
             match self.hangup.as_mut() {
@@ -220,7 +226,20 @@ impl Waits {
                 None => std::future::pending().await,
             }
         };
+        let address = async {
+            match self.address {
+                Some(ip) => {
+                    crate::addresses::gone(ip).await;
+                    ip
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            ip = address => {
+                self.address = None;
+                Interrupt::AddressGone(ip)
+            }
             () = hangup => {
                 self.hangup = None;
                 Interrupt::HangUp
@@ -379,6 +398,7 @@ where
         hangup: Some(Box::pin(hangup)),
         linger_until: None,
         control,
+        address: None,
     };
     let mut vitals = Vitals {
         id: session_id,
@@ -396,8 +416,12 @@ where
     };
 
     loop {
+        waits.address = transport.local.map(|a| a.ip());
         let step = link.run(Some(&mut transport), waits.next()).await;
         let reason = match step {
+            Step::Other(Interrupt::AddressGone(ip)) => {
+                format!("this machine no longer has the address {ip}")
+            }
             Step::Other(Interrupt::HangUp) => {
                 tracing::debug!("ssh hung up; ending the session");
                 link.hang_up();
@@ -432,6 +456,7 @@ where
             Step::Link(Outcome::TransportLost(reason)) => reason,
         };
 
+        waits.address = None;
         link.session_mut().detach();
         // Close the dead transport now: if it is only half dead, the relay
         // learns sooner that this client is coming back on a new one.
@@ -455,12 +480,12 @@ where
         let (new_transport, peer_received, attempts) = loop {
             let either = async {
                 tokio::select! {
-                    r = &mut reconnecting => Detached::Reconnected(r),
+                    r = &mut reconnecting => Detached::Reconnected(Box::new(r)),
                     i = waits.next() => Detached::Interrupt(i),
                 }
             };
             match link.run(None, either).await {
-                Step::Other(Detached::Reconnected(result)) => break result?,
+                Step::Other(Detached::Reconnected(result)) => break (*result)?,
                 Step::Other(Detached::Interrupt(Interrupt::HangUp)) => {
                     link.hang_up();
                     waits.linger_until = Some(Instant::now() + LINGER);
@@ -468,6 +493,7 @@ where
                 Step::Other(Detached::Interrupt(Interrupt::LingerOver)) => {
                     return Ok(report(&link, vitals.resumes))
                 }
+                Step::Other(Detached::Interrupt(Interrupt::AddressGone(_))) => {}
                 Step::Other(Detached::Interrupt(Interrupt::Control(request))) => {
                     if matches!(request, Request::Resume) {
                         try_now.notify_one();

@@ -21,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+pub mod addresses;
 pub mod admission;
 pub mod backoff;
 pub mod cli;

@@ -18,13 +18,14 @@
 //! QUIC gives up on a silent path exactly when the session layer would; the
 //! flow-control windows are sized for bulk transfers over long fat links.
 
+use crate::addresses;
 use crate::tls::BINDING_LEN;
 use crate::transport::{ConnectError, Transport, TransportKind};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{IdleTimeout, VarInt};
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -43,9 +44,6 @@ pub const SEND_WINDOW: u64 = 2 * STREAM_WINDOW as u64;
 /// datagrams at a few hundred MiB/s, and every drop costs QUIC a congestion
 /// window cut.
 pub const UDP_SOCKET_BUFFER: usize = 4 << 20;
-/// How often the client checks which local address the route to the relay
-/// leaves from.
-pub const ADDRESS_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// Application error code of a connection closed on purpose.
 const CLOSED_ON_PURPOSE: u32 = 0;
 /// Longest idle timeout the relay allows; the client's own (its
@@ -229,7 +227,7 @@ pub struct QuicClient {
 impl QuicClient {
     /// An endpoint on an ephemeral port of the family of `relay`.
     pub fn new(relay: SocketAddr) -> io::Result<QuicClient> {
-        let endpoint = endpoint(None, udp_socket(unspecified(relay))?)?;
+        let endpoint = endpoint(None, udp_socket(addresses::unspecified(relay))?)?;
         Ok(QuicClient { endpoint })
     }
 
@@ -263,7 +261,8 @@ impl QuicClient {
     /// Moves the endpoint to a new UDP socket: the relay sees packets from
     /// the new address and migrates the connection to it.
     fn rebind(&self, relay: SocketAddr) -> io::Result<()> {
-        self.endpoint.rebind(udp_socket(unspecified(relay))?)
+        self.endpoint
+            .rebind(udp_socket(addresses::unspecified(relay))?)
     }
 
     /// Closes every connection at once and waits (at most `timeout`) for
@@ -275,33 +274,17 @@ impl QuicClient {
     }
 }
 
-/// The wildcard address of `relay`'s family, port 0.
-fn unspecified(relay: SocketAddr) -> SocketAddr {
-    match relay {
-        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    }
-}
-
-/// The local address the kernel would send from to reach `relay` now, if
-/// there is a route (asks the routing table; sends nothing).
-pub fn route_source(relay: SocketAddr) -> Option<IpAddr> {
-    let socket = UdpSocket::bind(unspecified(relay)).ok()?;
-    socket.connect(relay).ok()?;
-    Some(socket.local_addr().ok()?.ip())
-}
-
 /// Watches the route to `relay` and, when it starts to leave from another
 /// local address (the old one was deleted, Wi-Fi changed), rebinds the
 /// client's endpoint so that the relay hears from the new address at once
 /// instead of at the next keep-alive. Runs until dropped.
 pub async fn follow_local_address(client: QuicClient, relay: SocketAddr) {
-    let mut current = route_source(relay);
-    let mut ticks = tokio::time::interval(ADDRESS_CHECK_INTERVAL);
+    let mut current = addresses::route_source(relay);
+    let mut ticks = tokio::time::interval(crate::addresses::CHECK_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let now = route_source(relay);
+        let now = addresses::route_source(relay);
         if now.is_none() || now == current {
             continue;
         }

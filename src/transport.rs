@@ -54,6 +54,9 @@ pub struct Transport {
     pub stream: Box<dyn ByteStream>,
     /// The other end's address.
     pub peer: SocketAddr,
+    /// This end's address, where it is fixed for the connection's life
+    /// (TCP; QUIC moves with the client).
+    pub local: Option<SocketAddr>,
     /// What kind of stream it is.
     pub kind: TransportKind,
     /// The connection's channel binding (see [`crate::tls::channel_binding`]).
@@ -118,6 +121,7 @@ impl Transport {
         Transport {
             stream,
             peer,
+            local: None,
             kind,
             binding,
             // Grown to TRANSPORT_READ_SIZE by the link once a session runs;
@@ -148,6 +152,7 @@ impl Transport {
             .map_err(ConnectError::Tcp)?;
         tcp.set_nodelay(true).map_err(ConnectError::Tcp)?;
         let peer = tcp.peer_addr().map_err(ConnectError::Tcp)?;
+        let local = tcp.local_addr().ok();
         // The relay is identified by its pinned key, not by a name.
         let name = rustls::pki_types::ServerName::IpAddress(peer.ip().into());
         let stream = tokio::time::timeout_at(deadline, TlsConnector::from(tls).connect(name, tcp))
@@ -156,12 +161,9 @@ impl Transport {
             .map_err(ConnectError::Tls)?;
         let binding = channel_binding(stream.get_ref().1)
             .map_err(|e| ConnectError::Tls(io::Error::other(e)))?;
-        Ok(Transport::new(
-            Box::new(stream),
-            peer,
-            TransportKind::Tls,
-            binding,
-        ))
+        let mut transport = Transport::new(Box::new(stream), peer, TransportKind::Tls, binding);
+        transport.local = local;
+        Ok(transport)
     }
 
     /// Completes the relay's side of the TLS handshake on an accepted

@@ -287,3 +287,55 @@ fn plain_ssh_dies_of_the_same_reset_burst() -> Result<()> {
     );
     Ok(())
 }
+
+/// A TCP connection from an address the client no longer has is dead, but
+/// silent: the client notices the address is gone (it looks every 250 ms)
+/// and resumes at once, long before its `--dead-after` of 30 s.
+#[test]
+fn an_address_change_is_noticed_long_before_dead_after() -> Result<()> {
+    let Some(lab) = NetLab::create()? else {
+        return Ok(());
+    };
+    lab.rate_limit(RATE)?;
+    let sshd = TestSshd::start_with(&SshdOptions {
+        netns: Some(lab.server_ns().to_owned()),
+        ..SshdOptions::default()
+    })?;
+    let relay = RelayProcess::start_in_netns(
+        lab.server_ns(),
+        &format!("{}:0", lab.server_addr()),
+        sshd.port(),
+        &[],
+    )?;
+    let proxy = proxy_command(
+        relay.addr(),
+        sshd.port(),
+        "--transport tcp --dead-after 30s",
+    );
+    let (src, dst) = (sshd.dir().join("src"), sshd.dir().join("dst"));
+    write_random_file(&src, 4 * STEP, 5)?;
+    let mut ssh = Ssh::spawn(
+        lab.in_client(&sshd.ssh_command(Some(&proxy), &format!("cat {}", src.display()))),
+        Stdio::null(),
+        Stdio::from(File::create(&dst)?),
+    )?;
+    ssh.wait_for_bytes(&dst, STEP, PROGRESS_TIMEOUT)?;
+    let moved = Instant::now();
+    let (old, _) = lab.move_client()?;
+    let resumed = ssh.stderr.wait_for(0, RESUMED, Duration::from_secs(5))?;
+    let took = moved.elapsed();
+    let lost = ssh.stderr.wait_for(0, LOST, Duration::ZERO)?;
+    assert!(
+        lost.contains(&format!("no longer has the address {old}")),
+        "{lost}"
+    );
+    let status = ssh.wait(RUN_TIMEOUT)?;
+    ensure!(status.success(), "ssh: {status}; {}", ssh.stderr.text());
+    assert_eq!(
+        sha256_file(&dst)?,
+        sha256_file(&src)?,
+        "sha256 of what arrived"
+    );
+    eprintln!("address change noticed and resumed {took:.2?} after it:\n  {lost}\n  {resumed}");
+    Ok(())
+}

@@ -553,14 +553,12 @@ async fn connect_from(relay: SocketAddr, source: IpAddr) -> Result<Transport> {
     )
     .await??;
     let binding = tls::channel_binding(stream.get_ref().1)?;
-    Ok(Transport {
-        stream: Box::new(stream),
-        peer: relay,
-        kind: TransportKind::Tls,
+    Ok(Transport::new(
+        Box::new(stream),
+        relay,
+        TransportKind::Tls,
         binding,
-        read_buf: BytesMut::new(),
-        write_queue: WriteQueue::new(),
-    })
+    ))
 }
 
 /// A resume of `session` from `source`, with the proof `prove` makes for the
