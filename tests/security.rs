@@ -58,7 +58,6 @@ use resumeproxy::transport::{Transport, TransportKind};
 use resumeproxy::wire::{
     split_message, Code, Hello, Preamble, Reply, SessionId, MAGIC, PROOF_LEN, SECRET_LEN,
 };
-use resumeproxy::write_queue::WriteQueue;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::Read;
