@@ -22,6 +22,7 @@ use anyhow::{ensure, Context, Result};
 use std::fs::File;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::faults::Bench;
 use support::netns::NetLab;
 use support::relay::{proxy_command, RelayProcess};
 use support::sshd::{sha256_file, write_random_file, SshdOptions, TestSshd};
@@ -293,29 +294,15 @@ fn plain_ssh_dies_of_the_same_reset_burst() -> Result<()> {
 /// and resumes at once, long before its `--dead-after` of 30 s.
 #[test]
 fn an_address_change_is_noticed_long_before_dead_after() -> Result<()> {
-    let Some(lab) = NetLab::create()? else {
+    let flags = "--transport tcp --dead-after 30s";
+    let Some(bench) = Bench::start_with(RATE, &[], flags)? else {
         return Ok(());
     };
-    lab.rate_limit(RATE)?;
-    let sshd = TestSshd::start_with(&SshdOptions {
-        netns: Some(lab.server_ns().to_owned()),
-        ..SshdOptions::default()
-    })?;
-    let relay = RelayProcess::start_in_netns(
-        lab.server_ns(),
-        &format!("{}:0", lab.server_addr()),
-        sshd.port(),
-        &[],
-    )?;
-    let proxy = proxy_command(
-        relay.addr(),
-        sshd.port(),
-        "--transport tcp --dead-after 30s",
-    );
+    let (lab, sshd, proxy) = (&bench.lab, &bench.sshd, &bench.proxy);
     let (src, dst) = (sshd.dir().join("src"), sshd.dir().join("dst"));
     write_random_file(&src, 4 * STEP, 5)?;
     let mut ssh = Ssh::spawn(
-        lab.in_client(&sshd.ssh_command(Some(&proxy), &format!("cat {}", src.display()))),
+        lab.in_client(&sshd.ssh_command(Some(proxy), &format!("cat {}", src.display()))),
         Stdio::null(),
         Stdio::from(File::create(&dst)?),
     )?;

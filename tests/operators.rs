@@ -16,21 +16,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::relay::{proxy_command, test_key, RelayProcess};
-use support::sshd::{sha256_file, write_random_file, TestSshd};
+use support::sshd::{client_status as status, sha256_file, write_random_file, TestSshd};
 use tokio::io::{AsyncBufReadExt, BufReader};
-
-/// `resumeproxy status --json` as the user of `sshd`'s sessions sees it.
-fn status(sshd: &TestSshd) -> Result<Vec<StatusReport>> {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_resumeproxy"));
-    cmd.args(["status", "--json"]);
-    sshd.private_env(&mut cmd);
-    let out = cmd.output().context("resumeproxy status")?;
-    ensure!(out.status.success(), "status failed: {out:?}");
-    String::from_utf8(out.stdout)?
-        .lines()
-        .map(|line| serde_json::from_str(line).context("status line"))
-        .collect()
-}
 
 /// Polls `status` until `pred` holds for the one session, within `timeout`.
 fn wait_status(

@@ -17,15 +17,15 @@
 
 mod support;
 
-use anyhow::{ensure, Context, Result};
-use resumeproxy::control::StatusReport;
+use anyhow::{ensure, Result};
 use std::fs::File;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
-use support::netns::NetLab;
+use support::faults::Bench;
 use support::relay::{proxy_command, RelayProcess};
-use support::sshd::{sha256_file, write_random_file, SshdOptions, TestSshd};
+use support::sshd::client_status as status;
+use support::sshd::{sha256_file, write_random_file, TestSshd};
 use support::watch::Watched as Ssh;
 
 /// Rate limit of the lab's link, both ways.
@@ -41,47 +41,14 @@ const RESUMED: &str = "resumeproxy: resumed after";
 /// What the client prints when it has lost the link.
 const LOST: &str = "resumeproxy: link to";
 
-/// `resumeproxy status --json` as the user of `sshd`'s sessions sees it.
-fn status(sshd: &TestSshd) -> Result<Vec<StatusReport>> {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_resumeproxy"));
-    cmd.args(["status", "--json"]);
-    sshd.private_env(&mut cmd);
-    let out = cmd.output().context("resumeproxy status")?;
-    ensure!(out.status.success(), "status failed: {out:?}");
-    String::from_utf8(out.stdout)?
-        .lines()
-        .map(|line| serde_json::from_str(line).context("status line"))
-        .collect()
-}
-
-/// A lab with sshd and the relay in its server namespace.
-struct Server {
-    sshd: TestSshd,
-    relay: RelayProcess,
-}
-
-fn server(lab: &NetLab) -> Result<Server> {
-    lab.rate_limit(RATE)?;
-    let sshd = TestSshd::start_with(&SshdOptions {
-        netns: Some(lab.server_ns().to_owned()),
-        ..SshdOptions::default()
-    })?;
-    let relay = RelayProcess::start_in_netns(
-        lab.server_ns(),
-        &format!("{}:0", lab.server_addr()),
-        sshd.port(),
-        &[],
-    )?;
-    Ok(Server { sshd, relay })
-}
-
 /// Starts ssh in the client namespace downloading `src` to `dst` through
-/// the client with `flags`.
-fn download(lab: &NetLab, server: &Server, flags: &str, src: &Path, dst: &Path) -> Result<Ssh> {
-    let proxy = proxy_command(server.relay.addr(), server.sshd.port(), flags);
+/// the bench's client.
+fn download(bench: &Bench, src: &Path, dst: &Path) -> Result<Ssh> {
     let remote = format!("cat {}", src.display());
     Ssh::spawn(
-        lab.in_client(&server.sshd.ssh_command(Some(&proxy), &remote)),
+        bench
+            .lab
+            .in_client(&bench.sshd.ssh_command(Some(&bench.proxy), &remote)),
         Stdio::null(),
         Stdio::from(File::create(dst)?),
     )
@@ -126,23 +93,18 @@ fn ssh_runs_over_quic_on_loopback() -> Result<()> {
 
 #[test]
 fn quic_carries_512_mib_through_two_address_changes_without_a_resume() -> Result<()> {
-    let Some(lab) = NetLab::create()? else {
+    let flags = "--transport quic --dead-after 2s";
+    let Some(bench) = Bench::start_with(RATE, &[], flags)? else {
         return Ok(());
     };
-    let server = server(&lab)?;
+    let lab = &bench.lab;
     const SIZE: u64 = 512 << 20;
-    let src = server.sshd.dir().join("src");
-    let dst = server.sshd.dir().join("dst");
+    let src = bench.sshd.dir().join("src");
+    let dst = bench.sshd.dir().join("dst");
     write_random_file(&src, SIZE, 11)?;
     let src_hash = hash_in_background(&src);
     let started = Instant::now();
-    let mut ssh = download(
-        &lab,
-        &server,
-        "--transport quic --dead-after 2s",
-        &src,
-        &dst,
-    )?;
+    let mut ssh = download(&bench, &src, &dst)?;
 
     let mut arrived = 0;
     let mut pauses = Vec::new();
@@ -154,7 +116,7 @@ fn quic_carries_512_mib_through_two_address_changes_without_a_resume() -> Result
         let next = ssh.wait_for_bytes(&dst, arrived + (1 << 20), Duration::from_secs(5))?;
         pauses.push((old, new, moved.elapsed(), next));
     }
-    let reports = status(&server.sshd)?;
+    let reports = status(&bench.sshd)?;
     let status = ssh.wait(RUN_TIMEOUT)?;
     ensure!(
         status.success(),
@@ -168,24 +130,19 @@ fn quic_carries_512_mib_through_two_address_changes_without_a_resume() -> Result
     );
     assert_eq!(ssh.stderr.count(LOST), 0, "{}", ssh.stderr.text());
     assert_eq!(ssh.stderr.count(RESUMED), 0, "{}", ssh.stderr.text());
+    assert_eq!(bench.relay.count("client lost"), 0, "{}", bench.relay.log());
     assert_eq!(
-        server.relay.count("client lost"),
+        bench.relay.count("session resumed"),
         0,
         "{}",
-        server.relay.log()
-    );
-    assert_eq!(
-        server.relay.count("session resumed"),
-        0,
-        "{}",
-        server.relay.log()
+        bench.relay.log()
     );
     let [report] = reports.as_slice() else {
         panic!("expected one live session, status showed {reports:?}");
     };
     assert_eq!(report.transport, "quic", "{report:?}");
     assert_eq!(report.reconnects, 0, "{report:?}");
-    let opened = server
+    let opened = bench
         .relay
         .wait_for_log("session started", Duration::ZERO)?;
     assert!(opened.contains("transport=quic"), "{opened}");
@@ -207,19 +164,18 @@ fn quic_carries_512_mib_through_two_address_changes_without_a_resume() -> Result
 
 #[test]
 fn auto_connects_over_tcp_within_seconds_when_udp_is_blocked() -> Result<()> {
-    let Some(lab) = NetLab::create()? else {
+    let Some(bench) = Bench::start_with(RATE, &[], "--transport auto")? else {
         return Ok(());
     };
-    let server = server(&lab)?;
+    let (lab, proxy) = (&bench.lab, &bench.proxy);
     let blocked = lab.block_udp()?;
-    let proxy = proxy_command(server.relay.addr(), server.sshd.port(), "--transport auto");
     let mut ssh = Ssh::spawn(
-        lab.in_client(&server.sshd.ssh_command(Some(&proxy), "echo over-tcp")),
+        lab.in_client(&bench.sshd.ssh_command(Some(proxy), "echo over-tcp")),
         Stdio::null(),
         Stdio::piped(),
     )?;
     let spawned = Instant::now();
-    let opened = server
+    let opened = bench
         .relay
         .wait_for_log("session started", Duration::from_secs(10))?;
     let took = spawned.elapsed();
@@ -233,18 +189,18 @@ fn auto_connects_over_tcp_within_seconds_when_udp_is_blocked() -> Result<()> {
     eprintln!("UDP blocked: auto opened the session over TCP {took:.2?} after ssh started");
 
     // The next client knows, even with UDP open again.
-    let memory = server.sshd.dir().join("state/resumeproxy/udp-failed");
+    let memory = bench.sshd.dir().join("state/resumeproxy/udp-failed");
     let remembered = std::fs::read_to_string(&memory)?;
     assert!(
-        remembered.starts_with(&format!("{} ", server.relay.addr())),
+        remembered.starts_with(&format!("{} ", bench.relay.addr())),
         "{remembered}"
     );
     blocked.lift()?;
     let out = lab
-        .in_client(&server.sshd.ssh_command(Some(&proxy), "true"))
+        .in_client(&bench.sshd.ssh_command(Some(proxy), "true"))
         .output()?;
     ensure!(out.status.success(), "second ssh: {out:?}");
-    let second = server
+    let second = bench
         .relay
         .wait_for_count("session started", 2, Duration::from_secs(5))?;
     assert!(second.contains("transport=tls"), "{second}");
@@ -253,23 +209,17 @@ fn auto_connects_over_tcp_within_seconds_when_udp_is_blocked() -> Result<()> {
 
 #[test]
 fn a_dead_quic_connection_is_resumed_over_quic_or_tcp() -> Result<()> {
-    let Some(lab) = NetLab::create()? else {
+    let Some(bench) = Bench::start_with(RATE, &[], "--transport auto --dead-after 1s")? else {
         return Ok(());
     };
-    let server = server(&lab)?;
+    let lab = &bench.lab;
     const SIZE: u64 = 256 << 20;
-    let src = server.sshd.dir().join("src");
-    let dst = server.sshd.dir().join("dst");
+    let src = bench.sshd.dir().join("src");
+    let dst = bench.sshd.dir().join("dst");
     write_random_file(&src, SIZE, 13)?;
     let src_hash = hash_in_background(&src);
-    let mut ssh = download(
-        &lab,
-        &server,
-        "--transport auto --dead-after 1s",
-        &src,
-        &dst,
-    )?;
-    let opened = server
+    let mut ssh = download(&bench, &src, &dst)?;
+    let opened = bench
         .relay
         .wait_for_log("session started", Duration::from_secs(10))?;
     assert!(
@@ -285,7 +235,7 @@ fn a_dead_quic_connection_is_resumed_over_quic_or_tcp() -> Result<()> {
     std::thread::sleep(Duration::from_millis(2500));
     partition.lift()?;
     let resumed = ssh.stderr.wait_for(from, RESUMED, RESUME_TIMEOUT)?;
-    let first = server
+    let first = bench
         .relay
         .wait_for_count("session resumed", 1, RESUME_TIMEOUT)?;
 
@@ -294,7 +244,7 @@ fn a_dead_quic_connection_is_resumed_over_quic_or_tcp() -> Result<()> {
     let from = ssh.stderr.len();
     let _blocked = lab.block_udp()?;
     let over_tcp = ssh.stderr.wait_for(from, RESUMED, RESUME_TIMEOUT)?;
-    let second = server
+    let second = bench
         .relay
         .wait_for_count("session resumed", 2, RESUME_TIMEOUT)?;
     assert!(second.contains("transport=tls"), "{second}");

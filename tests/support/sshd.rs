@@ -808,3 +808,18 @@ fn descendants(root: u32) -> Vec<u32> {
     found.remove(0);
     found
 }
+
+/// `resumeproxy status --json` as the user of `sshd`'s sessions (with its
+/// private directories) sees it: one report per live session.
+pub fn client_status(sshd: &TestSshd) -> anyhow::Result<Vec<resumeproxy::control::StatusReport>> {
+    use anyhow::{ensure, Context};
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_resumeproxy"));
+    cmd.args(["status", "--json"]);
+    sshd.private_env(&mut cmd);
+    let out = cmd.output().context("resumeproxy status")?;
+    ensure!(out.status.success(), "status failed: {out:?}");
+    String::from_utf8(out.stdout)?
+        .lines()
+        .map(|line| serde_json::from_str(line).context("status line"))
+        .collect()
+}
