@@ -44,8 +44,6 @@ pub const SEND_WINDOW: u64 = 2 * STREAM_WINDOW as u64;
 /// datagrams at a few hundred MiB/s, and every drop costs QUIC a congestion
 /// window cut.
 pub const UDP_SOCKET_BUFFER: usize = 4 << 20;
-/// Application error code of a connection closed on purpose.
-const CLOSED_ON_PURPOSE: u32 = 0;
 /// Longest idle timeout the relay allows; the client's own (its
 /// `--dead-after`) is shorter and wins, as QUIC takes the smaller one.
 const RELAY_IDLE_TIMEOUT: Duration = crate::session::MAX_DEAD_AFTER;
@@ -264,14 +262,6 @@ impl QuicClient {
         self.endpoint
             .rebind(udp_socket(addresses::unspecified(relay))?)
     }
-
-    /// Closes every connection at once and waits (at most `timeout`) for
-    /// the relay to hear of it.
-    pub async fn close(&self, timeout: Duration) {
-        self.endpoint
-            .close(VarInt::from_u32(CLOSED_ON_PURPOSE), b"closed");
-        let _ = tokio::time::timeout(timeout, self.endpoint.wait_idle()).await;
-    }
 }
 
 /// Watches the route to `relay` and, when it starts to leave from another
@@ -280,7 +270,7 @@ impl QuicClient {
 /// instead of at the next keep-alive. Runs until dropped.
 pub async fn follow_local_address(client: QuicClient, relay: SocketAddr) {
     let mut current = addresses::route_source(relay);
-    let mut ticks = tokio::time::interval(crate::addresses::CHECK_INTERVAL);
+    let mut ticks = tokio::time::interval(addresses::CHECK_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
