@@ -13,7 +13,8 @@
 //!   stream, and a header announcing more than the limit is refused as soon
 //!   as it is complete;
 //! * the decoder never waits with more than one message's worth buffered,
-//!   and the heap used while decoding stays within [`heap_bound`];
+//!   and the heap it uses stays within [`heap_bound`], which depends on the
+//!   limit and the read size but not on the stream's length;
 //! * every message that decodes as a [`Frame`], [`Hello`] or [`Reply`]
 //!   encodes back to exactly the bytes it came from (a [`Frame::Close`]
 //!   read as [`Reply::Refused`] excepted: it carries the same code and reason).
@@ -80,37 +81,43 @@ pub fn run(data: &[u8]) {
     let stream = input.rest();
     let max = limit.unwrap_or(MAX_PAYLOAD_LEN).min(MAX_PAYLOAD_LEN);
 
-    let (outcome, peak) = alloc::measure(|| decode_chunked(stream, limit, &chunks));
-    let bound = heap_bound(stream.len(), max);
+    let expected = reference(stream, max);
+    let (end, peak) = alloc::measure(|| decode_chunked(stream, limit, &chunks, &expected));
+    assert_eq!(end, expected.end, "chunking changed the result");
+    let largest_chunk = chunks.iter().copied().max().unwrap_or(1).min(stream.len());
+    let bound = heap_bound(max, largest_chunk);
     assert!(
         peak <= bound,
-        "decoding {} bytes with a limit of {max} used {peak} bytes of heap, more than {bound}",
+        "decoding {} bytes in chunks of up to {largest_chunk} with a limit of {max} \
+         used {peak} bytes of heap, more than {bound}",
         stream.len()
     );
-    assert_eq!(
-        outcome,
-        reference(stream, max),
-        "chunking changed the result"
-    );
-    for (kind, payload) in &outcome.messages {
+    for (kind, payload) in &expected.messages {
         check_message(*kind, payload);
     }
 }
 
-/// Most heap the decoder may use for `stream_len` bytes under a payload limit
-/// of `max`: the bytes themselves, a few times over (buffer growth, and the
-/// decoded messages that keep earlier buffers alive), plus one reservation
-/// of a maximal message that has been announced but has not arrived.
-pub fn heap_bound(stream_len: usize, max: usize) -> usize {
-    4 * stream_len + 2 * (HEADER_LEN + max) + 4096
+/// Most heap the decoder may use with a payload limit of `max`, fed reads of
+/// at most `largest_read` bytes, when each message is dropped once handled:
+/// it buffers less than one message and one read, growth may double the
+/// buffer, and the old buffer lives until the new one has been filled. It
+/// does not grow with the length of the stream.
+pub fn heap_bound(max: usize, largest_read: usize) -> usize {
+    4 * (HEADER_LEN + max + largest_read) + 4096
 }
 
 /// Feeds `stream` to the decoder in chunks of the given sizes, as a reader
-/// of a socket would, and collects what it splits off.
-fn decode_chunked(stream: &[u8], limit: Option<usize>, chunks: &[usize]) -> Outcome {
+/// of a socket would, checks each message it splits off against `expected`
+/// and drops it, and returns what stopped it.
+fn decode_chunked(
+    stream: &[u8],
+    limit: Option<usize>,
+    chunks: &[usize],
+    expected: &Outcome,
+) -> End {
     let max = limit.unwrap_or(MAX_PAYLOAD_LEN).min(MAX_PAYLOAD_LEN);
     let mut buf = BytesMut::new();
-    let mut messages = Vec::new();
+    let mut expected_messages = expected.messages.iter();
     let mut rest = stream;
     let mut sizes = chunks.iter().cycle();
     while !rest.is_empty() {
@@ -127,7 +134,11 @@ fn decode_chunked(stream: &[u8], limit: Option<usize>, chunks: &[usize]) -> Outc
                 Ok(Some((kind, payload))) => {
                     assert!(payload.len() <= max, "payload over the limit");
                     assert_eq!(buf.len(), before - HEADER_LEN - payload.len());
-                    messages.push((kind, payload));
+                    assert_eq!(
+                        Some(&(kind, payload)),
+                        expected_messages.next(),
+                        "chunking changed a message"
+                    );
                 }
                 Ok(None) => {
                     assert_eq!(buf.len(), before, "waiting consumed bytes");
@@ -139,18 +150,14 @@ fn decode_chunked(stream: &[u8], limit: Option<usize>, chunks: &[usize]) -> Outc
                     break;
                 }
                 Err(e) => {
-                    return Outcome {
-                        messages,
-                        end: End::Failed(e),
-                    }
+                    assert_eq!(expected_messages.next(), None, "a message was missed");
+                    return End::Failed(e);
                 }
             }
         }
     }
-    Outcome {
-        messages,
-        end: End::Waiting(buf.freeze()),
-    }
+    assert_eq!(expected_messages.next(), None, "a message was missed");
+    End::Waiting(buf.freeze())
 }
 
 /// The plain reading of the message format, all at once.
