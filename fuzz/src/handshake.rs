@@ -11,10 +11,11 @@
 //! * nothing panics; an accepted preamble is this build's and encodes back
 //!   to the same bytes; a refused one is described in printable ASCII of
 //!   bounded length (it is logged);
-//! * a hello's target goes through the relay's [`TargetPolicy`]: it reaches
-//!   the default target only when it names no host and the default port, a
-//!   named target only when that target is allowed, and a refusal fits a
-//!   [`Reply::Refused`] unclipped and survives its round trip;
+//! * a hello's target goes through the relay's [`TargetPolicy`], with and
+//!   without named targets allowed: it reaches the default target only when
+//!   it names no host and the default port, a named target only when that
+//!   target is allowed, and a refusal fits a [`Reply::Refused`] unclipped and
+//!   survives its round trip;
 //! * a resume's proof is accepted by [`resume_auth::verify`] exactly when it
 //!   equals the proof [`resume_auth::proof`] computes.
 
@@ -34,15 +35,23 @@ pub const SECRET: [u8; SECRET_LEN] = [0x5e; SECRET_LEN];
 /// The channel binding of the target's connection.
 pub const BINDING: [u8; BINDING_LEN] = [0xb1; BINDING_LEN];
 
-/// The relay's targets in this harness.
-fn policy() -> TargetPolicy {
-    TargetPolicy {
-        default: "127.0.0.1:22".parse().unwrap(),
-        allowed: vec![
-            "db.internal:22".parse().unwrap(),
-            "[fd00::5]:2222".parse().unwrap(),
-        ],
-    }
+/// The relays' targets in this harness: one that forwards only to its
+/// default target, and a bastion that also allows two named ones.
+fn policies() -> [TargetPolicy; 2] {
+    let default = "127.0.0.1:22".parse().unwrap();
+    [
+        TargetPolicy {
+            default,
+            allowed: Vec::new(),
+        },
+        TargetPolicy {
+            default,
+            allowed: vec![
+                "db.internal:22".parse().unwrap(),
+                "[fd00::5]:2222".parse().unwrap(),
+            ],
+        },
+    ]
 }
 
 /// Runs one `handshake` input.
@@ -87,7 +96,11 @@ fn check_preamble(raw: &[u8; PREAMBLE_LEN]) {
 
 fn check_hello(hello: &Hello) {
     match hello {
-        Hello::New { host, port, .. } => check_target(host, *port),
+        Hello::New { host, port, .. } => {
+            for policy in policies() {
+                check_target(&policy, host, *port);
+            }
+        }
         Hello::Resume { session, proof, .. } => {
             let expected = resume_auth::proof(&SECRET, session, &BINDING);
             assert_eq!(
@@ -98,8 +111,7 @@ fn check_hello(hello: &Hello) {
     }
 }
 
-fn check_target(host: &str, port: u16) {
-    let policy = policy();
+fn check_target(policy: &TargetPolicy, host: &str, port: u16) {
     match policy.decide(host, port) {
         Ok(Target::Default(addr)) => {
             assert!(host.is_empty() && port == addr.port() && addr == policy.default);
