@@ -1,0 +1,415 @@
+//! Writes the seed corpus, `fuzz/seeds/<target>/<name>`: real encodings of
+//! every message type and a few scripted sessions. Run from `fuzz/`:
+//!
+//! ```text
+//! cargo run --example write_seeds
+//! ```
+//!
+//! The seeds are committed; run this again after changing the wire format
+//! or a harness's input format, and commit the result.
+
+use bytes::BytesMut;
+use resumeproxy::resume_auth;
+use resumeproxy::wire::{
+    Code, Frame, Hello, Preamble, Reply, SessionId, MAX_DATA_LEN, MIN_DATA_LEN, PREAMBLE_LEN,
+    PROTOCOL_VERSION,
+};
+use resumeproxy_fuzz::handshake::{BINDING, SECRET};
+use resumeproxy_fuzz::session::{Op, PeerFrame, Pick, Setup};
+use resumeproxy_fuzz::{frames, session};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn main() -> std::io::Result<()> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("seeds");
+    let mut written = 0;
+    for (target, seeds) in [
+        ("frames", frame_seeds()),
+        ("handshake", handshake_seeds()),
+        ("session", session_seeds()),
+    ] {
+        let dir = root.join(target);
+        if dir.exists() {
+            fs::remove_dir_all(&dir)?;
+        }
+        fs::create_dir_all(&dir)?;
+        for (name, bytes) in seeds {
+            write(&dir, &name, &bytes)?;
+            written += 1;
+        }
+    }
+    println!("wrote {written} seeds under {}", root.display());
+    Ok(())
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    fs::write(dir.join(name), bytes)
+}
+
+fn encoded(frame: &Frame) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    frame.encode(&mut buf);
+    buf.to_vec()
+}
+
+fn every_frame() -> Vec<(&'static str, Frame)> {
+    vec![
+        (
+            "data",
+            Frame::Data {
+                offset: 0,
+                bytes: b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n"[..].into(),
+            },
+        ),
+        (
+            "data-empty",
+            Frame::Data {
+                offset: 1 << 40,
+                bytes: Default::default(),
+            },
+        ),
+        (
+            "data-min-limit",
+            Frame::Data {
+                offset: 77,
+                bytes: vec![0xa5; MIN_DATA_LEN].into(),
+            },
+        ),
+        ("ack", Frame::Ack { position: 4096 }),
+        ("ping", Frame::Ping { token: 7 }),
+        ("pong", Frame::Pong { token: 7 }),
+        ("end", Frame::End { offset: 12345 }),
+        (
+            "close-done",
+            Frame::Close {
+                code: Code::Done,
+                reason: "session complete".into(),
+            },
+        ),
+        (
+            "close-other",
+            Frame::Close {
+                code: Code::Other(200),
+                reason: "réason ✓".into(),
+            },
+        ),
+    ]
+}
+
+fn hellos() -> Vec<(&'static str, Hello)> {
+    let session = SessionId([0x42; 16]);
+    vec![
+        (
+            "hello-new-default",
+            Hello::New {
+                dead_after_ms: 5000,
+                host: String::new(),
+                port: 22,
+            },
+        ),
+        (
+            "hello-new-allowed",
+            Hello::New {
+                dead_after_ms: 500,
+                host: "DB.internal".into(),
+                port: 22,
+            },
+        ),
+        (
+            "hello-new-ipv6",
+            Hello::New {
+                dead_after_ms: 600_000,
+                host: "[fd00::5]".into(),
+                port: 2222,
+            },
+        ),
+        (
+            "hello-new-refused",
+            Hello::New {
+                dead_after_ms: u32::MAX,
+                host: "evil.example".into(),
+                port: 25,
+            },
+        ),
+        (
+            "hello-resume-good-proof",
+            Hello::Resume {
+                dead_after_ms: 5000,
+                session,
+                proof: resume_auth::proof(&SECRET, &session, &BINDING),
+                received: 1 << 33,
+            },
+        ),
+        (
+            "hello-resume-bad-proof",
+            Hello::Resume {
+                dead_after_ms: 0,
+                session,
+                proof: [0; 32],
+                received: 0,
+            },
+        ),
+    ]
+}
+
+fn replies() -> Vec<(&'static str, Reply)> {
+    vec![
+        (
+            "reply-created",
+            Reply::Created {
+                session: SessionId([9; 16]),
+                secret: [3; 32],
+                grace_ms: 3_600_000,
+                max_data: MAX_DATA_LEN as u32,
+            },
+        ),
+        (
+            "reply-resumed",
+            Reply::Resumed {
+                received: 99,
+                grace_ms: u64::MAX,
+            },
+        ),
+        (
+            "reply-refused",
+            Reply::Refused {
+                code: Code::UnknownSession,
+                reason: "no such session on this relay".into(),
+            },
+        ),
+    ]
+}
+
+fn encode_hello(hello: &Hello) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    hello.encode(&mut buf).expect("seed hellos are valid");
+    buf.to_vec()
+}
+
+fn encode_reply(reply: &Reply) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    reply.encode(&mut buf);
+    buf.to_vec()
+}
+
+fn frame_seeds() -> Vec<(String, Vec<u8>)> {
+    let mut seeds = Vec::new();
+    let mut all = Vec::new();
+    for (name, frame) in every_frame() {
+        let bytes = encoded(&frame);
+        all.extend_from_slice(&bytes);
+        seeds.push((
+            format!("{name}-whole"),
+            frames::seed(None, &[65536], &bytes),
+        ));
+        seeds.push((
+            format!("{name}-bytewise"),
+            frames::seed(Some((MIN_DATA_LEN + 8) as u32), &[1], &bytes),
+        ));
+    }
+    for (name, hello) in hellos() {
+        seeds.push((
+            name.into(),
+            frames::seed(None, &[7, 3], &encode_hello(&hello)),
+        ));
+    }
+    for (name, reply) in replies() {
+        seeds.push((
+            name.into(),
+            frames::seed(None, &[2, 64], &encode_reply(&reply)),
+        ));
+    }
+    seeds.push((
+        "all-chunked".into(),
+        frames::seed(None, &[1, 5, 2, 9, 300], &all),
+    ));
+    seeds.push((
+        "all-then-partial".into(),
+        frames::seed(None, &[4096], &[&all[..], &all[..7]].concat()),
+    ));
+    // The session limit refuses a data frame one byte too long.
+    let too_long = encoded(&Frame::Data {
+        offset: 0,
+        bytes: vec![1; MIN_DATA_LEN + 1].into(),
+    });
+    seeds.push((
+        "data-over-limit".into(),
+        frames::seed(Some((MIN_DATA_LEN + 8) as u32), &[5, 1000], &too_long),
+    ));
+    // A header announcing 4 GiB.
+    seeds.push((
+        "header-4gib".into(),
+        frames::seed(None, &[1], &[0x10, 0xff, 0xff, 0xff, 0xff, 0, 0]),
+    ));
+    seeds
+}
+
+fn handshake_seeds() -> Vec<(String, Vec<u8>)> {
+    let preamble = Preamble::CURRENT.encode();
+    let mut seeds = Vec::new();
+    for (name, hello) in hellos() {
+        seeds.push((name.into(), [&preamble[..], &encode_hello(&hello)].concat()));
+    }
+    for (name, reply) in replies() {
+        seeds.push((name.into(), [&preamble[..], &encode_reply(&reply)].concat()));
+    }
+    let refusal = encoded(&Frame::Close {
+        code: Code::Version,
+        reason: "peer speaks protocol version 3".into(),
+    });
+    seeds.push((
+        "close-as-reply".into(),
+        [&preamble[..], &refusal[..]].concat(),
+    ));
+    seeds.push((
+        "ssh-banner".into(),
+        b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n".to_vec(),
+    ));
+    let mut newer = Preamble::CURRENT.encode();
+    newer[PREAMBLE_LEN - 2..].copy_from_slice(&(PROTOCOL_VERSION + 1).to_be_bytes());
+    seeds.push(("newer-version".into(), newer.to_vec()));
+    seeds.push((
+        "tls-client-hello".into(),
+        vec![0x16, 3, 1, 2, 0, 1, 0, 1, 0xfc],
+    ));
+    seeds
+}
+
+fn session_seeds() -> Vec<(String, Vec<u8>)> {
+    use Op::*;
+    let small = Setup {
+        replay: 4095,
+        deliver: 8191,
+        max_data: 0,
+        dead_after_ms: 4500,
+    };
+    let ack_all = Frame(PeerFrame::Ack(Pick::Sent(0)));
+    let data = |len| {
+        Frame(PeerFrame::Data {
+            offset: Pick::Received(0),
+            len,
+        })
+    };
+    let mut ping = BytesMut::new();
+    resumeproxy::wire::Frame::Ping { token: 1 }.encode(&mut ping);
+    let scripts: Vec<(&str, Setup, Vec<Op>)> = vec![
+        (
+            "transfer",
+            small,
+            vec![
+                Attach(Pick::Acked(0)),
+                Push(3000),
+                Transmit,
+                ack_all.clone(),
+                data(500),
+                data(700),
+                Pop,
+                Transmit,
+                Frame(PeerFrame::End(Pick::Received(0))),
+                LocalEof,
+                Transmit,
+                ack_all.clone(),
+                Pop,
+                Transmit,
+            ],
+        ),
+        (
+            "break-and-resume",
+            small,
+            vec![
+                Attach(Pick::Acked(0)),
+                Push(5000),
+                Transmit,
+                Frame(PeerFrame::Ack(Pick::Sent(-100))),
+                Detach,
+                Push(5000),
+                Attach(Pick::Acked(50)),
+                Transmit,
+                data(300),
+                Detach,
+                Attach(Pick::SentHigh(0)),
+                LocalEof,
+                Transmit,
+                ack_all.clone(),
+                Frame(PeerFrame::End(Pick::Received(0))),
+                Pop,
+            ],
+        ),
+        (
+            "heartbeats",
+            small,
+            vec![
+                Attach(Pick::Acked(0)),
+                Tick(1500),
+                Transmit,
+                Frame(PeerFrame::Pong(None)),
+                Frame(PeerFrame::Ping(42)),
+                Transmit,
+                Tick(6000),
+                Attach(Pick::Acked(0)),
+                Transmit,
+            ],
+        ),
+        (
+            "backpressure-and-close",
+            Setup {
+                replay: 100,
+                deliver: 100,
+                max_data: 1000,
+                dead_after_ms: 0,
+            },
+            vec![
+                Attach(Pick::Acked(0)),
+                data(80),
+                data(80),
+                data(80),
+                Pop,
+                data(2000),
+                CloseOutput,
+                data(10),
+                Raw(ping.to_vec()),
+                Transmit,
+                Frame(PeerFrame::Close(0, 12)),
+                data(1),
+            ],
+        ),
+        (
+            "data-at-wrong-offset",
+            small,
+            vec![
+                Attach(Pick::Acked(0)),
+                Frame(PeerFrame::Data {
+                    offset: Pick::Received(5),
+                    len: 10,
+                }),
+            ],
+        ),
+        (
+            "ack-beyond-sent",
+            small,
+            vec![
+                Attach(Pick::Acked(0)),
+                Push(10),
+                Transmit,
+                Frame(PeerFrame::Ack(Pick::Sent(1))),
+            ],
+        ),
+        (
+            "resume-beyond-sent",
+            small,
+            vec![Attach(Pick::Acked(0)), Push(10), Attach(Pick::SentHigh(1))],
+        ),
+        (
+            "raw-garbage",
+            small,
+            vec![
+                Attach(Pick::Acked(0)),
+                Raw(b"SSH-2.0-OpenSSH_9.2\r\n".to_vec()),
+            ],
+        ),
+    ];
+    scripts
+        .into_iter()
+        .map(|(name, setup, ops)| (name.to_owned(), session::seed(setup, &ops)))
+        .collect()
+}

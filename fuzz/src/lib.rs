@@ -1,0 +1,22 @@
+//! Fuzz harnesses for resumeproxy: the logic behind each `cargo fuzz` target,
+//! kept in a library so that the seed writer (`examples/write_seeds.rs`) and
+//! the seed replay test (`tests/seeds.rs`) use exactly what the fuzzer runs.
+//!
+//! * [`frames`] — the frame decoder ([`resumeproxy::wire::split_message_within`]
+//!   and [`resumeproxy::wire::Frame::decode`]) in any chunking.
+//! * [`handshake`] — preambles, [`resumeproxy::wire::Hello`] and
+//!   [`resumeproxy::wire::Reply`], and what the relay does with a hello's
+//!   target before it connects anywhere.
+//! * [`session`] — the sans-IO [`resumeproxy::session::Session`] driven by a
+//!   hostile peer, against a model of what it must do.
+//!
+//! Each harness panics (a crash for libFuzzer) when a property fails; bad
+//! input that the code rejects with an error is not a failure.
+
+#![warn(missing_docs)]
+
+pub mod alloc;
+pub mod frames;
+pub mod handshake;
+pub mod input;
+pub mod session;
