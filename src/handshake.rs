@@ -5,7 +5,10 @@
 //! functions never buffer more than one maximal message.
 
 use crate::transport::Transport;
-use crate::wire::{split_message, Code, DecodeError, Hello, Preamble, Reply, PREAMBLE_LEN};
+use crate::wire::{
+    split_message_within, Code, DecodeError, Hello, Preamble, Reply, MAX_HANDSHAKE_LEN,
+    PREAMBLE_LEN,
+};
 use bytes::{Bytes, BytesMut};
 use std::io;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -48,10 +51,10 @@ async fn read_preamble(transport: &mut Transport) -> Result<Preamble, HandshakeE
     Ok(Preamble::decode(&raw)?)
 }
 
-/// Reads one whole message.
+/// Reads one whole message, of at most [`MAX_HANDSHAKE_LEN`].
 async fn read_message(transport: &mut Transport) -> Result<(u8, Bytes), HandshakeError> {
     loop {
-        if let Some(message) = split_message(&mut transport.read_buf)? {
+        if let Some(message) = split_message_within(&mut transport.read_buf, MAX_HANDSHAKE_LEN)? {
             return Ok(message);
         }
         let read = transport.stream.read_buf(&mut transport.read_buf).await?;
@@ -117,4 +120,41 @@ pub async fn reply(transport: &mut Transport, reply: &Reply) -> Result<(), Hands
     let mut out = BytesMut::new();
     reply.encode(&mut out);
     send(transport, &out).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::TransportKind;
+    use tokio::io::AsyncWriteExt;
+
+    /// A hello announcing more than a handshake message may hold is refused
+    /// as soon as its header is in, before anything is reserved for it.
+    #[tokio::test]
+    async fn an_oversized_hello_is_refused_before_it_is_buffered() {
+        let (near, mut far) = tokio::io::duplex(64 * 1024);
+        let mut transport = Transport::new(
+            Box::new(near),
+            "127.0.0.1:1".parse().expect("an address"),
+            TransportKind::Tls,
+            [0; crate::tls::BINDING_LEN],
+        );
+        let mut sent = Preamble::CURRENT.encode().to_vec();
+        let announced = u32::try_from(MAX_HANDSHAKE_LEN + 1).expect("small");
+        sent.push(1);
+        sent.extend_from_slice(&announced.to_be_bytes());
+        far.write_all(&sent).await.expect("write");
+        let result = tokio::time::timeout(std::time::Duration::from_secs(5), relay(&mut transport))
+            .await
+            .expect("refused at once, not waiting for the payload");
+        assert!(
+            matches!(result, Err(HandshakeError::Decode(_))),
+            "{result:?}"
+        );
+        assert!(
+            transport.read_buf.capacity() < MAX_HANDSHAKE_LEN,
+            "reserved {}",
+            transport.read_buf.capacity()
+        );
+    }
 }

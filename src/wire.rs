@@ -41,6 +41,10 @@ pub const MAX_PAYLOAD_LEN: usize = MAX_DATA_LEN + DATA_PREFIX_LEN;
 pub const MAX_REASON_LEN: usize = 1024;
 /// Largest target host name in a [`Hello::New`], in bytes.
 pub const MAX_HOST_LEN: usize = 255;
+/// Largest payload of a hello or a reply (a refusal's reason is at most
+/// [`MAX_REASON_LEN`]): a peer still in its handshake cannot make the other
+/// side reserve a data frame's worth of memory.
+pub const MAX_HANDSHAKE_LEN: usize = 2 * MAX_REASON_LEN;
 /// Length of a session id.
 pub const SESSION_ID_LEN: usize = 16;
 /// Length of the per-session resume secret.
