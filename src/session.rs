@@ -35,6 +35,13 @@ pub const DELIVER_ENTRY_COST: usize = 64;
 /// read buffer, so that a few tiny frames cannot keep whole read buffers
 /// alive; larger ones are kept zero-copy.
 pub const DELIVER_COPY_BELOW: usize = 4096;
+/// Received bytes after which an ack goes out at once. Smaller amounts wait
+/// (up to [`ACK_DELAY`]) to ride along with the next frame this side sends
+/// anyway: an interactive reply, a heartbeat. A quarter of the smallest
+/// replay buffer a relay may have (64 KiB), so no sender waits on the delay.
+pub const ACK_EVERY: u64 = 16 * 1024;
+/// Longest an ack of fewer than [`ACK_EVERY`] bytes is held back.
+pub const ACK_DELAY: Duration = Duration::from_millis(5);
 /// Default dead-peer interval: a transport silent this long is abandoned.
 pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(5);
 /// Shortest dead-peer interval accepted from a user or a peer.
@@ -122,6 +129,8 @@ pub struct Session {
     peer_end: bool,
     /// Highest position acknowledged to the peer.
     ack_sent: u64,
+    /// When bytes not yet acknowledged first arrived (see [`ACK_DELAY`]).
+    ack_pending_since: Option<Instant>,
     /// Received bytes waiting for the local end.
     deliver: VecDeque<Bytes>,
     /// Memory `deliver` accounts for: its bytes plus [`DELIVER_ENTRY_COST`]
@@ -163,6 +172,7 @@ impl Session {
             recv_next: 0,
             peer_end: false,
             ack_sent: 0,
+            ack_pending_since: None,
             deliver: VecDeque::new(),
             deliver_len: 0,
             local_output_closed: false,
@@ -316,6 +326,7 @@ impl Session {
         self.send_next = resume_at;
         self.end_sent = self.end_acked;
         self.ack_sent = self.received_position();
+        self.ack_pending_since = None;
         self.attached = true;
         self.last_heard = now;
         self.last_sent = now;
@@ -347,6 +358,9 @@ impl Session {
                 }
                 self.recv_next += bytes.len() as u64;
                 self.stats.bytes_received += bytes.len() as u64;
+                if !bytes.is_empty() {
+                    self.ack_pending_since.get_or_insert(now);
+                }
                 if !self.local_output_closed && !bytes.is_empty() {
                     let bytes = if bytes.len() < DELIVER_COPY_BELOW {
                         Bytes::copy_from_slice(&bytes)
@@ -417,8 +431,9 @@ impl Session {
             return Some(Frame::Pong { token });
         }
         let received = self.received_position();
-        if received > self.ack_sent {
+        if received > self.ack_sent && self.ack_due(now) {
             self.ack_sent = received;
+            self.ack_pending_since = None;
             return Some(Frame::Ack { position: received });
         }
         if self.send_next < self.replay.end() {
@@ -446,6 +461,20 @@ impl Session {
         None
     }
 
+    /// Whether an ack of what was received should go now: enough bytes (or
+    /// the end marker) arrived, this side sends a frame anyway, or the ack
+    /// was held back for [`ACK_DELAY`].
+    fn ack_due(&self, now: Instant) -> bool {
+        self.received_position() - self.ack_sent >= ACK_EVERY
+            || self.peer_end
+            || self.send_next < self.replay.end()
+            || (self.local_eof && !self.end_sent)
+            || now.saturating_duration_since(self.last_sent) >= self.config.heartbeat_interval()
+            || self.ack_pending_since.map_or(true, |since| {
+                now.saturating_duration_since(since) >= ACK_DELAY
+            })
+    }
+
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.
     /// `can_transmit` says whether the driver could send a frame now; while
     /// it cannot (its write queue is full), no heartbeat is due, only the
@@ -460,7 +489,11 @@ impl Session {
             return Some(dead);
         }
         let heartbeat = self.last_sent + self.config.heartbeat_interval();
-        Some(heartbeat.min(dead))
+        let ack = match self.ack_pending_since {
+            Some(since) if self.received_position() > self.ack_sent => since + ACK_DELAY,
+            _ => heartbeat,
+        };
+        Some(heartbeat.min(dead).min(ack))
     }
 
     /// The clock advanced. Returns true when the attached transport is dead:

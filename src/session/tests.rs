@@ -197,6 +197,9 @@ impl World {
                 self.apply(Op::Receive(!s, usize::MAX))?;
                 self.apply(Op::Pop(!s))?;
             }
+            // Small acks wait for ACK_DELAY unless a frame carries them.
+            self.apply(Op::Tick(ACK_DELAY.as_millis() as u64))?;
+            self.resume();
         }
         Err("sessions did not finish".into())
     }
@@ -390,4 +393,48 @@ fn tiny_frames_fill_the_local_queue_by_count() {
     assert_eq!(frames, (64 * 1024 / (1 + DELIVER_ENTRY_COST)) as u64 + 1);
     while s.pop_deliver().is_some() {}
     assert!(s.wants_transport_read());
+}
+
+/// Sends everything `from` has for `to` and lets `to` read it.
+fn exchange(from: &mut Session, to: &mut Session, now: Instant) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    while let Some(frame) = from.poll_transmit(now) {
+        frames.push(frame.clone());
+        to.handle_frame(frame, now).unwrap();
+    }
+    frames
+}
+
+#[test]
+fn small_acks_ride_on_the_reply_or_wait_for_the_delay() {
+    let t0 = Instant::now();
+    let mut a = Session::new(SessionConfig::default(), t0);
+    let mut b = Session::new(SessionConfig::default(), t0);
+    a.attach(0, t0).unwrap();
+    b.attach(0, t0).unwrap();
+    let is_ack = |f: &Frame| matches!(f, Frame::Ack { .. });
+
+    // A keystroke: b does not ack it on its own at once…
+    a.push_local(Bytes::from_static(b"x"));
+    exchange(&mut a, &mut b, t0);
+    assert!(exchange(&mut b, &mut a, t0).is_empty());
+    assert_eq!(b.poll_timeout(true), Some(t0 + ACK_DELAY));
+    // …but with its echo, in the same batch of frames.
+    b.push_local(Bytes::from_static(b"x"));
+    let frames = exchange(&mut b, &mut a, t0);
+    assert!(frames.iter().any(is_ack) && frames.len() == 2, "{frames:?}");
+    assert_eq!(a.unacked(), 0);
+
+    // No reply: the ack goes out after ACK_DELAY.
+    let t1 = t0 + ACK_DELAY;
+    assert!(exchange(&mut a, &mut b, t0).is_empty());
+    let frames = exchange(&mut a, &mut b, t1);
+    assert!(frames.iter().all(is_ack) && frames.len() == 1, "{frames:?}");
+    assert_eq!(b.unacked(), 0);
+
+    // Bulk: acked as soon as ACK_EVERY bytes arrived.
+    a.push_local(Bytes::from(vec![0u8; ACK_EVERY as usize]));
+    exchange(&mut a, &mut b, t1);
+    let frames = exchange(&mut b, &mut a, t1);
+    assert!(frames.iter().all(is_ack) && frames.len() == 1, "{frames:?}");
 }

@@ -1,0 +1,272 @@
+//! Helpers for `scripts/bench` where shell tools cannot do the job: a TCP echo
+//! server and sink, one-byte ping-pong latency (p50/p99), resume time after a
+//! network outage, and holding many idle sessions on a relay.
+//!
+//! A bench target with `harness = false`, so `cargo test` never builds it:
+//! `cargo build --release --bench benchtool`. Run it with no arguments for usage.
+
+use resumeproxy::client::{self, ClientConfig, ClientEvent};
+use resumeproxy::session::SessionConfig;
+use resumeproxy::trust::TrustSource;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "usage:
+  benchtool echo ADDR                      TCP echo server (prints its port)
+  benchtool sink ADDR                      TCP server that discards, holds connections open
+  benchtool pingpong COUNT tcp ADDR        one-byte round trips over TCP
+  benchtool pingpong COUNT cmd PROG ARGS…  one-byte round trips through PROG's stdin/stdout
+  benchtool resume ROUNDS OUTAGE_MS DOWN_CMD UP_CMD TRIGGER_CMD|- PROG ARGS…
+                                           outage, then time from UP_CMD to the first byte back
+  benchtool idle N RELAY_HOST RELAY_PORT TARGET_PORT FINGERPRINT
+                                           open N idle sessions, print 'ready', hold until stdin closes";
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match a.as_slice() {
+        ["echo", addr] => serve(addr, true),
+        ["sink", addr] => serve(addr, false),
+        ["pingpong", count, "tcp", addr] => pingpong_tcp(count.parse().unwrap(), addr),
+        ["pingpong", count, "cmd", prog @ ..] => pingpong_cmd(count.parse().unwrap(), prog),
+        ["resume", rounds, outage, down, up, trigger, prog @ ..] => resume(
+            rounds.parse().unwrap(),
+            Duration::from_millis(outage.parse().unwrap()),
+            down,
+            up,
+            trigger,
+            prog,
+        ),
+        ["idle", n, host, port, target, fp] => idle(
+            n.parse().unwrap(),
+            host,
+            port.parse().unwrap(),
+            target.parse().unwrap(),
+            fp,
+        ),
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("benchtool: {e}");
+        std::process::exit(1);
+    }
+}
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn serve(addr: &str, echo: bool) -> Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    println!("{}", listener.local_addr()?.port());
+    std::io::stdout().flush()?;
+    for conn in listener.incoming() {
+        let mut conn = conn?;
+        conn.set_nodelay(true)?;
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if echo && conn.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Prints `p50_us p99_us mean_us` of `samples`.
+fn report(mut samples: Vec<Duration>) {
+    samples.sort();
+    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
+    println!(
+        "{:.1} {:.1} {:.1}",
+        pct(0.50).as_secs_f64() * 1e6,
+        pct(0.99).as_secs_f64() * 1e6,
+        mean.as_secs_f64() * 1e6
+    );
+}
+
+fn round_trips(count: usize, w: &mut dyn Write, r: &mut dyn Read) -> Result<Vec<Duration>> {
+    let mut byte = [0u8; 1];
+    // Warm up (connection set-up, TLS, session handshake).
+    for _ in 0..50 {
+        w.write_all(b"x")?;
+        w.flush()?;
+        r.read_exact(&mut byte)?;
+    }
+    let mut samples = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t = Instant::now();
+        w.write_all(b"x")?;
+        w.flush()?;
+        r.read_exact(&mut byte)?;
+        samples.push(t.elapsed());
+    }
+    Ok(samples)
+}
+
+fn pingpong_tcp(count: usize, addr: &str) -> Result<()> {
+    let conn = TcpStream::connect(addr)?;
+    conn.set_nodelay(true)?;
+    let mut r = conn.try_clone()?;
+    let mut w = conn;
+    report(round_trips(count, &mut w, &mut r)?);
+    Ok(())
+}
+
+fn spawn(prog: &[&str]) -> Result<std::process::Child> {
+    Ok(Command::new(prog[0])
+        .args(&prog[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?)
+}
+
+fn pingpong_cmd(count: usize, prog: &[&str]) -> Result<()> {
+    let mut child = spawn(prog)?;
+    let mut w = child.stdin.take().unwrap();
+    let mut r = child.stdout.take().unwrap();
+    let samples = round_trips(count, &mut w, &mut r)?;
+    drop(w);
+    let _ = child.wait();
+    report(samples);
+    Ok(())
+}
+
+fn sh(cmd: &str) -> Result<()> {
+    let status = Command::new("/bin/sh").args(["-c", cmd]).status()?;
+    if !status.success() {
+        return Err(format!("`{cmd}` failed: {status}").into());
+    }
+    Ok(())
+}
+
+/// Each round: a round trip to make sure the link is up, the network goes
+/// down (DOWN_CMD) for OUTAGE, one byte is sent into the outage, the network
+/// comes back (UP_CMD, then TRIGGER_CMD unless `-`), and the time from the
+/// network's return to that byte's echo is one sample (ms).
+fn resume(
+    rounds: usize,
+    outage: Duration,
+    down: &str,
+    up: &str,
+    trigger: &str,
+    prog: &[&str],
+) -> Result<()> {
+    let mut child = spawn(prog)?;
+    let mut w = child.stdin.take().unwrap();
+    let mut r = child.stdout.take().unwrap();
+    let mut byte = [0u8; 1];
+    let mut samples = Vec::new();
+    for _ in 0..rounds {
+        w.write_all(b"x")?;
+        r.read_exact(&mut byte)?;
+        sh(down)?;
+        w.write_all(b"y")?;
+        std::thread::sleep(outage);
+        sh(up)?;
+        let t = Instant::now();
+        if trigger != "-" {
+            sh(trigger)?;
+        }
+        r.read_exact(&mut byte)?;
+        let took = t.elapsed();
+        eprintln!(
+            "benchtool: resumed after {:.1} ms",
+            took.as_secs_f64() * 1e3
+        );
+        samples.push(took.as_secs_f64() * 1e3);
+        // Let the client settle (backoff reset, heartbeats) before the next round.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(w);
+    let _ = child.kill();
+    let _ = child.wait();
+    samples.sort_by(f64::total_cmp);
+    println!(
+        "{:.1} {:.1} {:.1}",
+        samples[samples.len() / 2],
+        samples[0],
+        samples[samples.len() - 1]
+    );
+    Ok(())
+}
+
+/// Opens `n` sessions through the relay, each with an idle local end.
+fn idle(n: usize, host: &str, port: u16, target: u16, fp: &str) -> Result<()> {
+    let fingerprint = fp.parse().map_err(|e| format!("{e:?}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        // At most a few handshakes at a time (the relay limits them per source).
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(8));
+        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<bool>(n);
+        let mut locals = Vec::new();
+        for i in 0..n {
+            let permit = slots.clone().acquire_owned().await.unwrap();
+            let (ours, theirs) = tokio::io::duplex(4096);
+            locals.push(ours);
+            let (r, w) = tokio::io::split(theirs);
+            let config = ClientConfig {
+                relay_host: host.to_string(),
+                relay_port: port,
+                target_host: String::new(),
+                target_port: target,
+                session: SessionConfig {
+                    dead_after: Duration::from_secs(60),
+                    ..SessionConfig::default()
+                },
+                connect_timeout: Duration::from_secs(30),
+                trust: TrustSource::Fingerprint(fingerprint),
+            };
+            let ready = ready_tx.clone();
+            tokio::task::spawn_local(async move {
+                let mut permit = Some(permit);
+                let on_ready = ready.clone();
+                let result =
+                    client::run(config, r, w, std::future::pending::<()>(), None, move |e| {
+                        if let ClientEvent::Connected { .. } = e {
+                            if permit.take().is_some() {
+                                let _ = on_ready.try_send(true);
+                            }
+                        }
+                    })
+                    .await;
+                if let Err(e) = result {
+                    eprintln!("benchtool: session {i}: {e}");
+                    let _ = ready.try_send(false);
+                }
+            });
+        }
+        let mut ok = 0;
+        for _ in 0..n {
+            if ready_rx.recv().await == Some(true) {
+                ok += 1;
+            }
+        }
+        println!("ready {ok}");
+        // Hold until stdin closes.
+        let _ = tokio::task::spawn_blocking(|| {
+            let mut sink = Vec::new();
+            let _ = std::io::stdin().read_to_end(&mut sink);
+        })
+        .await;
+        drop(locals);
+    });
+    Ok(())
+}
