@@ -6,6 +6,7 @@
 //! `cargo build --release --bench benchtool`. Run it with no arguments for usage.
 
 use resumeproxy::client::{self, ClientConfig, ClientEvent};
+use resumeproxy::connector::TransportChoice;
 use resumeproxy::session::SessionConfig;
 use resumeproxy::trust::TrustSource;
 use std::io::{Read, Write};
@@ -233,6 +234,8 @@ fn idle(n: usize, host: &str, port: u16, target: u16, fp: &str) -> Result<()> {
                 },
                 connect_timeout: Duration::from_secs(30),
                 trust: TrustSource::Fingerprint(fingerprint),
+                transport: TransportChoice::Tcp,
+                udp_memory: None,
             };
             let ready = ready_tx.clone();
             tokio::task::spawn_local(async move {
