@@ -567,8 +567,12 @@ async fn connect(
         tls::client_config(Arc::clone(&verifier)).map_err(|e| OpenError::Io(e.to_string()))?;
     let connected = connector.connect(config.connect_timeout, tls).await;
     match (connected, verifier.seen()) {
-        (Ok(transport), Some(seen)) => Ok((transport, seen)),
-        (Ok(_), None) => Err(OpenError::Io("the relay presented no key".into())),
+        // The key of the connection that won (with `auto`, another attempt
+        // may have been shown another key, and refused it).
+        (Ok(transport), _) => match transport.relay_key {
+            Some(key) => Ok((transport, key)),
+            None => Err(OpenError::Io("the relay presented no key".into())),
+        },
         (Err(_), Some(seen)) if !expectation.accepts(&seen) => Err(OpenError::KeyChanged(seen)),
         (Err(e), _) => Err(OpenError::Io(describe_connect_error(&e))),
     }

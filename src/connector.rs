@@ -256,6 +256,9 @@ impl Connector {
                 }
                 result = &mut tcp, if tcp_failed.is_none() => match result {
                     Ok(transport) => {
+                        // Even a QUIC attempt that is only slow (its first
+                        // packet lost) counts: TCP for a while is the safe
+                        // side of that doubt.
                         tracing::debug!(
                             "TCP connected before QUIC; using only TCP for {}",
                             crate::cli::format_duration(UDP_RETRY_AFTER)

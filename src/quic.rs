@@ -19,10 +19,12 @@
 //! flow-control windows are sized for bulk transfers over long fat links.
 
 use crate::addresses;
+use crate::identity::Fingerprint;
 use crate::tls::BINDING_LEN;
 use crate::transport::{ConnectError, Transport, TransportKind};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{IdleTimeout, VarInt};
+use rustls::pki_types::CertificateDer;
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -138,12 +140,26 @@ impl AsyncWrite for QuicStream {
     }
 }
 
-/// The transport parameters both ends use, with the given idle timeout.
-fn transport_config(idle: Duration, keep_alive: Option<Duration>) -> quinn::TransportConfig {
+/// Which end a transport configuration is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    Client,
+    Relay,
+}
+
+/// The transport parameters of one end, with the given idle timeout.
+fn transport_config(
+    end: End,
+    idle: Duration,
+    keep_alive: Option<Duration>,
+) -> quinn::TransportConfig {
     let mut config = quinn::TransportConfig::default();
-    // Only the client opens a stream, and only one.
-    config.max_concurrent_bidi_streams(VarInt::from_u32(1));
+    // Only the client opens a stream, and only one; no datagrams at all
+    // (quinn would otherwise buffer them, unread, for either end).
+    let streams = if end == End::Relay { 1 } else { 0 };
+    config.max_concurrent_bidi_streams(VarInt::from_u32(streams));
     config.max_concurrent_uni_streams(VarInt::from_u32(0));
+    config.datagram_receive_buffer_size(None);
     config.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
     config.receive_window(VarInt::from_u32(CONNECTION_WINDOW));
     config.send_window(SEND_WINDOW);
@@ -162,7 +178,11 @@ pub fn server_endpoint(
 ) -> io::Result<quinn::Endpoint> {
     let crypto = QuicServerConfig::try_from(tls).map_err(io::Error::other)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config(RELAY_IDLE_TIMEOUT, None)));
+    config.transport_config(Arc::new(transport_config(
+        End::Relay,
+        RELAY_IDLE_TIMEOUT,
+        None,
+    )));
     config.migration(true);
     config.max_incoming(max_handshakes.max(1));
     endpoint(Some(config), udp_socket(addr)?)
@@ -241,7 +261,11 @@ impl QuicClient {
         let crypto =
             QuicClientConfig::try_from(tls).map_err(|e| ConnectError::Quic(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(Arc::new(transport_config(dead_after, Some(dead_after / 4))));
+        config.transport_config(Arc::new(transport_config(
+            End::Client,
+            dead_after,
+            Some(dead_after / 4),
+        )));
         // The relay is identified by its pinned key, not by a name.
         let name = addr.ip().to_string();
         let connecting = self
@@ -253,7 +277,14 @@ impl QuicClient {
             .open_bi()
             .await
             .map_err(ConnectError::from_quic)?;
-        transport(connection, send, recv).map_err(|e| ConnectError::Quic(e.to_string()))
+        let relay_key = connection
+            .peer_identity()
+            .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .and_then(|certs| certs.first().map(|key| Fingerprint::of_spki(key.as_ref())));
+        let mut transport =
+            transport(connection, send, recv).map_err(|e| ConnectError::Quic(e.to_string()))?;
+        transport.relay_key = relay_key;
+        Ok(transport)
     }
 
     /// Moves the endpoint to a new UDP socket: the relay sees packets from

@@ -278,22 +278,29 @@ impl RelayHandle {
 /// A bound relay, ready to run.
 pub struct Relay {
     listener: TcpListener,
-    quic: quinn::Endpoint,
+    /// QUIC, unless its UDP port could not be had.
+    quic: Option<quinn::Endpoint>,
     shared: Arc<Shared>,
 }
 
 impl Relay {
     /// Binds the listening sockets: TCP on the configured address, and UDP
-    /// for QUIC on the same address and port.
+    /// for QUIC on the same address and port. Without UDP (the port is
+    /// taken, UDP is not allowed), the relay serves TCP alone and says so:
+    /// clients with `--transport auto` use TCP.
     pub async fn bind(config: RelayConfig) -> io::Result<Relay> {
         let listener = TcpListener::bind(config.listen).await?;
         let limits = config.limits;
-        let quic = crate::quic::server_endpoint(
-            listener.local_addr()?,
-            Arc::clone(&config.tls),
-            limits.max_handshakes,
-        )
-        .map_err(|e| io::Error::new(e.kind(), format!("UDP (for QUIC): {e}")))?;
+        let udp = listener.local_addr()?;
+        let quic =
+            match crate::quic::server_endpoint(udp, Arc::clone(&config.tls), limits.max_handshakes)
+            {
+                Ok(endpoint) => Some(endpoint),
+                Err(e) => {
+                    tracing::warn!("no QUIC: cannot listen on UDP {udp}: {e}; serving TCP only");
+                    None
+                }
+            };
         Ok(Relay {
             listener,
             quic,
@@ -341,7 +348,18 @@ impl Relay {
                         continue;
                     }
                 },
-                Some(incoming) = self.quic.accept() => {
+                Some(incoming) = quic_accept(self.quic.as_ref()) => {
+                    // A source address is proven before it costs a handshake
+                    // slot: a Retry round trip, as TCP's SYN-ACK would.
+                    // Otherwise forged datagrams could hold every slot.
+                    if !incoming.remote_address_validated() {
+                        if incoming.may_retry() {
+                            let _ = incoming.retry();
+                        } else {
+                            incoming.ignore();
+                        }
+                        continue;
+                    }
                     let peer = incoming.remote_address();
                     (Incoming::Quic(Box::new(incoming)), peer)
                 }
@@ -387,7 +405,9 @@ impl Relay {
         drop(self.listener);
         // New QUIC connections are refused from now on; live ones close
         // with their sessions.
-        self.quic.set_server_config(None);
+        if let Some(quic) = &self.quic {
+            quic.set_server_config(None);
+        }
         let sessions = self.shared.table().len();
         tracing::info!("shutting down: closing {sessions} sessions");
         self.shared.stop.cancel();
@@ -403,8 +423,18 @@ impl Relay {
             );
         }
         // Let the last QUIC packets (the sessions' close notices) go out.
-        self.quic.close(0u32.into(), SHUTDOWN_REASON.as_bytes());
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.quic.wait_idle()).await;
+        if let Some(quic) = &self.quic {
+            quic.close(0u32.into(), SHUTDOWN_REASON.as_bytes());
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, quic.wait_idle()).await;
+        }
+    }
+}
+
+/// The next QUIC connection attempt; never, without QUIC.
+async fn quic_accept(quic: Option<&quinn::Endpoint>) -> Option<quinn::Incoming> {
+    match quic {
+        Some(endpoint) => endpoint.accept().await,
+        None => std::future::pending().await,
     }
 }
 

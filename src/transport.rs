@@ -11,6 +11,7 @@
 //! [`crate::tls`]), and QUIC (see [`crate::quic`]). [`crate::connector`]
 //! chooses between them.
 
+use crate::identity::Fingerprint;
 use crate::tls::{channel_binding, BINDING_LEN};
 use crate::write_queue::WriteQueue;
 use bytes::BytesMut;
@@ -59,6 +60,8 @@ pub struct Transport {
     pub local: Option<SocketAddr>,
     /// What kind of stream it is.
     pub kind: TransportKind,
+    /// On the client: the key the relay presented on this very connection.
+    pub relay_key: Option<Fingerprint>,
     /// The connection's channel binding (see [`crate::tls::channel_binding`]).
     pub binding: [u8; BINDING_LEN],
     /// Bytes read and not yet parsed.
@@ -123,6 +126,7 @@ impl Transport {
             peer,
             local: None,
             kind,
+            relay_key: None,
             binding,
             // Grown to TRANSPORT_READ_SIZE by the link once a session runs;
             // a connection still in its handshake holds only what it sent.
@@ -161,8 +165,15 @@ impl Transport {
             .map_err(ConnectError::Tls)?;
         let binding = channel_binding(stream.get_ref().1)
             .map_err(|e| ConnectError::Tls(io::Error::other(e)))?;
+        let relay_key = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .map(|key| Fingerprint::of_spki(key.as_ref()));
         let mut transport = Transport::new(Box::new(stream), peer, TransportKind::Tls, binding);
         transport.local = local;
+        transport.relay_key = relay_key;
         Ok(transport)
     }
 

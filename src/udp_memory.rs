@@ -14,11 +14,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Largest file read; a longer one is ignored (and rewritten).
 const MAX_FILE_LEN: u64 = 64 * 1024;
 
-/// The default file.
-pub fn default_path() -> PathBuf {
-    crate::paths::xdg_dir("XDG_STATE_HOME", ".local/state")
-        .join("resumeproxy")
-        .join("udp-failed")
+/// The default file; `None` without a home directory to put it in (the
+/// memory then stays within the process).
+pub fn default_path() -> Option<PathBuf> {
+    let state = crate::paths::xdg_dir("XDG_STATE_HOME", ".local/state");
+    state
+        .is_absolute()
+        .then(|| state.join("resumeproxy").join("udp-failed"))
 }
 
 /// How long ago UDP last failed for `relay`, per the file's `text`, if
@@ -87,7 +89,9 @@ pub fn write(path: &Path, text: &str) {
         }
         let temp = path.with_extension(format!("tmp{}", std::process::id()));
         std::fs::write(&temp, text)?;
-        std::fs::rename(&temp, path)
+        std::fs::rename(&temp, path).inspect_err(|_| {
+            let _ = std::fs::remove_file(&temp);
+        })
     })();
     if let Err(e) = result {
         tracing::debug!("cannot update {}: {e}", path.display());

@@ -223,7 +223,7 @@ async fn connect(args: ConnectArgs) -> ExitCode {
         connect_timeout: settings.connect_timeout,
         trust,
         transport: settings.transport,
-        udp_memory: Some(resumeproxy::udp_memory::default_path()),
+        udp_memory: resumeproxy::udp_memory::default_path(),
     };
     // ssh sends SIGHUP when it exits. From then on nobody is reading: the
     // client only tries to tell the relay, and says nothing more.
