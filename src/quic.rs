@@ -39,6 +39,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub const STREAM_WINDOW: u32 = 8 << 20;
 /// Bytes the peer may send on the whole connection ahead of what was read.
 pub const CONNECTION_WINDOW: u32 = 2 * STREAM_WINDOW;
+/// Bytes a client may send the relay before its session is open.
+pub const HANDSHAKE_WINDOW: u32 = 64 * 1024;
 /// Bytes this side may have sent and not yet had acknowledged.
 pub const SEND_WINDOW: u64 = 2 * STREAM_WINDOW as u64;
 /// Socket buffer asked for each way on UDP sockets (the kernel caps it at
@@ -161,7 +163,11 @@ fn transport_config(
     config.max_concurrent_uni_streams(VarInt::from_u32(0));
     config.datagram_receive_buffer_size(None);
     config.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
-    config.receive_window(VarInt::from_u32(CONNECTION_WINDOW));
+    // The relay opens its window once the session is (see `open_windows`).
+    config.receive_window(VarInt::from_u32(match end {
+        End::Client => CONNECTION_WINDOW,
+        End::Relay => HANDSHAKE_WINDOW,
+    }));
     config.send_window(SEND_WINDOW);
     // Durations this short always fit QUIC's idle timeout field.
     config.max_idle_timeout(IdleTimeout::try_from(idle).ok());
@@ -227,12 +233,19 @@ fn transport(
     connection
         .export_keying_material(&mut binding, crate::tls::BINDING_LABEL, &[])
         .map_err(|_| io::Error::other("cannot derive the channel binding"))?;
-    Ok(Transport::new(
+    let mut transport = Transport::new(
         Box::new(QuicStream::new(send, recv)),
         connection.remote_address(),
         TransportKind::Quic,
         binding,
-    ))
+    );
+    transport.quic = Some(connection);
+    Ok(transport)
+}
+
+/// Gives the peer the full receive window (see [`HANDSHAKE_WINDOW`]).
+pub fn open_windows(connection: &quinn::Connection) {
+    connection.set_receive_window(VarInt::from_u32(CONNECTION_WINDOW));
 }
 
 /// The client's QUIC endpoint: one UDP socket for every connection to one

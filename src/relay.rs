@@ -639,6 +639,7 @@ async fn open_session(
         shared.table().remove(&session);
         return Err(AcceptError::Refused(format!("could not answer: {e}")));
     }
+    transport.open_windows();
     let audit = Audit {
         id: session,
         client: peer,
@@ -777,7 +778,10 @@ async fn run_session(
             }
         };
         let wake = next_wake(&mut attach_rx, &shared.stop, None);
-        match link.run(Some(&mut transport), wake).await {
+        let step = link.run(Some(&mut transport), wake).await;
+        // QUIC follows a client that moved: log where it is now.
+        audit.client = transport.peer_now();
+        match step {
             Step::Other(Wake::Attach(attach)) => {
                 // The client came back on a new, authenticated transport
                 // before this side noticed the old one die: the new one wins
@@ -882,6 +886,7 @@ where
         tracing::error!(session = %id, client = %client, "resume failed: {e}");
         return None;
     }
+    attach.transport.open_windows();
     audit.client = client;
     tracing::info!(
         session = %id, client = %client, target = %audit.target,

@@ -62,6 +62,9 @@ pub struct Transport {
     pub kind: TransportKind,
     /// On the client: the key the relay presented on this very connection.
     pub relay_key: Option<Fingerprint>,
+    /// The QUIC connection, if that is what this is (its peer address moves
+    /// with the client).
+    pub quic: Option<quinn::Connection>,
     /// The connection's channel binding (see [`crate::tls::channel_binding`]).
     pub binding: [u8; BINDING_LEN],
     /// Bytes read and not yet parsed.
@@ -127,11 +130,28 @@ impl Transport {
             local: None,
             kind,
             relay_key: None,
+            quic: None,
             binding,
             // Grown to TRANSPORT_READ_SIZE by the link once a session runs;
             // a connection still in its handshake holds only what it sent.
             read_buf: BytesMut::new(),
             write_queue: WriteQueue::new(),
+        }
+    }
+
+    /// The other end's address now: after a QUIC migration, the new one.
+    pub fn peer_now(&self) -> SocketAddr {
+        self.quic
+            .as_ref()
+            .map_or(self.peer, quinn::Connection::remote_address)
+    }
+
+    /// Lets the peer send at full speed: a QUIC connection starts with a
+    /// small receive window until its session is open (so that connections
+    /// still in their handshake cannot make the relay buffer much).
+    pub fn open_windows(&self) {
+        if let Some(quic) = &self.quic {
+            crate::quic::open_windows(quic);
         }
     }
 
