@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::relay::{proxy_command, proxy_command_with_status, wait_for_status, RelayProcess};
-use support::sshd::{sha256_file, write_random_file, TestSshd};
+use support::sshd::{run_within, sha256_file, stderr_of, write_random_file, TestSshd};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -73,20 +73,8 @@ impl Breaker {
 }
 
 /// Runs a command to completion within [`RUN_TIMEOUT`], killing it otherwise.
-async fn run(mut cmd: std::process::Command, stdin: Stdio, stdout: Stdio) -> Result<Output> {
-    cmd.stdin(stdin).stdout(stdout).stderr(Stdio::piped());
-    let child = tokio::process::Command::from(cmd)
-        .kill_on_drop(true)
-        .spawn()
-        .context("spawning ssh")?;
-    tokio::time::timeout(RUN_TIMEOUT, child.wait_with_output())
-        .await
-        .context("ssh did not finish in time")?
-        .context("waiting for ssh")
-}
-
-fn stderr_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+async fn run(cmd: std::process::Command, stdin: Stdio, stdout: Stdio) -> Result<Output> {
+    run_within(cmd, stdin, stdout, RUN_TIMEOUT).await
 }
 
 /// A free loopback port (nothing listens on it once this returns).

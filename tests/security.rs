@@ -69,7 +69,9 @@ use std::time::{Duration, Instant};
 use support::relay::{
     proxy_command, proxy_command_with_status, test_key, wait_for_status, RelayProcess,
 };
-use support::sshd::{random_bytes, sha256_file, write_random_file, TestSshd};
+use support::sshd::{
+    random_bytes, run_within, sha256_file, stderr_of, write_random_file, TestSshd,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
@@ -88,20 +90,8 @@ const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 const ATTACKER_2: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
 
 /// Runs a command to completion within [`RUN_TIMEOUT`], killing it otherwise.
-async fn run(mut cmd: std::process::Command, stdin: Stdio, stdout: Stdio) -> Result<Output> {
-    cmd.stdin(stdin).stdout(stdout).stderr(Stdio::piped());
-    let child = tokio::process::Command::from(cmd)
-        .kill_on_drop(true)
-        .spawn()
-        .context("spawning ssh")?;
-    tokio::time::timeout(RUN_TIMEOUT, child.wait_with_output())
-        .await
-        .context("ssh did not finish in time")?
-        .context("waiting for ssh")
-}
-
-fn stderr_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+async fn run(cmd: std::process::Command, stdin: Stdio, stdout: Stdio) -> Result<Output> {
+    run_within(cmd, stdin, stdout, RUN_TIMEOUT).await
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -823,3 +823,28 @@ pub fn client_status(sshd: &TestSshd) -> anyhow::Result<Vec<resumeproxy::control
         .map(|line| serde_json::from_str(line).context("status line"))
         .collect()
 }
+
+/// Runs `cmd` (ssh, usually) to completion within `timeout`, with its stderr
+/// captured, killing it otherwise.
+pub async fn run_within(
+    mut cmd: Command,
+    stdin: Stdio,
+    stdout: Stdio,
+    timeout: std::time::Duration,
+) -> anyhow::Result<std::process::Output> {
+    use anyhow::Context;
+    cmd.stdin(stdin).stdout(stdout).stderr(Stdio::piped());
+    let child = tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawning ssh")?;
+    tokio::time::timeout(timeout, child.wait_with_output())
+        .await
+        .context("ssh did not finish in time")?
+        .context("waiting for ssh")
+}
+
+/// A finished command's stderr, as text.
+pub fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
