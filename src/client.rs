@@ -403,7 +403,15 @@ where
     let mut vitals = Vitals {
         id: session_id,
         relay: addr.clone(),
-        target: format!("{}:{}", config.target_host, config.target_port),
+        // Without --relay, the relay's own target: the host ssh was given.
+        target: crate::cli::host_port(
+            if config.target_host.is_empty() {
+                &config.relay_host
+            } else {
+                &config.target_host
+            },
+            config.target_port,
+        ),
         transport: transport.kind,
         opened: Instant::now(),
         resumes: 0,

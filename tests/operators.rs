@@ -62,6 +62,11 @@ async fn status_shows_the_session_and_resume_skips_the_wait() -> Result<()> {
         })
     })?;
     assert_eq!(connected.relay, injector.addr().to_string());
+    // The relay's own target, named as ssh named it (%h %p).
+    assert_eq!(
+        connected.target,
+        format!("{}:{}", injector.addr().ip(), sshd.port())
+    );
     assert_eq!(connected.transport, "tls");
     assert!(connected.bytes_received > 0, "{connected:?}");
 
