@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::relay::{proxy_command, proxy_command_with_status, wait_for_status, RelayProcess};
-use support::sshd::{run_within, sha256_file, stderr_of, write_random_file, TestSshd};
+use support::sshd::{
+    exit_and_stderr, run_within, sha256_file, stderr_of, write_random_file, TestSshd,
+};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -308,13 +310,7 @@ async fn a_session_that_outlives_grace_ends_with_255_and_a_clear_line() -> Resul
     injector.set_partitioned(false);
     assert!(expired.contains("session ended"), "{expired}");
 
-    let exit = tokio::time::timeout(Duration::from_secs(20), ssh.wait()).await??;
-    let mut stderr = String::new();
-    ssh.stderr
-        .take()
-        .context("ssh stderr")?
-        .read_to_string(&mut stderr)
-        .await?;
+    let (exit, stderr) = exit_and_stderr(&mut ssh, Duration::from_secs(20)).await?;
     assert_eq!(exit.code(), Some(255), "ssh exit; stderr: {stderr}");
     assert_eq!(
         wait_for_status(&status, Duration::from_secs(10))?,
@@ -432,13 +428,7 @@ async fn a_restarted_relay_ends_the_session_with_255_promptly() -> Result<()> {
 
     relay.kill();
     let _restarted = RelayProcess::start_on(&addr.to_string(), sshd.port(), &[])?;
-    let exit = tokio::time::timeout(Duration::from_secs(15), ssh.wait()).await??;
-    let mut stderr = String::new();
-    ssh.stderr
-        .take()
-        .context("ssh stderr")?
-        .read_to_string(&mut stderr)
-        .await?;
+    let (exit, stderr) = exit_and_stderr(&mut ssh, Duration::from_secs(15)).await?;
     assert_eq!(exit.code(), Some(255), "{stderr}");
     assert!(stderr.contains("is gone from relay"), "{stderr}");
     Ok(())
@@ -463,13 +453,7 @@ async fn a_stopping_relay_tells_the_client_why() -> Result<()> {
         "{}",
         relay.log()
     );
-    let exit = tokio::time::timeout(Duration::from_secs(5), ssh.wait()).await??;
-    let mut stderr = String::new();
-    ssh.stderr
-        .take()
-        .context("ssh stderr")?
-        .read_to_string(&mut stderr)
-        .await?;
+    let (exit, stderr) = exit_and_stderr(&mut ssh, Duration::from_secs(5)).await?;
     assert_eq!(exit.code(), Some(255), "{stderr}");
     assert!(
         stderr.contains("closed the session: the relay is shutting down"),

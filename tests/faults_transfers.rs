@@ -158,14 +158,7 @@ fn rsync_of_many_files_and_a_large_one_survives_every_fault() -> Result<()> {
     let large = 160 << 20;
     write_random_file(&src.join("zz-large"), large, 99)?;
     total += large;
-    let mut command = Command::new("rsync");
-    command
-        .arg("-a")
-        .arg("-e")
-        .arg(bench.sshd.rsync_rsh(Some(&bench.proxy)))
-        .arg(format!("{}/", src.display()))
-        .arg(format!("127.0.0.1:{}/", dst.display()));
-    bench.sshd.private_env(&mut command);
+    let command = rsync_tree(&bench, &src, &dst);
     let progress = || Ok(tree_bytes(&dst));
     let faults = [PARTITION, Fault::AddressChange, RESET_STORM, PARTITION];
     run_through_faults(&bench, "rsync", command, &progress, &faults, total)?;
@@ -337,14 +330,7 @@ fn soak_rsync_with_a_fault_every_10s() -> Result<()> {
     for i in 0..gib {
         write_random_file(&src.join(format!("part{i:03}")), 1 << 30, 500 + i)?;
     }
-    let mut command = Command::new("rsync");
-    command
-        .arg("-a")
-        .arg("-e")
-        .arg(bench.sshd.rsync_rsh(Some(&bench.proxy)))
-        .arg(format!("{}/", src.display()))
-        .arg(format!("127.0.0.1:{}/", dst.display()));
-    bench.sshd.private_env(&mut command);
+    let command = rsync_tree(&bench, &src, &dst);
     let started = Instant::now();
     let bound = Duration::from_secs(600 + gib * 300);
     let mut rsync = Watched::spawn(bench.in_client(&command), Stdio::null(), Stdio::null())?;
@@ -384,4 +370,18 @@ fn soak_rsync_with_a_fault_every_10s() -> Result<()> {
         started.elapsed()
     );
     Ok(())
+}
+
+/// `rsync -a SRC/ 127.0.0.1:DST/` through the bench's client, with the
+/// client's private directories.
+fn rsync_tree(bench: &Bench, src: &Path, dst: &Path) -> Command {
+    let mut command = Command::new("rsync");
+    command
+        .arg("-a")
+        .arg("-e")
+        .arg(bench.sshd.rsync_rsh(Some(&bench.proxy)))
+        .arg(format!("{}/", src.display()))
+        .arg(format!("127.0.0.1:{}/", dst.display()));
+    bench.sshd.private_env(&mut command);
+    command
 }

@@ -70,7 +70,7 @@ use support::relay::{
     proxy_command, proxy_command_with_status, test_key, wait_for_status, RelayProcess,
 };
 use support::sshd::{
-    random_bytes, run_within, sha256_file, stderr_of, write_random_file, TestSshd,
+    exit_and_stderr, random_bytes, run_within, sha256_file, stderr_of, write_random_file, TestSshd,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -732,13 +732,7 @@ async fn a_changed_relay_key_stops_the_client_with_the_warning() -> Result<()> {
     relay_a.kill();
     let relay_b =
         RelayProcess::start_on(&addr.to_string(), sshd.port(), &["--key-file", &key_b_arg])?;
-    let exit = tokio::time::timeout(EVENT_TIMEOUT, idle.wait()).await??;
-    let mut stderr = String::new();
-    idle.stderr
-        .take()
-        .context("ssh stderr")?
-        .read_to_string(&mut stderr)
-        .await?;
+    let (exit, stderr) = exit_and_stderr(&mut idle, EVENT_TIMEOUT).await?;
     assert_eq!(exit.code(), Some(255), "{stderr}");
     assert!(
         stderr.contains("RELAY IDENTIFICATION HAS CHANGED"),

@@ -848,3 +848,24 @@ pub async fn run_within(
 pub fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// Waits (at most `timeout`) for a running child with piped stderr to exit,
+/// then returns its status and all it wrote to stderr.
+pub async fn exit_and_stderr(
+    child: &mut tokio::process::Child,
+    timeout: std::time::Duration,
+) -> anyhow::Result<(std::process::ExitStatus, String)> {
+    use anyhow::Context;
+    use tokio::io::AsyncReadExt;
+    let exit = tokio::time::timeout(timeout, child.wait())
+        .await
+        .context("the child did not exit in time")??;
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .context("stderr not piped")?
+        .read_to_string(&mut stderr)
+        .await?;
+    Ok((exit, stderr))
+}
