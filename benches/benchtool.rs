@@ -5,10 +5,10 @@
 //! A bench target with `harness = false`, so `cargo test` never builds it:
 //! `cargo build --release --bench benchtool`. Run it with no arguments for usage.
 
+use resumeproxy::client::connector::TransportChoice;
+use resumeproxy::client::trust::TrustSource;
 use resumeproxy::client::{self, ClientConfig, ClientEvent};
-use resumeproxy::connector::TransportChoice;
-use resumeproxy::session::SessionConfig;
-use resumeproxy::trust::TrustSource;
+use resumeproxy::proto::session::SessionConfig;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};

@@ -6,7 +6,7 @@
 mod support;
 
 use anyhow::{ensure, Context, Result};
-use resumeproxy::fault::FaultInjector;
+use resumeproxy::demo::fault::FaultInjector;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::net::SocketAddr;

@@ -51,5 +51,5 @@ fn man_pages_match_the_command_line_definitions() {
     check("resumeproxyd.8", render(RelayCli::command(), "8"));
     check_subcommands(ClientCli::command(), "1");
     check_subcommands(RelayCli::command(), "8");
-    check("resumeproxy.toml.5", resumeproxy::config::man_page());
+    check("resumeproxy.toml.5", resumeproxy::cli::config::man_page());
 }

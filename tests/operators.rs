@@ -10,8 +10,8 @@
 mod support;
 
 use anyhow::{bail, ensure, Context, Result};
-use resumeproxy::control::{LinkState, StatusReport};
-use resumeproxy::fault::FaultInjector;
+use resumeproxy::client::control::{LinkState, StatusReport};
+use resumeproxy::demo::fault::FaultInjector;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

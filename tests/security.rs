@@ -48,16 +48,17 @@ mod support;
 
 use anyhow::{bail, ensure, Context, Result};
 use bytes::BytesMut;
-use resumeproxy::fault::FaultInjector;
-use resumeproxy::handshake::{self, NOT_A_CLIENT_NOTICE};
-use resumeproxy::identity::{Fingerprint, RelayKey};
-use resumeproxy::relay::Limits;
-use resumeproxy::resume_auth;
-use resumeproxy::tls::{self, PinVerifier, BINDING_LEN};
-use resumeproxy::transport::{Transport, TransportKind};
-use resumeproxy::wire::{
+use resumeproxy::demo::fault::FaultInjector;
+use resumeproxy::link::handshake::{self, NOT_A_CLIENT_NOTICE};
+use resumeproxy::proto::resume_auth;
+use resumeproxy::proto::resume_auth::BINDING_LEN;
+use resumeproxy::proto::wire::{
     split_message, Code, Hello, Preamble, Reply, SessionId, MAGIC, PROOF_LEN, SECRET_LEN,
 };
+use resumeproxy::relay::Limits;
+use resumeproxy::transport::identity::{Fingerprint, RelayKey};
+use resumeproxy::transport::tls::{self, PinVerifier};
+use resumeproxy::transport::{Transport, TransportKind};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::Read;
@@ -482,9 +483,9 @@ async fn tap_one(
     upstream: Arc<rustls::ClientConfig>,
     learned: Arc<Mutex<Learned>>,
 ) -> Result<()> {
-    let mut down = Transport::accept(client, &acceptor).await?;
+    let mut down = tls::accept(client, &acceptor).await?;
     let hello = handshake::relay(&mut down).await?;
-    let mut up = Transport::connect(
+    let mut up = tls::connect(
         &relay.ip().to_string(),
         relay.port(),
         Duration::from_secs(5),

@@ -9,8 +9,8 @@
 //! or a harness's input format, and commit the result.
 
 use bytes::BytesMut;
-use resumeproxy::resume_auth;
-use resumeproxy::wire::{
+use resumeproxy::proto::resume_auth;
+use resumeproxy::proto::wire::{
     Code, Frame, Hello, Preamble, Reply, SessionId, MAX_DATA_LEN, MIN_DATA_LEN, PREAMBLE_LEN,
     PROTOCOL_VERSION,
 };
@@ -291,7 +291,7 @@ fn session_seeds() -> Vec<(String, Vec<u8>)> {
         })
     };
     let mut ping = BytesMut::new();
-    resumeproxy::wire::Frame::Ping { token: 1 }.encode(&mut ping);
+    resumeproxy::proto::wire::Frame::Ping { token: 1 }.encode(&mut ping);
     let scripts: Vec<(&str, Setup, Vec<Op>)> = vec![
         (
             "transfer",

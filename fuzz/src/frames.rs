@@ -22,7 +22,7 @@
 use crate::alloc;
 use crate::input::Input;
 use bytes::{BufMut, Bytes, BytesMut};
-use resumeproxy::wire::{
+use resumeproxy::proto::wire::{
     split_message, split_message_within, Code, DecodeError, Frame, Hello, Reply, HEADER_LEN,
     MAX_DATA_LEN, MAX_PAYLOAD_LEN, MIN_DATA_LEN,
 };

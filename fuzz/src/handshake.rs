@@ -22,10 +22,10 @@
 use crate::frames::check_message;
 use crate::input::Input;
 use bytes::BytesMut;
-use resumeproxy::resume_auth;
-use resumeproxy::target_policy::{AllowedTarget, Target, TargetPolicy};
-use resumeproxy::tls::BINDING_LEN;
-use resumeproxy::wire::{
+use resumeproxy::proto::resume_auth;
+use resumeproxy::relay::target_policy::{AllowedTarget, Target, TargetPolicy};
+use resumeproxy::proto::resume_auth::BINDING_LEN;
+use resumeproxy::proto::wire::{
     split_message, Code, DecodeError, Hello, Preamble, Reply, MAX_REASON_LEN, PREAMBLE_LEN,
     SECRET_LEN,
 };

@@ -2,12 +2,12 @@
 //! kept in a library so that the seed writer (`examples/write_seeds.rs`) and
 //! the seed replay test (`tests/seeds.rs`) use exactly what the fuzzer runs.
 //!
-//! * [`frames`] — the frame decoder ([`resumeproxy::wire::split_message_within`]
-//!   and [`resumeproxy::wire::Frame::decode`]) in any chunking.
-//! * [`handshake`] — preambles, [`resumeproxy::wire::Hello`] and
-//!   [`resumeproxy::wire::Reply`], and what the relay does with a hello's
+//! * [`frames`] — the frame decoder ([`resumeproxy::proto::wire::split_message_within`]
+//!   and [`resumeproxy::proto::wire::Frame::decode`]) in any chunking.
+//! * [`handshake`] — preambles, [`resumeproxy::proto::wire::Hello`] and
+//!   [`resumeproxy::proto::wire::Reply`], and what the relay does with a hello's
 //!   target before it connects anywhere.
-//! * [`session`] — the sans-IO [`resumeproxy::session::Session`] driven by a
+//! * [`session`] — the sans-IO [`resumeproxy::proto::session::Session`] driven by a
 //!   hostile peer, against a model of what it must do.
 //!
 //! Each harness panics (a crash for libFuzzer) when a property fails; bad

@@ -24,10 +24,10 @@
 
 use crate::input::Input;
 use bytes::{Bytes, BytesMut};
-use resumeproxy::session::{
+use resumeproxy::proto::session::{
     Session, SessionConfig, DELIVER_ENTRY_COST, MAX_DEAD_AFTER, MIN_DEAD_AFTER,
 };
-use resumeproxy::wire::{split_message_within, Code, Frame, MAX_DATA_LEN, MIN_DATA_LEN};
+use resumeproxy::proto::wire::{split_message_within, Code, Frame, MAX_DATA_LEN, MIN_DATA_LEN};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 

@@ -2,14 +2,13 @@
 
 use clap::CommandFactory;
 use clap::Parser;
-use resumeproxy::cli::{
-    format_bytes, format_duration, ClientCli, ClientCommand, ConnectArgs, LinkOptions,
-};
+use resumeproxy::cli::config::ClientSettings;
+use resumeproxy::cli::{ClientCli, ClientCommand, ConnectArgs, LinkOptions};
+use resumeproxy::client::control::{self, ControlSocket, LinkState};
+use resumeproxy::client::trust::TrustSource;
 use resumeproxy::client::{self, ClientConfig, ClientEvent};
-use resumeproxy::config::ClientSettings;
-use resumeproxy::control::{self, ControlSocket, LinkState};
-use resumeproxy::session::SessionConfig;
-use resumeproxy::trust::TrustSource;
+use resumeproxy::proto::session::SessionConfig;
+use resumeproxy::units::{format_bytes, format_duration};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -145,7 +144,7 @@ fn wrap(options: &LinkOptions, command: &[String]) -> ExitCode {
             return ExitCode::from(EXIT_CONNECTION_LOST);
         }
     };
-    let wrapped = match resumeproxy::wrap::wrap(&exe, &options.to_args(), command, |key| {
+    let wrapped = match resumeproxy::cli::wrap::wrap(&exe, &options.to_args(), command, |key| {
         std::env::var(key).ok()
     }) {
         Ok(wrapped) => wrapped,
@@ -223,7 +222,7 @@ async fn connect(args: ConnectArgs) -> ExitCode {
         connect_timeout: settings.connect_timeout,
         trust,
         transport: settings.transport,
-        udp_memory: resumeproxy::udp_memory::default_path(),
+        udp_memory: resumeproxy::client::udp_memory::default_path(),
     };
     // ssh sends SIGHUP when it exits. From then on nobody is reading: the
     // client only tries to tell the relay, and says nothing more.
@@ -270,7 +269,7 @@ async fn connect(args: ConnectArgs) -> ExitCode {
     };
     // Held until the error line is out: ssh prints its own as soon as our
     // stdout closes, and the user should read ours first.
-    let (mut stdin, mut stdout) = resumeproxy::stdio::take();
+    let (mut stdin, mut stdout) = resumeproxy::client::stdio::take();
     // `resumeproxy status` and `resume` reach this client here; without it
     // the session still works.
     let control = match ControlSocket::serve(&control::runtime_dir()) {

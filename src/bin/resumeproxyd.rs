@@ -1,12 +1,12 @@
 //! `resumeproxyd`: the relay. See `resumeproxyd --help` and `man resumeproxyd`.
 
 use clap::Parser;
+use resumeproxy::cli::config::RelaySettings;
 use resumeproxy::cli::{RelayCli, RelayCommand, ServeArgs};
-use resumeproxy::config::RelaySettings;
-use resumeproxy::identity::RelayKey;
+use resumeproxy::proto::session::SessionConfig;
+use resumeproxy::relay::sd_notify::notify;
 use resumeproxy::relay::{Relay, RelayConfig, RelayHandle};
-use resumeproxy::sd_notify::notify;
-use resumeproxy::session::SessionConfig;
+use resumeproxy::transport::identity::RelayKey;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -112,7 +112,7 @@ fn serve(flags: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let tls = match resumeproxy::tls::server_config(&key) {
+    let tls = match resumeproxy::transport::tls::server_config(&key) {
         Ok(tls) => tls,
         Err(e) => {
             eprintln!(

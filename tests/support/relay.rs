@@ -27,7 +27,7 @@ pub fn test_key() -> &'static (PathBuf, String) {
     static KEY: OnceLock<(PathBuf, String)> = OnceLock::new();
     KEY.get_or_init(|| {
         let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-relay.key");
-        let (key, _) = resumeproxy::identity::RelayKey::load_or_create(&path)
+        let (key, _) = resumeproxy::transport::identity::RelayKey::load_or_create(&path)
             .expect("making the test relay key");
         (path, key.fingerprint().to_string())
     })

@@ -811,7 +811,9 @@ fn descendants(root: u32) -> Vec<u32> {
 
 /// `resumeproxy status --json` as the user of `sshd`'s sessions (with its
 /// private directories) sees it: one report per live session.
-pub fn client_status(sshd: &TestSshd) -> anyhow::Result<Vec<resumeproxy::control::StatusReport>> {
+pub fn client_status(
+    sshd: &TestSshd,
+) -> anyhow::Result<Vec<resumeproxy::client::control::StatusReport>> {
     use anyhow::{ensure, Context};
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_resumeproxy"));
     cmd.args(["status", "--json"]);

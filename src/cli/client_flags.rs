@@ -1,0 +1,207 @@
+//! The client's command line, `resumeproxy`: connecting (`%h %p`, the
+//! ProxyCommand), and its subcommands (`status`, `resume`, `wrap`, `demo`,
+//! `completions`). Each flag is defined here once, with its help.
+
+use super::parse_dead_after;
+use crate::client::connector::TransportChoice;
+use crate::transport::identity::Fingerprint;
+use crate::units::{format_duration_exact, parse_duration, parse_size};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `resumeproxy`: the client.
+#[derive(Debug, Parser)]
+#[command(
+    name = "resumeproxy",
+    version,
+    about = "SSH connections that survive the network (client; use as ssh's ProxyCommand)",
+    long_about = "Carries one ssh connection to a resumeproxyd relay beside sshd, across any number of \
+network breaks: Wi-Fi changes, sleeping laptops, VPN flaps, silent partitions. Neither ssh nor sshd \
+ever sees the drop.\n\nUse it as a ProxyCommand in ssh_config:\n\n    Host myserver\n        \
+ProxyCommand resumeproxy --relay-port 7022 %h %p\n\n\
+The link to the relay is QUIC or TLS 1.3 over TCP (--transport; auto races both). The relay is known by its key, as ssh knows hosts: on first use the \
+client pins the key's fingerprint in known_relays (and says so); a relay that later presents another key \
+is refused with a warning naming the line to remove if the change is expected. --relay-fingerprint \
+pins a key given by the relay's operator (`resumeproxyd fingerprint`) instead.\n\n\
+Exit status: 0 when the session ended normally; \
+255 (like ssh) when the relay cannot be reached, refuses the session, or the session is gone.",
+    after_long_help = "Environment:\n  RESUMEPROXY_LOG  log filter (tracing EnvFilter syntax, e.g. debug); overrides -v and -q.\n\n\
+See also: resumeproxyd(8), ssh_config(5) ProxyCommand.",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct ClientCli {
+    /// Connection options.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Other commands.
+    #[command(subcommand)]
+    pub command: Option<ClientCommand>,
+}
+
+/// Options for carrying a connection: a host and port, and how.
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// How to reach the relay.
+    #[command(flatten)]
+    pub options: LinkOptions,
+    /// Host the relay runs on (`%h` in ssh_config), or with --relay the
+    /// target host the relay should connect to.
+    #[arg(required = true)]
+    pub host: Option<String>,
+    /// Port of sshd behind the relay (`%p` in ssh_config); the relay must allow it.
+    #[arg(required = true)]
+    pub port: Option<u16>,
+}
+
+/// How the client reaches and trusts its relay. Unset options come from the
+/// config file (`$XDG_CONFIG_HOME/resumeproxy/config.toml`), then from the
+/// built-in defaults: flags win.
+#[derive(Debug, Clone, Default, Args)]
+pub struct LinkOptions {
+    /// Port of the resumeproxyd relay on HOST [default: 7022].
+    #[arg(long, value_name = "PORT")]
+    pub relay_port: Option<u16>,
+    /// Abandon a link that has delivered nothing for this long (heartbeats flow
+    /// every quarter of it while idle), and reconnect [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_dead_after)]
+    pub dead_after: Option<Duration>,
+    /// How to reach the relay: tcp (TLS over TCP), quic (UDP; roams across
+    /// address changes without a resume), or auto (race both, QUIC first;
+    /// fall back to TCP where UDP is blocked) [default: auto].
+    #[arg(long, value_name = "KIND", value_enum)]
+    pub transport: Option<TransportChoice>,
+    /// Give up at start if the relay has not answered within this long
+    /// [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub connect_timeout: Option<Duration>,
+    /// Trust only the relay key with this fingerprint (as printed by
+    /// `resumeproxyd fingerprint`), instead of the known_relays file.
+    #[arg(long, value_name = "SHA256:…")]
+    pub relay_fingerprint: Option<Fingerprint>,
+    /// File of pinned relay keys [default: $XDG_CONFIG_HOME/resumeproxy/known_relays,
+    /// or ~/.config/resumeproxy/known_relays]. A relay not named in it is
+    /// pinned on first use; a relay whose key changed is refused.
+    #[arg(long, value_name = "FILE")]
+    pub known_relays: Option<PathBuf>,
+    /// Connect to the relay on this host and ask it for HOST:PORT, which the
+    /// relay must allow (--allow); without it, the relay runs on HOST and
+    /// PORT is its own target's port.
+    #[arg(long, value_name = "RELAYHOST")]
+    pub relay: Option<String>,
+    /// Config file [default: $XDG_CONFIG_HOME/resumeproxy/config.toml, or
+    /// ~/.config/resumeproxy/config.toml; see resumeproxy.toml(5)].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print only errors: no line when the link is lost or resumed.
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// More detail on stderr; repeat for more.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl LinkOptions {
+    /// The options as command-line arguments (only those set), to pass on.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut push = |flag: &str, value: Option<String>| {
+            if let Some(value) = value {
+                args.push(flag.to_owned());
+                args.push(value);
+            }
+        };
+        push("--relay-port", self.relay_port.map(|p| p.to_string()));
+        push("--dead-after", self.dead_after.map(format_duration_exact));
+        push(
+            "--transport",
+            self.transport
+                .and_then(|t| t.to_possible_value())
+                .map(|v| v.get_name().to_owned()),
+        );
+        push(
+            "--connect-timeout",
+            self.connect_timeout.map(format_duration_exact),
+        );
+        push(
+            "--relay-fingerprint",
+            self.relay_fingerprint.map(|f| f.to_string()),
+        );
+        push(
+            "--known-relays",
+            self.known_relays.as_ref().map(|p| p.display().to_string()),
+        );
+        push("--relay", self.relay.clone());
+        push(
+            "--config",
+            self.config.as_ref().map(|p| p.display().to_string()),
+        );
+        if self.quiet {
+            args.push("--quiet".into());
+        }
+        for _ in 0..self.verbose {
+            args.push("-v".into());
+        }
+        args
+    }
+}
+
+/// Subcommands of `resumeproxy`.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Show what it does, with nothing but this binary: push a stream both ways
+    /// through a relay on loopback while a fault injector breaks the link, and
+    /// check that every byte arrived.
+    Demo(DemoArgs),
+    /// List this user's live sessions: id, relay, state (connected, or
+    /// reconnecting since when and how many attempts), uptime, bytes each
+    /// way, reconnects, round-trip time, bytes waiting for acknowledgement.
+    Status {
+        /// One JSON object per session, one per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make reconnecting clients try now instead of waiting out their
+    /// backoff: for the moment the network is back.
+    Resume {
+        /// The session (a prefix of its id, as `status` shows it).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every session of this user.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Run ssh, scp, sftp, rsync or git once through resumeproxy, without
+    /// touching ssh_config; exits with the command's status. Options given
+    /// before `wrap` are passed on to the ProxyCommand.
+    Wrap {
+        /// Options for the ProxyCommand.
+        #[command(flatten)]
+        options: LinkOptions,
+        /// The command and its arguments (after `--`).
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "COMMAND"
+        )]
+        command: Vec<String>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Options of `resumeproxy demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Bytes to send each way (suffixes K, M, G, KiB, MiB, GiB).
+    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size)]
+    pub size: u64,
+    /// Break the link this often.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub break_every: Duration,
+}

@@ -1,0 +1,327 @@
+//! How the client reaches its relay: over TCP+TLS, over QUIC, or both raced
+//! (`auto`, the default).
+//!
+//! `auto` is Happy Eyeballs for transports: QUIC starts first, TCP follows
+//! after [`QUIC_HEAD_START`], and whichever completes its handshake first
+//! carries the session. It runs at the first connection and at every
+//! reconnect, so a session that fell back to TCP goes back to QUIC when a
+//! later network lets UDP through. When TCP wins, UDP is taken to be blocked
+//! on the way to this relay and QUIC is not tried again for
+//! [`UDP_RETRY_AFTER`] — by this client, and by the next ones too (see
+//! [`crate::client::udp_memory`]).
+
+use super::udp_memory;
+use crate::transport::quic::{self, QuicClient};
+use crate::transport::{ConnectError, Transport};
+use crate::units::{format_duration, host_port};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::task::AbortHandle;
+
+/// How long QUIC runs alone before TCP joins the race.
+pub const QUIC_HEAD_START: Duration = Duration::from_millis(250);
+/// How long, after TCP won a race, only TCP is tried.
+pub const UDP_RETRY_AFTER: Duration = Duration::from_secs(600);
+/// After TCP failed outright (refused, unreachable), how much longer QUIC
+/// alone is waited for: a host that refuses TCP on the relay's port rarely
+/// runs a relay on its UDP port.
+const QUIC_AFTER_TCP_FAILED: Duration = Duration::from_secs(1);
+
+/// Which transports the client may use.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Deserialize,
+    serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportChoice {
+    /// TLS over TCP only: where UDP is blocked.
+    Tcp,
+    /// QUIC only: roams across address changes without a resume.
+    Quic,
+    /// Race QUIC and TCP, keep what connects first.
+    #[default]
+    Auto,
+}
+
+/// What one connection attempt tries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// TCP only.
+    Tcp,
+    /// QUIC only.
+    Quic,
+    /// QUIC with a head start, then TCP.
+    Race,
+}
+
+/// The plan for an attempt at `now`, given the user's choice and when TCP
+/// last won a race (if it did).
+pub fn plan(choice: TransportChoice, udp_failed_at: Option<Instant>, now: Instant) -> Plan {
+    match choice {
+        TransportChoice::Tcp => Plan::Tcp,
+        TransportChoice::Quic => Plan::Quic,
+        TransportChoice::Auto => match udp_failed_at {
+            Some(at) if now.saturating_duration_since(at) < UDP_RETRY_AFTER => Plan::Tcp,
+            _ => Plan::Race,
+        },
+    }
+}
+
+/// Connects the client to its relay, again and again.
+pub struct Connector {
+    choice: TransportChoice,
+    host: String,
+    port: u16,
+    dead_after: Duration,
+    /// When TCP last won a race.
+    udp_failed_at: Mutex<Option<Instant>>,
+    /// Where other clients learn of it, and this one learned from them.
+    memory: Option<PathBuf>,
+    /// The QUIC endpoint, made at the first QUIC attempt, and the task that
+    /// moves it when the local address changes.
+    quic: Mutex<Option<(QuicClient, SocketAddr, AbortHandle)>>,
+}
+
+impl Connector {
+    /// A connector to the relay at `host:port`; QUIC connections give up on
+    /// a path silent for `dead_after`. With `memory` (a
+    /// [`udp_memory`] file), what one client learns of UDP to this relay,
+    /// the next ones know.
+    pub fn new(
+        choice: TransportChoice,
+        host: &str,
+        port: u16,
+        dead_after: Duration,
+        memory: Option<PathBuf>,
+    ) -> Connector {
+        let mut connector = Connector {
+            choice,
+            host: host.to_owned(),
+            port,
+            dead_after,
+            udp_failed_at: Mutex::new(None),
+            memory,
+            quic: Mutex::new(None),
+        };
+        if choice == TransportChoice::Auto {
+            if let Some(path) = &connector.memory {
+                let text = udp_memory::read(path);
+                let ago = udp_memory::failed_ago(
+                    &text,
+                    &connector.relay(),
+                    udp_memory::unix_now(),
+                    UDP_RETRY_AFTER,
+                );
+                if let Some(ago) = ago {
+                    tracing::debug!(
+                        "UDP to {} failed {} ago: trying TCP only",
+                        connector.relay(),
+                        format_duration(ago)
+                    );
+                }
+                *connector
+                    .udp_failed_at
+                    .get_mut()
+                    .unwrap_or_else(|p| p.into_inner()) =
+                    ago.and_then(|ago| Instant::now().checked_sub(ago));
+            }
+        }
+        connector
+    }
+
+    /// The relay as the memory file names it.
+    fn relay(&self) -> String {
+        host_port(&self.host, self.port)
+    }
+
+    /// Records whether UDP worked (QUIC won) or not (TCP won), here and in
+    /// the memory file.
+    fn remember(&self, udp_works: bool) {
+        let before = std::mem::replace(
+            &mut *lock(&self.udp_failed_at),
+            (!udp_works).then(Instant::now),
+        );
+        let Some(path) = &self.memory else { return };
+        if udp_works && before.is_none() {
+            // Nothing was remembered, so there is nothing to forget.
+            return;
+        }
+        let now = udp_memory::unix_now();
+        let text = udp_memory::read(path);
+        let failed_at = (!udp_works).then_some(now);
+        let text = udp_memory::updated(&text, &self.relay(), failed_at, now, UDP_RETRY_AFTER);
+        udp_memory::write(path, &text);
+    }
+
+    /// One connection to the relay, with its transport's handshake done,
+    /// within `timeout`.
+    pub async fn connect(
+        &self,
+        timeout: Duration,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Transport, ConnectError> {
+        let udp_failed_at = *lock(&self.udp_failed_at);
+        match plan(self.choice, udp_failed_at, Instant::now()) {
+            Plan::Tcp => self.connect_tcp(timeout, tls).await,
+            Plan::Quic => tokio::time::timeout(timeout, self.connect_quic(tls))
+                .await
+                .unwrap_or_else(|_| Err(quic_timed_out(timeout))),
+            Plan::Race => self.race(timeout, tls).await,
+        }
+    }
+
+    async fn connect_tcp(
+        &self,
+        timeout: Duration,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Transport, ConnectError> {
+        crate::transport::tls::connect(&self.host, self.port, timeout, tls).await
+    }
+
+    async fn connect_quic(
+        &self,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Transport, ConnectError> {
+        let addr = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| ConnectError::Quic(e.to_string()))?
+            .next()
+            .ok_or_else(|| ConnectError::Quic(format!("{} has no address", self.host)))?;
+        let client = self.quic_client(addr)?;
+        client.connect(addr, tls, self.dead_after).await
+    }
+
+    /// The QUIC endpoint for `relay`, made (with its address follower) on
+    /// first use or when the relay's address changed.
+    fn quic_client(&self, relay: SocketAddr) -> Result<QuicClient, ConnectError> {
+        let mut quic = lock(&self.quic);
+        if let Some((client, addr, _)) = quic.as_ref() {
+            if *addr == relay {
+                return Ok(client.clone());
+            }
+        }
+        let client = QuicClient::new(relay).map_err(|e| ConnectError::Quic(e.to_string()))?;
+        let follower = tokio::spawn(quic::follow_local_address(client.clone(), relay));
+        if let Some((_, _, old)) = quic.replace((client.clone(), relay, follower.abort_handle())) {
+            old.abort();
+        }
+        Ok(client)
+    }
+
+    /// QUIC first, TCP after [`QUIC_HEAD_START`]; the first to connect wins.
+    async fn race(
+        &self,
+        timeout: Duration,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Transport, ConnectError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut quic = pin!(tokio::time::timeout_at(
+            deadline,
+            self.connect_quic(Arc::clone(&tls))
+        ));
+        let mut tcp = pin!(async {
+            tokio::time::sleep(QUIC_HEAD_START.min(timeout)).await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            self.connect_tcp(left, tls).await
+        });
+        let mut quic_failed: Option<ConnectError> = None;
+        let mut tcp_failed: Option<ConnectError> = None;
+        // Once TCP has failed, QUIC gets only a little longer.
+        let mut quic_cutoff = pin!(tokio::time::sleep_until(deadline));
+        loop {
+            tokio::select! {
+                result = &mut quic, if quic_failed.is_none() => {
+                    match result.unwrap_or_else(|_| Err(quic_timed_out(timeout))) {
+                        Ok(transport) => {
+                            self.remember(true);
+                            return Ok(transport);
+                        }
+                        Err(e) => {
+                            tracing::debug!("QUIC attempt failed: {e}");
+                            if let Some(tcp_error) = tcp_failed {
+                                return Err(tcp_error);
+                            }
+                            quic_failed = Some(e);
+                        }
+                    }
+                }
+                result = &mut tcp, if tcp_failed.is_none() => match result {
+                    Ok(transport) => {
+                        // Even a QUIC attempt that is only slow (its first
+                        // packet lost) counts: TCP for a while is the safe
+                        // side of that doubt.
+                        tracing::debug!(
+                            "TCP connected before QUIC; using only TCP for {}",
+                            format_duration(UDP_RETRY_AFTER)
+                        );
+                        self.remember(false);
+                        return Ok(transport);
+                    }
+                    Err(e) => {
+                        if quic_failed.is_some() {
+                            return Err(e);
+                        }
+                        tracing::debug!("TCP attempt failed: {e}; waiting a moment for QUIC");
+                        let cutoff = tokio::time::Instant::now() + QUIC_AFTER_TCP_FAILED;
+                        quic_cutoff.as_mut().reset(cutoff.min(deadline));
+                        tcp_failed = Some(e);
+                    }
+                },
+                () = &mut quic_cutoff, if tcp_failed.is_some() => {
+                    return Err(tcp_failed.unwrap_or_else(|| quic_timed_out(timeout)));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Connector {
+    fn drop(&mut self) {
+        if let Some((_, _, follower)) = lock(&self.quic).take() {
+            follower.abort();
+        }
+    }
+}
+
+fn quic_timed_out(timeout: Duration) -> ConnectError {
+    ConnectError::Quic(format!(
+        "no answer within {} (is UDP blocked on the way?)",
+        format_duration(timeout)
+    ))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing is left half-done under these locks.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_races_unless_tcp_won_recently() {
+        let now = Instant::now();
+        assert_eq!(plan(TransportChoice::Auto, None, now), Plan::Race);
+        assert_eq!(plan(TransportChoice::Auto, Some(now), now), Plan::Tcp);
+        let later = now + UDP_RETRY_AFTER;
+        assert_eq!(plan(TransportChoice::Auto, Some(now), later), Plan::Race);
+    }
+
+    #[test]
+    fn explicit_choices_are_kept() {
+        let now = Instant::now();
+        assert_eq!(plan(TransportChoice::Tcp, None, now), Plan::Tcp);
+        assert_eq!(plan(TransportChoice::Quic, Some(now), now), Plan::Quic);
+    }
+}

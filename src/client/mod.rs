@@ -1,0 +1,329 @@
+//! The client: one ssh connection carried to a relay across transport breaks.
+//!
+//! Opens a session with the relay ([`open`](self::open)), then runs the
+//! [`Link`] between the local end (ssh's pipes, or anything else) and the
+//! transport ([`connected`](self::connected)). When the transport is lost it
+//! keeps serving the local end and reconnects with capped, jittered backoff
+//! ([`reconnect`](self::reconnect)) until it resumes, or the relay says the
+//! session is gone, or the relay's grace period has certainly passed.
+//!
+//! Around that core: the [`connector`] races QUIC and TCP, remembering
+//! ([`udp_memory`]) where UDP is blocked; [`trust`] decides which relay keys
+//! to accept, pinning them in [`known_relays`]; the [`control`] socket lets
+//! `resumeproxy status` and `resume` reach a running client (answered from
+//! its [`status`](self::status) vitals); [`stdio`] is ssh's end of the pipe.
+
+mod connected;
+pub mod connector;
+pub mod control;
+pub mod known_relays;
+mod open;
+mod reconnect;
+mod status;
+pub mod stdio;
+pub mod trust;
+pub mod udp_memory;
+mod waits;
+
+use crate::link::Link;
+use crate::proto::session::{Session, SessionConfig, SessionStats};
+use crate::proto::wire::SessionId;
+use crate::transport::identity::Fingerprint;
+use crate::transport::{Transport, TransportKind};
+use crate::units::{format_duration, host_port};
+use connected::AfterConnected;
+use connector::{Connector, TransportChoice};
+use control::Request;
+use open::Opened;
+use reconnect::{AfterDetached, Resume};
+use status::Vitals;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use trust::{KeyChanged, TrustSource};
+use waits::Waits;
+
+/// How long a new connection may take, from connect to the relay's reply,
+/// before the client gives up at start.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// After ssh has gone away, how long the client tries to tell the relay.
+pub const LINGER: Duration = Duration::from_secs(3);
+
+/// What the client needs to know.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Relay host name or address.
+    pub relay_host: String,
+    /// Relay port.
+    pub relay_port: u16,
+    /// Target host as the relay should see it; empty for the relay's own target.
+    pub target_host: String,
+    /// Target port (sshd's port, `%p` in ssh_config).
+    pub target_port: u16,
+    /// Session tunables, dead-peer interval included.
+    pub session: SessionConfig,
+    /// Bound on the first connection and on each reconnect attempt.
+    pub connect_timeout: Duration,
+    /// Which relay keys to trust.
+    pub trust: TrustSource,
+    /// Which transports to use.
+    pub transport: TransportChoice,
+    /// Where clients remember relays UDP could not reach (see
+    /// [`crate::client::udp_memory`]); `None` to keep it to this process.
+    pub udp_memory: Option<PathBuf>,
+}
+
+impl ClientConfig {
+    /// The relay's name as pins record it: `host:port`, `[v6addr]:port`.
+    pub fn relay_addr(&self) -> String {
+        host_port(&self.relay_host, self.relay_port)
+    }
+}
+
+/// Something the user may want to hear about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientEvent {
+    /// A relay seen for the first time had its key pinned.
+    Pinned {
+        /// `host:port`.
+        relay: String,
+        /// Its key.
+        fingerprint: Fingerprint,
+        /// The file the pin went to.
+        file: PathBuf,
+    },
+    /// The session is open.
+    Connected {
+        /// The relay's address.
+        relay: SocketAddr,
+        /// Over what.
+        transport: TransportKind,
+    },
+    /// The transport was lost; reconnecting.
+    Lost {
+        /// Why.
+        reason: String,
+    },
+    /// The session resumed on a new transport.
+    Resumed {
+        /// Time since the loss.
+        after: Duration,
+        /// Attempts it took.
+        attempts: u32,
+        /// Bytes sent again.
+        replayed: u64,
+    },
+}
+
+/// How the client ended badly; every one means exit status 255 for ssh.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The relay could not be reached at the start.
+    #[error("cannot reach relay at {addr}: {reason} (is resumeproxyd running there, and is --relay-port right?)")]
+    Unreachable {
+        /// host:port
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The relay refused to open the session.
+    #[error("relay at {addr} refused the session: {reason}")]
+    Refused {
+        /// host:port
+        addr: String,
+        /// The relay's reason.
+        reason: String,
+    },
+    /// The session no longer exists on the relay.
+    #[error("session {session} is gone from relay {addr}: {reason}; the ssh connection is lost")]
+    SessionGone {
+        /// host:port
+        addr: String,
+        /// Which session.
+        session: SessionId,
+        /// Why.
+        reason: String,
+    },
+    /// The relay ended the session.
+    #[error("relay at {addr} closed the session: {reason}; the ssh connection is lost")]
+    Closed {
+        /// host:port
+        addr: String,
+        /// The relay's reason.
+        reason: String,
+    },
+    /// The relay presented a key other than the pinned one.
+    #[error("{0}")]
+    KeyChanged(Box<KeyChanged>),
+    /// The relay's key could not be checked or pinned.
+    #[error("cannot check the key of relay {addr}: {reason}")]
+    Trust {
+        /// host:port
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The relay broke the protocol.
+    #[error("relay at {addr}: {reason}")]
+    Protocol {
+        /// host:port
+        addr: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// What a completed session did.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientReport {
+    /// Session counters.
+    pub stats: SessionStats,
+    /// Transport breaks survived.
+    pub resumes: u32,
+}
+
+/// Runs one session between `local_in`/`local_out` and the relay.
+///
+/// `hangup` resolves when the local end is gone for good (ssh sent SIGHUP):
+/// the client then ends the stream, tries for [`LINGER`] to tell the relay,
+/// and returns. `control` brings requests from the control socket (see
+/// [`control`]). `on_event` hears about losses and resumes.
+pub async fn run<R, W>(
+    config: ClientConfig,
+    local_in: R,
+    local_out: W,
+    hangup: impl Future<Output = ()> + Send + 'static,
+    control: Option<mpsc::Receiver<Request>>,
+    mut on_event: impl FnMut(ClientEvent),
+) -> Result<ClientReport, ClientError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let addr = config.relay_addr();
+    let connector = Connector::new(
+        config.transport,
+        &config.relay_host,
+        config.relay_port,
+        config.session.dead_after,
+        config.udp_memory.clone(),
+    );
+    let Opened {
+        transport,
+        session: session_id,
+        secret,
+        grace,
+        max_data,
+        relay_key,
+    } = open::open_session(&config, &connector, &mut on_event).await?;
+    on_event(ClientEvent::Connected {
+        relay: transport.peer,
+        transport: transport.kind,
+    });
+    tracing::debug!(session = %session_id, "session opened, relay grace {}", format_duration(grace));
+
+    let mut session_config = config.session;
+    session_config.max_data_len = max_data;
+    let mut session = Session::new(session_config, Instant::now());
+    session
+        .attach(0, Instant::now())
+        .map_err(|e| ClientError::Protocol {
+            addr: addr.clone(),
+            reason: e.to_string(),
+        })?;
+    let vitals = Vitals {
+        id: session_id,
+        relay: addr.clone(),
+        // Without --relay, the relay's own target: the host ssh was given.
+        target: host_port(
+            if config.target_host.is_empty() {
+                &config.relay_host
+            } else {
+                &config.target_host
+            },
+            config.target_port,
+        ),
+        transport: transport.kind,
+        opened: Instant::now(),
+        resumes: 0,
+        lost_at: None,
+        attempts: Arc::default(),
+    };
+    let client = Client {
+        link: Link::new(session, local_in, local_out),
+        waits: Waits {
+            hangup: Some(Box::pin(hangup)),
+            linger_until: None,
+            control,
+            address: None,
+        },
+        vitals,
+        resume: Resume {
+            session: session_id,
+            secret,
+            relay_key,
+            received: 0,
+        },
+        grace,
+        addr,
+        config,
+        connector,
+        on_event,
+    };
+    client.serve(transport).await
+}
+
+/// A client with an open session: what its phases share.
+struct Client<R, W, E> {
+    config: ClientConfig,
+    connector: Connector,
+    /// The relay as pins name it (see [`ClientConfig::relay_addr`]).
+    addr: String,
+    link: Link<R, W>,
+    waits: Waits,
+    vitals: Vitals,
+    /// What a resume must prove and say.
+    resume: Resume,
+    /// How long the relay keeps the session while the client is away.
+    grace: Duration,
+    on_event: E,
+}
+
+impl<R, W, E> Client<R, W, E>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    E: FnMut(ClientEvent),
+{
+    /// Alternates the connected and the detached phase until the client is
+    /// done.
+    async fn serve(mut self, mut transport: Transport) -> Result<ClientReport, ClientError> {
+        loop {
+            let reason = match self.connected(&mut transport).await {
+                AfterConnected::Ended(result) => return result,
+                AfterConnected::Lost(reason) => reason,
+            };
+            self.waits.address = None;
+            self.link.session_mut().detach();
+            // Close the dead transport now: if it is only half dead, the relay
+            // learns sooner that this client is coming back on a new one.
+            drop(transport);
+            transport = match self.detached(reason).await {
+                AfterDetached::Ended(result) => return result,
+                AfterDetached::Resumed(transport) => transport,
+            };
+        }
+    }
+
+    /// What the session did, so far.
+    fn report(&self) -> ClientReport {
+        ClientReport {
+            stats: self.link.session().stats(),
+            resumes: self.vitals.resumes,
+        }
+    }
+}

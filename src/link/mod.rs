@@ -1,0 +1,398 @@
+//! The link driver: runs a [`Session`] between its local end and its current
+//! transport.
+//!
+//! Client and relay share it. The local end is ssh's stdin and stdout on the
+//! client and the sshd socket on the relay; the transport comes and goes.
+//! One poll function moves bytes in every direction that can move — local end
+//! to session, transport to session, session to local end, session to
+//! transport — until nothing can, then sleeps until any of them (or the
+//! session's timer) can go on. No locks, no channels, no extra tasks: the
+//! session is owned by the one future that drives it.
+//!
+//! While detached (no transport), the local end is still served: bytes from it
+//! fill the replay buffer up to its bound, and bytes already received are
+//! still written to it.
+//!
+//! Every transport opens with [`handshake`] before its link runs.
+
+pub mod handshake;
+
+use crate::proto::session::Session;
+use crate::proto::wire::{split_message_within, Code, Frame, MAX_DATA_LEN};
+use crate::proto::write_queue::{WriteQueue, MAX_IO_SLICES};
+use crate::transport::{Transport, TRANSPORT_READ_SIZE};
+use crate::units::format_duration;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::future::{poll_fn, Future};
+use std::io::IoSlice;
+use std::pin::{pin, Pin};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Sleep;
+use tokio_util::io::poll_read_buf;
+
+/// Most bytes read from the local end at once (one data frame).
+pub const LOCAL_READ_SIZE: usize = MAX_DATA_LEN;
+/// Encoded bytes queued for the transport before the session is asked for more.
+pub const WRITE_QUEUE_HIGH: usize = 512 * 1024;
+
+/// Why [`Link::run`] returned on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Both streams were delivered and acknowledged.
+    Finished,
+    /// The peer closed the session; everything it sent was delivered locally.
+    PeerClosed(Code, String),
+    /// The transport broke, closed, or went silent.
+    TransportLost(String),
+    /// The peer broke the protocol.
+    Protocol(String),
+}
+
+/// What ended one call of [`Link::run`].
+#[derive(Debug)]
+pub enum Step<T> {
+    /// The link itself.
+    Link(Outcome),
+    /// The caller's other future.
+    Other(T),
+}
+
+/// State of the local end's input side (what the link writes to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LocalOutput {
+    Open,
+    ShutDown,
+    Failed,
+}
+
+/// A session wired to its local end.
+pub struct Link<R, W> {
+    session: Session,
+    local_in: R,
+    local_out: W,
+    /// The local end may still produce bytes.
+    local_in_open: bool,
+    local_read_buf: BytesMut,
+    /// Received bytes being written to the local end.
+    out_chunk: Bytes,
+    local_output: LocalOutput,
+    timer: Pin<Box<Sleep>>,
+    timer_deadline: Option<Instant>,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
+    /// Wires `session` to a local end.
+    pub fn new(session: Session, local_in: R, local_out: W) -> Self {
+        Link {
+            session,
+            local_in,
+            local_out,
+            local_in_open: true,
+            local_read_buf: BytesMut::new(),
+            out_chunk: Bytes::new(),
+            local_output: LocalOutput::Open,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            timer_deadline: None,
+        }
+    }
+
+    /// The session.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// The session, to attach or detach a transport.
+    pub fn session_mut(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
+    /// The local end is gone for good (ssh exited): stop reading it, end the
+    /// outgoing stream where it is, and drop what would be written to it.
+    pub fn hang_up(&mut self) {
+        self.local_in_open = false;
+        self.session.local_eof();
+        self.session.close_local_output();
+        self.out_chunk.clear();
+        self.local_output = LocalOutput::Failed;
+    }
+
+    /// Runs the link over `transport` (or detached, if `None`) until it ends
+    /// by itself or `other` completes, whichever is first.
+    pub async fn run<F: Future>(
+        &mut self,
+        mut transport: Option<&mut Transport>,
+        other: F,
+    ) -> Step<F::Output> {
+        let mut other = pin!(other);
+        poll_fn(|cx| {
+            if let Poll::Ready(value) = other.as_mut().poll(cx) {
+                return Poll::Ready(Step::Other(value));
+            }
+            self.poll_link(cx, transport.as_deref_mut()).map(Step::Link)
+        })
+        .await
+    }
+
+    /// No byte waits for the local end, and if the peer's stream has ended,
+    /// the local end was told.
+    fn local_output_settled(&self) -> bool {
+        self.out_chunk.is_empty()
+            && !self.session.has_deliver()
+            && (self.local_output != LocalOutput::Open || !self.session.deliver_finished())
+    }
+
+    fn poll_link(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut transport: Option<&mut Transport>,
+    ) -> Poll<Outcome> {
+        loop {
+            loop {
+                let now = Instant::now();
+                let mut progress = self.poll_local_read(cx);
+                if let Some(t) = transport.as_deref_mut() {
+                    match self.poll_transport_read(cx, t, now) {
+                        Ok(moved) => progress |= moved,
+                        Err(outcome) => return Poll::Ready(outcome),
+                    }
+                }
+                progress |= self.poll_local_write(cx);
+                if let Some(t) = transport.as_deref_mut() {
+                    while t.write_queue.len() < WRITE_QUEUE_HIGH {
+                        match self.session.poll_transmit(now) {
+                            Some(frame) => t.write_queue.push(&frame),
+                            None => break,
+                        }
+                    }
+                    let was_queued = t.write_queue.len();
+                    match poll_write_queue(cx, t) {
+                        Ok(_) => progress |= t.write_queue.len() != was_queued,
+                        Err(e) => return Poll::Ready(Outcome::TransportLost(e.to_string())),
+                    }
+                    if self.local_output_settled() && t.write_queue.is_empty() {
+                        if let Some((code, reason)) = self.session.peer_close() {
+                            return Poll::Ready(Outcome::PeerClosed(*code, reason.clone()));
+                        }
+                        if self.session.is_finished() {
+                            return Poll::Ready(Outcome::Finished);
+                        }
+                    }
+                }
+                if !progress {
+                    break;
+                }
+            }
+            // Nothing can move: arm the session's timer.
+            let can_transmit = transport
+                .as_deref()
+                .is_some_and(|t| t.write_queue.len() < WRITE_QUEUE_HIGH);
+            let Some(deadline) = self.session.poll_timeout(can_transmit) else {
+                return Poll::Pending;
+            };
+            if self.timer_deadline != Some(deadline) {
+                self.timer_deadline = Some(deadline);
+                self.timer.as_mut().reset(deadline.into());
+            }
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.timer_deadline = None;
+            if self.session.handle_timeout(Instant::now()) {
+                let silent = format_duration(self.session.config().dead_after);
+                return Poll::Ready(Outcome::TransportLost(format!(
+                    "nothing heard for {silent}"
+                )));
+            }
+            // A heartbeat may be due: go round again.
+        }
+    }
+
+    /// Local end → session. Returns whether anything happened.
+    fn poll_local_read(&mut self, cx: &mut Context<'_>) -> bool {
+        let room = self.session.local_room().min(LOCAL_READ_SIZE);
+        if !self.local_in_open || room == 0 {
+            return false;
+        }
+        if self.local_read_buf.capacity() < room {
+            self.local_read_buf.reserve(LOCAL_READ_SIZE);
+        }
+        let mut limited = (&mut self.local_read_buf).limit(room);
+        match poll_read_buf(Pin::new(&mut self.local_in), cx, &mut limited) {
+            Poll::Pending => false,
+            Poll::Ready(Ok(0)) => {
+                self.local_in_open = false;
+                self.session.local_eof();
+                true
+            }
+            Poll::Ready(Ok(_)) => {
+                let chunk = self.local_read_buf.split().freeze();
+                self.session.push_local(chunk);
+                true
+            }
+            Poll::Ready(Err(e)) => {
+                tracing::debug!("reading the local end failed: {e}; ending the stream there");
+                self.local_in_open = false;
+                self.session.local_eof();
+                true
+            }
+        }
+    }
+
+    /// Transport → session. Returns whether anything happened, or how the
+    /// transport ended.
+    fn poll_transport_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        t: &mut Transport,
+        now: Instant,
+    ) -> Result<bool, Outcome> {
+        // Frames left over from the handshake, or from a read that was
+        // parsed only partly because the local end was slow.
+        let mut progress = self.parse_frames(t, now)?;
+        if self.session.peer_close().is_some() || !self.session.wants_transport_read() {
+            return Ok(progress);
+        }
+        if t.read_buf.capacity() - t.read_buf.len() < TRANSPORT_READ_SIZE / 4 {
+            t.read_buf.reserve(TRANSPORT_READ_SIZE);
+        }
+        match poll_read_buf(Pin::new(&mut t.stream), cx, &mut t.read_buf) {
+            Poll::Pending => {}
+            Poll::Ready(Ok(0)) => {
+                return Err(Outcome::TransportLost(
+                    "connection closed by the other end".into(),
+                ))
+            }
+            Poll::Ready(Ok(_)) => {
+                progress = true;
+                self.session.heard(now);
+                self.parse_frames(t, now)?;
+            }
+            Poll::Ready(Err(e)) => return Err(Outcome::TransportLost(e.to_string())),
+        }
+        Ok(progress)
+    }
+
+    /// Hands every complete frame in the read buffer to the session.
+    fn parse_frames(&mut self, t: &mut Transport, now: Instant) -> Result<bool, Outcome> {
+        let mut any = false;
+        while self.session.peer_close().is_none() {
+            let max_payload = self.session.max_payload_in();
+            let (kind, payload) = match split_message_within(&mut t.read_buf, max_payload) {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(e) => return Err(Outcome::Protocol(e.to_string())),
+            };
+            let frame =
+                Frame::decode(kind, payload).map_err(|e| Outcome::Protocol(e.to_string()))?;
+            self.session
+                .handle_frame(frame, now)
+                .map_err(|e| Outcome::Protocol(e.to_string()))?;
+            any = true;
+        }
+        Ok(any)
+    }
+
+    /// Session → local end. Returns whether anything happened.
+    fn poll_local_write(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+        loop {
+            if self.out_chunk.is_empty() {
+                match self.session.pop_deliver() {
+                    Some(bytes) => self.out_chunk = bytes,
+                    None => break,
+                }
+            }
+            if self.local_output != LocalOutput::Open {
+                self.out_chunk.clear();
+                continue;
+            }
+            match Pin::new(&mut self.local_out).poll_write(cx, &self.out_chunk) {
+                Poll::Pending => return progress,
+                Poll::Ready(Ok(n)) if n > 0 => {
+                    self.out_chunk.advance(n);
+                    progress = true;
+                }
+                Poll::Ready(result) => {
+                    let why = result
+                        .err()
+                        .map_or("it accepts no more".into(), |e| e.to_string());
+                    tracing::debug!(
+                        "writing to the local end failed: {why}; dropping what it would get"
+                    );
+                    self.local_output = LocalOutput::Failed;
+                    self.session.close_local_output();
+                    self.out_chunk.clear();
+                    return true;
+                }
+            }
+        }
+        if self.local_output == LocalOutput::Open && self.session.deliver_finished() {
+            if let Poll::Ready(result) = Pin::new(&mut self.local_out).poll_shutdown(cx) {
+                if let Err(e) = result {
+                    tracing::debug!("closing the local end's input failed: {e}");
+                }
+                self.local_output = LocalOutput::ShutDown;
+                progress = true;
+            }
+        }
+        progress
+    }
+}
+
+/// Sends a [`Frame::Close`] after whatever is queued, waiting at most
+/// `timeout`. Best effort: the transport is dropped after it either way.
+pub async fn close_transport(
+    transport: &mut Transport,
+    code: Code,
+    reason: &str,
+    timeout: Duration,
+) {
+    transport.write_queue.push(&Frame::Close {
+        code,
+        reason: reason.to_owned(),
+    });
+    let delivered = async {
+        let flushed = poll_fn(|cx| match poll_write_queue(cx, transport) {
+            Ok(true) => Poll::Ready(true),
+            Ok(false) => Poll::Pending,
+            Err(_) => Poll::Ready(false),
+        })
+        .await;
+        // Shutting the stream down waits, on QUIC, until the peer has it all:
+        // the process may exit right after.
+        if flushed {
+            let _ = poll_fn(|cx| Pin::new(&mut transport.stream).poll_shutdown(cx)).await;
+        }
+    };
+    let _ = tokio::time::timeout(timeout, delivered).await;
+}
+
+/// Writes from the transport's queue until it is empty (`Ok(true)`, flushed)
+/// or the transport would block (`Ok(false)`).
+fn poll_write_queue(cx: &mut Context<'_>, t: &mut Transport) -> std::io::Result<bool> {
+    while !t.write_queue.is_empty() {
+        let written = {
+            let mut slices = [IoSlice::new(&[]); MAX_IO_SLICES];
+            let queue: &mut WriteQueue = &mut t.write_queue;
+            let n = queue.io_slices(&mut slices);
+            match Pin::new(&mut t.stream).poll_write_vectored(cx, &slices[..n]) {
+                Poll::Pending => return Ok(false),
+                Poll::Ready(Ok(0)) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::WriteZero,
+                        "transport accepts no more bytes",
+                    ))
+                }
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Err(e),
+            }
+        };
+        t.write_queue.advance(written);
+    }
+    match Pin::new(&mut t.stream).poll_flush(cx) {
+        Poll::Pending => Ok(false),
+        Poll::Ready(result) => result.map(|()| true),
+    }
+}

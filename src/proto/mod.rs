@@ -1,0 +1,21 @@
+//! The protocol, pure: no sockets, no tasks, no clock of its own.
+//!
+//! Everything here takes its inputs (bytes, frames, the time) as arguments
+//! and returns what should happen, so it is property-tested and fuzzed
+//! without a network. The layers above move the bytes.
+//!
+//! * [`wire`] — the codec: frames and handshake messages to and from bytes.
+//! * [`session`] (with [`replay`]) — the state machine of one resumable
+//!   session: offsets, replay buffer, acks, end markers, resume positions.
+//! * [`write_queue`] — encoded frames waiting for a transport, written with
+//!   vectored writes.
+//! * [`backoff`] — the client's reconnect delays.
+//! * [`resume_auth`] — the proof that a resume comes from the session's
+//!   owner, and the limiter of failed attempts.
+
+pub mod backoff;
+pub mod replay;
+pub mod resume_auth;
+pub mod session;
+pub mod wire;
+pub mod write_queue;

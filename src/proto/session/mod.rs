@@ -1,0 +1,526 @@
+//! The session state machine: one resumable, bidirectional byte stream.
+//!
+//! Sans-IO, in the style of quinn-proto and rustls: the driver feeds it events
+//! (bytes read from the local end, frames from the peer, the clock, a transport
+//! lost or a new one attached) and drains what it wants done (frames to send,
+//! bytes to write to the local end, whether the transport is dead). It knows
+//! nothing of sockets, tasks or which transport carries its frames, so it is
+//! property-tested with random data, chunking and transport breaks.
+//!
+//! # Positions
+//!
+//! Each direction is a byte stream with 64-bit offsets. The end marker counts
+//! as one more position after the last byte (like TCP's FIN), so one number —
+//! a *position* — says both how many bytes arrived and whether the end did:
+//! a peer that received `n` bytes and the end marker is at position `n + 1`.
+//! Acks carry positions; so do the resume handshakes, where each side tells the
+//! other the position it has received up to, and the other side re-sends from
+//! there ([`Session::attach`]).
+
+use crate::proto::replay::ReplayBuffer;
+use crate::proto::wire::{Code, Frame, DATA_PREFIX_LEN, MAX_DATA_LEN, MIN_DATA_LEN};
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Default bound on unacknowledged bytes per direction.
+pub const DEFAULT_REPLAY_CAPACITY: usize = 8 * 1024 * 1024;
+/// Default bound on received bytes waiting for the local end to take them.
+pub const DEFAULT_DELIVER_CAPACITY: usize = 1024 * 1024;
+/// What one queued chunk for the local end costs besides its bytes, as
+/// counted against [`SessionConfig::deliver_capacity`]: a peer sending tiny
+/// frames fills the queue by count, not just by bytes.
+pub const DELIVER_ENTRY_COST: usize = 64;
+/// Received payloads shorter than this are copied out of the transport's
+/// read buffer, so that a few tiny frames cannot keep whole read buffers
+/// alive; larger ones are kept zero-copy.
+pub const DELIVER_COPY_BELOW: usize = 4096;
+/// Received bytes after which an ack goes out at once. Smaller amounts wait
+/// (up to [`ACK_DELAY`]) to ride along with the next frame this side sends
+/// anyway: an interactive reply, a heartbeat. A quarter of the smallest
+/// replay buffer a relay may have (64 KiB), so no sender waits on the delay.
+pub const ACK_EVERY: u64 = 16 * 1024;
+/// Longest an ack of fewer than [`ACK_EVERY`] bytes is held back.
+pub const ACK_DELAY: Duration = Duration::from_millis(5);
+/// Default dead-peer interval: a transport silent this long is abandoned.
+pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(5);
+/// Shortest dead-peer interval accepted from a user or a peer.
+pub const MIN_DEAD_AFTER: Duration = Duration::from_millis(500);
+/// Longest dead-peer interval accepted from a user or a peer.
+pub const MAX_DEAD_AFTER: Duration = Duration::from_secs(600);
+
+/// Tunables of one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Most unacknowledged bytes kept for replay; reading from the local end
+    /// stops when it is reached.
+    pub replay_capacity: usize,
+    /// Most received bytes queued for the local end; reading from the
+    /// transport stops when it is reached.
+    pub deliver_capacity: usize,
+    /// A transport from which nothing arrived for this long is dead.
+    pub dead_after: Duration,
+    /// Largest data frame payload sent or accepted (the relay sets it and
+    /// tells the client).
+    pub max_data_len: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            replay_capacity: DEFAULT_REPLAY_CAPACITY,
+            deliver_capacity: DEFAULT_DELIVER_CAPACITY,
+            dead_after: DEFAULT_DEAD_AFTER,
+            max_data_len: MAX_DATA_LEN,
+        }
+    }
+}
+
+impl SessionConfig {
+    /// How long the sender may stay silent before it sends a heartbeat: a
+    /// quarter of the dead-peer interval, so three can be lost.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.dead_after / 4
+    }
+}
+
+/// The peer broke the protocol; the session cannot go on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("protocol error: {0}")]
+pub struct ProtocolError(pub String);
+
+/// Counters for status and the user's messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Bytes read from the local end.
+    pub bytes_read_local: u64,
+    /// Bytes received from the peer (each counted once, however often sent).
+    pub bytes_received: u64,
+    /// Bytes sent again after a resume.
+    pub bytes_replayed: u64,
+    /// Latest heartbeat round-trip time.
+    pub rtt: Option<Duration>,
+}
+
+/// One side of a resumable session (client and relay run the same machine).
+#[derive(Debug)]
+pub struct Session {
+    config: SessionConfig,
+
+    // Outgoing: local end → peer.
+    /// Bytes read from the local end and not yet acknowledged.
+    replay: ReplayBuffer,
+    /// The local end closed; the end marker sits at `replay.end()`.
+    local_eof: bool,
+    /// Next offset to send on the current transport.
+    send_next: u64,
+    /// The end marker was sent on the current transport.
+    end_sent: bool,
+    /// Highest position ever sent, on any transport: a peer that resumes
+    /// claiming more than this would skip bytes it never saw.
+    sent_high: u64,
+    /// The peer acknowledged the end marker.
+    end_acked: bool,
+
+    // Incoming: peer → local end.
+    /// Next offset expected from the peer.
+    recv_next: u64,
+    /// The peer's end marker arrived.
+    peer_end: bool,
+    /// Highest position acknowledged to the peer.
+    ack_sent: u64,
+    /// When bytes not yet acknowledged first arrived (see [`ACK_DELAY`]).
+    ack_pending_since: Option<Instant>,
+    /// Received bytes waiting for the local end.
+    deliver: VecDeque<Bytes>,
+    /// Memory `deliver` accounts for: its bytes plus [`DELIVER_ENTRY_COST`]
+    /// per chunk.
+    deliver_len: usize,
+    /// The local end no longer takes bytes: received bytes are dropped.
+    local_output_closed: bool,
+
+    // Transport and liveness.
+    /// A transport is attached.
+    attached: bool,
+    /// When something last arrived from the peer (or silence stopped counting).
+    last_heard: Instant,
+    /// When something was last sent.
+    last_sent: Instant,
+    /// A ping to answer.
+    pong_due: Option<u64>,
+    /// The latest ping sent and when.
+    ping_in_flight: Option<(u64, Instant)>,
+    /// Token of the next ping.
+    next_ping: u64,
+    /// The peer closed the session.
+    peer_close: Option<(Code, String)>,
+
+    stats: SessionStats,
+}
+
+impl Session {
+    /// A new session with nothing sent or received and no transport attached.
+    pub fn new(config: SessionConfig, now: Instant) -> Session {
+        Session {
+            config,
+            replay: ReplayBuffer::new(config.replay_capacity),
+            local_eof: false,
+            send_next: 0,
+            end_sent: false,
+            sent_high: 0,
+            end_acked: false,
+            recv_next: 0,
+            peer_end: false,
+            ack_sent: 0,
+            ack_pending_since: None,
+            deliver: VecDeque::new(),
+            deliver_len: 0,
+            local_output_closed: false,
+            attached: false,
+            last_heard: now,
+            last_sent: now,
+            pong_due: None,
+            ping_in_flight: None,
+            next_ping: 0,
+            peer_close: None,
+            stats: SessionStats::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// Changes the dead-peer interval (the relay adopts the client's).
+    pub fn set_dead_after(&mut self, dead_after: Duration) {
+        self.config.dead_after = dead_after;
+    }
+
+    /// Largest message payload the peer may send: a data frame of
+    /// [`SessionConfig::max_data_len`] bytes, or any control frame.
+    pub fn max_payload_in(&self) -> usize {
+        (self.config.max_data_len + DATA_PREFIX_LEN).max(MIN_DATA_LEN + DATA_PREFIX_LEN)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> SessionStats {
+        self.stats
+    }
+
+    // ----- local end -----
+
+    /// How many bytes may be read from the local end now: zero when the
+    /// replay buffer is full (backpressure) or the local end has closed.
+    pub fn local_room(&self) -> usize {
+        if self.local_eof {
+            0
+        } else {
+            self.replay.room()
+        }
+    }
+
+    /// Bytes read from the local end (at most [`local_room`](Self::local_room)).
+    pub fn push_local(&mut self, bytes: Bytes) {
+        if self.local_eof {
+            return;
+        }
+        self.stats.bytes_read_local += bytes.len() as u64;
+        self.replay.push(bytes);
+    }
+
+    /// The local end closed its output: an end marker follows the last byte.
+    pub fn local_eof(&mut self) {
+        self.local_eof = true;
+    }
+
+    /// Whether the local end has closed its output.
+    pub fn is_local_eof(&self) -> bool {
+        self.local_eof
+    }
+
+    /// Next received bytes for the local end, in order.
+    pub fn pop_deliver(&mut self) -> Option<Bytes> {
+        let bytes = self.deliver.pop_front()?;
+        self.deliver_len -= bytes.len() + DELIVER_ENTRY_COST;
+        Some(bytes)
+    }
+
+    /// Whether bytes wait for the local end.
+    pub fn has_deliver(&self) -> bool {
+        !self.deliver.is_empty()
+    }
+
+    /// The peer's stream has ended and every byte of it was handed out by
+    /// [`pop_deliver`](Self::pop_deliver): the local end's input can be closed.
+    pub fn deliver_finished(&self) -> bool {
+        self.peer_end && self.deliver.is_empty()
+    }
+
+    /// The local end no longer accepts bytes (it closed or failed): drop what
+    /// waits and whatever arrives later. Those bytes still count as received,
+    /// so the peer's replay buffer keeps draining.
+    pub fn close_local_output(&mut self) {
+        self.local_output_closed = true;
+        self.deliver.clear();
+        self.deliver_len = 0;
+    }
+
+    /// Whether the driver should read frames from the transport: false while
+    /// the local end is slow and enough bytes wait for it (backpressure).
+    pub fn wants_transport_read(&self) -> bool {
+        self.deliver_len < self.config.deliver_capacity
+    }
+
+    // ----- transport -----
+
+    /// The position received up to, which a resume handshake tells the peer.
+    pub fn received_position(&self) -> u64 {
+        self.recv_next + u64::from(self.peer_end)
+    }
+
+    /// Bytes (and end marker) the peer has not acknowledged.
+    pub fn unacked(&self) -> u64 {
+        self.replay.len() as u64 + u64::from(self.local_eof && !self.end_acked)
+    }
+
+    /// Whether a transport is attached.
+    pub fn is_attached(&self) -> bool {
+        self.attached
+    }
+
+    /// The transport was lost; frames queued for it are gone too.
+    pub fn detach(&mut self) {
+        self.attached = false;
+        self.pong_due = None;
+        self.ping_in_flight = None;
+    }
+
+    /// Checks a peer's resume position against what this side holds: it must
+    /// lie between what the peer already acknowledged and what was ever sent.
+    /// The relay asks before it answers a resume; [`attach`](Self::attach)
+    /// asks again.
+    pub fn check_resume(&self, peer_received: u64) -> Result<(), ProtocolError> {
+        let acked = self.replay.start() + u64::from(self.end_acked);
+        if peer_received < acked || peer_received > self.sent_high {
+            return Err(ProtocolError(format!(
+                "peer resumes from position {peer_received}, but this side holds {acked}..={}",
+                self.sent_high
+            )));
+        }
+        Ok(())
+    }
+
+    /// A new transport is attached, over which the peer said it has received
+    /// up to `peer_received`. Acknowledges everything before it and re-sends
+    /// the rest. A position outside what this side still holds is a protocol
+    /// error, never a guess.
+    pub fn attach(&mut self, peer_received: u64, now: Instant) -> Result<(), ProtocolError> {
+        self.check_resume(peer_received)?;
+        self.replay.acknowledge(peer_received);
+        if self.local_eof && peer_received == self.replay.end() + 1 {
+            self.end_acked = true;
+        }
+        let resume_at = peer_received.min(self.replay.end());
+        self.stats.bytes_replayed += self.send_next.saturating_sub(resume_at);
+        self.send_next = resume_at;
+        self.end_sent = self.end_acked;
+        self.ack_sent = self.received_position();
+        self.ack_pending_since = None;
+        self.attached = true;
+        self.last_heard = now;
+        self.last_sent = now;
+        self.pong_due = None;
+        self.ping_in_flight = None;
+        Ok(())
+    }
+
+    /// Bytes arrived from the peer, whether or not they complete a frame: the
+    /// transport is alive. (On a slow link one large frame can take longer
+    /// than the dead-peer interval to arrive.)
+    pub fn heard(&mut self, now: Instant) {
+        self.last_heard = now;
+    }
+
+    /// A frame from the peer.
+    pub fn handle_frame(&mut self, frame: Frame, now: Instant) -> Result<(), ProtocolError> {
+        self.last_heard = now;
+        match frame {
+            Frame::Data { offset, bytes } => {
+                if self.peer_end {
+                    return Err(ProtocolError(format!("data at offset {offset} after end")));
+                }
+                if offset != self.recv_next {
+                    return Err(ProtocolError(format!(
+                        "data at offset {offset}, expected {}",
+                        self.recv_next
+                    )));
+                }
+                self.recv_next += bytes.len() as u64;
+                self.stats.bytes_received += bytes.len() as u64;
+                if !bytes.is_empty() {
+                    self.ack_pending_since.get_or_insert(now);
+                }
+                if !self.local_output_closed && !bytes.is_empty() {
+                    let bytes = if bytes.len() < DELIVER_COPY_BELOW {
+                        Bytes::copy_from_slice(&bytes)
+                    } else {
+                        bytes
+                    };
+                    self.deliver_len += bytes.len() + DELIVER_ENTRY_COST;
+                    self.deliver.push_back(bytes);
+                }
+            }
+            Frame::Ack { position } => {
+                let sent = self.send_next + u64::from(self.end_sent);
+                if position > sent {
+                    return Err(ProtocolError(format!(
+                        "ack of position {position}, but only {sent} was sent"
+                    )));
+                }
+                self.replay.acknowledge(position);
+                if self.local_eof && position == self.replay.end() + 1 {
+                    self.end_acked = true;
+                }
+            }
+            Frame::Ping { token } => self.pong_due = Some(token),
+            Frame::Pong { token } => {
+                if let Some((sent_token, at)) = self.ping_in_flight {
+                    if sent_token == token {
+                        self.stats.rtt = Some(now.saturating_duration_since(at));
+                        self.ping_in_flight = None;
+                    }
+                }
+            }
+            Frame::End { offset } => {
+                if self.peer_end {
+                    return Err(ProtocolError("second end marker".into()));
+                }
+                if offset != self.recv_next {
+                    return Err(ProtocolError(format!(
+                        "end at offset {offset}, expected {}",
+                        self.recv_next
+                    )));
+                }
+                self.peer_end = true;
+            }
+            Frame::Close { code, reason } => self.peer_close = Some((code, reason)),
+        }
+        Ok(())
+    }
+
+    /// The peer's [`Frame::Close`], if it sent one.
+    pub fn peer_close(&self) -> Option<&(Code, String)> {
+        self.peer_close.as_ref()
+    }
+
+    /// The next frame to send on the attached transport, or `None` when there
+    /// is nothing to send (or no transport). Call until `None` (or until the
+    /// transport's write queue is full) after every event.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Frame> {
+        if !self.attached {
+            return None;
+        }
+        let frame = self.next_frame(now)?;
+        self.last_sent = now;
+        Some(frame)
+    }
+
+    fn next_frame(&mut self, now: Instant) -> Option<Frame> {
+        if let Some(token) = self.pong_due.take() {
+            return Some(Frame::Pong { token });
+        }
+        let received = self.received_position();
+        if received > self.ack_sent && self.ack_due(now) {
+            self.ack_sent = received;
+            self.ack_pending_since = None;
+            return Some(Frame::Ack { position: received });
+        }
+        if self.send_next < self.replay.end() {
+            let bytes = self
+                .replay
+                .slice_from(self.send_next, self.config.max_data_len);
+            let offset = self.send_next;
+            self.send_next += bytes.len() as u64;
+            self.sent_high = self.sent_high.max(self.send_next);
+            return Some(Frame::Data { offset, bytes });
+        }
+        if self.local_eof && !self.end_sent {
+            self.end_sent = true;
+            self.sent_high = self.replay.end() + 1;
+            return Some(Frame::End {
+                offset: self.replay.end(),
+            });
+        }
+        if now.saturating_duration_since(self.last_sent) >= self.config.heartbeat_interval() {
+            let token = self.next_ping;
+            self.next_ping += 1;
+            self.ping_in_flight = Some((token, now));
+            return Some(Frame::Ping { token });
+        }
+        None
+    }
+
+    /// Whether an ack of what was received should go now: enough bytes (or
+    /// the end marker) arrived, this side sends a frame anyway, or the ack
+    /// was held back for [`ACK_DELAY`].
+    fn ack_due(&self, now: Instant) -> bool {
+        self.received_position() - self.ack_sent >= ACK_EVERY
+            || self.peer_end
+            || self.send_next < self.replay.end()
+            || (self.local_eof && !self.end_sent)
+            || now.saturating_duration_since(self.last_sent) >= self.config.heartbeat_interval()
+            || self.ack_pending_since.map_or(true, |since| {
+                now.saturating_duration_since(since) >= ACK_DELAY
+            })
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next be called.
+    /// `can_transmit` says whether the driver could send a frame now; while
+    /// it cannot (its write queue is full), no heartbeat is due, only the
+    /// dead-peer check — otherwise an overdue heartbeat would wake it at once,
+    /// again and again.
+    pub fn poll_timeout(&self, can_transmit: bool) -> Option<Instant> {
+        if !self.attached {
+            return None;
+        }
+        let dead = self.last_heard + self.config.dead_after;
+        if !can_transmit {
+            return Some(dead);
+        }
+        let heartbeat = self.last_sent + self.config.heartbeat_interval();
+        let ack = match self.ack_pending_since {
+            Some(since) if self.received_position() > self.ack_sent => since + ACK_DELAY,
+            _ => heartbeat,
+        };
+        Some(heartbeat.min(dead).min(ack))
+    }
+
+    /// The clock advanced. Returns true when the attached transport is dead:
+    /// nothing arrived for the dead-peer interval. Silence does not count
+    /// while this side is not reading (its local end is slow).
+    pub fn handle_timeout(&mut self, now: Instant) -> bool {
+        if !self.attached {
+            return false;
+        }
+        if !self.wants_transport_read() {
+            self.last_heard = now;
+        }
+        now.saturating_duration_since(self.last_heard) >= self.config.dead_after
+    }
+
+    /// Both streams have ended and every received byte was handed to the
+    /// local end; at most the peer's acknowledgement of the end is missing.
+    pub fn both_streams_ended(&self) -> bool {
+        self.local_eof && self.deliver_finished()
+    }
+
+    /// Both streams ended and were acknowledged, and every received byte was
+    /// handed to the local end: the session is complete.
+    pub fn is_finished(&self) -> bool {
+        self.both_streams_ended() && self.end_acked
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,440 @@
+//! Two sessions joined by a simulated, breakable transport, driven through
+//! random schedules: the stream contract must hold for every one of them.
+
+use super::*;
+use crate::proto::wire::{split_message_within, Frame};
+use bytes::BytesMut;
+use proptest::prelude::*;
+
+/// One endpoint of the simulation: a session and its local end.
+struct Side {
+    session: Session,
+    /// What the local end writes (all of it, eventually).
+    input: Vec<u8>,
+    /// How much of `input` was handed to the session.
+    pushed: usize,
+    /// What the local end has read.
+    output: Vec<u8>,
+    /// Bytes arrived from the transport, not yet parsed.
+    read_buf: BytesMut,
+}
+
+impl Side {
+    fn new(config: SessionConfig, input: Vec<u8>, now: Instant) -> Side {
+        Side {
+            session: Session::new(config, now),
+            input,
+            pushed: 0,
+            output: Vec::new(),
+            read_buf: BytesMut::new(),
+        }
+    }
+
+    fn push(&mut self, n: usize) {
+        let n = n
+            .min(self.session.local_room())
+            .min(self.input.len() - self.pushed);
+        if n > 0 {
+            let chunk = Bytes::copy_from_slice(&self.input[self.pushed..self.pushed + n]);
+            self.session.push_local(chunk);
+            self.pushed += n;
+        }
+        if self.pushed == self.input.len() && !self.session.is_local_eof() {
+            self.session.local_eof();
+        }
+    }
+
+    fn transmit(&mut self, wire: &mut BytesMut, now: Instant) {
+        while let Some(frame) = self.session.poll_transmit(now) {
+            frame.encode(wire);
+        }
+    }
+
+    /// Feeds up to `n` bytes from the wire; false when the peer broke the protocol.
+    fn receive(&mut self, wire: &mut BytesMut, n: usize, now: Instant) -> Result<(), String> {
+        if !self.session.wants_transport_read() {
+            return Ok(());
+        }
+        let n = n.min(wire.len());
+        self.read_buf.extend_from_slice(&wire.split_to(n));
+        while let Some((kind, payload)) =
+            split_message_within(&mut self.read_buf, self.session.max_payload_in())
+                .map_err(|e| e.to_string())?
+        {
+            let frame = Frame::decode(kind, payload).map_err(|e| e.to_string())?;
+            self.session
+                .handle_frame(frame, now)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn pop(&mut self) {
+        while let Some(bytes) = self.session.pop_deliver() {
+            self.output.extend_from_slice(&bytes);
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Push(bool, usize),
+    Transmit(bool),
+    Receive(bool, usize),
+    Pop(bool),
+    Break,
+    Resume,
+    Tick(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (any::<bool>(), 1usize..3000).prop_map(|(s, n)| Op::Push(s, n)),
+        4 => any::<bool>().prop_map(Op::Transmit),
+        6 => (any::<bool>(), 1usize..5000).prop_map(|(s, n)| Op::Receive(s, n)),
+        3 => any::<bool>().prop_map(Op::Pop),
+        1 => Just(Op::Break),
+        2 => Just(Op::Resume),
+        1 => (0u64..1500).prop_map(Op::Tick),
+    ]
+}
+
+struct World {
+    a: Side,
+    b: Side,
+    a_to_b: BytesMut,
+    b_to_a: BytesMut,
+    connected: bool,
+    now: Instant,
+    breaks: usize,
+}
+
+impl World {
+    fn side(&mut self, first: bool) -> (&mut Side, &mut BytesMut, &mut BytesMut) {
+        if first {
+            (&mut self.a, &mut self.a_to_b, &mut self.b_to_a)
+        } else {
+            (&mut self.b, &mut self.b_to_a, &mut self.a_to_b)
+        }
+    }
+
+    /// The transport breaks: whatever was in flight, whole frames or halves, is lost.
+    fn break_link(&mut self) {
+        if !self.connected {
+            return;
+        }
+        self.connected = false;
+        self.breaks += 1;
+        self.a_to_b.clear();
+        self.b_to_a.clear();
+        self.a.read_buf.clear();
+        self.b.read_buf.clear();
+        self.a.session.detach();
+        self.b.session.detach();
+    }
+
+    /// A new transport: the resume handshake tells each side the other's position.
+    fn resume(&mut self) {
+        if self.connected {
+            return;
+        }
+        let a_pos = self.a.session.received_position();
+        let b_pos = self.b.session.received_position();
+        self.a.session.attach(b_pos, self.now).expect("a resumes");
+        self.b.session.attach(a_pos, self.now).expect("b resumes");
+        self.connected = true;
+    }
+
+    fn apply(&mut self, op: Op) -> Result<(), String> {
+        let now = self.now;
+        let connected = self.connected;
+        match op {
+            Op::Push(s, n) => self.side(s).0.push(n),
+            Op::Transmit(s) if connected => {
+                let (side, out, _) = self.side(s);
+                side.transmit(out, now);
+            }
+            Op::Receive(s, n) if connected => {
+                let (side, _, inbound) = self.side(s);
+                side.receive(inbound, n, now)?;
+            }
+            Op::Pop(s) => self.side(s).0.pop(),
+            Op::Break => self.break_link(),
+            Op::Resume => self.resume(),
+            Op::Tick(ms) => {
+                self.now += Duration::from_millis(ms);
+                let now = self.now;
+                let dead_a = self.a.session.handle_timeout(now);
+                let dead_b = self.b.session.handle_timeout(now);
+                if dead_a || dead_b {
+                    self.break_link();
+                }
+            }
+            Op::Transmit(_) | Op::Receive(..) => {}
+        }
+        for side in [&self.a, &self.b] {
+            let bound = side.session.config().replay_capacity as u64 + 1;
+            if side.session.unacked() > bound {
+                return Err(format!(
+                    "replay buffer holds {} > {bound}",
+                    side.session.unacked()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs with a healthy link until both sessions are finished.
+    fn finish(&mut self) -> Result<(), String> {
+        self.resume();
+        for _ in 0..100_000 {
+            if self.a.session.is_finished() && self.b.session.is_finished() {
+                return Ok(());
+            }
+            for s in [true, false] {
+                self.apply(Op::Push(s, usize::MAX))?;
+                self.apply(Op::Transmit(s))?;
+                self.apply(Op::Receive(!s, usize::MAX))?;
+                self.apply(Op::Pop(!s))?;
+            }
+            // Small acks wait for ACK_DELAY unless a frame carries them.
+            self.apply(Op::Tick(ACK_DELAY.as_millis() as u64))?;
+            self.resume();
+        }
+        Err("sessions did not finish".into())
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_byte_arrives_exactly_once_across_any_breaks(
+        a_in in proptest::collection::vec(any::<u8>(), 0..20_000),
+        b_in in proptest::collection::vec(any::<u8>(), 0..20_000),
+        replay_capacity in 1usize..6000,
+        deliver_capacity in 1usize..6000,
+        max_data_len in 1024usize..5000,
+        ops in proptest::collection::vec(op(), 0..300),
+    ) {
+        let now = Instant::now();
+        let config = SessionConfig {
+            replay_capacity,
+            deliver_capacity,
+            dead_after: Duration::from_secs(1),
+            max_data_len,
+        };
+        let mut world = World {
+            a: Side::new(config, a_in.clone(), now),
+            b: Side::new(config, b_in.clone(), now),
+            a_to_b: BytesMut::new(),
+            b_to_a: BytesMut::new(),
+            connected: false,
+            now,
+            breaks: 0,
+        };
+        world.resume();
+        for op in ops {
+            world.apply(op).map_err(TestCaseError::fail)?;
+        }
+        world.finish().map_err(TestCaseError::fail)?;
+        prop_assert!(world.a.output == b_in, "a received {} of {} bytes", world.a.output.len(), b_in.len());
+        prop_assert!(world.b.output == a_in, "b received {} of {} bytes", world.b.output.len(), a_in.len());
+        prop_assert!(world.a.session.deliver_finished() && world.b.session.deliver_finished());
+    }
+}
+
+#[test]
+fn resume_outside_the_held_range_is_a_protocol_error() {
+    let now = Instant::now();
+    let mut s = Session::new(SessionConfig::default(), now);
+    s.push_local(Bytes::from_static(b"0123456789"));
+    s.attach(0, now).unwrap();
+    assert!(
+        s.attach(11, now).is_err(),
+        "peer cannot have more than was read"
+    );
+    assert!(
+        s.attach(5, now).is_err(),
+        "peer cannot have bytes that were read but never sent"
+    );
+    s.handle_frame(Frame::Ack { position: 0 }, now).unwrap();
+    while s.poll_transmit(now).is_some() {}
+    s.handle_frame(Frame::Ack { position: 4 }, now).unwrap();
+    assert!(
+        s.attach(3, now).is_err(),
+        "peer cannot have less than it acknowledged"
+    );
+    s.attach(4, now).unwrap();
+    match s.poll_transmit(now) {
+        Some(Frame::Data { offset, bytes }) => {
+            assert_eq!(offset, 4);
+            assert_eq!(&bytes[..], b"456789");
+        }
+        other => panic!("expected replayed data, got {other:?}"),
+    }
+}
+
+#[test]
+fn acks_beyond_what_was_sent_and_data_out_of_order_are_rejected() {
+    let now = Instant::now();
+    let mut s = Session::new(SessionConfig::default(), now);
+    s.attach(0, now).unwrap();
+    assert!(s.handle_frame(Frame::Ack { position: 1 }, now).is_err());
+    let data = |offset| Frame::Data {
+        offset,
+        bytes: Bytes::from_static(b"ab"),
+    };
+    assert!(s.handle_frame(data(1), now).is_err());
+    s.handle_frame(data(0), now).unwrap();
+    s.handle_frame(Frame::End { offset: 2 }, now).unwrap();
+    assert!(s.handle_frame(data(2), now).is_err());
+    assert_eq!(s.received_position(), 3);
+}
+
+#[test]
+fn silence_kills_the_transport_unless_the_local_end_is_slow() {
+    let start = Instant::now();
+    let config = SessionConfig {
+        deliver_capacity: 4,
+        dead_after: Duration::from_secs(4),
+        ..SessionConfig::default()
+    };
+    let mut s = Session::new(config, start);
+    s.attach(0, start).unwrap();
+    // A heartbeat goes out after a quarter of the interval.
+    assert_eq!(s.poll_transmit(start), None);
+    let t1 = start + Duration::from_secs(1);
+    assert!(matches!(s.poll_transmit(t1), Some(Frame::Ping { .. })));
+    assert!(!s.handle_timeout(start + Duration::from_millis(3999)));
+    assert!(s.handle_timeout(start + Duration::from_secs(4)));
+
+    // With bytes waiting for a slow local end, silence does not count.
+    let mut s = Session::new(config, start);
+    s.attach(0, start).unwrap();
+    s.handle_frame(
+        Frame::Data {
+            offset: 0,
+            bytes: Bytes::from_static(b"full"),
+        },
+        start,
+    )
+    .unwrap();
+    assert!(!s.wants_transport_read());
+    assert!(!s.handle_timeout(start + Duration::from_secs(60)));
+}
+
+#[test]
+fn bytes_of_an_incomplete_frame_keep_the_transport_alive() {
+    let start = Instant::now();
+    let config = SessionConfig {
+        dead_after: Duration::from_secs(4),
+        ..SessionConfig::default()
+    };
+    let mut s = Session::new(config, start);
+    s.attach(0, start).unwrap();
+    // A large frame trickles in over a slow link: no frame completes for
+    // longer than the dead-peer interval, but bytes keep arriving.
+    for second in 1..=10 {
+        s.heard(start + Duration::from_secs(second));
+    }
+    assert!(!s.handle_timeout(start + Duration::from_secs(10)));
+    assert!(s.handle_timeout(start + Duration::from_secs(14)));
+}
+
+#[test]
+fn a_full_write_queue_arms_only_the_dead_peer_check() {
+    let start = Instant::now();
+    let mut s = Session::new(SessionConfig::default(), start);
+    s.attach(0, start).unwrap();
+    let heartbeat = start + s.config().heartbeat_interval();
+    let dead = start + s.config().dead_after;
+    assert_eq!(s.poll_timeout(true), Some(heartbeat));
+    // Long past the heartbeat, with no room to send it, the timer must not
+    // point into the past (the driver would spin).
+    assert_eq!(s.poll_timeout(false), Some(dead));
+}
+
+#[test]
+fn pong_measures_round_trip_time() {
+    let start = Instant::now();
+    let mut s = Session::new(SessionConfig::default(), start);
+    s.attach(0, start).unwrap();
+    let later = start + s.config().heartbeat_interval();
+    let token = match s.poll_transmit(later) {
+        Some(Frame::Ping { token }) => token,
+        other => panic!("expected ping, got {other:?}"),
+    };
+    s.handle_frame(Frame::Pong { token }, later + Duration::from_millis(7))
+        .unwrap();
+    assert_eq!(s.stats().rtt, Some(Duration::from_millis(7)));
+}
+
+#[test]
+fn tiny_frames_fill_the_local_queue_by_count() {
+    let now = Instant::now();
+    let config = SessionConfig {
+        deliver_capacity: 64 * 1024,
+        ..SessionConfig::default()
+    };
+    let mut s = Session::new(config, now);
+    s.attach(0, now).unwrap();
+    let mut frames = 0u64;
+    while s.wants_transport_read() {
+        let data = Frame::Data {
+            offset: frames,
+            bytes: Bytes::from_static(b"x"),
+        };
+        s.handle_frame(data, now).unwrap();
+        frames += 1;
+    }
+    // 64 KiB of budget at one byte plus the entry cost each: about a
+    // thousand frames, not 65,536.
+    assert_eq!(frames, (64 * 1024 / (1 + DELIVER_ENTRY_COST)) as u64 + 1);
+    while s.pop_deliver().is_some() {}
+    assert!(s.wants_transport_read());
+}
+
+/// Sends everything `from` has for `to` and lets `to` read it.
+fn exchange(from: &mut Session, to: &mut Session, now: Instant) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    while let Some(frame) = from.poll_transmit(now) {
+        frames.push(frame.clone());
+        to.handle_frame(frame, now).unwrap();
+    }
+    frames
+}
+
+#[test]
+fn small_acks_ride_on_the_reply_or_wait_for_the_delay() {
+    let t0 = Instant::now();
+    let mut a = Session::new(SessionConfig::default(), t0);
+    let mut b = Session::new(SessionConfig::default(), t0);
+    a.attach(0, t0).unwrap();
+    b.attach(0, t0).unwrap();
+    let is_ack = |f: &Frame| matches!(f, Frame::Ack { .. });
+
+    // A keystroke: b does not ack it on its own at once…
+    a.push_local(Bytes::from_static(b"x"));
+    exchange(&mut a, &mut b, t0);
+    assert!(exchange(&mut b, &mut a, t0).is_empty());
+    assert_eq!(b.poll_timeout(true), Some(t0 + ACK_DELAY));
+    // …but with its echo, in the same batch of frames.
+    b.push_local(Bytes::from_static(b"x"));
+    let frames = exchange(&mut b, &mut a, t0);
+    assert!(frames.iter().any(is_ack) && frames.len() == 2, "{frames:?}");
+    assert_eq!(a.unacked(), 0);
+
+    // No reply: the ack goes out after ACK_DELAY.
+    let t1 = t0 + ACK_DELAY;
+    assert!(exchange(&mut a, &mut b, t0).is_empty());
+    let frames = exchange(&mut a, &mut b, t1);
+    assert!(frames.iter().all(is_ack) && frames.len() == 1, "{frames:?}");
+    assert_eq!(b.unacked(), 0);
+
+    // Bulk: acked as soon as ACK_EVERY bytes arrived.
+    a.push_local(Bytes::from(vec![0u8; ACK_EVERY as usize]));
+    exchange(&mut a, &mut b, t1);
+    let frames = exchange(&mut b, &mut a, t1);
+    assert!(frames.iter().all(is_ack) && frames.len() == 1, "{frames:?}");
+}

@@ -1,0 +1,279 @@
+//! The accept path: from a connection just accepted to a session served.
+//!
+//! Completes the transport's own handshake (TLS on TCP, or QUIC), reads the
+//! client's hello, and either opens a new session — if the target is
+//! allowed and the relay has room — or authenticates a resume and hands the
+//! new transport to its session's task. All of it within the handshake
+//! timeout; every refusal goes back to the client with a code and a reason.
+
+use super::session_task::{self, Audit};
+use super::table::{Attach, Entry};
+use super::target_policy::Target;
+use super::{Shared, CLOSE_TIMEOUT, TARGET_CONNECT_TIMEOUT};
+use crate::link::handshake::{self, HandshakeError, NOT_A_CLIENT_NOTICE};
+use crate::proto::resume_auth::{self, Verdict, MAX_FAILURES};
+use crate::proto::session::{MAX_DEAD_AFTER, MIN_DEAD_AFTER};
+use crate::proto::wire::{Code, Hello, Reply, SessionId, SECRET_LEN, SESSION_ID_LEN};
+use crate::transport::{quic, tls, Transport};
+use crate::units::format_duration;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// The first byte of every TLS connection (a handshake record).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// A connection in its handshake.
+pub(super) enum Incoming {
+    Tcp(TcpStream),
+    Quic(Box<quinn::Incoming>),
+}
+
+/// Why a new connection went nowhere.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum AcceptError {
+    #[error("handshake: {0}")]
+    Handshake(#[from] HandshakeError),
+    #[error("TLS: {0}")]
+    Tls(io::Error),
+    #[error("QUIC: {0}")]
+    Quic(io::Error),
+    #[error("not a resumeproxy client (it did not start TLS)")]
+    NotTls,
+    #[error("handshake took longer than {}", format_duration(*.0))]
+    Timeout(Duration),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Reads one connection's handshake and opens or resumes its session.
+pub(super) async fn accept(
+    connection: Incoming,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+) -> Result<(), AcceptError> {
+    let limit = shared.config().limits.handshake_timeout;
+    let deadline = tokio::time::Instant::now() + limit;
+    let handshake = async {
+        let mut transport = match connection {
+            Incoming::Tcp(stream) => accept_tls(stream, &shared).await?,
+            Incoming::Quic(incoming) => quic::accept(*incoming).await.map_err(AcceptError::Quic)?,
+        };
+        let hello = handshake::relay(&mut transport).await?;
+        Ok::<_, AcceptError>((transport, hello))
+    };
+    let (transport, hello) = tokio::time::timeout_at(deadline, handshake)
+        .await
+        .map_err(|_| AcceptError::Timeout(limit))??;
+    serve(transport, hello, peer, &shared).await
+}
+
+/// Completes the TLS handshake of a TCP connection.
+async fn accept_tls(stream: TcpStream, shared: &Shared) -> Result<Transport, AcceptError> {
+    let mut first = [0u8; 1];
+    let n = stream
+        .peek(&mut first)
+        .await
+        .map_err(HandshakeError::from)?;
+    if n == 0 || first[0] != TLS_HANDSHAKE_RECORD {
+        // An ssh client pointed at this port, a scanner: say what this is.
+        let mut stream = stream;
+        let _ = stream.write_all(NOT_A_CLIENT_NOTICE).await;
+        return Err(AcceptError::NotTls);
+    }
+    tls::accept(stream, &shared.acceptor)
+        .await
+        .map_err(AcceptError::Tls)
+}
+
+/// Opens or resumes the session a client's hello asks for.
+async fn serve(
+    mut transport: Transport,
+    hello: Hello,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+) -> Result<(), AcceptError> {
+    match hello {
+        Hello::New {
+            dead_after_ms,
+            host,
+            port,
+        } => open_session(transport, peer, shared, dead_after_ms, &host, port).await,
+        Hello::Resume {
+            dead_after_ms,
+            session,
+            proof,
+            received,
+        } => {
+            let ip = peer.ip();
+            let verdict = shared.failures().verdict(ip, Instant::now());
+            if let Verdict::Refuse { retry_after } = verdict {
+                let reason = format!(
+                    "too many failed resume attempts from {ip}; try again in {}",
+                    format_duration(retry_after)
+                );
+                return refuse(&mut transport, Code::Busy, reason).await;
+            }
+            let found = shared.table.lookup(&session);
+            let gone = "no such session on this relay: it expired after its grace period, or the relay was restarted";
+            let Some((secret, attach)) = found else {
+                return refuse(&mut transport, Code::UnknownSession, gone.into()).await;
+            };
+            if !resume_auth::verify(&secret, &session, &transport.binding, &proof) {
+                let failures = shared.failures().record_failure(ip, Instant::now());
+                if failures <= MAX_FAILURES {
+                    tracing::warn!(session = %session, client = %peer, "resume refused: wrong proof ({failures} from this address in the last minute)");
+                }
+                if failures == MAX_FAILURES {
+                    tracing::warn!(client = %peer, "further resume attempts from {ip} are refused for a minute");
+                }
+                return refuse(&mut transport, Code::BadProof, "wrong session proof".into()).await;
+            }
+            let request = Attach {
+                transport,
+                peer_received: received,
+                dead_after: clamp_dead_after(dead_after_ms),
+            };
+            if let Err(mpsc::error::SendError(mut request)) = attach.send(request).await {
+                // The session ended between the lookup and now.
+                return refuse(&mut request.transport, Code::UnknownSession, gone.into()).await;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Opens a new session to the target a client asked for, if it is allowed
+/// and the relay has room.
+async fn open_session(
+    mut transport: Transport,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    dead_after_ms: u32,
+    host: &str,
+    port: u16,
+) -> Result<(), AcceptError> {
+    let config = shared.config();
+    let target = match config.targets.decide(host, port) {
+        Ok(target) => target,
+        Err(reason) => return refuse(&mut transport, Code::TargetRefused, reason).await,
+    };
+    let limits = config.limits;
+    if shared.table.len() >= limits.max_sessions {
+        let reason = format!(
+            "the relay is at its limit of {} sessions (--max-sessions)",
+            limits.max_sessions
+        );
+        return refuse(&mut transport, Code::Busy, reason).await;
+    }
+    if shared.table.detached() >= limits.max_detached {
+        let reason = format!(
+            "the relay holds its limit of {} sessions whose clients are away (--max-detached)",
+            limits.max_detached
+        );
+        return refuse(&mut transport, Code::Busy, reason).await;
+    }
+    let Some(source_mark) = shared
+        .table
+        .add_source(peer.ip(), limits.max_sessions_per_source)
+    else {
+        let reason = format!(
+            "the relay holds its limit of {} sessions from {} (--max-sessions-per-source)",
+            limits.max_sessions_per_source,
+            peer.ip()
+        );
+        return refuse(&mut transport, Code::Busy, reason).await;
+    };
+    let connect = async {
+        match &target {
+            Target::Default(addr) => TcpStream::connect(addr).await,
+            Target::Named(named) => TcpStream::connect((named.host.as_str(), named.port)).await,
+        }
+    };
+    let sshd = match tokio::time::timeout(TARGET_CONNECT_TIMEOUT, connect).await {
+        Ok(Ok(sshd)) => sshd,
+        Ok(Err(e)) => {
+            let reason = format!("the relay cannot connect to its target {target}: {e}");
+            return refuse(&mut transport, Code::TargetUnreachable, reason).await;
+        }
+        Err(_) => {
+            let reason = format!("the relay's target {target} does not answer");
+            return refuse(&mut transport, Code::TargetUnreachable, reason).await;
+        }
+    };
+    sshd.set_nodelay(true).map_err(HandshakeError::from)?;
+    let local_port = sshd.local_addr().map(|a| a.port()).unwrap_or(0);
+    let session = SessionId(rand::random::<[u8; SESSION_ID_LEN]>());
+    let secret = rand::random::<[u8; SECRET_LEN]>();
+    let (tx, rx) = mpsc::channel(4);
+    shared.table.insert(session, Entry { secret, attach: tx });
+    let reply = Reply::Created {
+        session,
+        secret,
+        grace_ms: config.grace.as_millis().try_into().unwrap_or(u64::MAX),
+        max_data: u32::try_from(config.session.max_data_len).unwrap_or(u32::MAX),
+    };
+    if let Err(e) = tokio::time::timeout(
+        limits.handshake_timeout,
+        handshake::reply(&mut transport, &reply),
+    )
+    .await
+    {
+        shared.table.remove(&session);
+        return Err(AcceptError::Refused(format!("could not answer: {e}")));
+    }
+    transport.open_windows();
+    let audit = Audit {
+        id: session,
+        client: peer,
+        target,
+        local_port,
+        _source: source_mark,
+    };
+    tracing::info!(
+        session = %audit.id, client = %audit.client, target = %audit.target, local_port,
+        transport = %transport.kind,
+        "session started"
+    );
+    let mut session_config = config.session;
+    session_config.dead_after = clamp_dead_after(dead_after_ms);
+    let task = session_task::run(
+        audit,
+        sshd,
+        transport,
+        session_config,
+        Arc::clone(shared),
+        rx,
+    );
+    shared.tasks.spawn(task);
+    Ok(())
+}
+
+/// The client's dead-peer interval, within the bounds the relay accepts.
+fn clamp_dead_after(ms: u32) -> Duration {
+    Duration::from_millis(ms.into()).clamp(MIN_DEAD_AFTER, MAX_DEAD_AFTER)
+}
+
+/// Answers a hello with a refusal (best effort, within [`CLOSE_TIMEOUT`]).
+pub(super) async fn refuse(
+    transport: &mut Transport,
+    code: Code,
+    reason: String,
+) -> Result<(), AcceptError> {
+    let reply = Reply::Refused {
+        code,
+        reason: reason.clone(),
+    };
+    let answer = async {
+        handshake::reply(transport, &reply).await?;
+        // On QUIC, dropping the connection would drop the answer with it.
+        transport.stream.shutdown().await?;
+        Ok::<_, HandshakeError>(())
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, answer).await;
+    Err(AcceptError::Refused(reason))
+}

@@ -1,0 +1,346 @@
+//! The relay: accepts clients, connects each new session to its target (the
+//! local sshd), and keeps that connection open while the client is away.
+//!
+//! Clients come over TLS on TCP or over QUIC on UDP, both on the same port
+//! number; after the transport's handshake both are served alike. This
+//! module holds the relay's configuration and limits and its accept loop;
+//! each accepted connection goes down the [`accept`](self::accept) path,
+//! which opens a session or resumes one found in the
+//! [`table`](self::table), and every session is one
+//! [`session_task`](self::session_task) that owns the sshd connection and
+//! the session's link.
+//!
+//! Every input is hostile until proven otherwise: connections in their
+//! handshake are bounded in number ([`admission`]) and time; sessions and
+//! detached sessions are bounded; a resume must prove the session's secret
+//! ([`resume_auth`](crate::proto::resume_auth)), and an address that keeps failing is refused for a
+//! while. At a limit the relay refuses the new thing, with a reason, and
+//! keeps serving what it has. Sessions go only where the
+//! [`target_policy`] allows.
+//!
+//! At shutdown the relay stops accepting, every session tells its client why
+//! (a [`Code::Shutdown`](crate::proto::wire::Code::Shutdown) close) and
+//! closes its sshd connection, and the relay waits a moment for them to
+//! finish. [`sd_notify`] tells systemd how it goes.
+
+mod accept;
+pub(crate) mod admission;
+pub mod sd_notify;
+mod session_task;
+mod table;
+pub mod target_policy;
+
+use crate::proto::resume_auth::FailureLimiter;
+use crate::proto::session::SessionConfig;
+use crate::transport::quic;
+use crate::units::format_duration;
+use accept::Incoming;
+use admission::{Admission, Full};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+use table::SessionTable;
+use target_policy::TargetPolicy;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Default grace period: long enough for a laptop to sleep through a night.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(12 * 3600);
+/// Longest time a connection to the target may take.
+pub const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a close notice may take to send.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long sessions get at shutdown to tell their clients.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
+/// What clients are told when the relay stops.
+const SHUTDOWN_REASON: &str = "the relay is shutting down";
+
+/// The relay's limits. At each, it refuses the new thing with a reason and
+/// keeps serving what it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest time a connection may take from accept to a complete
+    /// handshake (TLS and hello).
+    pub handshake_timeout: Duration,
+    /// Most sessions at once, attached or not.
+    pub max_sessions: usize,
+    /// Most sessions without a client at once.
+    pub max_detached: usize,
+    /// Most sessions opened from one client address, attached or not.
+    pub max_sessions_per_source: usize,
+    /// Most connections in their handshake at once.
+    pub max_handshakes: usize,
+    /// Most connections in their handshake from one source address.
+    pub max_handshakes_per_source: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout: Duration::from_secs(10),
+            max_sessions: 1024,
+            max_detached: 256,
+            max_sessions_per_source: 64,
+            max_handshakes: 512,
+            max_handshakes_per_source: 16,
+        }
+    }
+}
+
+/// What the relay needs to know.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Where to listen for clients.
+    pub listen: SocketAddr,
+    /// Where sessions may go.
+    pub targets: TargetPolicy,
+    /// How long a session without a client is kept.
+    pub grace: Duration,
+    /// Session tunables: replay buffer and frame size (the dead-peer
+    /// interval is the client's).
+    pub session: SessionConfig,
+    /// Limits on what clients may make the relay hold.
+    pub limits: Limits,
+    /// TLS with the relay's key.
+    pub tls: Arc<rustls::ServerConfig>,
+}
+
+/// What every task of a relay shares.
+struct Shared {
+    /// The configuration; replaced by [`RelayHandle::reload`].
+    config: RwLock<Arc<RelayConfig>>,
+    acceptor: TlsAcceptor,
+    /// Live sessions, by id, and the counts the limits apply to.
+    table: Arc<SessionTable>,
+    /// Connections in their handshake.
+    admission: Arc<Admission>,
+    /// Failed resumes per source address.
+    failures: Mutex<FailureLimiter>,
+    /// Cancelled when the relay shuts down.
+    stop: CancellationToken,
+    /// Every task the relay spawned, to wait for at shutdown.
+    tasks: TaskTracker,
+}
+
+impl Shared {
+    /// The current configuration.
+    fn config(&self) -> Arc<RelayConfig> {
+        Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn failures(&self) -> MutexGuard<'_, FailureLimiter> {
+        self.failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Counts of what a relay holds, for status lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayCounts {
+    /// Live sessions.
+    pub sessions: usize,
+    /// Of which without a client.
+    pub detached: usize,
+    /// Connections in their handshake.
+    pub handshakes: usize,
+}
+
+/// Watches and reconfigures a running relay.
+#[derive(Clone)]
+pub struct RelayHandle {
+    shared: Arc<Shared>,
+}
+
+impl RelayHandle {
+    /// What the relay holds now.
+    pub fn counts(&self) -> RelayCounts {
+        RelayCounts {
+            sessions: self.shared.table.len(),
+            detached: self.shared.table.detached(),
+            handshakes: self.shared.admission.in_progress(),
+        }
+    }
+
+    /// Applies a new configuration without dropping anything: targets,
+    /// grace period and limits take effect at once (a lower limit refuses
+    /// new things, it closes nothing); replay buffer and frame size apply to
+    /// new sessions. The listening address and the key cannot change while
+    /// running; `listen` and `tls` of `config` are ignored.
+    pub fn reload(&self, config: RelayConfig) {
+        let limits = config.limits;
+        self.shared
+            .admission
+            .set_limits(limits.max_handshakes, limits.max_handshakes_per_source);
+        *self
+            .shared
+            .config
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+    }
+}
+
+/// A bound relay, ready to run.
+pub struct Relay {
+    listener: TcpListener,
+    /// QUIC, unless its UDP port could not be had.
+    quic: Option<quinn::Endpoint>,
+    shared: Arc<Shared>,
+}
+
+impl Relay {
+    /// Binds the listening sockets: TCP on the configured address, and UDP
+    /// for QUIC on the same address and port. Without UDP (the port is
+    /// taken, UDP is not allowed), the relay serves TCP alone and says so:
+    /// clients with `--transport auto` use TCP.
+    pub async fn bind(config: RelayConfig) -> io::Result<Relay> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let limits = config.limits;
+        let udp = listener.local_addr()?;
+        let quic = match quic::server_endpoint(udp, Arc::clone(&config.tls), limits.max_handshakes)
+        {
+            Ok(endpoint) => Some(endpoint),
+            Err(e) => {
+                tracing::warn!("no QUIC: cannot listen on UDP {udp}: {e}; serving TCP only");
+                None
+            }
+        };
+        Ok(Relay {
+            listener,
+            quic,
+            shared: Arc::new(Shared {
+                acceptor: TlsAcceptor::from(Arc::clone(&config.tls)),
+                config: RwLock::new(Arc::new(config)),
+                table: Arc::default(),
+                admission: Admission::new(limits.max_handshakes, limits.max_handshakes_per_source),
+                failures: Mutex::default(),
+                stop: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
+        })
+    }
+
+    /// The address clients connect to.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// A handle to watch and reconfigure the relay while it runs.
+    pub fn handle(&self) -> RelayHandle {
+        RelayHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Serves clients until `shutdown` completes; then stops accepting, tells
+    /// every connected client that the relay is going away, closes every
+    /// sshd connection, and returns within about [`SHUTDOWN_TIMEOUT`].
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let mut shutdown = pin!(shutdown);
+        let mut refused_full = 0u64;
+        loop {
+            let (connection, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => (Incoming::Tcp(stream), peer),
+                    Err(e) => {
+                        // Out of descriptors and the like: wait a moment rather than spin.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                Some(incoming) = quic_accept(self.quic.as_ref()) => {
+                    // A source address is proven before it costs a handshake
+                    // slot: a Retry round trip, as TCP's SYN-ACK would.
+                    // Otherwise forged datagrams could hold every slot.
+                    if !incoming.remote_address_validated() {
+                        if incoming.may_retry() {
+                            let _ = incoming.retry();
+                        } else {
+                            incoming.ignore();
+                        }
+                        continue;
+                    }
+                    let peer = incoming.remote_address();
+                    (Incoming::Quic(Box::new(incoming)), peer)
+                }
+            };
+            let slot = match self.shared.admission.admit(peer.ip()) {
+                Ok(slot) => slot,
+                Err(full) => {
+                    // Dropping the connection is the answer: nothing about
+                    // it is known yet, and answering costs more than it did.
+                    if let Incoming::Quic(incoming) = connection {
+                        incoming.ignore();
+                    }
+                    refused_full += 1;
+                    if refused_full.is_power_of_two() {
+                        let why = match full {
+                            Full::Total(n) => {
+                                format!("{n} handshakes in progress (--max-handshakes)")
+                            }
+                            Full::Source(n) => format!(
+                                "{n} handshakes in progress from {} (--max-handshakes-per-source)",
+                                peer.ip()
+                            ),
+                        };
+                        tracing::warn!(client = %peer, "connection dropped: {why}; {refused_full} dropped so far");
+                    }
+                    continue;
+                }
+            };
+            let shared = Arc::clone(&self.shared);
+            self.shared.tasks.spawn(async move {
+                let stop = shared.stop.clone();
+                tokio::select! {
+                    result = accept::accept(connection, peer, shared) => {
+                        if let Err(e) = result {
+                            tracing::info!(client = %peer, "connection refused: {e}");
+                        }
+                    }
+                    () = stop.cancelled() => {}
+                }
+                drop(slot);
+            });
+        }
+        drop(self.listener);
+        // New QUIC connections are refused from now on; live ones close
+        // with their sessions.
+        if let Some(quic) = &self.quic {
+            quic.set_server_config(None);
+        }
+        let sessions = self.shared.table.len();
+        tracing::info!("shutting down: closing {sessions} sessions");
+        self.shared.stop.cancel();
+        self.shared.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_TIMEOUT, self.shared.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "{} tasks still running after {}; exiting anyway",
+                self.shared.tasks.len(),
+                format_duration(SHUTDOWN_TIMEOUT)
+            );
+        }
+        // Let the last QUIC packets (the sessions' close notices) go out.
+        if let Some(quic) = &self.quic {
+            quic.close(0u32.into(), SHUTDOWN_REASON.as_bytes());
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, quic.wait_idle()).await;
+        }
+    }
+}
+
+/// The next QUIC connection attempt; never, without QUIC.
+async fn quic_accept(quic: Option<&quinn::Endpoint>) -> Option<quinn::Incoming> {
+    match quic {
+        Some(endpoint) => endpoint.accept().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,188 @@
+//! Transports: the ordered, reliable byte streams a session's frames travel on.
+//!
+//! The session layer does not know which one it is on: a [`Transport`] is any
+//! boxed `AsyncRead + AsyncWrite` plus the buffers that belong to one
+//! connection (bytes read but not yet parsed, frames encoded but not yet
+//! written). Both are thrown away with the transport when it breaks; the
+//! session replays from its own buffer on the next one.
+//!
+//! Two kinds: TCP with `TCP_NODELAY` (writes are batched by the driver, so
+//! Nagle would only add latency to interactive traffic) under TLS 1.3 (see
+//! [`tls`]), and QUIC (see [`quic`]). What little differs between them once
+//! they are open — whether addresses move, whether a flow-control window
+//! opens with the session — each kind says through [`NetworkPath`], so this
+//! module needs neither. The relay's [`identity`] is what both present; the
+//! client's [`addresses`] tell it when a path has left the machine.
+
+pub mod addresses;
+pub mod identity;
+pub mod quic;
+pub mod tls;
+
+use crate::proto::resume_auth::BINDING_LEN;
+use crate::proto::write_queue::WriteQueue;
+use bytes::BytesMut;
+use identity::Fingerprint;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Bytes reserved for each read from a transport.
+pub const TRANSPORT_READ_SIZE: usize = 256 * 1024;
+
+/// Any byte stream a session can run over.
+pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> ByteStream for T {}
+
+/// Which kind of transport carries the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    /// TLS 1.3 over TCP.
+    Tls,
+    /// QUIC (its own TLS 1.3) over UDP.
+    Quic,
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransportKind::Tls => f.write_str("tls"),
+            TransportKind::Quic => f.write_str("quic"),
+        }
+    }
+}
+
+/// The network path under a transport's byte stream: what the drivers ask
+/// of it besides bytes. Each kind of transport answers for itself.
+pub trait NetworkPath: Send + Sync {
+    /// The other end's address now (QUIC follows a client that moved).
+    fn peer_now(&self) -> SocketAddr;
+    /// This end's address, where it is fixed for the connection's life
+    /// (TCP); `None` where it moves with the client (QUIC) or is not known.
+    fn fixed_local(&self) -> Option<SocketAddr>;
+    /// Lets the peer send at full speed once its session is open; a kind
+    /// that starts with a small window (QUIC on the relay) opens it here.
+    fn open_windows(&self) {}
+}
+
+/// A path whose addresses do not change: TCP, or a stream made in a test.
+#[derive(Debug, Clone, Copy)]
+pub struct FixedPath {
+    /// The other end's address.
+    pub peer: SocketAddr,
+    /// This end's address, if known.
+    pub local: Option<SocketAddr>,
+}
+
+impl NetworkPath for FixedPath {
+    fn peer_now(&self) -> SocketAddr {
+        self.peer
+    }
+
+    fn fixed_local(&self) -> Option<SocketAddr> {
+        self.local
+    }
+}
+
+/// One connection between client and relay, with its buffers.
+pub struct Transport {
+    /// The byte stream.
+    pub stream: Box<dyn ByteStream>,
+    /// The other end's address when the connection was made.
+    pub peer: SocketAddr,
+    /// What kind of stream it is.
+    pub kind: TransportKind,
+    /// On the client: the key the relay presented on this very connection.
+    pub relay_key: Option<Fingerprint>,
+    /// The connection's channel binding (see [`tls::channel_binding`]): what
+    /// a resume proof is bound to.
+    pub binding: [u8; BINDING_LEN],
+    /// Bytes read and not yet parsed.
+    pub read_buf: BytesMut,
+    /// Frames encoded and not yet written.
+    pub write_queue: WriteQueue,
+    /// The network path under the stream.
+    path: Box<dyn NetworkPath>,
+}
+
+impl fmt::Debug for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transport")
+            .field("peer", &self.peer)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a connection to the relay could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// TCP failed: refused, unreachable, timed out.
+    #[error("{0}")]
+    Tcp(io::Error),
+    /// TCP worked, the TLS handshake did not.
+    #[error("TLS handshake failed: {0}")]
+    Tls(io::Error),
+    /// QUIC failed: no answer over UDP, or its handshake failed.
+    #[error("QUIC: {0}")]
+    Quic(String),
+}
+
+impl ConnectError {
+    /// The TLS library's own error, if that is what failed.
+    pub fn tls_error(&self) -> Option<&rustls::Error> {
+        match self {
+            ConnectError::Tls(e) => e.get_ref()?.downcast_ref::<rustls::Error>(),
+            ConnectError::Tcp(_) | ConnectError::Quic(_) => None,
+        }
+    }
+}
+
+impl Transport {
+    /// A transport on `stream`, freshly connected to `peer`, on a path that
+    /// does not move and whose local address is not known (see
+    /// [`with_path`](Self::with_path)).
+    pub fn new(
+        stream: Box<dyn ByteStream>,
+        peer: SocketAddr,
+        kind: TransportKind,
+        binding: [u8; BINDING_LEN],
+    ) -> Transport {
+        Transport {
+            stream,
+            peer,
+            kind,
+            relay_key: None,
+            binding,
+            // Grown to TRANSPORT_READ_SIZE by the link once a session runs;
+            // a connection still in its handshake holds only what it sent.
+            read_buf: BytesMut::new(),
+            write_queue: WriteQueue::new(),
+            path: Box::new(FixedPath { peer, local: None }),
+        }
+    }
+
+    /// The same transport on the given network path.
+    pub fn with_path(mut self, path: impl NetworkPath + 'static) -> Transport {
+        self.path = Box::new(path);
+        self
+    }
+
+    /// The other end's address now: after a QUIC migration, the new one.
+    pub fn peer_now(&self) -> SocketAddr {
+        self.path.peer_now()
+    }
+
+    /// This end's address, while it is one that cannot move (TCP).
+    pub fn fixed_local(&self) -> Option<SocketAddr> {
+        self.path.fixed_local()
+    }
+
+    /// Lets the peer send at full speed: a QUIC connection starts with a
+    /// small receive window until its session is open (so that connections
+    /// still in their handshake cannot make the relay buffer much).
+    pub fn open_windows(&self) {
+        self.path.open_windows();
+    }
+}

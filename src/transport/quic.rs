@@ -1,0 +1,357 @@
+//! QUIC for the relay link (quinn), beside TCP+TLS.
+//!
+//! One QUIC connection carries one session on one bidirectional stream,
+//! opened by the client; the frames on it are the very same as on TCP, so
+//! the session layer does not know which transport it runs on. The TLS
+//! inside QUIC is the same TLS 1.3 with the same relay key and pinning (see
+//! [`super::tls`]), and the channel binding comes from the same kind of
+//! exporter, so a resume is proven the same way.
+//!
+//! What QUIC adds is connection migration: when the client's address
+//! changes, its packets simply come from the new one and the relay follows
+//! (after validating the new path), with no resume and nothing replayed.
+//! The client helps it along with [`follow_local_address`], which moves the
+//! endpoint to a fresh socket as soon as the route to the relay leaves from
+//! another address.
+//!
+//! Keep-alives and the idle timeout follow the client's `--dead-after`, so
+//! QUIC gives up on a silent path exactly when the session layer would; the
+//! flow-control windows are sized for bulk transfers over long fat links.
+
+use super::addresses;
+use super::identity::Fingerprint;
+use super::tls::BINDING_LABEL;
+use super::{ConnectError, NetworkPath, Transport, TransportKind};
+use crate::proto::resume_auth::BINDING_LEN;
+use crate::proto::session::MAX_DEAD_AFTER;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{IdleTimeout, VarInt};
+use rustls::pki_types::CertificateDer;
+use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Bytes the peer may send on the session's stream ahead of what was read:
+/// room for a bandwidth-delay product of 1 Gbit/s over 60 ms.
+pub const STREAM_WINDOW: u32 = 8 << 20;
+/// Bytes the peer may send on the whole connection ahead of what was read.
+pub const CONNECTION_WINDOW: u32 = 2 * STREAM_WINDOW;
+/// Bytes a client may send the relay before its session is open.
+pub const HANDSHAKE_WINDOW: u32 = 64 * 1024;
+/// Bytes this side may have sent and not yet had acknowledged.
+pub const SEND_WINDOW: u64 = 2 * STREAM_WINDOW as u64;
+/// Socket buffer asked for each way on UDP sockets (the kernel caps it at
+/// `net.core.rmem_max`/`wmem_max`): the default, some 200 KiB, drops
+/// datagrams at a few hundred MiB/s, and every drop costs QUIC a congestion
+/// window cut.
+pub const UDP_SOCKET_BUFFER: usize = 4 << 20;
+/// Longest idle timeout the relay allows; the client's own (its
+/// `--dead-after`) is shorter and wins, as QUIC takes the smaller one.
+const RELAY_IDLE_TIMEOUT: Duration = MAX_DEAD_AFTER;
+
+/// The session's stream: the two halves of one bidirectional QUIC stream.
+pub struct QuicStream {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    /// Once the stream is finished: resolves when the peer has all of it.
+    delivered: Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>,
+}
+
+impl QuicStream {
+    fn new(send: quinn::SendStream, recv: quinn::RecvStream) -> QuicStream {
+        QuicStream {
+            send,
+            recv,
+            delivered: None,
+        }
+    }
+}
+
+impl AsyncRead for QuicStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().recv).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for QuicStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        AsyncWrite::poll_write(Pin::new(&mut self.get_mut().send), cx, buf)
+    }
+
+    /// Writes as many of `bufs` as the stream takes now (frames are queued
+    /// as header and payload slices: one call, not one per slice).
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let send = &mut self.get_mut().send;
+        let mut written = 0;
+        for buf in bufs.iter().filter(|b| !b.is_empty()) {
+            match AsyncWrite::poll_write(Pin::new(&mut *send), cx, buf) {
+                Poll::Ready(Ok(n)) => {
+                    written += n;
+                    if n < buf.len() {
+                        break;
+                    }
+                }
+                Poll::Ready(Err(e)) if written == 0 => return Poll::Ready(Err(e)),
+                Poll::Pending if written == 0 => return Poll::Pending,
+                // What was written counts; the error or the wait comes again.
+                Poll::Ready(Err(_)) | Poll::Pending => break,
+            }
+        }
+        Poll::Ready(Ok(written))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_flush(Pin::new(&mut self.get_mut().send), cx)
+    }
+
+    /// Finishes the stream and waits until the peer has acknowledged all of
+    /// it, so that a last frame is not lost when the process exits.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.delivered.is_none() {
+            // Finishing twice is harmless; the first time counts.
+            let _ = this.send.finish();
+            let stopped = this.send.stopped();
+            this.delivered = Some(Box::pin(async move {
+                let _ = stopped.await;
+            }));
+        }
+        match this.delivered.as_mut() {
+            Some(delivered) => delivered.as_mut().poll(cx).map(Ok),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// Which end a transport configuration is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    Client,
+    Relay,
+}
+
+/// The transport parameters of one end, with the given idle timeout.
+fn transport_config(
+    end: End,
+    idle: Duration,
+    keep_alive: Option<Duration>,
+) -> quinn::TransportConfig {
+    let mut config = quinn::TransportConfig::default();
+    // Only the client opens a stream, and only one; no datagrams at all
+    // (quinn would otherwise buffer them, unread, for either end).
+    let streams = if end == End::Relay { 1 } else { 0 };
+    config.max_concurrent_bidi_streams(VarInt::from_u32(streams));
+    config.max_concurrent_uni_streams(VarInt::from_u32(0));
+    config.datagram_receive_buffer_size(None);
+    config.stream_receive_window(VarInt::from_u32(STREAM_WINDOW));
+    // The relay opens its window once the session is (see `QuicPath`).
+    config.receive_window(VarInt::from_u32(match end {
+        End::Client => CONNECTION_WINDOW,
+        End::Relay => HANDSHAKE_WINDOW,
+    }));
+    config.send_window(SEND_WINDOW);
+    // Durations this short always fit QUIC's idle timeout field.
+    config.max_idle_timeout(IdleTimeout::try_from(idle).ok());
+    config.keep_alive_interval(keep_alive);
+    config
+}
+
+/// Binds the relay's QUIC endpoint on `addr` (UDP), with the relay's TLS
+/// configuration (its key, TLS 1.3, the ALPN).
+pub fn server_endpoint(
+    addr: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    max_handshakes: usize,
+) -> io::Result<quinn::Endpoint> {
+    let crypto = QuicServerConfig::try_from(tls).map_err(io::Error::other)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(transport_config(
+        End::Relay,
+        RELAY_IDLE_TIMEOUT,
+        None,
+    )));
+    config.migration(true);
+    config.max_incoming(max_handshakes.max(1));
+    endpoint(Some(config), udp_socket(addr)?)
+}
+
+/// An endpoint on `socket`, serving with `server` if given.
+fn endpoint(server: Option<quinn::ServerConfig>, socket: UdpSocket) -> io::Result<quinn::Endpoint> {
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+}
+
+/// A UDP socket bound to `addr`, with [`UDP_SOCKET_BUFFER`] each way.
+fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: a smaller buffer still works, only slower.
+    let _ = socket.set_recv_buffer_size(UDP_SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_SOCKET_BUFFER);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Completes the relay's side of a QUIC connection: the handshake and the
+/// client's stream (the caller bounds it with a timeout).
+pub async fn accept(incoming: quinn::Incoming) -> io::Result<Transport> {
+    let connection = incoming.accept()?.await?;
+    let (send, recv) = connection.accept_bi().await?;
+    transport(connection, send, recv)
+}
+
+fn transport(
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) -> io::Result<Transport> {
+    let mut binding = [0u8; BINDING_LEN];
+    connection
+        .export_keying_material(&mut binding, BINDING_LABEL, &[])
+        .map_err(|_| io::Error::other("cannot derive the channel binding"))?;
+    let transport = Transport::new(
+        Box::new(QuicStream::new(send, recv)),
+        connection.remote_address(),
+        TransportKind::Quic,
+        binding,
+    );
+    Ok(transport.with_path(QuicPath(connection)))
+}
+
+/// A QUIC connection's path: the peer's address moves with the client, and
+/// the relay's receive window opens once the session does.
+struct QuicPath(quinn::Connection);
+
+impl NetworkPath for QuicPath {
+    fn peer_now(&self) -> SocketAddr {
+        self.0.remote_address()
+    }
+
+    fn fixed_local(&self) -> Option<SocketAddr> {
+        None
+    }
+
+    /// Gives the peer the full receive window (see [`HANDSHAKE_WINDOW`]).
+    fn open_windows(&self) {
+        self.0
+            .set_receive_window(VarInt::from_u32(CONNECTION_WINDOW));
+    }
+}
+
+/// A QUIC connection that failed, in words.
+fn connect_error(e: quinn::ConnectionError) -> ConnectError {
+    match e {
+        quinn::ConnectionError::TimedOut => {
+            ConnectError::Quic("no answer over UDP (is UDP blocked on the way?)".into())
+        }
+        other => ConnectError::Quic(other.to_string()),
+    }
+}
+
+/// The client's QUIC endpoint: one UDP socket for every connection to one
+/// relay, moved to a new socket when the local address changes.
+#[derive(Debug, Clone)]
+pub struct QuicClient {
+    endpoint: quinn::Endpoint,
+}
+
+impl QuicClient {
+    /// An endpoint on an ephemeral port of the family of `relay`.
+    pub fn new(relay: SocketAddr) -> io::Result<QuicClient> {
+        let endpoint = endpoint(None, udp_socket(addresses::unspecified(relay))?)?;
+        Ok(QuicClient { endpoint })
+    }
+
+    /// Connects to the relay at `addr` and opens the session's stream; the
+    /// caller bounds it with a timeout. The idle timeout is `dead_after`,
+    /// with keep-alives four times as often.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        tls: Arc<rustls::ClientConfig>,
+        dead_after: Duration,
+    ) -> Result<Transport, ConnectError> {
+        let crypto =
+            QuicClientConfig::try_from(tls).map_err(|e| ConnectError::Quic(e.to_string()))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(Arc::new(transport_config(
+            End::Client,
+            dead_after,
+            Some(dead_after / 4),
+        )));
+        // The relay is identified by its pinned key, not by a name.
+        let name = addr.ip().to_string();
+        let connecting = self
+            .endpoint
+            .connect_with(config, addr, &name)
+            .map_err(|e| ConnectError::Quic(e.to_string()))?;
+        let connection = connecting.await.map_err(connect_error)?;
+        let (send, recv) = connection.open_bi().await.map_err(connect_error)?;
+        let relay_key = connection
+            .peer_identity()
+            .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .and_then(|certs| certs.first().map(|key| Fingerprint::of_spki(key.as_ref())));
+        let mut transport =
+            transport(connection, send, recv).map_err(|e| ConnectError::Quic(e.to_string()))?;
+        transport.relay_key = relay_key;
+        Ok(transport)
+    }
+
+    /// Moves the endpoint to a new UDP socket: the relay sees packets from
+    /// the new address and migrates the connection to it.
+    fn rebind(&self, relay: SocketAddr) -> io::Result<()> {
+        self.endpoint
+            .rebind(udp_socket(addresses::unspecified(relay))?)
+    }
+}
+
+/// Watches the route to `relay` and, when it starts to leave from another
+/// local address (the old one was deleted, Wi-Fi changed), rebinds the
+/// client's endpoint so that the relay hears from the new address at once
+/// instead of at the next keep-alive. Runs until dropped.
+pub async fn follow_local_address(client: QuicClient, relay: SocketAddr) {
+    let mut current = addresses::route_source(relay);
+    let mut ticks = tokio::time::interval(addresses::CHECK_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let now = addresses::route_source(relay);
+        if now.is_none() || now == current {
+            continue;
+        }
+        match client.rebind(relay) {
+            Ok(()) => tracing::debug!(
+                "the route to {relay} now leaves from {}; moved the QUIC path",
+                now.map_or_else(|| "?".into(), |ip| ip.to_string())
+            ),
+            Err(e) => tracing::debug!("cannot move the QUIC path to a new socket: {e}"),
+        }
+        current = now;
+    }
+}

@@ -1,0 +1,222 @@
+//! TLS 1.3 for the relay link (rustls with the *ring* provider), and the
+//! transport it makes over TCP: [`connect`] on the client, [`accept`] on
+//! the relay. (QUIC uses the same configurations; see [`super::quic`].)
+//!
+//! The relay authenticates with its raw public key (RFC 7250; see
+//! [`identity`](super::identity)); the client checks that key against a pin
+//! with a [`PinVerifier`], never against a CA. The client is not
+//! authenticated by TLS: ssh authenticates the user end to end, and a resume
+//! is authenticated by the session's secret, bound to the TLS connection it
+//! travels on by [`channel_binding`].
+
+use super::identity::{Fingerprint, RelayKey};
+use super::{ConnectError, FixedPath, Transport, TransportKind};
+use crate::proto::resume_auth::BINDING_LEN;
+use crate::units::format_duration;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls13_signature_with_raw_key, CryptoProvider};
+use rustls::pki_types::{
+    CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, SubjectPublicKeyInfoDer,
+    UnixTime,
+};
+use rustls::server::AlwaysResolvesServerRawPublicKeys;
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, Error, ServerConfig, SignatureScheme,
+};
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// ALPN protocol name: a TLS peer that is not a resumeproxy peer fails the
+/// handshake instead of exchanging data.
+pub const ALPN: &[u8] = b"resumeproxy/2";
+/// Exporter label of the channel binding (RFC 8446 §7.5).
+pub(crate) const BINDING_LABEL: &[u8] = b"EXPORTER-resumeproxy-channel-binding";
+
+/// The crypto provider both ends use.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The relay's TLS configuration: TLS 1.3 only, its raw public key, no
+/// client certificates, no session tickets.
+pub fn server_config(key: &RelayKey) -> Result<Arc<ServerConfig>, Error> {
+    let provider = provider();
+    let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der()));
+    let signing_key = provider.key_provider.load_private_key(private)?;
+    let certified = CertifiedKey::new(vec![CertificateDer::from(key.spki_der())], signing_key);
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(AlwaysResolvesServerRawPublicKeys::new(Arc::new(
+            certified,
+        ))));
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
+/// The client's TLS configuration, trusting what `verifier` accepts.
+pub fn client_config(verifier: Arc<PinVerifier>) -> Result<Arc<ClientConfig>, Error> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
+    config.enable_sni = false;
+    Ok(Arc::new(config))
+}
+
+/// Accepts a relay whose key matches one of the expected fingerprints, or,
+/// with none expected (first use), any key — and remembers the key it saw,
+/// so that the caller can pin it or say precisely what did not match.
+#[derive(Debug)]
+pub struct PinVerifier {
+    expected: Vec<Fingerprint>,
+    seen: Mutex<Option<Fingerprint>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl PinVerifier {
+    /// A verifier accepting any of `expected` (any key at all if empty).
+    pub fn new(expected: Vec<Fingerprint>) -> PinVerifier {
+        PinVerifier {
+            expected,
+            seen: Mutex::new(None),
+            provider: provider(),
+        }
+    }
+
+    /// The key the relay presented in the latest handshake, if any.
+    pub fn seen(&self) -> Option<Fingerprint> {
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        let fingerprint = Fingerprint::of_spki(end_entity.as_ref());
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(fingerprint);
+        if self.expected.is_empty() || self.expected.contains(&fingerprint) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        // Only TLS 1.3 is offered, so this is never asked.
+        Err(Error::General("the relay link requires TLS 1.3".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls13_signature_with_raw_key(
+            message,
+            &SubjectPublicKeyInfoDer::from(cert.as_ref()),
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        true
+    }
+}
+
+/// A value both ends of one TLS connection share and nobody else knows (a
+/// keying-material exporter): a resume proof bound to it is worthless on any
+/// other connection.
+pub fn channel_binding<D>(
+    connection: &rustls::ConnectionCommon<D>,
+) -> Result<[u8; BINDING_LEN], Error> {
+    let mut binding = [0u8; BINDING_LEN];
+    connection.export_keying_material(&mut binding, BINDING_LABEL, None)?;
+    Ok(binding)
+}
+
+/// Connects to the relay at `host:port` (trying each resolved address)
+/// and completes the TLS handshake, all within `timeout`.
+pub async fn connect(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+    tls: Arc<ClientConfig>,
+) -> Result<Transport, ConnectError> {
+    let timed_out = || {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no answer within {}", format_duration(timeout)),
+        )
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    let tcp = tokio::time::timeout_at(deadline, TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| ConnectError::Tcp(timed_out()))?
+        .map_err(ConnectError::Tcp)?;
+    tcp.set_nodelay(true).map_err(ConnectError::Tcp)?;
+    let peer = tcp.peer_addr().map_err(ConnectError::Tcp)?;
+    let local = tcp.local_addr().ok();
+    // The relay is identified by its pinned key, not by a name.
+    let name = ServerName::IpAddress(peer.ip().into());
+    let stream = tokio::time::timeout_at(deadline, TlsConnector::from(tls).connect(name, tcp))
+        .await
+        .map_err(|_| ConnectError::Tls(timed_out()))?
+        .map_err(ConnectError::Tls)?;
+    let binding =
+        channel_binding(stream.get_ref().1).map_err(|e| ConnectError::Tls(io::Error::other(e)))?;
+    let relay_key = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .map(|key| Fingerprint::of_spki(key.as_ref()));
+    let mut transport = Transport::new(Box::new(stream), peer, TransportKind::Tls, binding)
+        .with_path(FixedPath { peer, local });
+    transport.relay_key = relay_key;
+    Ok(transport)
+}
+
+/// Completes the relay's side of the TLS handshake on an accepted
+/// connection (the caller bounds it with a timeout).
+pub async fn accept(tcp: TcpStream, tls: &TlsAcceptor) -> io::Result<Transport> {
+    tcp.set_nodelay(true)?;
+    let peer = tcp.peer_addr()?;
+    let stream = tls.accept(tcp).await?;
+    let binding = channel_binding(stream.get_ref().1).map_err(io::Error::other)?;
+    Ok(Transport::new(
+        Box::new(stream),
+        peer,
+        TransportKind::Tls,
+        binding,
+    ))
+}

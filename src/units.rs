@@ -1,0 +1,114 @@
+//! Durations, sizes and `host:port`, as people write and read them.
+//!
+//! Every layer speaks to people in the same units — the link says how long
+//! a transport was silent, the relay how long it keeps a session, the client
+//! which relay it pins — so these helpers belong to no layer's front end.
+//! Pure: no I/O, no clock.
+
+use std::time::Duration;
+
+/// Parses a duration like `90s`, `10m`, `12h`, `1h30m`, `500ms`; a bare
+/// number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 90s, 10m, 12h, 500ms)"))
+}
+
+/// Renders a duration for people: `12.4s`, `850ms`, `12h`.
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs < 1.0 {
+        format!("{}ms", d.as_millis())
+    } else if secs < 60.0 {
+        format!("{secs:.1}s")
+    } else {
+        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+    }
+}
+
+/// A duration as [`parse_duration`] reads it back exactly: milliseconds.
+pub fn format_duration_exact(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+/// Parses a byte count like `400MiB`, `1G`, `4096`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("not a size: {text:?} (examples: 4096, 64K, 400MiB, 2G)"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => return Err(format!("unknown size unit {other:?} (use K, M, G or T)")),
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("size too large: {text}"))
+}
+
+/// Renders a byte count for people: `3.1 MiB`.
+pub fn format_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// `host:port`, with an IPv6 address in brackets: `[::1]:7022`.
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes_parse_as_documented() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_size("400MiB"), Ok(400 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12 parsecs").is_err());
+        assert_eq!(format_duration(Duration::from_millis(12_400)), "12.4s");
+        assert_eq!(format_bytes(3_250_586), "3.1 MiB");
+    }
+
+    #[test]
+    fn exact_durations_read_back_exactly() {
+        let d = Duration::from_millis(2_345);
+        assert_eq!(parse_duration(&format_duration_exact(d)), Ok(d));
+    }
+
+    #[test]
+    fn ipv6_hosts_are_bracketed() {
+        assert_eq!(host_port("relay.example", 7022), "relay.example:7022");
+        assert_eq!(host_port("::1", 7022), "[::1]:7022");
+    }
+}
