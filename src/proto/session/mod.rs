@@ -17,16 +17,19 @@
 //! other the position it has received up to, and the other side re-sends from
 //! there ([`Session::attach`]).
 
+mod config;
+
+pub use config::{
+    SessionConfig, DEFAULT_DEAD_AFTER, DEFAULT_DELIVER_CAPACITY, DEFAULT_REPLAY_CAPACITY,
+    MAX_DEAD_AFTER, MIN_DEAD_AFTER,
+};
+
 use crate::proto::replay::ReplayBuffer;
-use crate::proto::wire::{Code, Frame, DATA_PREFIX_LEN, MAX_DATA_LEN, MIN_DATA_LEN};
+use crate::proto::wire::{Code, Frame, DATA_PREFIX_LEN, MIN_DATA_LEN};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// Default bound on unacknowledged bytes per direction.
-pub const DEFAULT_REPLAY_CAPACITY: usize = 8 * 1024 * 1024;
-/// Default bound on received bytes waiting for the local end to take them.
-pub const DEFAULT_DELIVER_CAPACITY: usize = 1024 * 1024;
 /// What one queued chunk for the local end costs besides its bytes, as
 /// counted against [`SessionConfig::deliver_capacity`]: a peer sending tiny
 /// frames fills the queue by count, not just by bytes.
@@ -42,47 +45,6 @@ pub const DELIVER_COPY_BELOW: usize = 4096;
 pub const ACK_EVERY: u64 = 16 * 1024;
 /// Longest an ack of fewer than [`ACK_EVERY`] bytes is held back.
 pub const ACK_DELAY: Duration = Duration::from_millis(5);
-/// Default dead-peer interval: a transport silent this long is abandoned.
-pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(5);
-/// Shortest dead-peer interval accepted from a user or a peer.
-pub const MIN_DEAD_AFTER: Duration = Duration::from_millis(500);
-/// Longest dead-peer interval accepted from a user or a peer.
-pub const MAX_DEAD_AFTER: Duration = Duration::from_secs(600);
-
-/// Tunables of one session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SessionConfig {
-    /// Most unacknowledged bytes kept for replay; reading from the local end
-    /// stops when it is reached.
-    pub replay_capacity: usize,
-    /// Most received bytes queued for the local end; reading from the
-    /// transport stops when it is reached.
-    pub deliver_capacity: usize,
-    /// A transport from which nothing arrived for this long is dead.
-    pub dead_after: Duration,
-    /// Largest data frame payload sent or accepted (the relay sets it and
-    /// tells the client).
-    pub max_data_len: usize,
-}
-
-impl Default for SessionConfig {
-    fn default() -> Self {
-        SessionConfig {
-            replay_capacity: DEFAULT_REPLAY_CAPACITY,
-            deliver_capacity: DEFAULT_DELIVER_CAPACITY,
-            dead_after: DEFAULT_DEAD_AFTER,
-            max_data_len: MAX_DATA_LEN,
-        }
-    }
-}
-
-impl SessionConfig {
-    /// How long the sender may stay silent before it sends a heartbeat: a
-    /// quarter of the dead-peer interval, so three can be lost.
-    pub fn heartbeat_interval(&self) -> Duration {
-        self.dead_after / 4
-    }
-}
 
 /// The peer broke the protocol; the session cannot go on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
