@@ -24,7 +24,7 @@
 //!    [`demo`] (with the fault injector the tests use too), and the binaries
 //!    in `src/bin/`.
 //!
-//! [`units`] (durations, sizes, `host:port`) and [`paths`] (per-user
+//! [`units`] (durations, sizes, `host:port`) and `paths` (per-user
 //! directories) are small helpers every layer may use.
 
 #![warn(missing_docs)]
@@ -33,7 +33,7 @@ pub mod cli;
 pub mod client;
 pub mod demo;
 pub mod link;
-pub mod paths;
+pub(crate) mod paths;
 pub mod proto;
 pub mod relay;
 pub mod transport;

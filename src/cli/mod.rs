@@ -22,10 +22,10 @@ use crate::units::{format_bytes, format_duration, parse_duration, parse_size};
 use std::time::Duration;
 
 /// The relay's port when none is given.
-pub const DEFAULT_RELAY_PORT: u16 = 7022;
+pub(crate) const DEFAULT_RELAY_PORT: u16 = 7022;
 
 /// Parses a replay buffer size within its bounds.
-pub fn parse_replay_buffer(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_replay_buffer(text: &str) -> Result<u64, String> {
     let size = parse_size(text)?;
     let (min, max) = (64 << 10, 1 << 30);
     if !(min..=max).contains(&size) {
@@ -39,7 +39,7 @@ pub fn parse_replay_buffer(text: &str) -> Result<u64, String> {
 }
 
 /// Parses a frame size within its bounds.
-pub fn parse_max_frame(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_max_frame(text: &str) -> Result<u64, String> {
     let size = parse_size(text)?;
     let (min, max) = (
         crate::proto::wire::MIN_DATA_LEN as u64,
@@ -56,7 +56,7 @@ pub fn parse_max_frame(text: &str) -> Result<u64, String> {
 }
 
 /// Parses a dead-peer interval within its bounds.
-pub fn parse_dead_after(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_dead_after(text: &str) -> Result<Duration, String> {
     let d = parse_duration(text)?;
     if d < MIN_DEAD_AFTER || d > MAX_DEAD_AFTER {
         return Err(format!(

@@ -2,12 +2,12 @@
 //! (`auto`, the default).
 //!
 //! `auto` is Happy Eyeballs for transports: QUIC starts first, TCP follows
-//! after [`QUIC_HEAD_START`], and whichever completes its handshake first
+//! after `QUIC_HEAD_START`, and whichever completes its handshake first
 //! carries the session. It runs at the first connection and at every
 //! reconnect, so a session that fell back to TCP goes back to QUIC when a
 //! later network lets UDP through. When TCP wins, UDP is taken to be blocked
 //! on the way to this relay and QUIC is not tried again for
-//! [`UDP_RETRY_AFTER`] — by this client, and by the next ones too (see
+//! `UDP_RETRY_AFTER` — by this client, and by the next ones too (see
 //! [`crate::client::udp_memory`]).
 
 use super::udp_memory;
@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 use tokio::task::AbortHandle;
 
 /// How long QUIC runs alone before TCP joins the race.
-pub const QUIC_HEAD_START: Duration = Duration::from_millis(250);
+pub(crate) const QUIC_HEAD_START: Duration = Duration::from_millis(250);
 /// How long, after TCP won a race, only TCP is tried.
-pub const UDP_RETRY_AFTER: Duration = Duration::from_secs(600);
+pub(crate) const UDP_RETRY_AFTER: Duration = Duration::from_secs(600);
 /// After TCP failed outright (refused, unreachable), how much longer QUIC
 /// alone is waited for: a host that refuses TCP on the relay's port rarely
 /// runs a relay on its UDP port.
@@ -55,7 +55,7 @@ pub enum TransportChoice {
 
 /// What one connection attempt tries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Plan {
+pub(crate) enum Plan {
     /// TCP only.
     Tcp,
     /// QUIC only.
@@ -66,7 +66,7 @@ pub enum Plan {
 
 /// The plan for an attempt at `now`, given the user's choice and when TCP
 /// last won a race (if it did).
-pub fn plan(choice: TransportChoice, udp_failed_at: Option<Instant>, now: Instant) -> Plan {
+pub(crate) fn plan(choice: TransportChoice, udp_failed_at: Option<Instant>, now: Instant) -> Plan {
     match choice {
         TransportChoice::Tcp => Plan::Tcp,
         TransportChoice::Quic => Plan::Quic,
@@ -78,7 +78,7 @@ pub fn plan(choice: TransportChoice, udp_failed_at: Option<Instant>, now: Instan
 }
 
 /// Connects the client to its relay, again and again.
-pub struct Connector {
+pub(crate) struct Connector {
     choice: TransportChoice,
     host: String,
     port: u16,

@@ -1,22 +1,22 @@
 //! The client: one ssh connection carried to a relay across transport breaks.
 //!
-//! Opens a session with the relay ([`open`](self::open)), then runs the
-//! [`Link`] between the local end (ssh's pipes, or anything else) and the
-//! transport ([`connected`](self::connected)). When the transport is lost it
-//! keeps serving the local end and reconnects with capped, jittered backoff
-//! ([`reconnect`](self::reconnect)) until it resumes, or the relay says the
-//! session is gone, or the relay's grace period has certainly passed.
+//! Opens a session with the relay (`open.rs`), then runs the link between
+//! the local end (ssh's pipes, or anything else) and the transport
+//! (`connected.rs`). When the transport is lost it keeps serving the local
+//! end and reconnects with capped, jittered backoff (`reconnect.rs`) until
+//! it resumes, or the relay says the session is gone, or the relay's grace
+//! period has certainly passed. One `Client` holds what the phases share.
 //!
 //! Around that core: the [`connector`] races QUIC and TCP, remembering
 //! ([`udp_memory`]) where UDP is blocked; [`trust`] decides which relay keys
-//! to accept, pinning them in [`known_relays`]; the [`control`] socket lets
+//! to accept, pinning them in `known_relays.rs`; the [`control`] socket lets
 //! `resumeproxy status` and `resume` reach a running client (answered from
-//! its [`status`](self::status) vitals); [`stdio`] is ssh's end of the pipe.
+//! its vitals, `status.rs`); [`stdio`] is ssh's end of the pipe.
 
 mod connected;
 pub mod connector;
 pub mod control;
-pub mod known_relays;
+pub(crate) mod known_relays;
 mod open;
 mod reconnect;
 mod status;

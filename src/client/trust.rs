@@ -1,6 +1,6 @@
 //! Which relay keys the client trusts: a fingerprint given on the command
 //! line, or the pins of the known_relays file with trust on first use (see
-//! [`known_relays`](crate::client::known_relays)), as ssh does with known_hosts.
+//! `known_relays.rs`), as ssh does with known_hosts.
 
 use super::known_relays::{self, KnownRelays, Lookup, Pin};
 use crate::transport::identity::Fingerprint;
@@ -19,7 +19,7 @@ pub enum TrustSource {
 
 /// What one connection to a relay must present.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Expectation {
+pub(crate) struct Expectation {
     /// Keys accepted; empty on first use (any key, then pinned).
     pub accepted: Vec<Fingerprint>,
     /// The file lines those keys come from, if from a file.
@@ -97,7 +97,7 @@ impl Expectation {
 
 /// Pins `seen` for `relay` if `source` is a file that does not name it yet.
 /// Returns the file written to.
-pub fn pin_first_use(
+pub(crate) fn pin_first_use(
     source: &TrustSource,
     expectation: &Expectation,
     relay: &str,

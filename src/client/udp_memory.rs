@@ -4,7 +4,7 @@
 //!
 //! One line per relay, `HOST:PORT UNIX-SECONDS` (when TCP won the race), in
 //! `$XDG_STATE_HOME/resumeproxy/udp-failed`. Entries older than
-//! [`UDP_RETRY_AFTER`](crate::client::connector::UDP_RETRY_AFTER) are forgotten.
+//! the connector's `UDP_RETRY_AFTER` are forgotten.
 //! The file is a hint: unreadable, garbled or lost, it costs a head start,
 //! nothing else, so errors are logged and otherwise ignored.
 
@@ -25,7 +25,7 @@ pub fn default_path() -> Option<PathBuf> {
 
 /// How long ago UDP last failed for `relay`, per the file's `text`, if
 /// within `keep` of `now` (seconds since the epoch).
-pub fn failed_ago(text: &str, relay: &str, now: u64, keep: Duration) -> Option<Duration> {
+pub(crate) fn failed_ago(text: &str, relay: &str, now: u64, keep: Duration) -> Option<Duration> {
     entries(text)
         .filter(|(name, _)| *name == relay)
         .filter_map(|(_, at)| now.checked_sub(at))
@@ -36,7 +36,7 @@ pub fn failed_ago(text: &str, relay: &str, now: u64, keep: Duration) -> Option<D
 
 /// The file's new text: `relay` recorded as failed at `now` (or forgotten,
 /// with `None`), and every entry older than `keep` dropped.
-pub fn updated(
+pub(crate) fn updated(
     text: &str,
     relay: &str,
     failed_at: Option<u64>,
@@ -66,14 +66,14 @@ fn entries(text: &str) -> impl Iterator<Item = (&str, u64)> {
 }
 
 /// Seconds since the epoch now.
-pub fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
 /// The file's text; empty if missing, unreadable or too long.
-pub fn read(path: &Path) -> String {
+pub(crate) fn read(path: &Path) -> String {
     match std::fs::metadata(path) {
         Ok(meta) if meta.len() <= MAX_FILE_LEN => std::fs::read_to_string(path).unwrap_or_default(),
         _ => String::new(),
@@ -82,7 +82,7 @@ pub fn read(path: &Path) -> String {
 
 /// Replaces the file with `text` (atomically: a reader sees the old or the
 /// new one); errors are only logged.
-pub fn write(path: &Path, text: &str) {
+pub(crate) fn write(path: &Path, text: &str) {
     let result = (|| {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;

@@ -38,7 +38,7 @@ const DEMO_PARTITION: Duration = Duration::from_millis(1500);
 
 /// A deterministic pseudo-random byte stream of a given length: byte `i` is
 /// byte `i % 8` of splitmix64(seed + i / 8), so any read sizes give the same stream.
-pub struct PatternReader {
+pub(crate) struct PatternReader {
     len: u64,
     pos: u64,
     seed: u64,
@@ -87,7 +87,7 @@ impl AsyncRead for PatternReader {
 
 /// A sink that hashes everything written to it.
 #[derive(Default)]
-pub struct HashingWriter {
+pub(crate) struct HashingWriter {
     hasher: Sha256,
     len: u64,
 }
@@ -118,7 +118,7 @@ impl AsyncWrite for HashingWriter {
 }
 
 /// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

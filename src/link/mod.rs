@@ -33,13 +33,13 @@ use tokio::time::Sleep;
 use tokio_util::io::poll_read_buf;
 
 /// Most bytes read from the local end at once (one data frame).
-pub const LOCAL_READ_SIZE: usize = MAX_DATA_LEN;
+pub(crate) const LOCAL_READ_SIZE: usize = MAX_DATA_LEN;
 /// Encoded bytes queued for the transport before the session is asked for more.
-pub const WRITE_QUEUE_HIGH: usize = 512 * 1024;
+pub(crate) const WRITE_QUEUE_HIGH: usize = 512 * 1024;
 
 /// Why [`Link::run`] returned on its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Both streams were delivered and acknowledged.
     Finished,
     /// The peer closed the session; everything it sent was delivered locally.
@@ -52,7 +52,7 @@ pub enum Outcome {
 
 /// What ended one call of [`Link::run`].
 #[derive(Debug)]
-pub enum Step<T> {
+pub(crate) enum Step<T> {
     /// The link itself.
     Link(Outcome),
     /// The caller's other future.
@@ -68,7 +68,7 @@ enum LocalOutput {
 }
 
 /// A session wired to its local end.
-pub struct Link<R, W> {
+pub(crate) struct Link<R, W> {
     session: Session,
     local_in: R,
     local_out: W,
@@ -343,7 +343,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
 
 /// Sends a [`Frame::Close`] after whatever is queued, waiting at most
 /// `timeout`. Best effort: the transport is dropped after it either way.
-pub async fn close_transport(
+pub(crate) async fn close_transport(
     transport: &mut Transport,
     code: Code,
     reason: &str,

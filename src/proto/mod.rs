@@ -5,17 +5,17 @@
 //! without a network. The layers above move the bytes.
 //!
 //! * [`wire`] — the codec: frames and handshake messages to and from bytes.
-//! * [`session`] (with [`replay`]) — the state machine of one resumable
+//! * [`session`] (with `replay.rs`) — the state machine of one resumable
 //!   session: offsets, replay buffer, acks, end markers, resume positions.
-//! * [`write_queue`] — encoded frames waiting for a transport, written with
+//! * `write_queue.rs` — encoded frames waiting for a transport, written with
 //!   vectored writes.
-//! * [`backoff`] — the client's reconnect delays.
+//! * `backoff.rs` — the client's reconnect delays.
 //! * [`resume_auth`] — the proof that a resume comes from the session's
 //!   owner, and the limiter of failed attempts.
 
-pub mod backoff;
-pub mod replay;
+pub(crate) mod backoff;
+pub(crate) mod replay;
 pub mod resume_auth;
 pub mod session;
 pub mod wire;
-pub mod write_queue;
+pub(crate) mod write_queue;

@@ -52,6 +52,7 @@ impl ReplayBuffer {
     }
 
     /// Whether nothing is held.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.end == self.start
     }
@@ -59,11 +60,6 @@ impl ReplayBuffer {
     /// How many more bytes may be pushed.
     pub fn room(&self) -> usize {
         self.capacity.saturating_sub(self.len())
-    }
-
-    /// The bound given at creation.
-    pub fn capacity(&self) -> usize {
-        self.capacity
     }
 
     /// Appends bytes read from the local end. The caller reads at most

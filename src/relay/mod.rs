@@ -3,20 +3,19 @@
 //!
 //! Clients come over TLS on TCP or over QUIC on UDP, both on the same port
 //! number; after the transport's handshake both are served alike. This
-//! module holds the relay's configuration and limits and its accept loop;
-//! each accepted connection goes down the [`accept`](self::accept) path,
-//! which opens a session or resumes one found in the
-//! [`table`](self::table), and every session is one
-//! [`session_task`](self::session_task) that owns the sshd connection and
-//! the session's link.
+//! module holds the relay's configuration, its limits and its accept loop.
+//! Each accepted connection goes down the accept path (`accept.rs`), which
+//! opens a session or resumes one found in the session table (`table.rs`);
+//! every session is one task (`session_task.rs`) that owns the sshd
+//! connection and the session's link.
 //!
 //! Every input is hostile until proven otherwise: connections in their
-//! handshake are bounded in number ([`admission`]) and time; sessions and
+//! handshake are bounded in number (`admission.rs`) and time; sessions and
 //! detached sessions are bounded; a resume must prove the session's secret
-//! ([`resume_auth`](crate::proto::resume_auth)), and an address that keeps failing is refused for a
-//! while. At a limit the relay refuses the new thing, with a reason, and
-//! keeps serving what it has. Sessions go only where the
-//! [`target_policy`] allows.
+//! ([`resume_auth`](crate::proto::resume_auth)), and an address that keeps
+//! failing is refused for a while. At a limit the relay refuses the new
+//! thing, with a reason, and keeps serving what it has. Sessions go only
+//! where the [`target_policy`] allows.
 //!
 //! At shutdown the relay stops accepting, every session tells its client why
 //! (a [`Code::Shutdown`](crate::proto::wire::Code::Shutdown) close) and

@@ -8,15 +8,15 @@
 //!
 //! Two kinds: TCP with `TCP_NODELAY` (writes are batched by the driver, so
 //! Nagle would only add latency to interactive traffic) under TLS 1.3 (see
-//! [`tls`]), and QUIC (see [`quic`]). What little differs between them once
+//! [`tls`]), and QUIC (see `quic.rs`). What little differs between them once
 //! they are open — whether addresses move, whether a flow-control window
 //! opens with the session — each kind says through [`NetworkPath`], so this
 //! module needs neither. The relay's [`identity`] is what both present; the
-//! client's [`addresses`] tell it when a path has left the machine.
+//! client's own addresses (`addresses.rs`) tell it when a path has left the machine.
 
-pub mod addresses;
+pub(crate) mod addresses;
 pub mod identity;
-pub mod quic;
+pub(crate) mod quic;
 pub mod tls;
 
 use crate::proto::resume_auth::BINDING_LEN;

@@ -1,6 +1,6 @@
 //! TLS 1.3 for the relay link (rustls with the *ring* provider), and the
 //! transport it makes over TCP: [`connect`] on the client, [`accept`] on
-//! the relay. (QUIC uses the same configurations; see [`super::quic`].)
+//! the relay. (QUIC uses the same configurations; see `quic.rs`.)
 //!
 //! The relay authenticates with its raw public key (RFC 7250; see
 //! [`identity`](super::identity)); the client checks that key against a pin

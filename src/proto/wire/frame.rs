@@ -152,7 +152,7 @@ impl Frame {
         }
     }
 
-    /// Decodes a message split off by [`split_message`]. A data payload is
+    /// Decodes a message split off by [`split_message`](super::split_message). A data payload is
     /// not copied: it shares `payload`'s buffer.
     pub fn decode(kind: u8, payload: Bytes) -> Result<Frame, DecodeError> {
         let frame = match kind {

@@ -183,7 +183,7 @@ impl Hello {
         Ok(())
     }
 
-    /// Decodes a message split off by [`split_message`].
+    /// Decodes a message split off by [`split_message`](super::split_message).
     pub fn decode(kind: u8, payload: Bytes) -> Result<Hello, DecodeError> {
         if kind != T_HELLO {
             return Err(DecodeError::UnknownType(kind));
@@ -248,7 +248,7 @@ impl Reply {
         }
     }
 
-    /// Decodes a message split off by [`split_message`]. A [`Frame::Close`]
+    /// Decodes a message split off by [`split_message`](super::split_message). A [`Frame::Close`]
     /// in place of a reply (how a relay of another version refuses) is read
     /// as [`Reply::Refused`].
     pub fn decode(kind: u8, payload: Bytes) -> Result<Reply, DecodeError> {

@@ -21,8 +21,8 @@
 //! All integers are big-endian.
 //!
 //! This module holds the limits, the errors and the message header;
-//! [`handshake`](self::handshake) the preamble, [`Hello`] and [`Reply`];
-//! [`frame`](self::frame) the session [`Frame`]s and their [`Code`]s.
+//! `handshake.rs` the preamble, [`Hello`] and [`Reply`];
+//! `frame.rs` the session [`Frame`]s and their [`Code`]s.
 
 mod frame;
 mod handshake;
