@@ -73,7 +73,7 @@ pub struct ClientConfig {
     /// Which transports to use.
     pub transport: TransportChoice,
     /// Where clients remember relays UDP could not reach (see
-    /// [`crate::client::udp_memory`]); `None` to keep it to this process.
+    /// [`udp_memory`]); `None` to keep it to this process.
     pub udp_memory: Option<PathBuf>,
 }
 
