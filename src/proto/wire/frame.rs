@@ -31,6 +31,9 @@ pub enum Code {
     Shutdown,
     /// The relay's connection to the target failed mid-session.
     TargetFailed,
+    /// The relay's process is restarting and keeps the session: reconnect
+    /// at once and resume.
+    Restarting,
     /// A code from a newer peer that this build does not know.
     Other(u8),
 }
@@ -48,6 +51,7 @@ impl Code {
             Code::Busy => 7,
             Code::Shutdown => 8,
             Code::TargetFailed => 9,
+            Code::Restarting => 10,
             Code::Other(n) => n,
         }
     }
@@ -64,6 +68,7 @@ impl Code {
             7 => Code::Busy,
             8 => Code::Shutdown,
             9 => Code::TargetFailed,
+            10 => Code::Restarting,
             n => Code::Other(n),
         }
     }
