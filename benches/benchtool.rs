@@ -241,15 +241,14 @@ fn idle(n: usize, host: &str, port: u16, target: u16, fp: &str) -> Result<()> {
             tokio::task::spawn_local(async move {
                 let mut permit = Some(permit);
                 let on_ready = ready.clone();
-                let result =
-                    client::run(config, r, w, std::future::pending::<()>(), None, move |e| {
-                        if let ClientEvent::Connected { .. } = e {
-                            if permit.take().is_some() {
-                                let _ = on_ready.try_send(true);
-                            }
+                let result = client::run(config, r, w, std::future::pending(), None, move |e| {
+                    if let ClientEvent::Connected { .. } = e {
+                        if permit.take().is_some() {
+                            let _ = on_ready.try_send(true);
                         }
-                    })
-                    .await;
+                    }
+                })
+                .await;
                 if let Err(e) = result {
                     eprintln!("benchtool: session {i}: {e}");
                     let _ = ready.try_send(false);

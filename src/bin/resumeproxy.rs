@@ -5,6 +5,7 @@ use clap::Parser;
 use resumeproxy::cli::config::ClientSettings;
 use resumeproxy::cli::{ClientCli, ClientCommand, ConnectArgs, LinkOptions};
 use resumeproxy::client::control::{self, ControlSocket, LinkState};
+use resumeproxy::client::ending::EndSignal;
 use resumeproxy::client::trust::TrustSource;
 use resumeproxy::client::{self, ClientConfig, ClientEvent};
 use resumeproxy::proto::session::SessionConfig;
@@ -224,23 +225,31 @@ async fn connect(args: ConnectArgs) -> ExitCode {
         transport: settings.transport,
         udp_memory: resumeproxy::client::udp_memory::default_path(),
     };
-    // ssh sends SIGHUP when it exits. From then on nobody is reading: the
-    // client only tries to tell the relay, and says nothing more.
-    let hung_up = Arc::new(AtomicBool::new(false));
-    let hangup = {
-        let hung_up = Arc::clone(&hung_up);
+    // ssh sends SIGHUP when it exits; programs closing their ProxyCommand
+    // send SIGTERM; a user presses Ctrl-C. Each ends the session (on the
+    // relay too), and from then on the client says nothing more: ssh has
+    // gone, or whoever asked is not waiting for words. The handlers are in
+    // place before the first connection.
+    let ended = Arc::new(AtomicBool::new(false));
+    let end_request = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let ended = Arc::clone(&ended);
+        let mut hangup = signal(SignalKind::hangup()).ok();
+        let mut terminate = signal(SignalKind::terminate()).ok();
+        let mut interrupt = signal(SignalKind::interrupt()).ok();
         async move {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
-                    hung_up.store(true, Ordering::SeqCst);
-                }
-                Err(_) => std::future::pending().await,
-            }
+            let signal = tokio::select! {
+                Some(()) = recv(&mut hangup) => EndSignal::HangUp,
+                Some(()) = recv(&mut terminate) => EndSignal::Terminate,
+                Some(()) = recv(&mut interrupt) => EndSignal::Interrupt,
+                else => std::future::pending::<EndSignal>().await,
+            };
+            ended.store(true, Ordering::SeqCst);
+            signal
         }
     };
     let quiet = settings.quiet;
-    let silenced = || quiet || hung_up.load(Ordering::SeqCst);
+    let silenced = || quiet || ended.load(Ordering::SeqCst);
     let on_event = |event: ClientEvent| {
         if silenced() {
             return;
@@ -283,17 +292,34 @@ async fn connect(args: ConnectArgs) -> ExitCode {
         Some((socket, requests)) => (Some(socket), Some(requests)),
         None => (None, None),
     };
-    let result = client::run(config, &mut stdin, &mut stdout, hangup, requests, on_event).await;
+    let result = client::run(
+        config,
+        &mut stdin,
+        &mut stdout,
+        end_request,
+        requests,
+        on_event,
+    )
+    .await;
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            if hung_up.load(Ordering::SeqCst) {
-                tracing::debug!("after ssh left: {e}");
+            if ended.load(Ordering::SeqCst) {
+                tracing::debug!("after the signal: {e}");
             } else {
                 say(&e.to_string());
             }
             ExitCode::from(EXIT_CONNECTION_LOST)
         }
+    }
+}
+
+/// The next signal from `signals`, if its handler could be installed (else
+/// never).
+async fn recv(signals: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match signals {
+        Some(signals) => signals.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -24,8 +24,11 @@ The link to the relay is QUIC or TLS 1.3 over TCP (--transport; auto races both)
 client pins the key's fingerprint in known_relays (and says so); a relay that later presents another key \
 is refused with a warning naming the line to remove if the change is expected. --relay-fingerprint \
 pins a key given by the relay's operator (`resumeproxyd fingerprint`) instead.\n\n\
-Exit status: 0 when the session ended normally; \
-255 (like ssh) when the relay cannot be reached, refuses the session, or the session is gone.",
+SIGTERM, SIGINT and SIGHUP end the session on the relay too (within a second), after sending what ssh \
+already wrote.\n\n\
+Exit status: 0 when the session ended normally, or a signal ended it and the relay was told; \
+255 (like ssh) when the relay cannot be reached, refuses the session, or the session is gone, or a \
+signal ended the client while it could not reach the relay.",
     after_long_help = "Environment:\n  RESUMEPROXY_LOG  log filter (tracing EnvFilter syntax, e.g. debug); overrides -v and -q.\n\n\
 See also: resumeproxyd(8), ssh_config(5) ProxyCommand.",
     args_conflicts_with_subcommands = true,

@@ -2,15 +2,17 @@
 //! session ends, or the transport is lost (it broke, went silent, or the
 //! address it was made from left the machine).
 //!
-//! Meanwhile ssh may hang up (the client ends its stream and lingers to tell
-//! the relay), and `resumeproxy status` may ask how it goes.
+//! Meanwhile a signal may ask the client to end (it ends its stream and
+//! then the session, see [`super::ending`]), and `resumeproxy status` may ask
+//! how it goes.
 
+use super::ending::END_CLOSE_TIMEOUT;
 use super::waits::Interrupt;
-use super::{Client, ClientError, ClientEvent, ClientReport, LINGER};
+use super::{Client, ClientError, ClientEvent, ClientReport};
 use crate::link::{close_transport, Outcome, Step};
 use crate::proto::wire::Code;
 use crate::transport::Transport;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// How long a close notice may take to send.
@@ -42,13 +44,16 @@ where
                         "this machine no longer has the address {ip}"
                     ))
                 }
-                Step::Other(Interrupt::HangUp) => {
-                    tracing::debug!("ssh hung up; ending the session");
-                    self.link.hang_up();
-                    self.waits.linger_until = Some(Instant::now() + LINGER);
-                }
-                Step::Other(Interrupt::LingerOver) => {
-                    return AfterConnected::Ended(Ok(self.report()))
+                Step::Other(Interrupt::EndRequested(signal)) => self.begin_ending(signal),
+                Step::Other(Interrupt::EndDue) => {
+                    // The session did not end by itself: end it.
+                    let reason = match self.ending {
+                        Some(signal) => format!("the client was ended by {signal}"),
+                        None => "the client was ended".to_string(),
+                    };
+                    tracing::debug!("closing the session: {reason}");
+                    close_transport(transport, Code::Shutdown, &reason, END_CLOSE_TIMEOUT).await;
+                    return AfterConnected::Ended(Ok(self.report()));
                 }
                 Step::Other(Interrupt::Control(request)) => {
                     self.vitals.answer(request, self.link.session());

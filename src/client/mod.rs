@@ -6,6 +6,7 @@
 //! end and reconnects with capped, jittered backoff (`reconnect.rs`) until
 //! it resumes, or the relay says the session is gone, or the relay's grace
 //! period has certainly passed. One `Client` holds what the phases share.
+//! A signal ends the session on the relay too ([`ending`]).
 //!
 //! Around that core: the [`connector`] races QUIC and TCP, remembering
 //! ([`udp_memory`]) where UDP is blocked; [`trust`] decides which relay keys
@@ -16,6 +17,7 @@
 mod connected;
 pub mod connector;
 pub mod control;
+pub mod ending;
 pub(crate) mod known_relays;
 mod open;
 mod reconnect;
@@ -34,12 +36,15 @@ use crate::units::{format_duration, host_port};
 use connected::AfterConnected;
 use connector::{Connector, TransportChoice};
 use control::Request;
+use ending::{EndSignal, LocalInput};
 use open::Opened;
 use reconnect::{AfterDetached, Resume};
 use status::Vitals;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -50,8 +55,6 @@ use waits::Waits;
 /// How long a new connection may take, from connect to the relay's reply,
 /// before the client gives up at start.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// After ssh has gone away, how long the client tries to tell the relay.
-pub const LINGER: Duration = Duration::from_secs(3);
 
 /// What the client needs to know.
 #[derive(Debug, Clone)]
@@ -175,6 +178,23 @@ pub enum ClientError {
         /// What went wrong.
         reason: String,
     },
+    /// A signal ended the client while it could not reach the relay: the
+    /// relay keeps the session until its grace period ends.
+    #[error("ended by {signal} before relay at {addr} could be told that the session is over")]
+    EndedUntold {
+        /// host:port
+        addr: String,
+        /// Which signal.
+        signal: EndSignal,
+    },
+    /// A signal ended the client before the session opened.
+    #[error("ended by {signal} while connecting to relay at {addr}")]
+    EndedAtStart {
+        /// host:port
+        addr: String,
+        /// Which signal.
+        signal: EndSignal,
+    },
 }
 
 /// What a completed session did.
@@ -188,15 +208,15 @@ pub struct ClientReport {
 
 /// Runs one session between `local_in`/`local_out` and the relay.
 ///
-/// `hangup` resolves when the local end is gone for good (ssh sent SIGHUP):
-/// the client then ends the stream, tries for [`LINGER`] to tell the relay,
-/// and returns. `control` brings requests from the control socket (see
+/// `end_request` resolves when a signal asks the client to end: it then
+/// ends the session on the relay and returns within a second (see
+/// [`ending`]). `control` brings requests from the control socket (see
 /// [`control`]). `on_event` hears about losses and resumes.
 pub async fn run<R, W>(
     config: ClientConfig,
     local_in: R,
     local_out: W,
-    hangup: impl Future<Output = ()> + Send + 'static,
+    end_request: impl Future<Output = EndSignal> + Send + 'static,
     control: Option<mpsc::Receiver<Request>>,
     mut on_event: impl FnMut(ClientEvent),
 ) -> Result<ClientReport, ClientError>
@@ -212,6 +232,13 @@ where
         config.session.dead_after,
         config.udp_memory.clone(),
     );
+    let mut end_request: Pin<Box<dyn Future<Output = EndSignal> + Send>> = Box::pin(end_request);
+    let opened = tokio::select! {
+        opened = open::open_session(&config, &connector, &mut on_event) => opened?,
+        signal = &mut end_request => {
+            return Err(ClientError::EndedAtStart { addr, signal });
+        }
+    };
     let Opened {
         transport,
         session: session_id,
@@ -219,7 +246,7 @@ where
         grace,
         max_data,
         relay_key,
-    } = open::open_session(&config, &connector, &mut on_event).await?;
+    } = opened;
     on_event(ClientEvent::Connected {
         relay: transport.peer,
         transport: transport.kind,
@@ -253,11 +280,15 @@ where
         lost_at: None,
         attempts: Arc::default(),
     };
+    let input_ending = Arc::new(AtomicBool::new(false));
+    let local_in = LocalInput::new(local_in, Arc::clone(&input_ending));
     let client = Client {
         link: Link::new(session, local_in, local_out),
+        input_ending,
+        ending: None,
         waits: Waits {
-            hangup: Some(Box::pin(hangup)),
-            linger_until: None,
+            end_request: Some(end_request),
+            end_by: None,
             control,
             address: None,
         },
@@ -283,7 +314,12 @@ struct Client<R, W, E> {
     connector: Connector,
     /// The relay as pins name it (see [`ClientConfig::relay_addr`]).
     addr: String,
-    link: Link<R, W>,
+    link: Link<LocalInput<R>, W>,
+    /// Set when a signal asks the client to end: the local input then ends
+    /// once it has nothing more to give.
+    input_ending: Arc<AtomicBool>,
+    /// The signal that asked the client to end, if one did.
+    ending: Option<EndSignal>,
     waits: Waits,
     vitals: Vitals,
     /// What a resume must prove and say.
@@ -317,6 +353,16 @@ where
                 AfterDetached::Resumed(transport) => transport,
             };
         }
+    }
+
+    /// A signal asks the client to end: take what the local end already
+    /// wrote, end the outgoing stream after it, and give the session
+    /// [`ending::END_WAIT`] to end by itself.
+    fn begin_ending(&mut self, signal: EndSignal) {
+        tracing::debug!("{signal}: ending the session");
+        self.ending = Some(signal);
+        self.input_ending.store(true, Ordering::SeqCst);
+        self.waits.end_by = Some(Instant::now() + ending::END_WAIT);
     }
 
     /// What the session did, so far.

@@ -5,10 +5,11 @@
 
 use super::connector::Connector;
 use super::control::Request;
+use super::ending::{EndSignal, END_WAIT};
 use super::open::{self, OpenError};
 use super::trust::Expectation;
 use super::waits::Interrupt;
-use super::{Client, ClientConfig, ClientError, ClientEvent, ClientReport, LINGER};
+use super::{Client, ClientConfig, ClientError, ClientEvent, ClientReport};
 use crate::link::handshake;
 use crate::link::Step;
 use crate::proto::backoff::Backoff;
@@ -18,7 +19,7 @@ use crate::transport::identity::Fingerprint;
 use crate::transport::Transport;
 use crate::units::format_duration;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -119,12 +120,20 @@ where
                     Ok(reconnected) => break reconnected,
                     Err(e) => return AfterDetached::Ended(Err(e)),
                 },
-                Step::Other(Wake::Interrupt(Interrupt::HangUp)) => {
-                    self.link.hang_up();
-                    self.waits.linger_until = Some(Instant::now() + LINGER);
+                Step::Other(Wake::Interrupt(Interrupt::EndRequested(signal))) => {
+                    // As `begin_ending`, on the fields the reconnect leaves free.
+                    tracing::debug!("{signal} while reconnecting: ending the session");
+                    self.ending = Some(signal);
+                    self.input_ending.store(true, AtomicOrdering::SeqCst);
+                    self.waits.end_by = Some(Instant::now() + END_WAIT);
                 }
-                Step::Other(Wake::Interrupt(Interrupt::LingerOver)) => {
-                    return AfterDetached::Ended(Ok(self.report()))
+                Step::Other(Wake::Interrupt(Interrupt::EndDue)) => {
+                    // Still no transport: the relay cannot be told.
+                    let signal = self.ending.unwrap_or(EndSignal::Terminate);
+                    return AfterDetached::Ended(Err(ClientError::EndedUntold {
+                        addr: self.addr.clone(),
+                        signal,
+                    }));
                 }
                 Step::Other(Wake::Interrupt(Interrupt::AddressGone(_))) => {}
                 Step::Other(Wake::Interrupt(Interrupt::Control(request))) => {

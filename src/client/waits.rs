@@ -1,9 +1,11 @@
-//! What the client waits on besides its link: ssh hanging up, the linger
-//! time after it, requests on the control socket, and the transport's local
-//! address leaving the machine. Both the connected and the detached phase
-//! run their link until one of these happens.
+//! What the client waits on besides its link: a signal asking it to end
+//! (see [`super::ending`]), the time it gives the session to end after that,
+//! requests on the control socket, and the transport's local address
+//! leaving the machine. Both the connected and the detached phase run their
+//! link until one of these happens.
 
 use super::control::Request;
+use super::ending::EndSignal;
 use crate::transport::addresses;
 use std::future::Future;
 use std::net::IpAddr;
@@ -13,22 +15,24 @@ use tokio::sync::mpsc;
 
 /// What the session waits for besides the link itself.
 pub(super) enum Interrupt {
-    /// ssh has gone (SIGHUP).
-    HangUp,
-    /// The time to tell the relay after ssh went is over.
-    LingerOver,
+    /// A signal asks the client to end.
+    EndRequested(EndSignal),
+    /// The time given to the session to end by itself is over.
+    EndDue,
     /// A request on the control socket.
     Control(Request),
     /// The address the transport was made from is no longer this machine's.
     AddressGone(IpAddr),
 }
 
-type HangUp = Option<Pin<Box<dyn Future<Output = ()> + Send>>>;
+type EndRequest = Option<Pin<Box<dyn Future<Output = EndSignal> + Send>>>;
 
 /// What the client waits on besides its link.
 pub(super) struct Waits {
-    pub(super) hangup: HangUp,
-    pub(super) linger_until: Option<Instant>,
+    /// Resolves with the signal that asks the client to end (once).
+    pub(super) end_request: EndRequest,
+    /// When the session must be over, once a signal asked for it.
+    pub(super) end_by: Option<Instant>,
     pub(super) control: Option<mpsc::Receiver<Request>>,
     /// The local address of the current transport, while it is one that
     /// cannot move (TCP).
@@ -36,18 +40,19 @@ pub(super) struct Waits {
 }
 
 impl Waits {
-    /// Resolves when ssh hangs up (once), when the linger time is over,
+    /// Resolves when a signal asks the client to end (once), when the
+    /// session's time to end is over,
     /// when a control request arrives, or when the transport's local address
     /// is gone.
     pub(super) async fn next(&mut self) -> Interrupt {
-        let hangup = async {
-            match self.hangup.as_mut() {
-                Some(h) => h.await,
+        let end_request = async {
+            match self.end_request.as_mut() {
+                Some(request) => request.await,
                 None => std::future::pending().await,
             }
         };
-        let linger = async {
-            match self.linger_until {
+        let end_due = async {
+            match self.end_by {
                 Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
                 None => std::future::pending().await,
             }
@@ -72,11 +77,11 @@ impl Waits {
                 self.address = None;
                 Interrupt::AddressGone(ip)
             }
-            () = hangup => {
-                self.hangup = None;
-                Interrupt::HangUp
+            signal = end_request => {
+                self.end_request = None;
+                Interrupt::EndRequested(signal)
             }
-            () = linger => Interrupt::LingerOver,
+            () = end_due => Interrupt::EndDue,
             request = control => match request {
                 Some(request) => Interrupt::Control(request),
                 None => {

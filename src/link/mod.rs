@@ -108,16 +108,6 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
         &mut self.session
     }
 
-    /// The local end is gone for good (ssh exited): stop reading it, end the
-    /// outgoing stream where it is, and drop what would be written to it.
-    pub fn hang_up(&mut self) {
-        self.local_in_open = false;
-        self.session.local_eof();
-        self.session.close_local_output();
-        self.out_chunk.clear();
-        self.local_output = LocalOutput::Failed;
-    }
-
     /// Runs the link over `transport` (or detached, if `None`) until it ends
     /// by itself or `other` completes, whichever is first.
     pub async fn run<F: Future>(
