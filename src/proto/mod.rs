@@ -15,6 +15,7 @@
 
 pub(crate) mod backoff;
 pub(crate) mod replay;
+pub mod replay_ring;
 pub mod resume_auth;
 pub mod session;
 pub mod wire;

@@ -23,6 +23,7 @@
 //! finish. [`sd_notify`] tells systemd how it goes.
 
 mod accept;
+pub mod durable;
 pub(crate) mod admission;
 pub mod sd_notify;
 mod session_task;

@@ -1,0 +1,354 @@
+//! A replay buffer in one fixed region of memory, used as a ring.
+//!
+//! The relay keeps the bytes it read from sshd, until the client has
+//! acknowledged them, in memory that outlives its process (a `memfd`
+//! mapping kept in the descriptor store): a worker that crashes loses none
+//! of them. Reads from sshd land straight in the ring ([`RingBuffer::read_slot`]),
+//! so there is no instant at which a byte has left the kernel and is not in
+//! the ring; sends are slices of the ring itself ([`RingBuffer::slice_from`]),
+//! without a copy.
+//!
+//! The ring is pure: where its memory lives, and what happens when the peer
+//! acknowledges or the ring runs empty, is the [`RingMemory`]'s business.
+//!
+//! # The one rule that makes the slices safe
+//!
+//! A slice handed out covers bytes between the acknowledged offset and the
+//! end. Its memory is written again only after the peer acknowledged those
+//! bytes, and a peer acknowledges only what reached it, so no slice of them
+//! is still waiting to be sent: slices wait only in the write queue of the
+//! current transport, which is dropped with the transport. A resume re-sends
+//! from the peer's position, never below it.
+
+use bytes::Bytes;
+use std::mem::MaybeUninit;
+use std::sync::Arc;
+
+/// Bytes written to the ring since it was last drained after which, once it
+/// drains, its memory is given back ([`RingMemory::drained`]).
+pub const RELEASE_AFTER: usize = 16 * 1024;
+
+/// The memory a [`RingBuffer`] lives in.
+///
+/// # Safety
+/// [`as_ptr`](Self::as_ptr) must point at [`capacity`](Self::capacity)
+/// bytes, initialised (zeroed pages will do), valid and unmoved for as long
+/// as the value lives, and used by nothing but the ring built on it.
+pub unsafe trait RingMemory: Send + Sync + 'static {
+    /// The first byte of the ring.
+    fn as_ptr(&self) -> *mut u8;
+    /// The ring's size in bytes.
+    fn capacity(&self) -> usize;
+    /// The peer acknowledged every byte before `offset`: where a new process
+    /// would start from.
+    fn acknowledged(&self, offset: u64);
+    /// The ring holds nothing: the memory's pages may be given back. Their
+    /// contents are not needed again.
+    fn drained(&self) {}
+}
+
+/// Memory on the heap, for a ring nothing has to outlive.
+pub struct HeapMemory(Box<[std::cell::UnsafeCell<u8>]>);
+
+impl HeapMemory {
+    /// `capacity` zeroed bytes.
+    pub fn new(capacity: usize) -> HeapMemory {
+        HeapMemory(
+            (0..capacity)
+                .map(|_| std::cell::UnsafeCell::new(0))
+                .collect(),
+        )
+    }
+}
+
+// SAFETY: the box never moves or shrinks; the ring is its only user.
+unsafe impl RingMemory for HeapMemory {
+    fn as_ptr(&self) -> *mut u8 {
+        self.0.as_ptr() as *mut u8
+    }
+    fn capacity(&self) -> usize {
+        self.0.len()
+    }
+    fn acknowledged(&self, _offset: u64) {}
+}
+
+// SAFETY: the bytes are only reached through the ring, whose rule above
+// keeps readers and the writer apart.
+unsafe impl Sync for HeapMemory {}
+
+/// Unacknowledged bytes of one outgoing stream in a ring, from
+/// [`start`](Self::start) to [`end`](Self::end).
+pub struct RingBuffer {
+    memory: Arc<dyn RingMemory>,
+    start: u64,
+    end: u64,
+    /// Bytes written since the memory was last given back.
+    written_since_release: usize,
+}
+
+impl std::fmt::Debug for RingBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingBuffer")
+            .field("start", &self.start)
+            .field("end", &self.end)
+            .field("capacity", &self.memory.capacity())
+            .finish()
+    }
+}
+
+/// A range that does not fit the ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a ring of {capacity} bytes cannot hold offsets {start}..{end}")]
+pub struct RingRangeError {
+    /// The range asked for.
+    pub start: u64,
+    /// Its end.
+    pub end: u64,
+    /// The ring's size.
+    pub capacity: usize,
+}
+
+impl RingBuffer {
+    /// A ring on `memory` holding offsets `start..end` (a new one: `0..0`;
+    /// a restored one: what the memory kept).
+    pub fn new(
+        memory: Arc<dyn RingMemory>,
+        start: u64,
+        end: u64,
+    ) -> Result<RingBuffer, RingRangeError> {
+        let capacity = memory.capacity();
+        if capacity == 0 || start > end || end - start > capacity as u64 {
+            return Err(RingRangeError {
+                start,
+                end,
+                capacity,
+            });
+        }
+        Ok(RingBuffer {
+            memory,
+            start,
+            end,
+            written_since_release: 0,
+        })
+    }
+
+    /// Offset of the first unacknowledged byte.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// Offset just past the last byte written.
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// Bytes held.
+    pub fn len(&self) -> usize {
+        (self.end - self.start) as usize
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+
+    /// The ring's size.
+    pub fn capacity(&self) -> usize {
+        self.memory.capacity()
+    }
+
+    /// Where the next bytes go: up to `max` bytes of free ring, contiguous
+    /// (so possibly fewer than the room, at the wrap). Fill a prefix, then
+    /// [`commit`](Self::commit) it.
+    pub fn read_slot(&mut self, max: usize) -> &mut [MaybeUninit<u8>] {
+        let capacity = self.capacity();
+        let at = (self.end % capacity as u64) as usize;
+        let room = capacity - self.len();
+        let len = max.min(room).min(capacity - at);
+        // SAFETY: `at + len <= capacity`; the free part of the ring is
+        // referenced by no slice (see the module's rule), and `&mut self`
+        // keeps a second slot from being taken meanwhile.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.memory.as_ptr().add(at).cast::<MaybeUninit<u8>>(),
+                len,
+            )
+        }
+    }
+
+    /// The first `n` bytes of the last [`read_slot`](Self::read_slot) now
+    /// hold data.
+    pub fn commit(&mut self, n: usize) {
+        debug_assert!(n <= self.capacity() - self.len(), "ring overfilled");
+        self.end += n as u64;
+        self.written_since_release += n;
+    }
+
+    /// Drops everything before `offset`, which the peer has acknowledged.
+    /// Offsets at or before [`start`](Self::start) change nothing.
+    pub fn acknowledge(&mut self, offset: u64) {
+        let offset = offset.min(self.end);
+        if offset <= self.start {
+            return;
+        }
+        self.start = offset;
+        self.memory.acknowledged(offset);
+        if self.start == self.end && self.written_since_release >= RELEASE_AFTER {
+            self.memory.drained();
+            self.written_since_release = 0;
+        }
+    }
+
+    /// Up to `max` bytes starting at `offset`, without copying (never past
+    /// the wrap). Empty when `offset` is outside `start..end`.
+    pub fn slice_from(&self, offset: u64, max: usize) -> Bytes {
+        if offset < self.start || offset >= self.end {
+            return Bytes::new();
+        }
+        let capacity = self.capacity();
+        let at = (offset % capacity as u64) as usize;
+        let len = ((self.end - offset) as usize).min(capacity - at).min(max);
+        Bytes::from_owner(RingSlice {
+            memory: Arc::clone(&self.memory),
+            at,
+            len,
+        })
+    }
+}
+
+/// Part of a ring, kept alive by the ring's memory.
+struct RingSlice {
+    memory: Arc<dyn RingMemory>,
+    at: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for RingSlice {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: in bounds (checked by `slice_from`), and not written while
+        // the slice can still be sent (the module's rule).
+        unsafe { std::slice::from_raw_parts(self.memory.as_ptr().add(self.at), self.len) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+    /// Heap memory that remembers what the ring told it.
+    struct Watched {
+        heap: HeapMemory,
+        acked: AtomicU64,
+        drained: AtomicUsize,
+    }
+
+    // SAFETY: delegates to the heap memory.
+    unsafe impl RingMemory for Watched {
+        fn as_ptr(&self) -> *mut u8 {
+            self.heap.as_ptr()
+        }
+        fn capacity(&self) -> usize {
+            self.heap.capacity()
+        }
+        fn acknowledged(&self, offset: u64) {
+            self.acked.store(offset, Ordering::Relaxed);
+        }
+        fn drained(&self) {
+            self.drained.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn write(ring: &mut RingBuffer, mut data: &[u8]) {
+        while !data.is_empty() {
+            let slot = ring.read_slot(data.len());
+            assert!(!slot.is_empty(), "no room for {} bytes", data.len());
+            let n = slot.len();
+            for (s, b) in slot.iter_mut().zip(data) {
+                s.write(*b);
+            }
+            ring.commit(n);
+            data = &data[n..];
+        }
+    }
+
+    #[test]
+    fn slots_stop_at_the_wrap_and_slices_follow_it() {
+        let mut ring = RingBuffer::new(Arc::new(HeapMemory::new(8)), 0, 0).expect("ring");
+        write(&mut ring, b"abcdef");
+        ring.acknowledge(4);
+        assert_eq!(ring.read_slot(100).len(), 2, "up to the wrap");
+        write(&mut ring, b"ghij");
+        assert_eq!((ring.start(), ring.end(), ring.len()), (4, 10, 6));
+        assert_eq!(&ring.slice_from(4, 100)[..], b"efgh");
+        assert_eq!(&ring.slice_from(8, 100)[..], b"ij");
+        assert_eq!(&ring.slice_from(5, 2)[..], b"fg");
+        assert!(ring.slice_from(3, 100).is_empty());
+        assert!(ring.slice_from(10, 100).is_empty());
+        assert_eq!(ring.read_slot(100).len(), 2, "room is capacity minus held");
+    }
+
+    #[test]
+    fn the_memory_hears_acks_and_is_given_back_when_drained() {
+        let memory = Arc::new(Watched {
+            heap: HeapMemory::new(64 * 1024),
+            acked: AtomicU64::new(0),
+            drained: AtomicUsize::new(0),
+        });
+        let mut ring =
+            RingBuffer::new(Arc::clone(&memory) as Arc<dyn RingMemory>, 0, 0).expect("ring");
+        write(&mut ring, &[1; 100]);
+        ring.acknowledge(100);
+        assert_eq!(memory.acked.load(Ordering::Relaxed), 100);
+        assert_eq!(
+            memory.drained.load(Ordering::Relaxed),
+            0,
+            "too little to give back"
+        );
+        write(&mut ring, &vec![2; RELEASE_AFTER]);
+        ring.acknowledge(50);
+        assert_eq!(
+            memory.acked.load(Ordering::Relaxed),
+            100,
+            "stale acks change nothing"
+        );
+        ring.acknowledge(ring.end());
+        assert_eq!(memory.drained.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_restored_range_must_fit() {
+        let memory: Arc<dyn RingMemory> = Arc::new(HeapMemory::new(16));
+        assert!(RingBuffer::new(Arc::clone(&memory), 100, 116).is_ok());
+        assert!(RingBuffer::new(Arc::clone(&memory), 100, 117).is_err());
+        assert!(RingBuffer::new(memory, 5, 4).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn any_schedule_of_writes_and_acks_reads_back_in_order(
+            capacity in 1usize..64,
+            steps in proptest::collection::vec((0usize..80, 0usize..80, 1usize..80), 1..60),
+        ) {
+            let mut ring = RingBuffer::new(Arc::new(HeapMemory::new(capacity)), 0, 0).expect("ring");
+            let mut sent: Vec<u8> = Vec::new();
+            for (write_n, ack_n, max) in steps {
+                let room = capacity - ring.len();
+                let data: Vec<u8> = (0..write_n.min(room)).map(|i| (sent.len() + i) as u8).collect();
+                write(&mut ring, &data);
+                sent.extend_from_slice(&data);
+                ring.acknowledge(ring.start() + (ack_n as u64).min(ring.len() as u64));
+                let mut out = Vec::new();
+                let mut off = ring.start();
+                while off < ring.end() {
+                    let s = ring.slice_from(off, max);
+                    prop_assert!(!s.is_empty() && s.len() <= max);
+                    out.extend_from_slice(&s);
+                    off += s.len() as u64;
+                }
+                prop_assert_eq!(&out[..], &sent[ring.start() as usize..]);
+            }
+        }
+    }
+}

@@ -1,0 +1,604 @@
+//! The keeper: what holds the relay's descriptors when systemd does not.
+//!
+//! `resumeproxyd` started by hand (a user-mode relay, a container, a test)
+//! becomes this small process. It starts the relay's worker as its child and
+//! plays systemd's part for it: the worker's `$NOTIFY_SOCKET` is the
+//! keeper's, the worker stores its listeners and sshd connections there
+//! (`FDSTORE=1`, see [`super::fd_store`]), and every new worker gets them
+//! back as `$LISTEN_FDS`. So the worker has one code path, under systemd or
+//! not.
+//!
+//! * The worker dies (a crash, `kill -9`, the OOM killer, a SIGTERM sent to
+//!   it alone): the keeper starts a new one at once, with everything kept.
+//!   One that keeps dying before it is ready is started again after a
+//!   growing pause, and given up after [`MAX_FAILED_STARTS`].
+//! * SIGUSR2: an upgrade. The worker is asked to stop (SIGTERM: it keeps its
+//!   sessions), and the binary is started again from disk.
+//! * SIGHUP is passed on to the worker (reload).
+//! * SIGTERM or SIGINT: a stop for good. The worker is asked to end every
+//!   session (SIGINT), and the keeper exits when it has.
+//!
+//! The keeper is single-threaded and does not use the async runtime: it
+//! waits with `poll(2)` on a signalfd and its notify socket, and starts the
+//! worker with `fork`/`execve` so that it controls exactly which
+//! descriptors the worker gets. Only the worker's own process may talk to
+//! the notify socket (its credentials are checked, as systemd's
+//! `NotifyAccess=main` does).
+
+use super::fd_store::{unix_addr, LISTEN_FDS_START, MAX_FDS_PER_MESSAGE};
+use std::ffi::{CString, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Most descriptors the keeper holds (systemd's `FileDescriptorStoreMax=`).
+pub const MAX_STORED: usize = 16 * 1024;
+/// Worker starts in a row that may fail before becoming ready.
+pub const MAX_FAILED_STARTS: u32 = 5;
+/// Longest pause between failed starts.
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(5);
+/// How long a worker asked to stop may take before it is killed.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The worker's exit status for a mistake a restart cannot mend (bad
+/// settings, a port in use): the keeper gives up at once.
+pub const EXIT_CONFIG: i32 = 78;
+/// Set in the worker's environment to the keeper's process id.
+pub const KEEPER_ENV: &str = "RESUMEPROXYD_KEEPER";
+/// Largest notify message accepted.
+const MAX_MESSAGE: usize = 4096;
+
+/// One kept descriptor.
+struct Kept {
+    name: String,
+    fd: OwnedFd,
+}
+
+/// What the keeper was asked to do with the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    /// Keep it running; start a new one if it dies.
+    Run,
+    /// Start the binary from disk again once this worker has stopped.
+    Upgrade,
+    /// Stop for good once the worker has ended its sessions.
+    Stop { since: Instant },
+}
+
+/// The running keeper.
+struct Keeper {
+    exe: PathBuf,
+    args: Vec<OsString>,
+    notify: OwnedFd,
+    notify_name: String,
+    signals: OwnedFd,
+    kept: Vec<Kept>,
+    worker: Option<libc::pid_t>,
+    started_at: Instant,
+    ready: bool,
+    failed_starts: u32,
+    plan: Plan,
+    dropped_messages: u64,
+}
+
+/// Runs the keeper with the worker's arguments `args` (without the program
+/// name) until the relay is stopped for good. Returns the exit status.
+pub fn run(args: Vec<OsString>) -> ExitCode {
+    match Keeper::new(args).and_then(Keeper::serve) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("resumeproxyd: the keeper failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Whether this process should become the keeper: nobody supervises it yet
+/// (no `$NOTIFY_SOCKET`).
+pub fn wanted() -> bool {
+    std::env::var_os("NOTIFY_SOCKET").map_or(true, |s| s.is_empty())
+}
+
+impl Keeper {
+    fn new(args: Vec<OsString>) -> io::Result<Keeper> {
+        let exe = std::env::current_exe()?;
+        let signals = block_signals()?;
+        let notify_name = format!(
+            "@resumeproxyd-keeper/{}/{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        );
+        let notify = bind_notify(&notify_name)?;
+        Ok(Keeper {
+            exe,
+            args,
+            notify,
+            notify_name,
+            signals,
+            kept: Vec::new(),
+            worker: None,
+            started_at: Instant::now(),
+            ready: false,
+            failed_starts: 0,
+            plan: Plan::Run,
+            dropped_messages: 0,
+        })
+    }
+
+    fn serve(mut self) -> io::Result<ExitCode> {
+        self.start_worker()?;
+        loop {
+            let timeout = match self.plan {
+                Plan::Stop { since } => {
+                    let left = STOP_TIMEOUT.saturating_sub(since.elapsed());
+                    if left.is_zero() {
+                        if let Some(pid) = self.worker {
+                            eprintln!(
+                                "resumeproxyd: the worker did not stop within {}s; killing it",
+                                STOP_TIMEOUT.as_secs()
+                            );
+                            signal(pid, libc::SIGKILL);
+                        }
+                    }
+                    i32::try_from(left.as_millis().max(100)).unwrap_or(i32::MAX)
+                }
+                _ => -1,
+            };
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.signals.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.notify.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: `fds` is a valid array of two pollfd.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            if fds[1].revents != 0 {
+                self.receive();
+            }
+            if fds[0].revents != 0 {
+                if let Some(code) = self.on_signal()? {
+                    return Ok(code);
+                }
+            }
+        }
+    }
+
+    /// Handles one pending signal; `Some` when the keeper is done.
+    fn on_signal(&mut self) -> io::Result<Option<ExitCode>> {
+        // SAFETY: signalfd_siginfo is plain data.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: reads at most `size` bytes into `info`.
+        let n = unsafe {
+            libc::read(
+                self.signals.as_raw_fd(),
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                size,
+            )
+        };
+        if n != size as isize {
+            return Ok(None);
+        }
+        match info.ssi_signo as i32 {
+            libc::SIGCHLD => self.reap(),
+            libc::SIGTERM | libc::SIGINT | libc::SIGQUIT => {
+                if !matches!(self.plan, Plan::Stop { .. }) {
+                    eprintln!("resumeproxyd: stopping for good: ending every session");
+                    self.plan = Plan::Stop {
+                        since: Instant::now(),
+                    };
+                }
+                match self.worker {
+                    Some(pid) => {
+                        signal(pid, libc::SIGINT);
+                        Ok(None)
+                    }
+                    None => Ok(Some(ExitCode::SUCCESS)),
+                }
+            }
+            libc::SIGUSR2 => {
+                if self.plan == Plan::Run {
+                    eprintln!(
+                        "resumeproxyd: upgrading: restarting the worker from {}",
+                        self.exe.display()
+                    );
+                    self.plan = Plan::Upgrade;
+                    if let Some(pid) = self.worker {
+                        signal(pid, libc::SIGTERM);
+                    }
+                }
+                Ok(None)
+            }
+            libc::SIGHUP => {
+                if let Some(pid) = self.worker {
+                    signal(pid, libc::SIGHUP);
+                }
+                Ok(None)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Collects exited children; starts a new worker if the plan says so.
+    fn reap(&mut self) -> io::Result<Option<ExitCode>> {
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid writes one int.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                return Ok(None);
+            }
+            if Some(pid) != self.worker {
+                continue;
+            }
+            self.worker = None;
+            let how = describe_exit(status);
+            match self.plan {
+                Plan::Stop { .. } => {
+                    eprintln!("resumeproxyd: the worker {how}; stopped");
+                    return Ok(Some(exit_code(status)));
+                }
+                Plan::Upgrade => {
+                    self.plan = Plan::Run;
+                    self.failed_starts = 0;
+                }
+                Plan::Run => {
+                    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == EXIT_CONFIG {
+                        return Ok(Some(ExitCode::from(EXIT_CONFIG as u8)));
+                    }
+                    if self.ready {
+                        self.failed_starts = 0;
+                    } else {
+                        self.failed_starts += 1;
+                    }
+                    if self.failed_starts >= MAX_FAILED_STARTS {
+                        eprintln!(
+                            "resumeproxyd: the worker {how}, and failed to start {} times in a row; giving up",
+                            self.failed_starts
+                        );
+                        return Ok(Some(ExitCode::FAILURE));
+                    }
+                    eprintln!(
+                        "resumeproxyd: the worker {how} after {:.1}s; starting a new one with {} kept descriptors",
+                        self.started_at.elapsed().as_secs_f64(),
+                        self.kept.len()
+                    );
+                    if self.failed_starts > 0 {
+                        let delay = Duration::from_millis(100 << self.failed_starts.min(6))
+                            .min(MAX_RESTART_DELAY);
+                        std::thread::sleep(delay);
+                    }
+                }
+            }
+            self.start_worker()?;
+        }
+    }
+
+    /// Receives one notify message from the worker.
+    fn receive(&mut self) {
+        let mut payload = [0u8; MAX_MESSAGE];
+        let mut iov = libc::iovec {
+            iov_base: payload.as_mut_ptr().cast(),
+            iov_len: payload.len(),
+        };
+        let fd_space = MAX_FDS_PER_MESSAGE * std::mem::size_of::<RawFd>();
+        // SAFETY: CMSG_SPACE only computes sizes.
+        let space = unsafe {
+            libc::CMSG_SPACE(fd_space as u32)
+                + libc::CMSG_SPACE(std::mem::size_of::<libc::ucred>() as u32)
+        } as usize;
+        let mut control = vec![0u64; space.div_ceil(8)];
+        // SAFETY: msghdr is plain data; its pointers outlive the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: `msg` describes live buffers.
+        let n = unsafe {
+            libc::recvmsg(
+                self.notify.as_raw_fd(),
+                &mut msg,
+                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+            )
+        };
+        if n < 0 {
+            return;
+        }
+        let mut fds = Vec::new();
+        let mut sender = None;
+        // SAFETY: walking the control messages the kernel wrote.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                let data = libc::CMSG_DATA(cmsg);
+                let len = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET {
+                    if (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                        for i in 0..len / std::mem::size_of::<RawFd>() {
+                            let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
+                            fds.push(OwnedFd::from_raw_fd(fd));
+                        }
+                    } else if (*cmsg).cmsg_type == libc::SCM_CREDENTIALS
+                        && len >= std::mem::size_of::<libc::ucred>()
+                    {
+                        sender = Some(std::ptr::read_unaligned(data.cast::<libc::ucred>()).pid);
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+        }
+        let truncated = msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0;
+        if truncated || sender.is_none() || sender != self.worker {
+            // Not from the worker (or cut short): its descriptors are closed.
+            self.dropped_messages += 1;
+            if self.dropped_messages.is_power_of_two() {
+                eprintln!(
+                    "resumeproxyd: ignored {} notify message(s) not from the worker",
+                    self.dropped_messages
+                );
+            }
+            return;
+        }
+        let text = String::from_utf8_lossy(&payload[..n as usize]).into_owned();
+        self.apply(&text, fds);
+    }
+
+    /// Carries out one message of the notify protocol.
+    fn apply(&mut self, text: &str, fds: Vec<OwnedFd>) {
+        let field = |key: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+        };
+        if field("READY") == Some("1") {
+            self.ready = true;
+            self.failed_starts = 0;
+        }
+        if field("FDSTORE") == Some("1") {
+            let name = field("FDNAME").unwrap_or("stored").to_owned();
+            for fd in fds {
+                if self.kept.len() >= MAX_STORED {
+                    eprintln!("resumeproxyd: the keeper holds {MAX_STORED} descriptors already; not keeping {name}");
+                    break;
+                }
+                self.kept.push(Kept {
+                    name: name.clone(),
+                    fd,
+                });
+            }
+        } else if field("FDSTOREREMOVE") == Some("1") {
+            if let Some(name) = field("FDNAME") {
+                self.kept.retain(|k| k.name != name);
+            }
+        }
+    }
+
+    /// Starts a worker with every kept descriptor.
+    fn start_worker(&mut self) -> io::Result<()> {
+        let names: Vec<&str> = self.kept.iter().map(|k| k.name.as_str()).collect();
+        let mut env: Vec<CString> = std::env::vars_os()
+            .filter(|(k, _)| {
+                let k = k.as_bytes();
+                !(k == b"NOTIFY_SOCKET" || k.starts_with(b"LISTEN_") || k == KEEPER_ENV.as_bytes())
+            })
+            .filter_map(|(k, v)| {
+                let mut kv = k.into_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                CString::new(kv).ok()
+            })
+            .collect();
+        let own = |s: String| CString::new(s).map_err(io::Error::other);
+        env.push(own(format!("NOTIFY_SOCKET={}", self.notify_name))?);
+        env.push(own(format!("{KEEPER_ENV}={}", std::process::id()))?);
+        if !self.kept.is_empty() {
+            env.push(own(format!("LISTEN_FDS={}", self.kept.len()))?);
+            env.push(own(format!("LISTEN_FDNAMES={}", names.join(":")))?);
+        }
+        // Filled in by the child with its own pid (no allocation after fork).
+        let mut listen_pid = *b"LISTEN_PID=\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0";
+        let exe = CString::new(self.exe.as_os_str().as_bytes()).map_err(io::Error::other)?;
+        let mut argv: Vec<CString> = vec![exe.clone()];
+        for arg in &self.args {
+            argv.push(CString::new(arg.as_bytes()).map_err(io::Error::other)?);
+        }
+        let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+        if !self.kept.is_empty() {
+            env_ptrs.push(listen_pid.as_ptr().cast());
+        }
+        env_ptrs.push(std::ptr::null());
+        let sources: Vec<RawFd> = self.kept.iter().map(|k| k.fd.as_raw_fd()).collect();
+        let mut temps: Vec<RawFd> = vec![-1; sources.len()];
+        let keeper = std::process::id() as libc::pid_t;
+
+        // SAFETY: fork in a single-threaded process; the child below calls
+        // only async-signal-safe functions on memory prepared before it.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if pid == 0 {
+            // SAFETY: the child; see above.
+            unsafe {
+                child(
+                    keeper,
+                    &sources,
+                    &mut temps,
+                    &mut listen_pid,
+                    &exe,
+                    &argv_ptrs,
+                    &env_ptrs,
+                )
+            }
+        }
+        self.worker = Some(pid);
+        self.started_at = Instant::now();
+        self.ready = false;
+        Ok(())
+    }
+}
+
+/// The child's side of [`Keeper::start_worker`]: puts the kept descriptors
+/// at 3, 4, …, undoes the keeper's signal mask, dies with the keeper, and
+/// runs the worker. Never returns.
+///
+/// # Safety
+/// Runs between `fork` and `execve`: only async-signal-safe calls.
+unsafe fn child(
+    keeper: libc::pid_t,
+    sources: &[RawFd],
+    temps: &mut [RawFd],
+    listen_pid: &mut [u8; 32],
+    exe: &CString,
+    argv: &[*const libc::c_char],
+    env: &[*const libc::c_char],
+) -> ! {
+    let mut empty: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut empty);
+    libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    // The worker does not outlive the keeper (it would hold the ports).
+    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    if libc::getppid() != keeper {
+        libc::_exit(1);
+    }
+    // First above the target range, then down into it: no target overwrites
+    // a source not yet moved.
+    let above = LISTEN_FDS_START + sources.len() as RawFd;
+    for (src, tmp) in sources.iter().zip(temps.iter_mut()) {
+        *tmp = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, above);
+        if *tmp < 0 {
+            libc::_exit(1);
+        }
+    }
+    for (i, tmp) in temps.iter().enumerate() {
+        // dup2 clears close-on-exec on the new descriptor.
+        if libc::dup2(*tmp, LISTEN_FDS_START + i as RawFd) < 0 {
+            libc::_exit(1);
+        }
+    }
+    // LISTEN_PID=<this pid>, written into the prepared buffer.
+    let mut pid = libc::getpid() as u32;
+    let mut digits = [0u8; 10];
+    let mut n = 0;
+    loop {
+        digits[n] = b'0' + (pid % 10) as u8;
+        n += 1;
+        pid /= 10;
+        if pid == 0 {
+            break;
+        }
+    }
+    let prefix = b"LISTEN_PID=".len();
+    for i in 0..n {
+        listen_pid[prefix + i] = digits[n - 1 - i];
+    }
+    listen_pid[prefix + n] = 0;
+    libc::execve(exe.as_ptr(), argv.as_ptr(), env.as_ptr());
+    libc::_exit(127);
+}
+
+/// Blocks the signals the keeper handles and returns a signalfd for them.
+fn block_signals() -> io::Result<OwnedFd> {
+    // SAFETY: sigset operations on a local set; signalfd returns a new fd.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [
+            libc::SIGCHLD,
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGQUIT,
+            libc::SIGHUP,
+            libc::SIGUSR2,
+        ] {
+            libc::sigaddset(&mut set, sig);
+        }
+        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// The keeper's notify socket, receiving the sender's credentials.
+fn bind_notify(name: &str) -> io::Result<OwnedFd> {
+    let (addr, len) = unix_addr(name.as_bytes())?;
+    // SAFETY: socket/bind/setsockopt with checked results and valid pointers.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        );
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let socket = OwnedFd::from_raw_fd(fd);
+        if libc::bind(fd, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let one: libc::c_int = 1;
+        if libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PASSCRED,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(socket)
+    }
+}
+
+fn signal(pid: libc::pid_t, sig: libc::c_int) {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// How a child ended, in words.
+fn describe_exit(status: libc::c_int) -> String {
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        let name = match sig {
+            libc::SIGKILL => "SIGKILL".to_string(),
+            libc::SIGSEGV => "SIGSEGV".to_string(),
+            libc::SIGABRT => "SIGABRT (a panic or an abort)".to_string(),
+            libc::SIGTERM => "SIGTERM".to_string(),
+            other => format!("signal {other}"),
+        };
+        format!("was killed by {name}")
+    } else {
+        format!("exited with status {}", libc::WEXITSTATUS(status))
+    }
+}
+
+fn exit_code(status: libc::c_int) -> ExitCode {
+    if libc::WIFEXITED(status) {
+        ExitCode::from(libc::WEXITSTATUS(status) as u8)
+    } else {
+        ExitCode::FAILURE
+    }
+}
