@@ -12,3 +12,4 @@ pub mod keeper;
 pub mod mapping;
 pub mod record;
 pub mod tcp_counters;
+pub mod crash;
