@@ -22,13 +22,12 @@ use crate::proto::wire::{split_message_within, Code, Frame, MAX_DATA_LEN};
 use crate::proto::write_queue::{WriteQueue, MAX_IO_SLICES};
 use crate::transport::{Transport, TRANSPORT_READ_SIZE};
 use crate::units::format_duration;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::future::{poll_fn, Future};
 use std::io::IoSlice;
 use std::pin::{pin, Pin};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 use tokio_util::io::poll_read_buf;
 
@@ -74,9 +73,6 @@ pub(crate) struct Link<R, W> {
     local_out: W,
     /// The local end may still produce bytes.
     local_in_open: bool,
-    local_read_buf: BytesMut,
-    /// Received bytes being written to the local end.
-    out_chunk: Bytes,
     local_output: LocalOutput,
     timer: Pin<Box<Sleep>>,
     timer_deadline: Option<Instant>,
@@ -90,8 +86,6 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
             local_in,
             local_out,
             local_in_open: true,
-            local_read_buf: BytesMut::new(),
-            out_chunk: Bytes::new(),
             local_output: LocalOutput::Open,
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             timer_deadline: None,
@@ -128,8 +122,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
     /// No byte waits for the local end, and if the peer's stream has ended,
     /// the local end was told.
     fn local_output_settled(&self) -> bool {
-        self.out_chunk.is_empty()
-            && !self.session.has_deliver()
+        !self.session.has_deliver()
             && (self.local_output != LocalOutput::Open || !self.session.deliver_finished())
     }
 
@@ -205,20 +198,19 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
         if !self.local_in_open || room == 0 {
             return false;
         }
-        if self.local_read_buf.capacity() < room {
-            self.local_read_buf.reserve(LOCAL_READ_SIZE);
-        }
-        let mut limited = (&mut self.local_read_buf).limit(room);
-        match poll_read_buf(Pin::new(&mut self.local_in), cx, &mut limited) {
+        // Straight into the replay buffer: no copy, and (on the relay) no
+        // instant at which a byte read is not kept.
+        let mut buf = ReadBuf::uninit(self.session.local_read_slot(room));
+        match Pin::new(&mut self.local_in).poll_read(cx, &mut buf) {
             Poll::Pending => false,
-            Poll::Ready(Ok(0)) => {
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => {
                 self.local_in_open = false;
                 self.session.local_eof();
                 true
             }
-            Poll::Ready(Ok(_)) => {
-                let chunk = self.local_read_buf.split().freeze();
-                self.session.push_local(chunk);
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len();
+                self.session.commit_local(n);
                 true
             }
             Poll::Ready(Err(e)) => {
@@ -287,21 +279,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
     /// Session → local end. Returns whether anything happened.
     fn poll_local_write(&mut self, cx: &mut Context<'_>) -> bool {
         let mut progress = false;
-        loop {
-            if self.out_chunk.is_empty() {
-                match self.session.pop_deliver() {
-                    Some(bytes) => self.out_chunk = bytes,
-                    None => break,
-                }
-            }
-            if self.local_output != LocalOutput::Open {
-                self.out_chunk.clear();
-                continue;
-            }
-            match Pin::new(&mut self.local_out).poll_write(cx, &self.out_chunk) {
+        while self.local_output == LocalOutput::Open {
+            let Some(chunk) = self.session.pending_delivery() else {
+                break;
+            };
+            match Pin::new(&mut self.local_out).poll_write(cx, chunk) {
                 Poll::Pending => return progress,
                 Poll::Ready(Ok(n)) if n > 0 => {
-                    self.out_chunk.advance(n);
+                    self.session.delivered(n);
                     progress = true;
                 }
                 Poll::Ready(result) => {
@@ -313,7 +298,6 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
                     );
                     self.local_output = LocalOutput::Failed;
                     self.session.close_local_output();
-                    self.out_chunk.clear();
                     return true;
                 }
             }
@@ -324,6 +308,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
                     tracing::debug!("closing the local end's input failed: {e}");
                 }
                 self.local_output = LocalOutput::ShutDown;
+                self.session.local_output_shut();
                 progress = true;
             }
         }

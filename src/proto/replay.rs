@@ -6,10 +6,95 @@
 //! and backpressure reaches ssh or sshd through TCP flow control.
 //!
 //! Chunks are kept as they were read ([`Bytes`], shared, never copied), each
-//! with its stream offset, so a send is a cheap slice of a chunk.
+//! with its stream offset, so a send is a cheap slice of a chunk. That is
+//! the client's store; the relay keeps its bytes in a ring of memory that
+//! outlives its process ([`crate::proto::replay_ring`]). A session holds
+//! either ([`ReplayStore`]) and reads its local end straight into it
+//! ([`ReplayStore::read_slot`]).
 
-use bytes::Bytes;
+use crate::proto::replay_ring::RingBuffer;
+use crate::proto::wire::MAX_DATA_LEN;
+use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
+use std::mem::MaybeUninit;
+
+/// Bytes reserved at once for reads from the local end into a
+/// [`ReplayBuffer`] (one data frame's worth).
+pub const READ_RESERVE: usize = MAX_DATA_LEN;
+
+/// Where a session keeps the bytes it sent until the peer acknowledges them.
+#[derive(Debug)]
+pub enum ReplayStore {
+    /// Chunks on the heap, as read.
+    Heap(ReplayBuffer),
+    /// A ring in memory that may outlive the process.
+    Ring(RingBuffer),
+}
+
+impl ReplayStore {
+    /// Offset of the first unacknowledged byte.
+    pub fn start(&self) -> u64 {
+        match self {
+            ReplayStore::Heap(b) => b.start(),
+            ReplayStore::Ring(r) => r.start(),
+        }
+    }
+
+    /// Offset just past the last byte held.
+    pub fn end(&self) -> u64 {
+        match self {
+            ReplayStore::Heap(b) => b.end(),
+            ReplayStore::Ring(r) => r.end(),
+        }
+    }
+
+    /// Bytes held.
+    pub fn len(&self) -> usize {
+        (self.end() - self.start()) as usize
+    }
+
+    /// How many more bytes may be read in.
+    pub fn room(&self) -> usize {
+        match self {
+            ReplayStore::Heap(b) => b.room(),
+            ReplayStore::Ring(r) => r.capacity() - r.len(),
+        }
+    }
+
+    /// Memory to read up to `max` bytes from the local end into (possibly
+    /// fewer: a ring stops at its wrap). Fill a prefix, then
+    /// [`commit`](Self::commit) it.
+    pub fn read_slot(&mut self, max: usize) -> &mut [MaybeUninit<u8>] {
+        match self {
+            ReplayStore::Heap(b) => b.read_slot(max),
+            ReplayStore::Ring(r) => r.read_slot(max),
+        }
+    }
+
+    /// The first `n` bytes of the last slot hold data.
+    pub fn commit(&mut self, n: usize) {
+        match self {
+            ReplayStore::Heap(b) => b.commit(n),
+            ReplayStore::Ring(r) => r.commit(n),
+        }
+    }
+
+    /// Drops everything before `offset`, which the peer has acknowledged.
+    pub fn acknowledge(&mut self, offset: u64) {
+        match self {
+            ReplayStore::Heap(b) => b.acknowledge(offset),
+            ReplayStore::Ring(r) => r.acknowledge(offset),
+        }
+    }
+
+    /// Up to `max` bytes starting at `offset`, without copying.
+    pub fn slice_from(&self, offset: u64, max: usize) -> Bytes {
+        match self {
+            ReplayStore::Heap(b) => b.slice_from(offset, max),
+            ReplayStore::Ring(r) => r.slice_from(offset, max),
+        }
+    }
+}
 
 /// Unacknowledged bytes of one outgoing stream, from [`start`](Self::start)
 /// to [`end`](Self::end).
@@ -23,6 +108,8 @@ pub struct ReplayBuffer {
     end: u64,
     /// Most bytes held at once.
     capacity: usize,
+    /// Memory the next read from the local end goes into.
+    pending: BytesMut,
 }
 
 impl ReplayBuffer {
@@ -33,7 +120,28 @@ impl ReplayBuffer {
             start: 0,
             end: 0,
             capacity,
+            pending: BytesMut::new(),
         }
+    }
+
+    /// Memory for a read of up to `max` bytes (at most the room).
+    pub fn read_slot(&mut self, max: usize) -> &mut [MaybeUninit<u8>] {
+        let max = max.min(self.room());
+        if self.pending.capacity() < max {
+            self.pending.reserve(max.max(READ_RESERVE));
+        }
+        &mut self.pending.spare_capacity_mut()[..max]
+    }
+
+    /// The first `n` bytes of the last [`read_slot`](Self::read_slot) hold
+    /// data: they become a chunk.
+    pub fn commit(&mut self, n: usize) {
+        let n = n.min(self.pending.capacity());
+        // SAFETY: the caller filled the first `n` bytes of the slot, which
+        // is the spare capacity of `pending` (empty: every commit splits it).
+        unsafe { self.pending.set_len(n) };
+        let chunk = self.pending.split().freeze();
+        self.push(chunk);
     }
 
     /// Offset of the first unacknowledged byte.

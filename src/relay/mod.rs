@@ -23,8 +23,8 @@
 //! finish. [`sd_notify`] tells systemd how it goes.
 
 mod accept;
-pub mod durable;
 pub(crate) mod admission;
+pub mod durable;
 pub mod sd_notify;
 mod session_task;
 mod table;

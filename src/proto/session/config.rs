@@ -29,6 +29,10 @@ pub struct SessionConfig {
     /// Largest data frame payload sent or accepted (the relay sets it and
     /// tells the client).
     pub max_data_len: usize,
+    /// Acknowledge only what the local end took, not everything received
+    /// (the relay: what it received and did not yet write to sshd would be
+    /// lost with its process, so the client keeps it until then).
+    pub ack_delivered: bool,
 }
 
 impl Default for SessionConfig {
@@ -38,6 +42,7 @@ impl Default for SessionConfig {
             deliver_capacity: DEFAULT_DELIVER_CAPACITY,
             dead_after: DEFAULT_DEAD_AFTER,
             max_data_len: MAX_DATA_LEN,
+            ack_delivered: false,
         }
     }
 }

@@ -16,6 +16,16 @@
 //! Acks carry positions; so do the resume handshakes, where each side tells the
 //! other the position it has received up to, and the other side re-sends from
 //! there ([`Session::attach`]).
+//!
+//! # What is acknowledged
+//!
+//! The client acknowledges what it received. The relay, whose process may
+//! die and be restarted, acknowledges only what its local end (sshd) took
+//! ([`SessionConfig::ack_delivered`]): what it received and had not yet
+//! written is not kept anywhere that outlives it, so the client must keep
+//! it. A relay session detached from its client drops what it had not
+//! delivered, so that the position it tells at the next resume is always
+//! one a restarted process could tell too.
 
 mod config;
 
@@ -24,10 +34,12 @@ pub use config::{
     MAX_DEAD_AFTER, MIN_DEAD_AFTER,
 };
 
-use crate::proto::replay::ReplayBuffer;
+use crate::proto::replay::{ReplayBuffer, ReplayStore};
+use crate::proto::replay_ring::RingBuffer;
 use crate::proto::wire::{Code, Frame, DATA_PREFIX_LEN, MIN_DATA_LEN};
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use std::collections::VecDeque;
+use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
 
 /// What one queued chunk for the local end costs besides its bytes, as
@@ -64,6 +76,20 @@ pub struct SessionStats {
     pub rtt: Option<Duration>,
 }
 
+/// What a new process knows of a session an earlier one ran (see
+/// [`Session::restore`]).
+#[derive(Debug)]
+pub struct Restored {
+    /// The unacknowledged bytes, as the ring kept them.
+    pub ring: RingBuffer,
+    /// The local end's stream has ended (after the ring's last byte).
+    pub local_eof: bool,
+    /// Bytes the local end took from the peer's stream.
+    pub received: u64,
+    /// The local end was told the peer's stream ended.
+    pub peer_end: bool,
+}
+
 /// One side of a resumable session (client and relay run the same machine).
 #[derive(Debug)]
 pub struct Session {
@@ -71,7 +97,7 @@ pub struct Session {
 
     // Outgoing: local end → peer.
     /// Bytes read from the local end and not yet acknowledged.
-    replay: ReplayBuffer,
+    replay: ReplayStore,
     /// The local end closed; the end marker sits at `replay.end()`.
     local_eof: bool,
     /// Next offset to send on the current transport.
@@ -100,6 +126,10 @@ pub struct Session {
     deliver_len: usize,
     /// The local end no longer takes bytes: received bytes are dropped.
     local_output_closed: bool,
+    /// Received bytes the local end took (or that were dropped for it).
+    delivered: u64,
+    /// The local end was told the peer's stream ended.
+    end_delivered: bool,
 
     // Transport and liveness.
     /// A transport is attached.
@@ -123,13 +153,51 @@ pub struct Session {
 impl Session {
     /// A new session with nothing sent or received and no transport attached.
     pub fn new(config: SessionConfig, now: Instant) -> Session {
+        let replay = ReplayStore::Heap(ReplayBuffer::new(config.replay_capacity));
+        Session::with_store(config, replay, now)
+    }
+
+    /// A new session that keeps what it sends in `ring` (the relay's, in
+    /// memory that outlives its process) instead of on the heap. The ring's
+    /// size bounds the replay buffer.
+    pub fn with_ring(config: SessionConfig, ring: RingBuffer, now: Instant) -> Session {
+        Session::with_store(config, ReplayStore::Ring(ring), now)
+    }
+
+    /// A session carried on by a new process from what outlived the old
+    /// one: the ring of unacknowledged bytes, and positions read off the
+    /// kernel's counters. No transport is attached; the peer's resume says
+    /// where it is.
+    pub fn restore(config: SessionConfig, restored: Restored, now: Instant) -> Session {
+        let Restored {
+            ring,
+            local_eof,
+            received,
+            peer_end,
+        } = restored;
+        let mut session = Session::with_store(config, ReplayStore::Ring(ring), now);
+        session.local_eof = local_eof;
+        session.sent_high = session.replay.end() + u64::from(local_eof);
+        session.recv_next = received;
+        session.peer_end = peer_end;
+        session.delivered = received;
+        session.end_delivered = peer_end;
+        session.ack_sent = session.received_position();
+        session.stats.bytes_read_local = session.replay.end();
+        session.stats.bytes_received = received;
+        session
+    }
+
+    fn with_store(config: SessionConfig, replay: ReplayStore, now: Instant) -> Session {
+        let start = replay.start();
+        let end = replay.end();
         Session {
             config,
-            replay: ReplayBuffer::new(config.replay_capacity),
+            replay,
             local_eof: false,
-            send_next: 0,
+            send_next: start,
             end_sent: false,
-            sent_high: 0,
+            sent_high: end,
             end_acked: false,
             recv_next: 0,
             peer_end: false,
@@ -138,6 +206,8 @@ impl Session {
             deliver: VecDeque::new(),
             deliver_len: 0,
             local_output_closed: false,
+            delivered: 0,
+            end_delivered: false,
             attached: false,
             last_heard: now,
             last_sent: now,
@@ -182,13 +252,40 @@ impl Session {
         }
     }
 
-    /// Bytes read from the local end (at most [`local_room`](Self::local_room)).
-    pub fn push_local(&mut self, bytes: Bytes) {
-        if self.local_eof {
+    /// Memory to read up to `max` bytes of the local end into (at most
+    /// [`local_room`](Self::local_room); fewer at a ring's wrap): fill a
+    /// prefix, then [`commit_local`](Self::commit_local) it.
+    pub fn local_read_slot(&mut self, max: usize) -> &mut [MaybeUninit<u8>] {
+        let max = max.min(self.local_room());
+        self.replay.read_slot(max)
+    }
+
+    /// The first `n` bytes of the last [`local_read_slot`](Self::local_read_slot)
+    /// were read from the local end.
+    pub fn commit_local(&mut self, n: usize) {
+        if self.local_eof || n == 0 {
             return;
         }
-        self.stats.bytes_read_local += bytes.len() as u64;
-        self.replay.push(bytes);
+        self.stats.bytes_read_local += n as u64;
+        self.replay.commit(n);
+    }
+
+    /// Bytes read from the local end (at most [`local_room`](Self::local_room)),
+    /// copied in.
+    pub fn push_local(&mut self, bytes: Bytes) {
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            let slot = self.local_read_slot(rest.len());
+            if slot.is_empty() {
+                break;
+            }
+            let n = slot.len();
+            for (to, from) in slot.iter_mut().zip(rest) {
+                to.write(*from);
+            }
+            self.commit_local(n);
+            rest = &rest[n..];
+        }
     }
 
     /// The local end closed its output: an end marker follows the last byte.
@@ -205,7 +302,38 @@ impl Session {
     pub fn pop_deliver(&mut self) -> Option<Bytes> {
         let bytes = self.deliver.pop_front()?;
         self.deliver_len -= bytes.len() + DELIVER_ENTRY_COST;
+        self.delivered += bytes.len() as u64;
         Some(bytes)
+    }
+
+    /// The received bytes the local end should take next, if any: write
+    /// them, then say how many it took with [`delivered`](Self::delivered).
+    pub fn pending_delivery(&self) -> Option<&Bytes> {
+        self.deliver.front()
+    }
+
+    /// The local end took the first `n` bytes of
+    /// [`pending_delivery`](Self::pending_delivery).
+    pub fn delivered(&mut self, n: usize) {
+        let Some(front) = self.deliver.front_mut() else {
+            return;
+        };
+        let n = n.min(front.len());
+        front.advance(n);
+        self.deliver_len -= n;
+        self.delivered += n as u64;
+        if front.is_empty() {
+            self.deliver.pop_front();
+            self.deliver_len -= DELIVER_ENTRY_COST;
+        }
+    }
+
+    /// The local end was told the peer's stream ended (its input was shut
+    /// down) after taking every byte.
+    pub fn local_output_shut(&mut self) {
+        if self.deliver_finished() {
+            self.end_delivered = true;
+        }
     }
 
     /// Whether bytes wait for the local end.
@@ -226,6 +354,8 @@ impl Session {
         self.local_output_closed = true;
         self.deliver.clear();
         self.deliver_len = 0;
+        self.delivered = self.recv_next;
+        self.end_delivered = self.peer_end;
     }
 
     /// Whether the driver should read frames from the transport: false while
@@ -239,6 +369,25 @@ impl Session {
     /// The position received up to, which a resume handshake tells the peer.
     pub fn received_position(&self) -> u64 {
         self.recv_next + u64::from(self.peer_end)
+    }
+
+    /// The position acknowledgements carry: what was received, or, with
+    /// [`SessionConfig::ack_delivered`], what the local end took.
+    fn ack_position(&self) -> u64 {
+        if self.config.ack_delivered {
+            self.delivered + u64::from(self.end_delivered)
+        } else {
+            self.received_position()
+        }
+    }
+
+    /// Whether the end of the peer's stream may be acknowledged.
+    fn end_ackable(&self) -> bool {
+        if self.config.ack_delivered {
+            self.end_delivered
+        } else {
+            self.peer_end
+        }
     }
 
     /// Bytes (and end marker) the peer has not acknowledged.
@@ -256,6 +405,16 @@ impl Session {
         self.attached = false;
         self.pong_due = None;
         self.ping_in_flight = None;
+        if self.config.ack_delivered {
+            // Not acknowledged, so the peer still has it: it comes again.
+            let dropped = self.recv_next - self.delivered;
+            self.stats.bytes_received -= dropped;
+            self.recv_next = self.delivered;
+            self.peer_end = self.end_delivered;
+            self.deliver.clear();
+            self.deliver_len = 0;
+            self.ack_pending_since = None;
+        }
     }
 
     /// Checks a peer's resume position against what this side holds: it must
@@ -323,7 +482,9 @@ impl Session {
                 if !bytes.is_empty() {
                     self.ack_pending_since.get_or_insert(now);
                 }
-                if !self.local_output_closed && !bytes.is_empty() {
+                if self.local_output_closed {
+                    self.delivered = self.recv_next;
+                } else if !bytes.is_empty() {
                     let bytes = if bytes.len() < DELIVER_COPY_BELOW {
                         Bytes::copy_from_slice(&bytes)
                     } else {
@@ -365,6 +526,9 @@ impl Session {
                     )));
                 }
                 self.peer_end = true;
+                if self.local_output_closed {
+                    self.end_delivered = true;
+                }
             }
             Frame::Close { code, reason } => self.peer_close = Some((code, reason)),
         }
@@ -392,11 +556,11 @@ impl Session {
         if let Some(token) = self.pong_due.take() {
             return Some(Frame::Pong { token });
         }
-        let received = self.received_position();
-        if received > self.ack_sent && self.ack_due(now) {
-            self.ack_sent = received;
+        let position = self.ack_position();
+        if position > self.ack_sent && self.ack_due(now) {
+            self.ack_sent = position;
             self.ack_pending_since = None;
-            return Some(Frame::Ack { position: received });
+            return Some(Frame::Ack { position });
         }
         if self.send_next < self.replay.end() {
             let bytes = self
@@ -427,8 +591,8 @@ impl Session {
     /// the end marker) arrived, this side sends a frame anyway, or the ack
     /// was held back for [`ACK_DELAY`].
     fn ack_due(&self, now: Instant) -> bool {
-        self.received_position() - self.ack_sent >= ACK_EVERY
-            || self.peer_end
+        self.ack_position() - self.ack_sent >= ACK_EVERY
+            || self.end_ackable()
             || self.send_next < self.replay.end()
             || (self.local_eof && !self.end_sent)
             || now.saturating_duration_since(self.last_sent) >= self.config.heartbeat_interval()
@@ -452,7 +616,7 @@ impl Session {
         }
         let heartbeat = self.last_sent + self.config.heartbeat_interval();
         let ack = match self.ack_pending_since {
-            Some(since) if self.received_position() > self.ack_sent => since + ACK_DELAY,
+            Some(since) if self.ack_position() > self.ack_sent => since + ACK_DELAY,
             _ => heartbeat,
         };
         Some(heartbeat.min(dead).min(ack))

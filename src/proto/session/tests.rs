@@ -2,9 +2,32 @@
 //! random schedules: the stream contract must hold for every one of them.
 
 use super::*;
+use crate::proto::replay_ring::{HeapMemory, RingMemory};
 use crate::proto::wire::{split_message_within, Frame};
 use bytes::BytesMut;
 use proptest::prelude::*;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Ring memory that outlives a "process" of the simulation, as the relay's
+/// memfd outlives its worker: the bytes and the acknowledged offset.
+struct Kept {
+    heap: HeapMemory,
+    acked: AtomicU64,
+}
+
+// SAFETY: delegates to the heap memory.
+unsafe impl RingMemory for Kept {
+    fn as_ptr(&self) -> *mut u8 {
+        self.heap.as_ptr()
+    }
+    fn capacity(&self) -> usize {
+        self.heap.capacity()
+    }
+    fn acknowledged(&self, offset: u64) {
+        self.acked.store(offset, Ordering::Relaxed);
+    }
+}
 
 /// One endpoint of the simulation: a session and its local end.
 struct Side {
@@ -17,6 +40,10 @@ struct Side {
     output: Vec<u8>,
     /// Bytes arrived from the transport, not yet parsed.
     read_buf: BytesMut,
+    /// The relay's way: the replay ring in memory that survives a crash.
+    kept: Option<Arc<Kept>>,
+    /// The local end was told the peer's stream ended.
+    end_taken: bool,
 }
 
 impl Side {
@@ -27,7 +54,52 @@ impl Side {
             pushed: 0,
             output: Vec::new(),
             read_buf: BytesMut::new(),
+            kept: None,
+            end_taken: false,
         }
+    }
+
+    /// A side that runs as the relay does: its replay buffer a ring in
+    /// memory that survives a crash, acknowledging only what its local end
+    /// took.
+    fn durable(mut config: SessionConfig, input: Vec<u8>, now: Instant) -> Side {
+        config.ack_delivered = true;
+        let kept = Arc::new(Kept {
+            heap: HeapMemory::new(config.replay_capacity),
+            acked: AtomicU64::new(0),
+        });
+        let ring = RingBuffer::new(Arc::clone(&kept) as Arc<dyn RingMemory>, 0, 0).expect("a ring");
+        Side {
+            kept: Some(kept),
+            ..Side::new(config, input, now)
+        }
+        .with_session(Session::with_ring(config, ring, now))
+    }
+
+    fn with_session(mut self, session: Session) -> Side {
+        self.session = session;
+        self
+    }
+
+    /// The process dies and a new one carries the session on from what
+    /// outlived it: the ring, and what the local end read and took (which
+    /// the relay reads off the kernel's counters).
+    fn crash(&mut self, now: Instant) {
+        let Some(kept) = &self.kept else { return };
+        let ring = RingBuffer::new(
+            Arc::clone(kept) as Arc<dyn RingMemory>,
+            kept.acked.load(Ordering::Relaxed),
+            self.pushed as u64,
+        )
+        .expect("the kept range fits the ring");
+        let restored = Restored {
+            ring,
+            local_eof: self.session.is_local_eof(),
+            received: self.output.len() as u64,
+            peer_end: self.end_taken,
+        };
+        self.session = Session::restore(*self.session.config(), restored, now);
+        self.read_buf.clear();
     }
 
     fn push(&mut self, n: usize) {
@@ -73,6 +145,10 @@ impl Side {
         while let Some(bytes) = self.session.pop_deliver() {
             self.output.extend_from_slice(&bytes);
         }
+        if self.session.deliver_finished() && !self.end_taken {
+            self.session.local_output_shut();
+            self.end_taken = true;
+        }
     }
 }
 
@@ -85,6 +161,8 @@ enum Op {
     Break,
     Resume,
     Tick(u64),
+    /// The durable side's process dies (and its transport with it).
+    Crash,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -96,6 +174,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Break),
         2 => Just(Op::Resume),
         1 => (0u64..1500).prop_map(Op::Tick),
+        1 => Just(Op::Crash),
     ]
 }
 
@@ -161,6 +240,10 @@ impl World {
             Op::Pop(s) => self.side(s).0.pop(),
             Op::Break => self.break_link(),
             Op::Resume => self.resume(),
+            Op::Crash => {
+                self.break_link();
+                self.b.crash(now);
+            }
             Op::Tick(ms) => {
                 self.now += Duration::from_millis(ms);
                 let now = self.now;
@@ -215,6 +298,7 @@ proptest! {
         replay_capacity in 1usize..6000,
         deliver_capacity in 1usize..6000,
         max_data_len in 1024usize..5000,
+        durable in any::<bool>(),
         ops in proptest::collection::vec(op(), 0..300),
     ) {
         let now = Instant::now();
@@ -223,10 +307,16 @@ proptest! {
             deliver_capacity,
             dead_after: Duration::from_secs(1),
             max_data_len,
+            ack_delivered: false,
+        };
+        let b = if durable {
+            Side::durable(config, b_in.clone(), now)
+        } else {
+            Side::new(config, b_in.clone(), now)
         };
         let mut world = World {
             a: Side::new(config, a_in.clone(), now),
-            b: Side::new(config, b_in.clone(), now),
+            b,
             a_to_b: BytesMut::new(),
             b_to_a: BytesMut::new(),
             connected: false,

@@ -7,9 +7,9 @@
 //! the worker read from and wrote to sshd is read back from the kernel's
 //! own counters ([`tcp_counters`]).
 
+pub mod crash;
 pub mod fd_store;
 pub mod keeper;
 pub mod mapping;
 pub mod record;
 pub mod tcp_counters;
-pub mod crash;
