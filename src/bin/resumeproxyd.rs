@@ -4,8 +4,9 @@ use clap::Parser;
 use resumeproxy::cli::config::RelaySettings;
 use resumeproxy::cli::{RelayCli, RelayCommand, ServeArgs};
 use resumeproxy::proto::session::SessionConfig;
-use resumeproxy::relay::sd_notify::notify;
-use resumeproxy::relay::{Relay, RelayConfig, RelayHandle};
+use resumeproxy::relay::durable::keeper::{self, EXIT_CONFIG};
+use resumeproxy::relay::durable::{Keeper, Store};
+use resumeproxy::relay::{Relay, RelayConfig, RelayHandle, Stop};
 use resumeproxy::transport::identity::RelayKey;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -72,7 +73,11 @@ fn check_config(flags: &ServeArgs) -> ExitCode {
 }
 
 /// The relay's runtime configuration from resolved settings.
-fn relay_config(settings: &RelaySettings, tls: Arc<rustls::ServerConfig>) -> RelayConfig {
+fn relay_config(
+    settings: &RelaySettings,
+    tls: Arc<rustls::ServerConfig>,
+    quic_reset_key: [u8; 32],
+) -> RelayConfig {
     RelayConfig {
         listen: settings.listen,
         targets: settings.targets.clone(),
@@ -84,6 +89,7 @@ fn relay_config(settings: &RelaySettings, tls: Arc<rustls::ServerConfig>) -> Rel
         },
         limits: settings.limits,
         tls,
+        quic_reset_key,
     }
 }
 
@@ -100,6 +106,25 @@ fn serve(flags: ServeArgs) -> ExitCode {
         other => other,
     };
     resumeproxy::cli::init_logging(level, true);
+    // Started by hand (not by systemd, nor by a keeper): become the keeper,
+    // which runs this program again as its worker and holds what must
+    // outlive it.
+    if keeper::wanted() {
+        return keeper::run(std::env::args_os().skip(1).collect());
+    }
+    worker(flags, settings)
+}
+
+/// The relay's worker: serves clients, carrying on the sessions an earlier
+/// worker left in the store.
+fn worker(flags: ServeArgs, settings: RelaySettings) -> ExitCode {
+    let store = match Store::from_env() {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("resumeproxyd: cannot take the kept descriptors: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let key = match RelayKey::load_or_create(&settings.key_file) {
         Ok((key, created)) => {
             if created {
@@ -109,7 +134,7 @@ fn serve(flags: ServeArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("resumeproxyd: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
     let tls = match resumeproxy::transport::tls::server_config(&key) {
@@ -119,7 +144,7 @@ fn serve(flags: ServeArgs) -> ExitCode {
                 "resumeproxyd: cannot use the key in {}: {e}",
                 settings.key_file.display()
             );
-            return ExitCode::FAILURE;
+            return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
     let runtime = match tokio::runtime::Runtime::new() {
@@ -130,11 +155,13 @@ fn serve(flags: ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let relay = match Relay::bind(relay_config(&settings, Arc::clone(&tls))).await {
+        let reset_key = key.quic_reset_key();
+        let config = relay_config(&settings, Arc::clone(&tls), reset_key);
+        let relay = match Relay::bind_with(config, store).await {
             Ok(relay) => relay,
             Err(e) => {
                 eprintln!("resumeproxyd: cannot listen on {}: {e}", settings.listen);
-                return ExitCode::FAILURE;
+                return ExitCode::from(EXIT_CONFIG as u8);
             }
         };
         let allowed: Vec<String> = settings
@@ -148,22 +175,42 @@ fn serve(flags: ServeArgs) -> ExitCode {
         } else {
             format!(" (also allowed: {})", allowed.join(", "))
         };
+        let restored = relay.handle().counts().restored;
+        let durable = match relay.keeper() {
+            Keeper::Nobody => " (sessions end with this process: nobody keeps them)".to_string(),
+            keeper => format!(", sessions kept by {keeper} ({restored} restored)"),
+        };
         match relay.local_addr() {
             Ok(addr) => tracing::info!(
-                "listening on {addr}, sessions go to {}{also}, key {}",
+                "listening on {addr}, sessions go to {}{also}, key {}{durable}",
                 settings.targets.default,
                 key.fingerprint()
             ),
             Err(e) => tracing::warn!("listening (address unknown: {e})"),
         }
         let handle = relay.handle();
-        let _ = notify("READY=1");
-        let watcher = tokio::spawn(watch(handle, flags, settings, tls));
+        handle.notify("READY=1");
+        handle.notify(&status_line(&handle));
+        let watcher = tokio::spawn(watch(handle.clone(), flags, settings, tls, reset_key));
         relay.run(shutdown_signal()).await;
         watcher.abort();
-        let _ = notify("STOPPING=1");
+        handle.notify("STOPPING=1");
         ExitCode::SUCCESS
     })
+}
+
+/// systemd's (or the keeper's) status line.
+fn status_line(handle: &RelayHandle) -> String {
+    let c = handle.counts();
+    let restored = if c.restored > 0 {
+        format!("; {} restored at start", c.restored)
+    } else {
+        String::new()
+    };
+    format!(
+        "STATUS={} sessions ({} detached), {} handshakes in progress{restored}",
+        c.sessions, c.detached, c.handshakes
+    )
 }
 
 /// Reloads on SIGHUP and keeps systemd's status line current.
@@ -172,6 +219,7 @@ async fn watch(
     flags: ServeArgs,
     mut settings: RelaySettings,
     tls: Arc<rustls::ServerConfig>,
+    reset_key: [u8; 32],
 ) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangups = signal(SignalKind::hangup()).ok();
@@ -184,15 +232,9 @@ async fn watch(
             }
         };
         tokio::select! {
-            _ = ticks.tick() => {
-                let c = handle.counts();
-                let _ = notify(&format!(
-                    "STATUS={} sessions ({} detached), {} handshakes in progress",
-                    c.sessions, c.detached, c.handshakes
-                ));
-            }
+            _ = ticks.tick() => handle.notify(&status_line(&handle)),
             _ = hangup => {
-                let _ = notify("RELOADING=1");
+                handle.notify("RELOADING=1");
                 match RelaySettings::resolve(&flags) {
                     Ok(new) => {
                         if new.listen != settings.listen || new.key_file != settings.key_file {
@@ -201,19 +243,22 @@ async fn watch(
                         if new.log_level != settings.log_level {
                             tracing::warn!("log_level changes only with a restart");
                         }
-                        handle.reload(relay_config(&new, Arc::clone(&tls)));
+                        handle.reload(relay_config(&new, Arc::clone(&tls), reset_key));
                         tracing::info!("configuration reloaded");
                         settings = new;
                     }
                     Err(e) => tracing::error!("configuration not reloaded: {e}"),
                 }
-                let _ = notify("READY=1");
+                handle.notify("READY=1");
             }
         }
     }
 }
 
-async fn shutdown_signal() {
+/// How the relay is asked to stop: SIGTERM (`systemctl restart`, an
+/// upgrade, the keeper restarting its worker) keeps every session for the
+/// next process; SIGINT (the keeper stopping for good, Ctrl-C) ends them.
+async fn shutdown_signal() -> Stop {
     use tokio::signal::unix::{signal, SignalKind};
     match (
         signal(SignalKind::terminate()),
@@ -221,8 +266,8 @@ async fn shutdown_signal() {
     ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+                _ = term.recv() => Stop::Restart,
+                _ = int.recv() => Stop::EndAll,
             }
         }
         _ => std::future::pending().await,

@@ -65,6 +65,11 @@ where
                 Step::Link(Outcome::PeerClosed(Code::Done, _)) => {
                     return AfterConnected::Ended(Ok(self.report()))
                 }
+                // The relay's process restarts and keeps the session: come
+                // back to the next one at once.
+                Step::Link(Outcome::PeerClosed(Code::Restarting, reason)) => {
+                    return AfterConnected::Lost(reason)
+                }
                 Step::Link(Outcome::PeerClosed(_, reason)) => {
                     return AfterConnected::Ended(Err(ClientError::Closed {
                         addr: self.addr.clone(),

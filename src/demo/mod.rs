@@ -182,6 +182,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
         session: SessionConfig::default(),
         limits: Limits::default(),
         tls: tls::server_config(&key)?,
+        quic_reset_key: key.quic_reset_key(),
     })
     .await?;
     let relay_addr = relay.local_addr()?;

@@ -102,6 +102,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
         &mut self.session
     }
 
+    /// What the link writes the peer's stream to.
+    pub fn local_out(&self) -> &W {
+        &self.local_out
+    }
+
+
     /// Runs the link over `transport` (or detached, if `None`) until it ends
     /// by itself or `other` completes, whichever is first.
     pub async fn run<F: Future>(

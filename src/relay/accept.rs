@@ -6,7 +6,11 @@
 //! new transport to its session's task. All of it within the handshake
 //! timeout; every refusal goes back to the client with a code and a reason.
 
-use super::session_task::{self, Audit};
+use super::durable::crash::{self, Point};
+use super::durable::record::{Fixed, SessionRecord};
+use super::durable::session_name;
+use super::durable::tcp_counters::TcpCounters;
+use super::session_task::{self, Audit, Start, ATTACH_QUEUE};
 use super::table::{Attach, Entry};
 use super::target_policy::Target;
 use super::{Shared, CLOSE_TIMEOUT, TARGET_CONNECT_TIMEOUT};
@@ -209,13 +213,54 @@ async fn open_session(
     let local_port = sshd.local_addr().map(|a| a.port()).unwrap_or(0);
     let session = SessionId(rand::random::<[u8; SESSION_ID_LEN]>());
     let secret = rand::random::<[u8; SECRET_LEN]>();
-    let (tx, rx) = mpsc::channel(4);
+    let dead_after = clamp_dead_after(dead_after_ms);
+    let max_data = u32::try_from(config.session.max_data_len).unwrap_or(u32::MAX);
+    // The session's record, kept with its sshd connection before the
+    // client hears of the session: from then on it outlives this process.
+    let kept = TcpCounters::of(std::os::fd::AsFd::as_fd(&sshd)).and_then(|counters| {
+        let fixed = Fixed {
+            id: session,
+            secret,
+            target: target.to_string(),
+            max_data,
+            dead_after_ms: u32::try_from(dead_after.as_millis()).unwrap_or(u32::MAX),
+            local_port,
+            created_unix_ms: unix_millis(),
+            base: counters.base(),
+        };
+        SessionRecord::create(&fixed, config.session.replay_capacity)
+    });
+    let record = match kept {
+        Ok(record) => record,
+        Err(e) => {
+            tracing::warn!(client = %peer, "cannot set up a session's record: {e}");
+            let reason = format!("the relay cannot hold another session now ({e})");
+            return refuse(&mut transport, Code::Busy, reason).await;
+        }
+    };
+    record.set_client(peer);
+    let name = session_name(&session);
+    if let Err(e) = shared.store.keep(&name, &[&sshd, record.mapping()]) {
+        tracing::warn!(session = %session, "the session could not be kept by {}: {e}; it will not outlive this process", shared.store.keeper());
+    }
+    record.publish();
+    crash::point(Point::SessionPublished);
+    let session_config =
+        session_task::session_config(&config.session, dead_after, max_data as usize);
+    let state = match session_task::new_session(session_config, &record) {
+        Ok(state) => state,
+        Err(e) => {
+            discard(&record, shared, &name);
+            return Err(AcceptError::Refused(format!("cannot start a session: {e}")));
+        }
+    };
+    let (tx, rx) = mpsc::channel(ATTACH_QUEUE);
     shared.table.insert(session, Entry { secret, attach: tx });
     let reply = Reply::Created {
         session,
         secret,
         grace_ms: config.grace.as_millis().try_into().unwrap_or(u64::MAX),
-        max_data: u32::try_from(config.session.max_data_len).unwrap_or(u32::MAX),
+        max_data,
     };
     if let Err(e) = tokio::time::timeout(
         limits.handshake_timeout,
@@ -224,13 +269,14 @@ async fn open_session(
     .await
     {
         shared.table.remove(&session);
+        discard(&record, shared, &name);
         return Err(AcceptError::Refused(format!("could not answer: {e}")));
     }
     transport.open_windows();
     let audit = Audit {
         id: session,
         client: peer,
-        target,
+        target: target.to_string(),
         local_port,
         _source: source_mark,
     };
@@ -239,18 +285,31 @@ async fn open_session(
         transport = %transport.kind,
         "session started"
     );
-    let mut session_config = config.session;
-    session_config.dead_after = clamp_dead_after(dead_after_ms);
     let task = session_task::run(
         audit,
         sshd,
-        transport,
-        session_config,
+        record,
+        state,
+        Start::New(Box::new(transport)),
         Arc::clone(shared),
         rx,
     );
     shared.tasks.spawn(task);
     Ok(())
+}
+
+/// Drops a session that never started: its record, and what the
+/// supervisor keeps of it.
+fn discard(record: &SessionRecord, shared: &Shared, name: &str) {
+    record.end();
+    shared.store.forget(name);
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis().try_into().unwrap_or(u64::MAX))
 }
 
 /// The client's dead-peer interval, within the bounds the relay accepts.

@@ -17,15 +17,20 @@
 //! thing, with a reason, and keeps serving what it has. Sessions go only
 //! where the [`target_policy`] allows.
 //!
-//! At shutdown the relay stops accepting, every session tells its client why
-//! (a [`Code::Shutdown`](crate::proto::wire::Code::Shutdown) close) and
-//! closes its sshd connection, and the relay waits a moment for them to
-//! finish. [`sd_notify`] tells systemd how it goes.
+//! Sessions outlive the relay's process ([`durable`]): their sshd
+//! connections and records are kept by systemd or the keeper, and a new
+//! worker carries them on ([`Relay::bind_with`] restores them before it
+//! accepts anything). So there are two ways to stop ([`Stop`]): for a
+//! restart, every connected client is told the relay is restarting (a
+//! [`Code::Restarting`](crate::proto::wire::Code::Restarting) close) and
+//! comes back to the next worker; for good, every client is told the relay
+//! is shutting down ([`Code::Shutdown`](crate::proto::wire::Code::Shutdown))
+//! and every sshd connection is closed.
 
 mod accept;
 pub(crate) mod admission;
 pub mod durable;
-pub mod sd_notify;
+mod listeners;
 mod session_task;
 mod table;
 pub mod target_policy;
@@ -36,6 +41,7 @@ use crate::transport::quic;
 use crate::units::format_duration;
 use accept::Incoming;
 use admission::{Admission, Full};
+use durable::Store;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -57,8 +63,21 @@ pub const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long sessions get at shutdown to tell their clients.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
-/// What clients are told when the relay stops.
+/// What clients are told when the relay stops for good.
 const SHUTDOWN_REASON: &str = "the relay is shutting down";
+/// What clients are told when the relay's process restarts.
+const RESTART_REASON: &str = "the relay is restarting";
+
+/// How the relay stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Its process will be restarted and carry every session on: clients
+    /// are told to come back, sshd connections are left as they are.
+    Restart,
+    /// For good: every session ends, clients are told, sshd connections
+    /// are closed.
+    EndAll,
+}
 
 /// The relay's limits. At each, it refuses the new thing with a reason and
 /// keeps serving what it has.
@@ -108,6 +127,10 @@ pub struct RelayConfig {
     pub limits: Limits,
     /// TLS with the relay's key.
     pub tls: Arc<rustls::ServerConfig>,
+    /// Keys QUIC's stateless resets. The same across restarts (the relay
+    /// derives it from its key), so that a new worker's reset ends a
+    /// client's connection to the old one at once.
+    pub quic_reset_key: [u8; 32],
 }
 
 /// What every task of a relay shares.
@@ -123,6 +146,10 @@ struct Shared {
     failures: Mutex<FailureLimiter>,
     /// Cancelled when the relay shuts down.
     stop: CancellationToken,
+    /// How it shuts down, once `stop` is cancelled.
+    stop_mode: std::sync::OnceLock<Stop>,
+    /// Where what outlives the process is kept.
+    store: Store,
     /// Every task the relay spawned, to wait for at shutdown.
     tasks: TaskTracker,
 }
@@ -131,6 +158,11 @@ impl Shared {
     /// The current configuration.
     fn config(&self) -> Arc<RelayConfig> {
         Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// How the relay stops; only meaningful once `stop` is cancelled.
+    fn stop_mode(&self) -> Stop {
+        self.stop_mode.get().copied().unwrap_or(Stop::EndAll)
     }
 
     fn failures(&self) -> MutexGuard<'_, FailureLimiter> {
@@ -149,12 +181,15 @@ pub struct RelayCounts {
     pub detached: usize,
     /// Connections in their handshake.
     pub handshakes: usize,
+    /// Sessions carried on from an earlier process at start.
+    pub restored: usize,
 }
 
 /// Watches and reconfigures a running relay.
 #[derive(Clone)]
 pub struct RelayHandle {
     shared: Arc<Shared>,
+    restored: usize,
 }
 
 impl RelayHandle {
@@ -164,7 +199,13 @@ impl RelayHandle {
             sessions: self.shared.table.len(),
             detached: self.shared.table.detached(),
             handshakes: self.shared.admission.in_progress(),
+            restored: self.restored,
         }
+    }
+
+    /// Tells the supervisor (systemd or the keeper) `state`.
+    pub fn notify(&self, state: &str) {
+        self.shared.store.notify(state);
     }
 
     /// Applies a new configuration without dropping anything: targets,
@@ -191,37 +232,60 @@ pub struct Relay {
     /// QUIC, unless its UDP port could not be had.
     quic: Option<quinn::Endpoint>,
     shared: Arc<Shared>,
+    /// Sessions carried on from an earlier process.
+    restored: usize,
 }
 
 impl Relay {
-    /// Binds the listening sockets: TCP on the configured address, and UDP
-    /// for QUIC on the same address and port. Without UDP (the port is
-    /// taken, UDP is not allowed), the relay serves TCP alone and says so:
-    /// clients with `--transport auto` use TCP.
+    /// A relay that keeps nothing beyond its process (the demo, tests):
+    /// [`bind_with`](Self::bind_with) and an empty [`Store`].
     pub async fn bind(config: RelayConfig) -> io::Result<Relay> {
-        let listener = TcpListener::bind(config.listen).await?;
+        Relay::bind_with(config, Store::none()).await
+    }
+
+    /// Takes the listening sockets from `store` or binds them — TCP on the
+    /// configured address, and UDP for QUIC on the same address and port —
+    /// and carries on every session an earlier process left in `store`,
+    /// before anything is accepted. Without UDP (the port is taken, UDP is
+    /// not allowed), the relay serves TCP alone and says so: clients with
+    /// `--transport auto` use TCP.
+    pub async fn bind_with(config: RelayConfig, mut store: Store) -> io::Result<Relay> {
+        let listener = listeners::tcp(&config, &mut store)?;
         let limits = config.limits;
         let udp = listener.local_addr()?;
-        let quic = match quic::server_endpoint(udp, Arc::clone(&config.tls), limits.max_handshakes)
-        {
+        let quic = match listeners::udp(udp, &mut store).and_then(|socket| {
+            quic::server_endpoint(
+                socket,
+                Arc::clone(&config.tls),
+                limits.max_handshakes,
+                config.quic_reset_key,
+            )
+        }) {
             Ok(endpoint) => Some(endpoint),
             Err(e) => {
                 tracing::warn!("no QUIC: cannot listen on UDP {udp}: {e}; serving TCP only");
                 None
             }
         };
+        let sessions = store.take_sessions();
+        store.drop_unclaimed();
+        let shared = Arc::new(Shared {
+            acceptor: TlsAcceptor::from(Arc::clone(&config.tls)),
+            config: RwLock::new(Arc::new(config)),
+            table: Arc::default(),
+            admission: Admission::new(limits.max_handshakes, limits.max_handshakes_per_source),
+            failures: Mutex::default(),
+            stop: CancellationToken::new(),
+            stop_mode: std::sync::OnceLock::new(),
+            store,
+            tasks: TaskTracker::new(),
+        });
+        let restored = session_task::restore_all(sessions, &shared);
         Ok(Relay {
             listener,
             quic,
-            shared: Arc::new(Shared {
-                acceptor: TlsAcceptor::from(Arc::clone(&config.tls)),
-                config: RwLock::new(Arc::new(config)),
-                table: Arc::default(),
-                admission: Admission::new(limits.max_handshakes, limits.max_handshakes_per_source),
-                failures: Mutex::default(),
-                stop: CancellationToken::new(),
-                tasks: TaskTracker::new(),
-            }),
+            shared,
+            restored,
         })
     }
 
@@ -230,22 +294,28 @@ impl Relay {
         self.listener.local_addr()
     }
 
+    /// Who keeps the relay's sessions across its restarts.
+    pub fn keeper(&self) -> durable::Keeper {
+        self.shared.store.keeper()
+    }
+
     /// A handle to watch and reconfigure the relay while it runs.
     pub fn handle(&self) -> RelayHandle {
         RelayHandle {
             shared: Arc::clone(&self.shared),
+            restored: self.restored,
         }
     }
 
-    /// Serves clients until `shutdown` completes; then stops accepting, tells
-    /// every connected client that the relay is going away, closes every
-    /// sshd connection, and returns within about [`SHUTDOWN_TIMEOUT`].
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    /// Serves clients until `shutdown` completes; then stops accepting and
+    /// stops as it says ([`Stop`]), returning within about
+    /// [`SHUTDOWN_TIMEOUT`].
+    pub async fn run(self, shutdown: impl Future<Output = Stop>) {
         let mut shutdown = pin!(shutdown);
         let mut refused_full = 0u64;
-        loop {
+        let mode = loop {
             let (connection, peer) = tokio::select! {
-                () = &mut shutdown => break,
+                mode = &mut shutdown => break mode,
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => (Incoming::Tcp(stream), peer),
                     Err(e) => {
@@ -308,7 +378,7 @@ impl Relay {
                 }
                 drop(slot);
             });
-        }
+        };
         drop(self.listener);
         // New QUIC connections are refused from now on; live ones close
         // with their sessions.
@@ -316,7 +386,19 @@ impl Relay {
             quic.set_server_config(None);
         }
         let sessions = self.shared.table.len();
-        tracing::info!("shutting down: closing {sessions} sessions");
+        let mode = if self.shared.store.is_durable() {
+            mode
+        } else {
+            Stop::EndAll
+        };
+        match mode {
+            Stop::Restart => tracing::info!(
+                "restarting: {sessions} sessions are kept by {}",
+                self.shared.store.keeper()
+            ),
+            Stop::EndAll => tracing::info!("shutting down: closing {sessions} sessions"),
+        }
+        let _ = self.shared.stop_mode.set(mode);
         self.shared.stop.cancel();
         self.shared.tasks.close();
         if tokio::time::timeout(SHUTDOWN_TIMEOUT, self.shared.tasks.wait())
@@ -331,7 +413,11 @@ impl Relay {
         }
         // Let the last QUIC packets (the sessions' close notices) go out.
         if let Some(quic) = &self.quic {
-            quic.close(0u32.into(), SHUTDOWN_REASON.as_bytes());
+            let reason = match mode {
+                Stop::Restart => RESTART_REASON,
+                Stop::EndAll => SHUTDOWN_REASON,
+            };
+            quic.close(0u32.into(), reason.as_bytes());
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, quic.wait_idle()).await;
         }
     }

@@ -100,6 +100,16 @@ impl SessionTable {
         })
     }
 
+    /// Counts a session carried on from an earlier worker against `source`,
+    /// whatever that source holds already: it was admitted once.
+    pub(super) fn add_source_unlimited(self: &Arc<Self>, source: IpAddr) -> SourceMark {
+        self.per_source().try_add(source, usize::MAX);
+        SourceMark {
+            table: Arc::clone(self),
+            source,
+        }
+    }
+
     /// Counts a session as detached while the mark lives.
     pub(super) fn mark_detached(self: &Arc<Self>) -> DetachedMark {
         self.detached.fetch_add(1, Ordering::Relaxed);

@@ -180,9 +180,10 @@ fn transport_config(
 /// Binds the relay's QUIC endpoint on `addr` (UDP), with the relay's TLS
 /// configuration (its key, TLS 1.3, the ALPN).
 pub fn server_endpoint(
-    addr: SocketAddr,
+    socket: UdpSocket,
     tls: Arc<rustls::ServerConfig>,
     max_handshakes: usize,
+    reset_key: [u8; 32],
 ) -> io::Result<quinn::Endpoint> {
     let crypto = QuicServerConfig::try_from(tls).map_err(io::Error::other)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -193,7 +194,16 @@ pub fn server_endpoint(
     )));
     config.migration(true);
     config.max_incoming(max_handshakes.max(1));
-    endpoint(Some(config), udp_socket(addr)?)
+    // Stateless resets keyed the same in every worker: a client still on
+    // a connection to a worker that is gone learns it at its next packet.
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset_key);
+    let endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    quinn::Endpoint::new(
+        endpoint_config,
+        Some(config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
 }
 
 /// An endpoint on `socket`, serving with `server` if given.
@@ -207,7 +217,7 @@ fn endpoint(server: Option<quinn::ServerConfig>, socket: UdpSocket) -> io::Resul
 }
 
 /// A UDP socket bound to `addr`, with [`UDP_SOCKET_BUFFER`] each way.
-fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+pub fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     // Best effort: a smaller buffer still works, only slower.

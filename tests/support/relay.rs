@@ -220,6 +220,41 @@ impl RelayProcess {
         }
     }
 
+    /// The process id of the relay's current worker (the keeper's child),
+    /// from the keeper's last "worker N started" line.
+    pub fn worker_pid(&self) -> Option<u32> {
+        let lines = self.log.lines.lock().unwrap();
+        lines.iter().rev().find_map(|line| {
+            let rest = line.split("worker ").nth(1)?;
+            let (pid, after) = rest.split_once(' ')?;
+            after.starts_with("started").then(|| pid.parse().ok())?
+        })
+    }
+
+    /// When each log line containing `needle` was written (the relay's
+    /// own timestamps).
+    pub fn log_times(&self, needle: &str) -> Vec<std::time::SystemTime> {
+        let lines = self.log.lines.lock().unwrap();
+        lines
+            .iter()
+            .filter(|l| l.contains(needle))
+            .filter_map(|l| humantime::parse_rfc3339_weak(l.split_whitespace().next()?).ok())
+            .collect()
+    }
+
+    /// Sends `signal` to the relay's process (the keeper).
+    pub fn signal(&self, signal: libc::c_int) -> Result<()> {
+        let pid = libc::pid_t::try_from(self.child.id()).context("relay pid")?;
+        // SAFETY: sending a signal to our own child has no memory effects.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            bail!(
+                "cannot signal the relay: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(())
+    }
+
     /// Kills the relay now (as a crash or restart would).
     pub fn kill(&mut self) {
         let _ = self.child.kill();

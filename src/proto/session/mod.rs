@@ -449,6 +449,9 @@ impl Session {
         self.ack_sent = self.received_position();
         self.ack_pending_since = None;
         self.attached = true;
+        // A close the peer sent over the old transport (a relay restarting)
+        // does not carry over to the new one.
+        self.peer_close = None;
         self.last_heard = now;
         self.last_sent = now;
         self.pong_due = None;

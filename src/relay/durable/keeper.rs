@@ -89,7 +89,7 @@ pub fn run(args: Vec<OsString>) -> ExitCode {
     match Keeper::new(args).and_then(Keeper::serve) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("resumeproxyd: the keeper failed: {e}");
+            tracing::error!("the keeper failed: {e}");
             ExitCode::FAILURE
         }
     }
@@ -104,6 +104,7 @@ pub fn wanted() -> bool {
 impl Keeper {
     fn new(args: Vec<OsString>) -> io::Result<Keeper> {
         let exe = std::env::current_exe()?;
+        raise_fd_limit();
         let signals = block_signals()?;
         let notify_name = format!(
             "@resumeproxyd-keeper/{}/{:016x}",
@@ -135,8 +136,8 @@ impl Keeper {
                     let left = STOP_TIMEOUT.saturating_sub(since.elapsed());
                     if left.is_zero() {
                         if let Some(pid) = self.worker {
-                            eprintln!(
-                                "resumeproxyd: the worker did not stop within {}s; killing it",
+                            tracing::warn!(
+                                "the worker did not stop within {}s; killing it",
                                 STOP_TIMEOUT.as_secs()
                             );
                             signal(pid, libc::SIGKILL);
@@ -198,7 +199,7 @@ impl Keeper {
             libc::SIGCHLD => self.reap(),
             libc::SIGTERM | libc::SIGINT | libc::SIGQUIT => {
                 if !matches!(self.plan, Plan::Stop { .. }) {
-                    eprintln!("resumeproxyd: stopping for good: ending every session");
+                    tracing::info!("stopping for good: ending every session");
                     self.plan = Plan::Stop {
                         since: Instant::now(),
                     };
@@ -213,8 +214,8 @@ impl Keeper {
             }
             libc::SIGUSR2 => {
                 if self.plan == Plan::Run {
-                    eprintln!(
-                        "resumeproxyd: upgrading: restarting the worker from {}",
+                    tracing::info!(
+                        "upgrading: restarting the worker from {}",
                         self.exe.display()
                     );
                     self.plan = Plan::Upgrade;
@@ -250,7 +251,7 @@ impl Keeper {
             let how = describe_exit(status);
             match self.plan {
                 Plan::Stop { .. } => {
-                    eprintln!("resumeproxyd: the worker {how}; stopped");
+                    tracing::info!("the worker {how}; stopped");
                     return Ok(Some(exit_code(status)));
                 }
                 Plan::Upgrade => {
@@ -267,14 +268,14 @@ impl Keeper {
                         self.failed_starts += 1;
                     }
                     if self.failed_starts >= MAX_FAILED_STARTS {
-                        eprintln!(
-                            "resumeproxyd: the worker {how}, and failed to start {} times in a row; giving up",
+                        tracing::error!(
+                            "the worker {how}, and failed to start {} times in a row; giving up",
                             self.failed_starts
                         );
                         return Ok(Some(ExitCode::FAILURE));
                     }
-                    eprintln!(
-                        "resumeproxyd: the worker {how} after {:.1}s; starting a new one with {} kept descriptors",
+                    tracing::warn!(
+                        "the worker {how} after {:.1}s; starting a new one with {} kept descriptors",
                         self.started_at.elapsed().as_secs_f64(),
                         self.kept.len()
                     );
@@ -348,8 +349,8 @@ impl Keeper {
             // Not from the worker (or cut short): its descriptors are closed.
             self.dropped_messages += 1;
             if self.dropped_messages.is_power_of_two() {
-                eprintln!(
-                    "resumeproxyd: ignored {} notify message(s) not from the worker",
+                tracing::warn!(
+                    "ignored {} notify message(s) not from the worker",
                     self.dropped_messages
                 );
             }
@@ -373,7 +374,9 @@ impl Keeper {
             let name = field("FDNAME").unwrap_or("stored").to_owned();
             for fd in fds {
                 if self.kept.len() >= MAX_STORED {
-                    eprintln!("resumeproxyd: the keeper holds {MAX_STORED} descriptors already; not keeping {name}");
+                    tracing::error!(
+                        "the keeper holds {MAX_STORED} descriptors already; not keeping {name}"
+                    );
                     break;
                 }
                 self.kept.push(Kept {
@@ -451,6 +454,10 @@ impl Keeper {
         self.worker = Some(pid);
         self.started_at = Instant::now();
         self.ready = false;
+        tracing::info!(
+            "worker {pid} started with {} kept descriptors",
+            self.kept.len()
+        );
         Ok(())
     }
 }
@@ -512,6 +519,20 @@ unsafe fn child(
     listen_pid[prefix + n] = 0;
     libc::execve(exe.as_ptr(), argv.as_ptr(), env.as_ptr());
     libc::_exit(127);
+}
+
+/// Raises the soft limit on open descriptors to the hard one: the keeper
+/// and its worker each hold two per session.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// Blocks the signals the keeper handles and returns a signalfd for them.

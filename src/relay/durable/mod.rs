@@ -3,13 +3,178 @@
 //! A restart, an upgrade or a crash of the worker must not end a session.
 //! Its sockets (the listeners, every connection to sshd) are kept by
 //! systemd's file descriptor store or, without systemd, by the keeper
-//! process ([`keeper`]) that speaks the same protocol ([`fd_store`]); what
-//! the worker read from and wrote to sshd is read back from the kernel's
-//! own counters ([`tcp_counters`]).
+//! process ([`keeper`]) that speaks the same protocol ([`fd_store`]). Each
+//! session's record ([`record`]: its id, secret, and the replay ring towards
+//! its client) lives in a `memfd` kept beside its sshd connection; what the
+//! worker read from and wrote to sshd is read back from the kernel's own
+//! counters ([`tcp_counters`]). A new worker finds all of it in
+//! `$LISTEN_FDS` and carries every session on ([`restore`]); its clients
+//! resume as after a network break.
+//!
+//! [`Store`] is the relay's one handle on all this; an in-process relay (the
+//! demo, tests) has a store that keeps nothing.
 
 pub mod crash;
 pub mod fd_store;
 pub mod keeper;
 pub mod mapping;
 pub mod record;
+pub(crate) mod restore;
+pub(crate) mod sshd;
 pub mod tcp_counters;
+
+use crate::proto::wire::SessionId;
+use fd_store::{Notifier, Stored};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+
+/// The name the TCP listener is kept under.
+pub(crate) const TCP_LISTENER: &str = "listen-tcp";
+/// The name the UDP socket (QUIC) is kept under.
+pub(crate) const UDP_SOCKET: &str = "listen-udp";
+/// Session descriptors are kept under this prefix and the session's id.
+const SESSION_PREFIX: &str = "session-";
+
+/// Who keeps the relay's descriptors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keeper {
+    /// Nobody: a restart of this process ends every session.
+    Nobody,
+    /// systemd's file descriptor store.
+    Systemd,
+    /// The keeper process that started this worker.
+    KeeperProcess,
+}
+
+impl std::fmt::Display for Keeper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Keeper::Nobody => "nobody",
+            Keeper::Systemd => "systemd's descriptor store",
+            Keeper::KeeperProcess => "the keeper process",
+        })
+    }
+}
+
+/// The relay's handle on what outlives it: the supervisor's notify socket,
+/// and what the supervisor handed back at start.
+#[derive(Debug)]
+pub struct Store {
+    notifier: Option<Notifier>,
+    keeper: Keeper,
+    stored: Stored,
+}
+
+impl Store {
+    /// A store that keeps nothing (an in-process relay).
+    pub fn none() -> Store {
+        Store {
+            notifier: None,
+            keeper: Keeper::Nobody,
+            stored: Stored::default(),
+        }
+    }
+
+    /// The store of a worker run by systemd or by the keeper (from
+    /// `$NOTIFY_SOCKET` and `$LISTEN_FDS`); one that keeps nothing if
+    /// neither runs it.
+    pub fn from_env() -> io::Result<Store> {
+        let stored = fd_store::take_stored()?;
+        let notifier = Notifier::from_env()?;
+        let keeper = match &notifier {
+            None => Keeper::Nobody,
+            Some(_) if std::env::var_os(keeper::KEEPER_ENV).is_some() => Keeper::KeeperProcess,
+            Some(_) => Keeper::Systemd,
+        };
+        std::env::remove_var(keeper::KEEPER_ENV);
+        Ok(Store {
+            notifier,
+            keeper,
+            stored,
+        })
+    }
+
+    /// Who keeps the descriptors.
+    pub fn keeper(&self) -> Keeper {
+        self.keeper
+    }
+
+    /// Whether sessions outlive this process.
+    pub fn is_durable(&self) -> bool {
+        self.keeper != Keeper::Nobody
+    }
+
+    /// Tells the supervisor `state` (`READY=1`, `STATUS=…`); nothing without one.
+    pub fn notify(&self, state: &str) {
+        if let Some(notifier) = &self.notifier {
+            if let Err(e) = notifier.notify(state) {
+                tracing::debug!("telling the supervisor {state:?} failed: {e}");
+            }
+        }
+    }
+
+    /// Takes a kept descriptor back.
+    pub(crate) fn take(&mut self, name: &str) -> Option<OwnedFd> {
+        self.stored.take(name)
+    }
+
+    /// Takes back every session's descriptors, by session.
+    pub(crate) fn take_sessions(&mut self) -> Vec<(String, Vec<OwnedFd>)> {
+        let mut names: Vec<String> = self
+            .stored
+            .fds
+            .iter()
+            .filter(|(name, _)| name.starts_with(SESSION_PREFIX))
+            .map(|(name, _)| name.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|name| {
+                let fds = self.stored.take_all(&name);
+                (name, fds)
+            })
+            .filter(|(_, fds)| !fds.is_empty())
+            .collect()
+    }
+
+    /// Descriptors kept that nothing claimed (names of an older build):
+    /// closed, and forgotten by the supervisor.
+    pub(crate) fn drop_unclaimed(&mut self) {
+        let unclaimed: Vec<String> = std::mem::take(&mut self.stored.fds)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        for name in unclaimed {
+            tracing::warn!("closing a kept descriptor nothing claimed: {name}");
+            self.forget(&name);
+        }
+    }
+
+    /// Has the supervisor keep `fds` under `name`.
+    pub(crate) fn keep(&self, name: &str, fds: &[&dyn AsFd]) -> io::Result<()> {
+        match &self.notifier {
+            Some(notifier) => {
+                let borrowed: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
+                notifier.store(name, &borrowed)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Has the supervisor close what it keeps under `name`.
+    pub(crate) fn forget(&self, name: &str) {
+        if let Some(notifier) = &self.notifier {
+            if let Err(e) = notifier.remove(name) {
+                tracing::warn!("the supervisor could not be told to close {name}: {e}");
+            }
+        }
+    }
+}
+
+/// The name a session's descriptors are kept under.
+pub(crate) fn session_name(id: &SessionId) -> String {
+    let hex: String = id.0.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{SESSION_PREFIX}{hex}")
+}

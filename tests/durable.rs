@@ -1,0 +1,153 @@
+//! The durable relay: a restart, an upgrade or a crash of `resumeproxyd`'s
+//! worker loses no session. Real ssh and sshd, real transfers checked by
+//! sha256 at both ends, the worker killed with SIGKILL while they run.
+
+mod support;
+
+use anyhow::{ensure, Context, Result};
+use std::fs::File;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime};
+use support::relay::{proxy_command, RelayProcess};
+use support::sshd::{sha256_file, write_random_file, TestSshd};
+
+/// Client flags: notice a dead link within a second.
+const CLIENT_FLAGS: &str = "--dead-after 1s";
+/// How long after a new worker listens every client must have resumed.
+const RESUME_WITHIN: Duration = Duration::from_secs(1);
+/// Bound on the whole transfer.
+const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Waits until `size()` has grown by `by` bytes past `from` (a transfer is
+/// making progress), or fails after `timeout`.
+fn wait_for_growth(size: impl Fn() -> u64, from: u64, by: u64, timeout: Duration) -> Result<u64> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let now = size();
+        if now >= from + by {
+            return Ok(now);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no progress: {now} bytes, waited for {}",
+            from + by
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Kills the relay's worker with SIGKILL and waits for the keeper to start
+/// the next one and for it to listen.
+fn kill_worker(relay: &RelayProcess, restarts: usize) -> Result<()> {
+    let pid = relay
+        .worker_pid()
+        .context("no worker pid in the relay's log")?;
+    // SAFETY: a signal to a process of our own test.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    ensure!(rc == 0, "kill: {}", std::io::Error::last_os_error());
+    relay.wait_for_count("listening on", restarts + 1, Duration::from_secs(20))?;
+    Ok(())
+}
+
+/// Every "session resumed" line after the `n`th "listening on" (and before
+/// the next) came within [`RESUME_WITHIN`] of it; returns the slowest.
+fn resumes_after_each_start(relay: &RelayProcess, sessions: usize) -> Result<Vec<Duration>> {
+    let starts = relay.log_times("listening on");
+    let resumes = relay.log_times("session resumed");
+    let mut slowest = Vec::new();
+    for (i, start) in starts.iter().enumerate().skip(1) {
+        let next = starts
+            .get(i + 1)
+            .copied()
+            .unwrap_or(SystemTime::UNIX_EPOCH + Duration::from_secs(u32::MAX.into()));
+        let these: Vec<Duration> = resumes
+            .iter()
+            .filter(|t| *t >= start && *t < &next)
+            .map(|t| t.duration_since(*start).unwrap_or_default())
+            .collect();
+        ensure!(
+            these.len() >= sessions,
+            "after start {i}: {} of {sessions} sessions resumed; log:\n{}",
+            these.len(),
+            relay.log()
+        );
+        let worst = these.iter().max().copied().unwrap_or_default();
+        ensure!(
+            worst <= RESUME_WITHIN,
+            "after start {i}, a session resumed {worst:?} after the worker listened"
+        );
+        slowest.push(worst);
+    }
+    Ok(slowest)
+}
+
+/// Upload and download at once through the relay; the worker is killed
+/// three times (SIGKILL) and upgraded once (SIGUSR2 to the keeper) while
+/// they run. Both arrive whole, ssh exits 0, and every resume comes within
+/// a second of the new worker listening.
+#[test]
+fn transfers_survive_three_worker_kills_and_an_upgrade() -> Result<()> {
+    let sshd = TestSshd::start()?;
+    let relay = RelayProcess::start(sshd.port(), &[])?;
+    let proxy = proxy_command(relay.addr(), sshd.port(), CLIENT_FLAGS);
+    let size: u64 = 256 << 20;
+    let dir = sshd.dir();
+    let (up_src, up_dst) = (dir.join("up.src"), dir.join("up.dst"));
+    let (down_src, down_dst) = (dir.join("down.src"), dir.join("down.dst"));
+    write_random_file(&up_src, size, 1)?;
+    write_random_file(&down_src, size, 2)?;
+
+    let mut up = sshd
+        .ssh_command(Some(&proxy), &format!("cat > {}", up_dst.display()))
+        .stdin(File::open(&up_src)?)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut down = sshd
+        .ssh_command(Some(&proxy), &format!("cat {}", down_src.display()))
+        .stdin(Stdio::null())
+        .stdout(File::create(&down_dst)?)
+        .stderr(Stdio::piped())
+        .spawn()?;
+
+    let mut marks = (0, 0);
+    for restart in 1..=4 {
+        marks.0 = wait_for_growth(|| file_len(&up_dst), marks.0, size / 16, RUN_TIMEOUT)?;
+        marks.1 = wait_for_growth(|| file_len(&down_dst), marks.1, size / 16, RUN_TIMEOUT)?;
+        if restart < 4 {
+            kill_worker(&relay, restart)?;
+        } else {
+            relay.signal(libc::SIGUSR2)?;
+            relay.wait_for_count("listening on", restart + 1, Duration::from_secs(20))?;
+        }
+    }
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    for (name, child) in [("upload", &mut up), ("download", &mut down)] {
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            ensure!(Instant::now() < deadline, "{name} did not finish");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            std::io::Read::read_to_string(&mut e, &mut stderr)?;
+        }
+        ensure!(
+            status.success(),
+            "{name}: ssh {status}; stderr:\n{stderr}\nrelay log:\n{}",
+            relay.log()
+        );
+    }
+    assert_eq!(sha256_file(&up_src)?, sha256_file(&up_dst)?, "upload");
+    assert_eq!(sha256_file(&down_src)?, sha256_file(&down_dst)?, "download");
+    let slowest = resumes_after_each_start(&relay, 2)?;
+    println!("slowest resume after each new worker listened: {slowest:?}");
+    Ok(())
+}
