@@ -107,7 +107,6 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
         &self.local_out
     }
 
-
     /// Runs the link over `transport` (or detached, if `None`) until it ends
     /// by itself or `other` completes, whichever is first.
     pub async fn run<F: Future>(
