@@ -256,6 +256,9 @@ async fn connect(args: ConnectArgs) -> ExitCode {
         }
         match event {
             ClientEvent::Connected { .. } => {}
+            ClientEvent::StartSlow { relay, reason } => say(&format!(
+                "relay at {relay} not answering yet ({reason}), retrying…"
+            )),
             ClientEvent::Pinned {
                 relay,
                 fingerprint,

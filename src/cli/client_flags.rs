@@ -75,8 +75,9 @@ pub struct LinkOptions {
     /// fall back to TCP where UDP is blocked) [default: auto].
     #[arg(long, value_name = "KIND", value_enum)]
     pub transport: Option<TransportChoice>,
-    /// Give up at start if the relay has not answered within this long
-    /// [default: 5s].
+    /// At start, retry a connection that is refused, reset or cut (with
+    /// jittered backoff, over every transport allowed) until this long has
+    /// passed, then give up with the last attempt's reason [default: 5s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub connect_timeout: Option<Duration>,
     /// Trust only the relay key with this fingerprint (as printed by

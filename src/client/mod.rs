@@ -99,6 +99,14 @@ pub enum ClientEvent {
         /// The file the pin went to.
         file: PathBuf,
     },
+    /// The session is not open yet, after a while of trying: the client
+    /// goes on trying until the connect timeout.
+    StartSlow {
+        /// `host:port`.
+        relay: String,
+        /// Why the latest attempt failed.
+        reason: String,
+    },
     /// The session is open.
     Connected {
         /// The relay's address.

@@ -8,23 +8,52 @@
 use super::connector::Connector;
 use super::trust::{self, Expectation};
 use super::{ClientConfig, ClientError, ClientEvent};
-use crate::link::handshake;
-use crate::proto::wire::{Hello, Reply, SessionId, SECRET_LEN};
+use crate::link::handshake::{self, HandshakeError};
+use crate::proto::backoff::Backoff;
+use crate::proto::wire::{Code, Hello, Reply, SessionId, SECRET_LEN};
 use crate::transport::identity::Fingerprint;
 use crate::transport::tls::{self, PinVerifier};
 use crate::transport::{ConnectError, Transport};
 use crate::units::format_duration;
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// After this long without a session at start, the user hears why the
+/// client is still trying.
+pub(super) const START_SLOW_AFTER: Duration = Duration::from_secs(1);
+/// The last attempt at start has at least this long before the connect
+/// timeout.
+const LAST_ATTEMPT: Duration = Duration::from_millis(100);
 
 /// Why a connection attempt went nowhere.
 pub(super) enum OpenError {
-    /// The network or the handshake failed.
+    /// Nothing listens on the relay's port: the connection was refused.
+    NotListening(String),
+    /// The network or the handshake failed otherwise (a reset, a cut, no
+    /// answer): another attempt may work.
     Io(String),
+    /// What answered is not a relay this client can use (it does not speak
+    /// TLS, or another protocol): no attempt will.
+    Unusable(String),
     /// The relay refused the session.
-    Refused(String),
+    Refused(Code, String),
     /// The relay presented a key the expectation does not accept.
     KeyChanged(Fingerprint),
+}
+
+impl OpenError {
+    /// Why, in words.
+    pub(super) fn reason(&self) -> String {
+        match self {
+            OpenError::NotListening(reason)
+            | OpenError::Io(reason)
+            | OpenError::Unusable(reason)
+            | OpenError::Refused(_, reason) => reason.clone(),
+            OpenError::KeyChanged(seen) => format!("the relay presented another key ({seen})"),
+        }
+    }
 }
 
 /// A session the relay created.
@@ -41,41 +70,80 @@ pub(super) struct Opened {
 /// Opens a new session within the connect timeout, checking the relay's key
 /// against what the trust source expects, and pins it if this is the first
 /// use (telling `on_event`).
+///
+/// Starts like a resume: a refused, reset or cut attempt is tried again
+/// with jittered backoff until the connect timeout, with one line for the
+/// user if it takes longer than [`START_SLOW_AFTER`]; only a refusal that
+/// cannot get better (the relay refused the session, its key changed, it is
+/// not a relay) ends it at once.
 pub(super) async fn open_session(
     config: &ClientConfig,
     connector: &Connector,
     on_event: &mut impl FnMut(ClientEvent),
 ) -> Result<Opened, ClientError> {
     let addr = config.relay_addr();
-    let unreachable = |reason: String| ClientError::Unreachable {
-        addr: addr.clone(),
-        reason,
-    };
     let expectation =
         Expectation::for_relay(&config.trust, &addr).map_err(|e| ClientError::Trust {
             addr: addr.clone(),
             reason: e.to_string(),
         })?;
-    let opened = tokio::time::timeout(
-        config.connect_timeout,
-        open(config, connector, &expectation),
-    )
-    .await;
-    let opened = match opened {
-        Err(_) => {
-            return Err(unreachable(format!(
-                "no answer within {}",
-                format_duration(config.connect_timeout)
-            )))
+    let started = Instant::now();
+    let deadline = started + config.connect_timeout;
+    let mut notice = SlowStart::new(started, addr.clone());
+    let mut backoff = Backoff::default();
+    let mut attempts = 0u32;
+    let opened = loop {
+        attempts += 1;
+        let attempt =
+            tokio::time::timeout_at(deadline.into(), open(config, connector, &expectation));
+        let error = match notice.during(attempt, on_event).await {
+            Ok(Ok(opened)) => break opened,
+            Ok(Err(error)) => error,
+            // Out of time with an attempt under way: the last attempt that
+            // ended says why, if one did.
+            Err(_) => {
+                let reason = notice.last.take().unwrap_or_else(|| {
+                    format!(
+                        "no answer within {}",
+                        format_duration(config.connect_timeout)
+                    )
+                });
+                return Err(ClientError::Unreachable { addr, reason });
+            }
+        };
+        match error {
+            OpenError::Refused(code, reason) if !refusal_may_pass(code) => {
+                return Err(ClientError::Refused { addr, reason })
+            }
+            OpenError::KeyChanged(seen) => {
+                let changed = expectation.changed(&config.trust, &addr, seen);
+                return Err(ClientError::KeyChanged(Box::new(changed)));
+            }
+            OpenError::Unusable(reason) => return Err(ClientError::Unreachable { addr, reason }),
+            error @ (OpenError::NotListening(_) | OpenError::Io(_) | OpenError::Refused(..)) => {
+                let reason = error.reason();
+                tracing::debug!("start, attempt {attempts}: {reason}");
+                notice.failed(reason, on_event);
+            }
         }
-        Ok(Err(OpenError::Io(reason))) => return Err(unreachable(reason)),
-        Ok(Err(OpenError::Refused(reason))) => return Err(ClientError::Refused { addr, reason }),
-        Ok(Err(OpenError::KeyChanged(seen))) => {
-            let changed = expectation.changed(&config.trust, &addr, seen);
-            return Err(ClientError::KeyChanged(Box::new(changed)));
+        // The last attempt starts a moment before the deadline, not after.
+        let now = Instant::now();
+        let latest = deadline.checked_sub(LAST_ATTEMPT).unwrap_or(now);
+        if now >= latest {
+            let reason = notice.last.take().unwrap_or_default();
+            return Err(ClientError::Unreachable { addr, reason });
         }
-        Ok(Ok(opened)) => opened,
+        let next = (now + backoff.next_delay(rand::random())).min(latest);
+        notice
+            .during(tokio::time::sleep_until(next.into()), on_event)
+            .await;
     };
+    if attempts > 1 {
+        tracing::debug!(
+            "session opened at attempt {attempts}, {} after the first",
+            format_duration(started.elapsed())
+        );
+    }
     let pinned = trust::pin_first_use(&config.trust, &expectation, &addr, &opened.relay_key)
         .map_err(|e| ClientError::Trust {
             addr: addr.clone(),
@@ -91,6 +159,88 @@ pub(super) async fn open_session(
     Ok(opened)
 }
 
+/// Whether a relay's refusal may pass if asked again: it is at a limit now,
+/// or restarting. The others (the target is not allowed or unreachable, the
+/// versions differ, the session is unknown) will not.
+pub(super) fn refusal_may_pass(code: Code) -> bool {
+    matches!(code, Code::Busy | Code::Restarting)
+}
+
+/// The one line a user gets when the start takes long: after
+/// [`START_SLOW_AFTER`], with the reason of the latest failed attempt — or,
+/// if none has failed yet, when the first one does, or at twice that time
+/// with none.
+struct SlowStart {
+    started: Instant,
+    /// When to say it (if a reason is known by then).
+    at: Pin<Box<tokio::time::Sleep>>,
+    /// `at` was moved on once, waiting for a reason.
+    waited: bool,
+    said: bool,
+    /// `host:port`.
+    relay: String,
+    /// Why the latest attempt failed.
+    last: Option<String>,
+}
+
+impl SlowStart {
+    fn new(started: Instant, relay: String) -> SlowStart {
+        SlowStart {
+            started,
+            at: Box::pin(tokio::time::sleep_until(
+                (started + START_SLOW_AFTER).into(),
+            )),
+            waited: false,
+            said: false,
+            relay,
+            last: None,
+        }
+    }
+
+    /// An attempt failed for `reason`.
+    fn failed(&mut self, reason: String, on_event: &mut impl FnMut(ClientEvent)) {
+        self.last = Some(reason);
+        if self.started.elapsed() >= START_SLOW_AFTER {
+            self.say(on_event);
+        }
+    }
+
+    fn say(&mut self, on_event: &mut impl FnMut(ClientEvent)) {
+        if std::mem::replace(&mut self.said, true) {
+            return;
+        }
+        on_event(ClientEvent::StartSlow {
+            relay: self.relay.clone(),
+            reason: self.last.clone().unwrap_or_else(|| "no answer yet".into()),
+        });
+    }
+
+    /// Runs `future`, telling `on_event` once if the start takes long
+    /// meanwhile.
+    async fn during<F: Future>(
+        &mut self,
+        future: F,
+        on_event: &mut impl FnMut(ClientEvent),
+    ) -> F::Output {
+        let mut future = pin!(future);
+        loop {
+            tokio::select! {
+                output = &mut future => return output,
+                () = &mut self.at, if !self.said => {
+                    if self.last.is_none() && !self.waited {
+                        // Give the attempt under way a moment to say why.
+                        self.waited = true;
+                        let later = self.started + 2 * START_SLOW_AFTER;
+                        self.at.as_mut().reset(later.into());
+                    } else {
+                        self.say(on_event);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Connects with TLS, checking the relay's key against `expectation`.
 /// Returns the transport and the key the relay presented.
 pub(super) async fn connect(
@@ -99,18 +249,18 @@ pub(super) async fn connect(
     expectation: &Expectation,
 ) -> Result<(Transport, Fingerprint), OpenError> {
     let verifier = Arc::new(PinVerifier::new(expectation.accepted.clone()));
-    let tls =
-        tls::client_config(Arc::clone(&verifier)).map_err(|e| OpenError::Io(e.to_string()))?;
+    let tls = tls::client_config(Arc::clone(&verifier))
+        .map_err(|e| OpenError::Unusable(format!("cannot set up TLS: {e}")))?;
     let connected = connector.connect(config.connect_timeout, tls).await;
     match (connected, verifier.seen()) {
         // The key of the connection that won (with `auto`, another attempt
         // may have been shown another key, and refused it).
         (Ok(transport), _) => match transport.relay_key {
             Some(key) => Ok((transport, key)),
-            None => Err(OpenError::Io("the relay presented no key".into())),
+            None => Err(OpenError::Unusable("the relay presented no key".into())),
         },
         (Err(_), Some(seen)) if !expectation.accepts(&seen) => Err(OpenError::KeyChanged(seen)),
-        (Err(e), _) => Err(OpenError::Io(describe_connect_error(&e))),
+        (Err(e), _) => Err(connect_failure(&e)),
     }
 }
 
@@ -140,27 +290,44 @@ async fn open(
             max_data: max_data as usize,
             relay_key,
         }),
-        Ok(Reply::Refused { reason, .. }) => Err(OpenError::Refused(reason)),
-        Ok(Reply::Resumed { .. }) => Err(OpenError::Io(
+        Ok(Reply::Refused { code, reason }) => Err(OpenError::Refused(code, reason)),
+        Ok(Reply::Resumed { .. }) => Err(OpenError::Unusable(
             "relay answered a new session as a resume".into(),
         )),
-        Err(e) => Err(OpenError::Io(e.to_string())),
+        Err(e) => Err(handshake_failure(&e)),
     }
 }
 
-/// Turns a failed connection into words for the user.
-fn describe_connect_error(e: &ConnectError) -> String {
+/// A handshake that failed: on the way (another attempt may work), or with
+/// something that is not the protocol (no attempt will).
+pub(super) fn handshake_failure(e: &HandshakeError) -> OpenError {
+    match e {
+        HandshakeError::Io(_) => OpenError::Io(e.to_string()),
+        HandshakeError::Decode(_) => OpenError::Unusable(e.to_string()),
+    }
+}
+
+/// A connection that failed, in words for the user, and whether another
+/// attempt may work.
+fn connect_failure(e: &ConnectError) -> OpenError {
     match e.tls_error() {
         Some(rustls::Error::InvalidMessage(_)) => {
-            "it does not speak TLS: it is not a resumeproxy relay (if it is sshd, give the relay's port with --relay-port), or an older resumeproxyd".into()
+            return OpenError::Unusable("it does not speak TLS: it is not a resumeproxy relay (if it is sshd, give the relay's port with --relay-port), or an older resumeproxyd".into())
         }
         Some(rustls::Error::NoApplicationProtocol) => {
-            "it speaks TLS but not the resumeproxy protocol".into()
+            return OpenError::Unusable("it speaks TLS but not the resumeproxy protocol".into())
         }
-        _ if matches!(e, ConnectError::Tls(io) if io.kind() == std::io::ErrorKind::UnexpectedEof) => {
-            "the relay closed the connection during the TLS handshake (it may be at a connection limit; see its log)".into()
+        Some(other) => return OpenError::Unusable(format!("TLS handshake failed: {other}")),
+        None => {}
+    }
+    match e {
+        ConnectError::Tcp(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            OpenError::NotListening("connection refused: nothing listens on its port".into())
         }
-        _ => e.to_string(),
+        ConnectError::Tls(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => OpenError::Io(
+            "the relay closed the connection during the TLS handshake (it may be at a connection limit; see its log)".into(),
+        ),
+        _ => OpenError::Io(e.to_string()),
     }
 }
 

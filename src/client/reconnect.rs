@@ -257,9 +257,7 @@ async fn reconnect(
                 let changed = expectation.changed(&config.trust, &addr, seen);
                 return Err(ClientError::KeyChanged(Box::new(changed)));
             }
-            Attempt::Failed(OpenError::Io(reason) | OpenError::Refused(reason)) => {
-                tracing::debug!("attempt {attempts}: {reason}")
-            }
+            Attempt::Failed(error) => tracing::debug!("attempt {attempts}: {}", error.reason()),
             Attempt::TimedOut => tracing::debug!(
                 "attempt {attempts}: no answer within {}",
                 format_duration(attempt_timeout)
@@ -305,9 +303,9 @@ async fn resume_once(config: &ClientConfig, connector: &Connector, resume: &Resu
             peer_received: received,
         },
         Ok(Reply::Refused { code, reason }) => Attempt::Refused { code, reason },
-        Ok(Reply::Created { .. }) => Attempt::Failed(OpenError::Io(
+        Ok(Reply::Created { .. }) => Attempt::Failed(OpenError::Unusable(
             "relay answered a resume as a new session".into(),
         )),
-        Err(e) => Attempt::Failed(OpenError::Io(e.to_string())),
+        Err(e) => Attempt::Failed(open::handshake_failure(&e)),
     }
 }
