@@ -16,6 +16,7 @@
 
 pub(crate) mod addresses;
 pub mod identity;
+pub mod net_events;
 pub(crate) mod quic;
 pub mod tls;
 
