@@ -28,13 +28,16 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// A change of the machine's network, as the kernel reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NetEvent {
-    /// Interface `index` is administratively up and has carrier (`IFF_UP`
-    /// and `IFF_RUNNING`).
+    /// Interface `index` became more usable: it was set up (a virtual
+    /// link such as a veth or a VPN's tun carries packets at once; hardware
+    /// also needs its carrier, which is a second `LinkUp`), or it got its
+    /// carrier back.
     LinkUp {
         /// The interface's index (`if_nametoindex`).
         index: u32,
     },
-    /// Interface `index` is down, has lost its carrier, or was removed.
+    /// Interface `index` became less usable: it lost its carrier, was set
+    /// down, or was removed.
     LinkDown {
         /// The interface's index.
         index: u32,
@@ -75,6 +78,82 @@ pub enum Reaction {
     TryNow,
     /// Nothing to do.
     Nothing,
+}
+
+/// How usable a link is, from least to most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LinkState {
+    /// Removed (`RTM_DELLINK`).
+    Gone,
+    /// Administratively down (no `IFF_UP`).
+    Down,
+    /// Up, without carrier (`IFF_UP` without `IFF_RUNNING`): hardware
+    /// cannot send yet; a virtual link often already can (the kernel
+    /// reports its carrier up to a second late).
+    NoCarrier,
+    /// Up, with carrier (`IFF_UP` and `IFF_RUNNING`).
+    Running,
+}
+
+/// What one netlink message says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Report {
+    /// The state of interface `index` now. Not a change in itself: the
+    /// kernel repeats `RTM_NEWLINK` whenever any attribute of a link
+    /// changes; [`Links::update`] turns these into [`NetEvent::LinkUp`] and
+    /// [`NetEvent::LinkDown`].
+    Link {
+        /// The interface's index.
+        index: u32,
+        /// Its state.
+        state: LinkState,
+    },
+    /// Any other event, as it is.
+    Event(NetEvent),
+}
+
+/// Link states remembered to report only changes; beyond this many
+/// interfaces the memory starts over (and repeats a report or two).
+const MAX_LINKS: usize = 4096;
+
+/// The last known state of each link: turns the kernel's repeated reports
+/// into changes. Pure.
+#[derive(Debug, Default, Clone)]
+pub struct Links {
+    states: HashMap<u32, LinkState>,
+}
+
+impl Links {
+    /// The change that `state`, reported for `index`, makes: `LinkUp` if
+    /// the link became more usable, `LinkDown` if less, `None` if it is
+    /// as it was. A link not seen before is up if it is running, and down
+    /// otherwise.
+    pub fn update(&mut self, index: u32, state: LinkState) -> Option<NetEvent> {
+        let before = if state == LinkState::Gone {
+            self.states.remove(&index)
+        } else {
+            if self.states.len() >= MAX_LINKS && !self.states.contains_key(&index) {
+                self.states.clear();
+            }
+            self.states.insert(index, state)
+        };
+        let better = match before {
+            Some(before) if before == state => return None,
+            Some(before) => state > before,
+            None => state == LinkState::Running,
+        };
+        Some(if better {
+            NetEvent::LinkUp { index }
+        } else {
+            NetEvent::LinkDown { index }
+        })
+    }
+
+    /// Forgets every link (after lost events): the next report of each
+    /// counts as its first.
+    pub fn forget(&mut self) {
+        self.states.clear();
+    }
 }
 
 /// What `event` means for a transport whose local address is `local_addr`,
@@ -145,24 +224,24 @@ const RTM_F_CLONED: u32 = 0x200;
 /// The attribute type without its `NLA_F_NESTED`/`NLA_F_NET_BYTEORDER` bits.
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
-/// The events in one netlink datagram, in order. A message that is
-/// truncated, malformed or of no interest is skipped; a length that cannot
-/// be trusted ends the datagram. Pure, allocation-free, never panics; at
-/// most one event per 16 bytes of input.
-pub fn parse(datagram: &[u8]) -> Events<'_> {
-    Events { rest: datagram }
+/// What the messages in one netlink datagram say, in order. A message that
+/// is truncated, malformed or of no interest is skipped; a length that
+/// cannot be trusted ends the datagram. Pure, allocation-free, never
+/// panics; at most one report per 16 bytes of input.
+pub fn parse(datagram: &[u8]) -> Reports<'_> {
+    Reports { rest: datagram }
 }
 
-/// Iterator over the events in a datagram; see [`parse`].
+/// Iterator over the reports in a datagram; see [`parse`].
 #[derive(Debug, Clone)]
-pub struct Events<'a> {
+pub struct Reports<'a> {
     rest: &'a [u8],
 }
 
-impl Iterator for Events<'_> {
-    type Item = NetEvent;
+impl Iterator for Reports<'_> {
+    type Item = Report;
 
-    fn next(&mut self) -> Option<NetEvent> {
+    fn next(&mut self) -> Option<Report> {
         loop {
             let header = self.rest.get(..NLMSG_HDRLEN)?;
             let len = usize::try_from(u32_at(header, 0)?).ok()?;
@@ -175,26 +254,26 @@ impl Iterator for Events<'_> {
             };
             let payload = message.get(NLMSG_HDRLEN..)?;
             self.rest = self.rest.get(align4(len)..).unwrap_or(&[]);
-            if let Some(event) = parse_message(ty, payload) {
-                return Some(event);
+            if let Some(report) = parse_message(ty, payload) {
+                return Some(report);
             }
         }
     }
 }
 
-/// One message's event, from its type and the bytes after its header.
-fn parse_message(ty: u16, payload: &[u8]) -> Option<NetEvent> {
+/// One message's report, from its type and the bytes after its header.
+fn parse_message(ty: u16, payload: &[u8]) -> Option<Report> {
     match ty {
         RTM_NEWLINK | RTM_DELLINK => parse_link(ty, payload),
-        RTM_NEWADDR | RTM_DELADDR => parse_addr(ty, payload),
-        RTM_NEWROUTE | RTM_DELROUTE => parse_route(ty, payload),
-        NLMSG_OVERRUN => Some(NetEvent::Overrun),
+        RTM_NEWADDR | RTM_DELADDR => parse_addr(ty, payload).map(Report::Event),
+        RTM_NEWROUTE | RTM_DELROUTE => parse_route(ty, payload).map(Report::Event),
+        NLMSG_OVERRUN => Some(Report::Event(NetEvent::Overrun)),
         // NLMSG_ERROR (acks), NLMSG_NOOP, NLMSG_DONE and everything else.
         _ => None,
     }
 }
 
-fn parse_link(ty: u16, payload: &[u8]) -> Option<NetEvent> {
+fn parse_link(ty: u16, payload: &[u8]) -> Option<Report> {
     let info = payload.get(..IFINFOMSG_LEN)?;
     // Bridge port reports (AF_BRIDGE) say nothing of the device itself: an
     // RTM_DELLINK of theirs is a port leaving a bridge.
@@ -203,12 +282,16 @@ fn parse_link(ty: u16, payload: &[u8]) -> Option<NetEvent> {
     }
     let index = index_from(u32_at(info, 4)?)?;
     let flags = u32_at(info, 8)?;
-    let up = flags & IFF_UP != 0 && flags & IFF_RUNNING != 0;
-    Some(if ty == RTM_NEWLINK && up {
-        NetEvent::LinkUp { index }
+    let state = if ty == RTM_DELLINK {
+        LinkState::Gone
+    } else if flags & IFF_UP == 0 {
+        LinkState::Down
+    } else if flags & IFF_RUNNING == 0 {
+        LinkState::NoCarrier
     } else {
-        NetEvent::LinkDown { index }
-    })
+        LinkState::Running
+    };
+    Some(Report::Link { index, state })
 }
 
 fn parse_addr(ty: u16, payload: &[u8]) -> Option<NetEvent> {
@@ -328,26 +411,21 @@ pub fn interface_of(addr: IpAddr) -> Option<Interface> {
 
 // ---------------------------------------------------------------- the watcher
 
-/// Link states remembered to report only changes; beyond this many
-/// interfaces the memory starts over (and repeats a report or two).
-const MAX_LINKS: usize = 4096;
-
 /// Events from the kernel, as they happen: a non-blocking `NETLINK_ROUTE`
 /// socket subscribed to link, address and route changes (IPv4 and IPv6),
 /// registered with tokio.
 ///
-/// A link's state is reported when it changes (the kernel repeats
-/// `RTM_NEWLINK` for any attribute; the first report of an interface always
-/// passes). The socket belongs to the network namespace of the thread that
-/// made it.
+/// A link is reported when its state changes (see [`Links`]; the first
+/// report of an interface always passes). The socket belongs to the network
+/// namespace of the thread that made it.
 #[derive(Debug)]
 pub struct NetWatcher {
     socket: imp::Socket,
-    /// One datagram's events, not yet returned (at most one per 16 bytes
+    /// One datagram's reports, not yet returned (at most one per 16 bytes
     /// of the receive buffer).
-    pending: VecDeque<NetEvent>,
-    /// Last reported state of each link: up or not.
-    links: HashMap<u32, bool>,
+    pending: VecDeque<Report>,
+    /// Last reported state of each link.
+    links: Links,
 }
 
 impl NetWatcher {
@@ -358,7 +436,7 @@ impl NetWatcher {
         Ok(NetWatcher {
             socket: imp::Socket::open()?,
             pending: VecDeque::new(),
-            links: HashMap::new(),
+            links: Links::default(),
         })
     }
 
@@ -366,37 +444,25 @@ impl NetWatcher {
     /// returned in the same poll.
     pub async fn next(&mut self) -> io::Result<NetEvent> {
         loop {
-            while let Some(event) = self.pending.pop_front() {
-                if self.is_news(&event) {
-                    return Ok(event);
+            while let Some(report) = self.pending.pop_front() {
+                match report {
+                    Report::Event(event) => return Ok(event),
+                    Report::Link { index, state } => {
+                        if let Some(event) = self.links.update(index, state) {
+                            return Ok(event);
+                        }
+                    }
                 }
             }
             match self.socket.recv().await? {
                 imp::Received::Datagram(bytes) => self.pending.extend(parse(bytes)),
                 imp::Received::Overrun => {
                     // What was dropped may have changed any link.
-                    self.links.clear();
+                    self.links.forget();
                     return Ok(NetEvent::Overrun);
                 }
             }
         }
-    }
-
-    /// Whether `event` tells something not already reported.
-    fn is_news(&mut self, event: &NetEvent) -> bool {
-        let (index, up) = match *event {
-            NetEvent::LinkUp { index } => (index, true),
-            NetEvent::LinkDown { index } => (index, false),
-            _ => return true,
-        };
-        if self.links.get(&index) == Some(&up) {
-            return false;
-        }
-        if self.links.len() >= MAX_LINKS && !self.links.contains_key(&index) {
-            self.links.clear();
-        }
-        self.links.insert(index, up);
-        true
     }
 }
 
@@ -680,29 +746,48 @@ mod tests {
         message(ty, &fixed, attrs)
     }
 
+    /// The reports in `bytes`, links as `LinkUp` (running) or `LinkDown`.
     fn events(bytes: &[u8]) -> Vec<NetEvent> {
-        parse(bytes).collect()
+        parse(bytes)
+            .map(|report| match report {
+                Report::Event(event) => event,
+                Report::Link { index, state } => {
+                    // A link not seen before: up only if running.
+                    Links::default()
+                        .update(index, state)
+                        .expect("a first report is a change")
+                }
+            })
+            .collect()
+    }
+
+    fn states(bytes: &[u8]) -> Vec<(u32, LinkState)> {
+        parse(bytes)
+            .filter_map(|report| match report {
+                Report::Link { index, state } => Some((index, state)),
+                Report::Event(_) => None,
+            })
+            .collect()
     }
 
     #[test]
-    fn links_up_down_and_removed() {
+    fn links_running_without_carrier_down_and_removed() {
         let up = IFF_UP | IFF_RUNNING | 0x1000;
         assert_eq!(
-            events(&link(RTM_NEWLINK, AF_UNSPEC, 3, up)),
-            [NetEvent::LinkUp { index: 3 }]
-        );
-        // Administratively up, no carrier yet: not usable.
-        assert_eq!(
-            events(&link(RTM_NEWLINK, AF_UNSPEC, 3, IFF_UP)),
-            [NetEvent::LinkDown { index: 3 }]
+            states(&link(RTM_NEWLINK, AF_UNSPEC, 3, up)),
+            [(3, LinkState::Running)]
         );
         assert_eq!(
-            events(&link(RTM_NEWLINK, AF_UNSPEC, 3, 0)),
-            [NetEvent::LinkDown { index: 3 }]
+            states(&link(RTM_NEWLINK, AF_UNSPEC, 3, IFF_UP)),
+            [(3, LinkState::NoCarrier)]
         );
         assert_eq!(
-            events(&link(RTM_DELLINK, AF_UNSPEC, 3, up)),
-            [NetEvent::LinkDown { index: 3 }]
+            states(&link(RTM_NEWLINK, AF_UNSPEC, 3, IFF_RUNNING)),
+            [(3, LinkState::Down)]
+        );
+        assert_eq!(
+            states(&link(RTM_DELLINK, AF_UNSPEC, 3, up)),
+            [(3, LinkState::Gone)]
         );
         // Bridge port reports and impossible indexes are not about a device.
         assert!(events(&link(RTM_DELLINK, 7, 3, up)).is_empty());
@@ -924,25 +1009,48 @@ mod tests {
     }
 
     #[test]
-    fn the_watcher_reports_a_link_only_when_it_changes() {
-        // `is_news` is the watcher's only logic beyond the socket.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .unwrap();
-        let _guard = rt.enter();
-        let Ok(mut watcher) = NetWatcher::new() else {
-            return;
-        };
-        let down = NetEvent::LinkDown { index: 3 };
-        let up = NetEvent::LinkUp { index: 3 };
-        assert!(watcher.is_news(&down));
-        assert!(!watcher.is_news(&down));
-        assert!(watcher.is_news(&up));
-        assert!(!watcher.is_news(&up));
-        assert!(watcher.is_news(&NetEvent::LinkUp { index: 4 }));
-        assert!(watcher.is_news(&NetEvent::RouteAdded));
-        assert!(watcher.is_news(&NetEvent::RouteAdded));
+    fn a_link_is_reported_when_it_gets_more_or_less_usable() {
+        use LinkState::*;
+        let up = Some(NetEvent::LinkUp { index: 3 });
+        let down = Some(NetEvent::LinkDown { index: 3 });
+        let mut links = Links::default();
+        // `ip link set down`, then `up`: the veth carries packets at once,
+        // its carrier is reported up to a second later.
+        let steps = [
+            (Running, up),
+            (Running, None),
+            (Down, down),
+            (Down, None),
+            (NoCarrier, up),
+            (Running, up),
+            // The cable is pulled, and plugged back in.
+            (NoCarrier, down),
+            (NoCarrier, None),
+            (Running, up),
+            (Gone, down),
+        ];
+        for (i, (state, change)) in steps.into_iter().enumerate() {
+            assert_eq!(links.update(3, state), change, "step {i}: {state:?}");
+        }
+        // Removed, then the index is reused: a first report again.
+        assert_eq!(links.update(3, NoCarrier), down);
+        // Each link on its own.
+        assert_eq!(
+            links.update(4, Running),
+            Some(NetEvent::LinkUp { index: 4 })
+        );
+        assert_eq!(links.update(3, NoCarrier), None);
+        links.forget();
+        assert_eq!(links.update(3, NoCarrier), down);
+    }
+
+    #[test]
+    fn the_memory_of_links_is_bounded() {
+        let mut links = Links::default();
+        for index in 1..=u32::try_from(MAX_LINKS * 3).unwrap() {
+            links.update(index, LinkState::Running);
+            assert!(links.states.len() <= MAX_LINKS);
+        }
     }
 
     proptest! {
@@ -965,6 +1073,22 @@ mod tests {
             datagram[at % len] = value;
             datagram.truncate(cut.max(1) * len / 200);
             prop_assert!(parse(&datagram).count() <= datagram.len() / NLMSG_HDRLEN);
+        }
+
+        #[test]
+        fn any_reports_make_a_consistent_memory(
+            reports in proptest::collection::vec((1u32..6, 0u8..4), 0..64),
+        ) {
+            // Whatever the order, a change is reported exactly when the
+            // state differs from the last one reported for that link.
+            let mut links = Links::default();
+            let mut last: HashMap<u32, LinkState> = HashMap::new();
+            for (index, state) in reports {
+                let state = [LinkState::Gone, LinkState::Down, LinkState::NoCarrier, LinkState::Running][usize::from(state)];
+                let change = links.update(index, state);
+                let before = if state == LinkState::Gone { last.remove(&index) } else { last.insert(index, state) };
+                prop_assert_eq!(change.is_none(), before == Some(state));
+            }
         }
     }
 }
