@@ -12,7 +12,9 @@
 mod support;
 
 use anyhow::{bail, ensure, Context, Result};
-use resumeproxy::net_events::{affects, interface_of, Interface, NetEvent, NetWatcher, Reaction};
+use resumeproxy::transport::net_events::{
+    affects, interface_of, Interface, NetEvent, NetWatcher, Reaction,
+};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
