@@ -27,9 +27,18 @@ make it hold (handshakes, sessions, detached sessions, replay buffers, frame siz
 The relay logs one line per session start, resume and end, with the session id, the client's \
 address, the target, and its local port towards sshd (sshd logs that port with the relay's \
 address, so its log can be joined back to the real client).\n\n\
-On SIGTERM or SIGINT it stops accepting, tells each connected client that the relay is shutting \
-down (their ssh exits 255 with that reason), closes every sshd connection and exits 0 within a few \
-seconds. Sessions live in memory: a restarted relay knows none of them.",
+Restarts, upgrades and crashes end no session. Started by hand, resumeproxyd is a small keeper \
+process that runs the relay's worker as its child and holds what must outlive it: the listening \
+sockets, every sshd connection, and each session's state (a memory file); under systemd \
+(Type=notify, FileDescriptorStoreMax=) systemd's file descriptor store holds them and the keeper is \
+not used. When the worker dies (a crash, SIGKILL, the OOM killer) a new one carries every session on \
+and the clients resume, as after a network break. Signals: SIGTERM to the worker (systemctl \
+restart) tells connected clients the relay is restarting and exits, keeping every session; SIGUSR2 \
+to the keeper upgrades: the worker is restarted from the binary on disk; SIGHUP reloads (passed on \
+by the keeper); SIGTERM or SIGINT to the keeper stops for good: every client is told the relay is \
+shutting down (its ssh exits 255 with that reason), every sshd connection is closed, and the keeper \
+exits. Under systemd, `systemctl stop` ends the sessions: systemd closes what it kept, and clients \
+that find the relay's port refusing connections give up with exit 255.",
     after_long_help = "Environment:\n  RESUMEPROXY_LOG  log filter (tracing EnvFilter syntax, e.g. debug); overrides -v.\n\n\
 See also: resumeproxy(1), sshd(8).",
     args_conflicts_with_subcommands = true
