@@ -237,6 +237,9 @@ fn what_cannot_get_better_ends_at_once_and_a_relay_that_never_comes_at_the_timeo
     let exit = ssh.wait(Duration::from_secs(10))?;
     let gave_up = started.elapsed();
     ensure!(exit.code() == Some(255), "{exit}");
+    // ssh's stderr is read on a thread: let it catch up.
+    ssh.stderr
+        .wait_for(0, "cannot reach relay", Duration::from_secs(5))?;
     let lines = client_lines(&ssh);
     ensure!(lines.len() == 2, "{lines:?}");
     ensure!(lines[0].contains(NOT_YET), "{lines:?}");

@@ -28,7 +28,8 @@ SIGTERM, SIGINT and SIGHUP end the session on the relay too (within a second), a
 already wrote.\n\n\
 Exit status: 0 when the session ended normally, or a signal ended it and the relay was told; \
 255 (like ssh) when the relay cannot be reached, refuses the session, or the session is gone, or a \
-signal ended the client while it could not reach the relay.",
+signal ended the client while it could not reach the relay, or the relay was stopped for good (every \
+reconnect attempt refused for 30s: nothing listens on its port; a restarting relay keeps its port).",
     after_long_help = "Environment:\n  RESUMEPROXY_LOG  log filter (tracing EnvFilter syntax, e.g. debug); overrides -v and -q.\n\n\
 See also: resumeproxyd(8), ssh_config(5) ProxyCommand.",
     args_conflicts_with_subcommands = true,

@@ -90,6 +90,9 @@ pub(crate) struct Connector {
     /// The QUIC endpoint, made at the first QUIC attempt, and the task that
     /// moves it when the local address changes.
     quic: Mutex<Option<(QuicClient, SocketAddr, AbortHandle)>>,
+    /// When the latest TCP connection attempt ended, and whether it was
+    /// refused (nothing listens on the relay's port).
+    last_tcp: Mutex<Option<(Instant, bool)>>,
 }
 
 impl Connector {
@@ -112,6 +115,7 @@ impl Connector {
             udp_failed_at: Mutex::new(None),
             memory,
             quic: Mutex::new(None),
+            last_tcp: Mutex::new(None),
         };
         if choice == TransportChoice::Auto {
             if let Some(path) = &connector.memory {
@@ -185,7 +189,20 @@ impl Connector {
         timeout: Duration,
         tls: Arc<rustls::ClientConfig>,
     ) -> Result<Transport, ConnectError> {
-        crate::transport::tls::connect(&self.host, self.port, timeout, tls).await
+        let result = crate::transport::tls::connect(&self.host, self.port, timeout, tls).await;
+        let refused = matches!(
+            &result,
+            Err(ConnectError::Tcp(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
+        );
+        *lock(&self.last_tcp) = Some((Instant::now(), refused));
+        result
+    }
+
+    /// Whether the latest TCP attempt, made since `since`, was refused:
+    /// nothing listens on the relay's port. (With `auto`, an attempt cut
+    /// short while QUIC was still given its chance knows this too.)
+    pub(crate) fn tcp_refused_since(&self, since: Instant) -> bool {
+        matches!(*lock(&self.last_tcp), Some((at, true)) if at >= since)
     }
 
     async fn connect_quic(

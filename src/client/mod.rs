@@ -38,6 +38,7 @@ use connector::{Connector, TransportChoice};
 use control::Request;
 use ending::{EndSignal, LocalInput};
 use open::Opened;
+pub use reconnect::RELAY_GONE_AFTER;
 use reconnect::{AfterDetached, Resume};
 use status::Vitals;
 use std::future::Future;
@@ -158,6 +159,15 @@ pub enum ClientError {
         session: SessionId,
         /// Why.
         reason: String,
+    },
+    /// Every reconnect attempt was refused for [`RELAY_GONE_AFTER`]: nothing
+    /// listens on the relay's port, the relay was stopped for good.
+    #[error("relay at {addr} is not running (connections refused for {}s); the session is lost", .refused_for.as_secs())]
+    RelayGone {
+        /// host:port
+        addr: String,
+        /// How long.
+        refused_for: Duration,
     },
     /// The relay ended the session.
     #[error("relay at {addr} closed the session: {reason}; the ssh connection is lost")]

@@ -29,6 +29,12 @@ use tokio::sync::Notify;
 const MIN_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Extra wait past the relay's grace period before giving up for good.
 const GRACE_MARGIN: Duration = Duration::from_secs(5);
+/// How long every reconnect attempt must be refused (nothing listens on the
+/// relay's port) before the relay is taken to be stopped for good. A relay
+/// that restarts keeps its listening socket (connections wait for the next
+/// worker), so only a relay that is gone refuses; a middlebox that rejects
+/// connections for a moment (a reset storm) is survived.
+pub const RELAY_GONE_AFTER: Duration = Duration::from_secs(30);
 
 /// What a resume needs to prove and say.
 #[derive(Clone, Copy)]
@@ -195,6 +201,8 @@ async fn reconnect(
     let session = resume.session;
     let mut backoff = Backoff::default();
     let mut attempts = 0;
+    // Since when every attempt was refused, if the latest was.
+    let mut refused_since: Option<Instant> = None;
     // A live path answers within a round trip or two; one that does not
     // answer within the dead-peer interval is no better than a dead one.
     let attempt_timeout = config
@@ -203,6 +211,7 @@ async fn reconnect(
     loop {
         attempts += 1;
         attempts_made.store(attempts, Ordering::Relaxed);
+        let attempt_started = Instant::now();
         let attempt = tokio::select! {
             attempt = tokio::time::timeout(attempt_timeout, resume_once(config, connector, &resume)) => {
                 attempt.unwrap_or(Attempt::TimedOut)
@@ -215,6 +224,24 @@ async fn reconnect(
                 continue;
             }
         };
+        // Refused: nothing listens on the relay's port (seen by the TCP part
+        // of an attempt, even one cut short while QUIC had its chance).
+        let refused = match &attempt {
+            Attempt::Failed(OpenError::NotListening(_)) => true,
+            Attempt::Failed(_) | Attempt::TimedOut => connector.tcp_refused_since(attempt_started),
+            Attempt::Resumed { .. } | Attempt::Refused { .. } => false,
+        };
+        if refused {
+            let since = *refused_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= RELAY_GONE_AFTER {
+                return Err(ClientError::RelayGone {
+                    addr,
+                    refused_for: RELAY_GONE_AFTER,
+                });
+            }
+        } else {
+            refused_since = None;
+        }
         match attempt {
             Attempt::Resumed {
                 transport,
@@ -236,11 +263,8 @@ async fn reconnect(
                     reason,
                 })
             }
-            Attempt::Refused {
-                code: Code::Busy,
-                reason,
-            } => {
-                tracing::debug!("attempt {attempts}: relay busy: {reason}");
+            Attempt::Refused { code, reason } if open::refusal_may_pass(code) => {
+                tracing::debug!("attempt {attempts}: relay refused for now: {reason}");
             }
             Attempt::Refused { reason, .. } => return Err(ClientError::Refused { addr, reason }),
             Attempt::Failed(OpenError::KeyChanged(seen)) => {

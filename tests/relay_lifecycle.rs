@@ -1,0 +1,141 @@
+//! The relay's restarts and stops, as its clients see them: the real
+//! OpenSSH client and server through the real `resumeproxy` and
+//! `resumeproxyd` (its keeper and worker), over TCP and over `auto` (QUIC).
+//!
+//! * An upgrade (SIGUSR2 to the keeper): each client is told the relay is
+//!   restarting, says so in its one lost line, reconnects at once and
+//!   resumes within a second of the new worker listening.
+//! * A relay stopped for good (its keeper killed: nothing listens on its
+//!   port any more): each client exits 255 with one clear line once every
+//!   attempt has been refused for `RELAY_GONE_AFTER`, not after the grace
+//!   period.
+
+mod support;
+
+use anyhow::{ensure, Context, Result};
+use resumeproxy::client::RELAY_GONE_AFTER;
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use support::relay::{proxy_command, RelayProcess};
+use support::sshd::TestSshd;
+use support::watch::Watched;
+
+/// An ssh session that stays open doing nothing, once it has logged in.
+fn idle_session(sshd: &TestSshd, proxy: &str) -> Result<Watched> {
+    let mut ssh = Watched::spawn(
+        sshd.ssh_command(Some(proxy), "echo ready; exec sleep 600"),
+        Stdio::null(),
+        Stdio::piped(),
+    )?;
+    let stdout = ssh.child.stdout.take().context("ssh stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = tx.send(line);
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+    });
+    let first = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+    ensure!(
+        first.trim() == "ready",
+        "the session did not start: {first:?}; stderr:\n{}",
+        ssh.stderr.text()
+    );
+    Ok(ssh)
+}
+
+/// Lines the client wrote (through ssh's stderr).
+fn client_lines(ssh: &Watched) -> Vec<String> {
+    ssh.stderr
+        .text()
+        .lines()
+        .filter(|l| l.starts_with("resumeproxy:"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn an_upgraded_relay_is_resumed_at_once_with_its_reason() -> Result<()> {
+    let sshd = TestSshd::start()?;
+    let relay = RelayProcess::start(sshd.port(), &[])?;
+    let mut sessions = Vec::new();
+    for transport in ["tcp", "auto"] {
+        let flags = format!("--transport {transport} --dead-after 1s");
+        let proxy = proxy_command(relay.addr(), sshd.port(), &flags);
+        sessions.push((transport, idle_session(&sshd, &proxy)?));
+    }
+    relay.signal(libc::SIGUSR2)?;
+    relay.wait_for_count("listening on", 2, Duration::from_secs(20))?;
+    let listening = Instant::now();
+    for (transport, ssh) in &sessions {
+        let resumed =
+            ssh.stderr
+                .wait_for(0, "resumeproxy: resumed after", Duration::from_secs(5))?;
+        let after = listening.elapsed();
+        let lines = client_lines(ssh);
+        ensure!(lines.len() == 2, "{transport}: {lines:?}");
+        ensure!(
+            lines[0].ends_with("lost (the relay is restarting), reconnecting…"),
+            "{transport}: {lines:?}"
+        );
+        eprintln!(
+            "{transport}: {}; {resumed} (seen {after:.2?} after the new worker listened)",
+            lines[0]
+        );
+    }
+    let times = relay.log_times("session resumed");
+    let started = relay.log_times("listening on");
+    ensure!(times.len() == 2 && started.len() == 2, "{}", relay.log());
+    for resumed in times {
+        let took = resumed.duration_since(started[1]).unwrap_or_default();
+        ensure!(
+            took <= Duration::from_secs(1),
+            "resumed {took:?} after the new worker listened"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_relay_stopped_for_good_ends_its_clients_after_relay_gone_after() -> Result<()> {
+    let sshd = TestSshd::start()?;
+    let mut relay = RelayProcess::start(sshd.port(), &[])?;
+    let addr = relay.addr();
+    let mut sessions = Vec::new();
+    for transport in ["tcp", "auto"] {
+        let flags = format!("--transport {transport} --dead-after 1s");
+        let proxy = proxy_command(addr, sshd.port(), &flags);
+        sessions.push((transport, idle_session(&sshd, &proxy)?));
+    }
+    // The keeper and its worker gone, and their sockets with them.
+    relay.kill();
+    let killed = Instant::now();
+    let bound = RELAY_GONE_AFTER + Duration::from_secs(10);
+    for (transport, ssh) in &mut sessions {
+        let exit = ssh.wait(bound.saturating_sub(killed.elapsed()))?;
+        let took = killed.elapsed();
+        ensure!(exit.code() == Some(255), "{transport}: ssh {exit}");
+        // ssh's stderr is read on a thread: let it catch up.
+        ssh.stderr
+            .wait_for(0, "is not running", Duration::from_secs(5))?;
+        let lines = client_lines(ssh);
+        let want = format!(
+            "resumeproxy: relay at {addr} is not running (connections refused for {}s); the session is lost",
+            RELAY_GONE_AFTER.as_secs()
+        );
+        ensure!(lines.len() == 2, "{transport}: {lines:?}");
+        ensure!(lines[0].contains("lost ("), "{transport}: {lines:?}");
+        ensure!(lines[1] == want, "{transport}: {lines:?}");
+        ensure!(
+            took >= RELAY_GONE_AFTER && took < RELAY_GONE_AFTER + Duration::from_secs(5),
+            "{transport}: exited {took:?} after the relay was killed"
+        );
+        eprintln!(
+            "{transport}: exit 255 {took:.1?} after the relay was killed: {}",
+            lines[1]
+        );
+    }
+    Ok(())
+}
