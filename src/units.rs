@@ -1,4 +1,4 @@
-//! Durations, sizes and `host:port`, as people write and read them.
+//! Durations, sizes, `host:port` and hex, as people write and read them.
 //!
 //! Every layer speaks to people in the same units — the link says how long
 //! a transport was silent, the relay how long it keeps a session, the client
@@ -29,9 +29,36 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
-/// A duration as [`parse_duration`] reads it back exactly: milliseconds.
+/// A duration as [`parse_duration`] reads it back exactly, in the largest
+/// unit that divides it: `12h`, `90s`, `1500ms`.
 pub fn format_duration_exact(d: Duration) -> String {
-    format!("{}ms", d.as_millis())
+    const UNITS: [(&str, u128); 6] = [
+        ("h", 3_600_000_000_000),
+        ("m", 60_000_000_000),
+        ("s", 1_000_000_000),
+        ("ms", 1_000_000),
+        ("us", 1_000),
+        ("ns", 1),
+    ];
+    let nanos = d.as_nanos();
+    let (unit, scale) = UNITS
+        .into_iter()
+        .find(|(_, scale)| nanos % scale == 0)
+        .unwrap_or(("ns", 1));
+    format!("{}{unit}", nanos / scale)
+}
+
+/// Parses a duration (as [`parse_duration`]) between `min` and `max`.
+pub fn parse_duration_within(text: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if !(min..=max).contains(&d) {
+        return Err(format!(
+            "must be between {} and {}",
+            format_duration_exact(min),
+            format_duration_exact(max)
+        ));
+    }
+    Ok(d)
 }
 
 /// Parses a byte count like `400MiB`, `1G`, `4096`.
@@ -54,6 +81,37 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     };
     n.checked_mul(scale)
         .ok_or_else(|| format!("size too large: {text}"))
+}
+
+/// Parses a byte count (as [`parse_size`]) between `min` and `max`.
+pub fn parse_size_within(text: &str, min: u64, max: u64) -> Result<u64, String> {
+    let size = parse_size(text)?;
+    if !(min..=max).contains(&size) {
+        return Err(format!(
+            "must be between {} and {}",
+            format_size_exact(min),
+            format_size_exact(max)
+        ));
+    }
+    Ok(size)
+}
+
+/// A byte count as [`parse_size`] reads it back exactly, in the largest
+/// unit that divides it: `8MiB`, `128KiB`, `1000`.
+pub fn format_size_exact(n: u64) -> String {
+    const UNITS: [(&str, u32); 4] = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];
+    match UNITS
+        .into_iter()
+        .find(|(_, shift)| n != 0 && n.trailing_zeros() >= *shift)
+    {
+        Some((unit, shift)) => format!("{}{unit}", n >> shift),
+        None => n.to_string(),
+    }
+}
+
+/// Lowercase hex of `bytes`: digests, ids.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Renders a byte count for people: `3.1 MiB`.
@@ -101,9 +159,39 @@ mod tests {
     }
 
     #[test]
-    fn exact_durations_read_back_exactly() {
-        let d = Duration::from_millis(2_345);
+    fn exact_durations_and_sizes_read_back_exactly() {
+        for d in [2_345, 5_000, 90_000, 600_000, 12 * 3_600_000, 0].map(Duration::from_millis) {
+            assert_eq!(parse_duration(&format_duration_exact(d)), Ok(d));
+        }
+        let d = Duration::from_micros(1_500);
         assert_eq!(parse_duration(&format_duration_exact(d)), Ok(d));
+        assert_eq!(format_duration_exact(Duration::from_secs(12 * 3600)), "12h");
+        assert_eq!(format_duration_exact(Duration::from_millis(1500)), "1500ms");
+        for n in [0, 1000, 64 << 10, 8 << 20, 1 << 30, (1 << 20) + 1] {
+            assert_eq!(parse_size(&format_size_exact(n)), Ok(n));
+        }
+        assert_eq!(format_size_exact(128 << 10), "128KiB");
+        assert_eq!(format_size_exact(1 << 30), "1GiB");
+    }
+
+    #[test]
+    fn bounded_values_parse_within_their_bounds() {
+        let (lo, hi) = (Duration::from_millis(500), Duration::from_secs(600));
+        assert!(parse_duration_within("1ms", lo, hi).is_err());
+        assert_eq!(
+            parse_duration_within("2s", lo, hi),
+            Ok(Duration::from_secs(2))
+        );
+        assert_eq!(
+            parse_duration_within("11m", lo, hi),
+            Err("must be between 500ms and 10m".into())
+        );
+        assert_eq!(parse_size_within("8MiB", 64 << 10, 1 << 30), Ok(8 << 20));
+        assert_eq!(
+            parse_size_within("1K", 64 << 10, 1 << 30),
+            Err("must be between 64KiB and 1GiB".into())
+        );
+        assert_eq!(hex(&[0, 0xab, 0x10]), "00ab10");
     }
 
     #[test]

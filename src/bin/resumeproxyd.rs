@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use resumeproxy::cli::config::RelaySettings;
+use resumeproxy::cli::settings::relay::KEY_FILE;
 use resumeproxy::cli::{RelayCli, RelayCommand, ServeArgs};
 use resumeproxy::proto::session::SessionConfig;
 use resumeproxy::relay::durable::keeper::{self, EXIT_CONFIG};
@@ -28,11 +29,13 @@ fn main() -> ExitCode {
 /// Prints the key's fingerprint, making the key if there is none yet (so an
 /// operator can hand the fingerprint to users before the first start).
 fn fingerprint(key_file: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
-    let flags = ServeArgs {
-        key_file,
+    let mut flags = ServeArgs {
         config,
         ..ServeArgs::default()
     };
+    if let Some(key_file) = key_file {
+        flags.settings.set(&KEY_FILE, key_file);
+    }
     let path = match RelaySettings::resolve(&flags) {
         Ok(settings) => settings.key_file,
         Err(e) => {

@@ -1,12 +1,14 @@
 //! The client's command line, `resumeproxy`: connecting (`%h %p`, the
 //! ProxyCommand), and its subcommands (`status`, `resume`, `wrap`, `demo`,
-//! `completions`). Each flag is defined here once, with its help.
+//! `completions`). The flags that are settings come from their definitions
+//! in [`settings::client`](super::settings::client); the others are defined
+//! here, with their help.
 
-use super::parse_dead_after;
-use crate::client::connector::TransportChoice;
+use super::settings::client::ClientTable;
+use super::settings::Given;
 use crate::transport::identity::Fingerprint;
-use crate::units::{format_duration_exact, parse_duration, parse_size};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use crate::units::{parse_duration, parse_size};
+use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -59,37 +61,19 @@ pub struct ConnectArgs {
     pub port: Option<u16>,
 }
 
-/// How the client reaches and trusts its relay. Unset options come from the
-/// config file (`$XDG_CONFIG_HOME/resumeproxy/config.toml`), then from the
-/// built-in defaults: flags win.
+/// How the client reaches and trusts its relay. Unset settings come from
+/// the config file (`$XDG_CONFIG_HOME/resumeproxy/config.toml`), then from
+/// the built-in defaults: flags win. The settings are defined in
+/// [`settings::client`](super::settings::client).
 #[derive(Debug, Clone, Default, Args)]
 pub struct LinkOptions {
-    /// Port of the resumeproxyd relay on HOST [default: 7022].
-    #[arg(long, value_name = "PORT")]
-    pub relay_port: Option<u16>,
-    /// Abandon a link that has delivered nothing for this long (heartbeats flow
-    /// every quarter of it while idle), and reconnect [default: 5s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_dead_after)]
-    pub dead_after: Option<Duration>,
-    /// How to reach the relay: tcp (TLS over TCP), quic (UDP; roams across
-    /// address changes without a resume), or auto (race both, QUIC first;
-    /// fall back to TCP where UDP is blocked) [default: auto].
-    #[arg(long, value_name = "KIND", value_enum)]
-    pub transport: Option<TransportChoice>,
-    /// At start, retry a connection that is refused, reset or cut (with
-    /// jittered backoff, over every transport allowed) until this long has
-    /// passed, then give up with the last attempt's reason [default: 5s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub connect_timeout: Option<Duration>,
+    /// The settings given as flags.
+    #[command(flatten)]
+    pub settings: Given<ClientTable>,
     /// Trust only the relay key with this fingerprint (as printed by
     /// `resumeproxyd fingerprint`), instead of the known_relays file.
     #[arg(long, value_name = "SHA256:…")]
     pub relay_fingerprint: Option<Fingerprint>,
-    /// File of pinned relay keys [default: $XDG_CONFIG_HOME/resumeproxy/known_relays,
-    /// or ~/.config/resumeproxy/known_relays]. A relay not named in it is
-    /// pinned on first use; a relay whose key changed is refused.
-    #[arg(long, value_name = "FILE")]
-    pub known_relays: Option<PathBuf>,
     /// Connect to the relay on this host and ask it for HOST:PORT, which the
     /// relay must allow (--allow); without it, the relay runs on HOST and
     /// PORT is its own target's port.
@@ -99,52 +83,30 @@ pub struct LinkOptions {
     /// ~/.config/resumeproxy/config.toml; see resumeproxy.toml(5)].
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Print only errors: no line when the link is lost or resumed.
-    #[arg(short, long, conflicts_with = "verbose")]
-    pub quiet: bool,
     /// More detail on stderr; repeat for more.
-    #[arg(short, long, action = clap::ArgAction::Count)]
+    #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     pub verbose: u8,
 }
 
 impl LinkOptions {
-    /// The options as command-line arguments (only those set), to pass on.
+    /// The options as command-line arguments (only those given), to pass on.
     pub fn to_args(&self) -> Vec<String> {
-        let mut args = Vec::new();
+        let mut args = self.settings.to_args();
         let mut push = |flag: &str, value: Option<String>| {
             if let Some(value) = value {
                 args.push(flag.to_owned());
                 args.push(value);
             }
         };
-        push("--relay-port", self.relay_port.map(|p| p.to_string()));
-        push("--dead-after", self.dead_after.map(format_duration_exact));
-        push(
-            "--transport",
-            self.transport
-                .and_then(|t| t.to_possible_value())
-                .map(|v| v.get_name().to_owned()),
-        );
-        push(
-            "--connect-timeout",
-            self.connect_timeout.map(format_duration_exact),
-        );
         push(
             "--relay-fingerprint",
             self.relay_fingerprint.map(|f| f.to_string()),
-        );
-        push(
-            "--known-relays",
-            self.known_relays.as_ref().map(|p| p.display().to_string()),
         );
         push("--relay", self.relay.clone());
         push(
             "--config",
             self.config.as_ref().map(|p| p.display().to_string()),
         );
-        if self.quiet {
-            args.push("--quiet".into());
-        }
         for _ in 0..self.verbose {
             args.push("-v".into());
         }

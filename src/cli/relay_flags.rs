@@ -1,14 +1,12 @@
 //! The relay's command line, `resumeproxyd`: serving, and its subcommands
-//! (`fingerprint`, `check-config`). Each flag is defined here once, with its
-//! help.
+//! (`fingerprint`, `check-config`). The flags that are settings come from
+//! their definitions in [`settings::relay`](super::settings::relay); the
+//! others are defined here, with their help.
 
-use super::{parse_max_frame, parse_replay_buffer};
-use crate::relay::target_policy::AllowedTarget;
-use crate::units::parse_duration;
+use super::settings::relay::RelayTable;
+use super::settings::Given;
 use clap::{Args, Parser, Subcommand};
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// `resumeproxyd`: the relay.
 #[derive(Debug, Parser)]
@@ -74,67 +72,19 @@ pub enum RelayCommand {
     },
 }
 
-/// Options for serving clients. Unset options come from the config file
+/// Options for serving clients. Unset settings come from the config file
 /// (`/etc/resumeproxy/resumeproxyd.toml`, or `--config`), then from the
-/// built-in defaults: flags win.
+/// built-in defaults: flags win. The settings are defined in
+/// [`settings::relay`](super::settings::relay).
 #[derive(Debug, Clone, Default, Args)]
 pub struct ServeArgs {
     /// Config file [default: /etc/resumeproxy/resumeproxyd.toml, if it
     /// exists; see resumeproxy.toml(5)].
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// Address and port to listen on for clients [default: 0.0.0.0:7022].
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub listen: Option<SocketAddr>,
-    /// Where sessions go by default; clients that name no host may ask only
-    /// for this port [default: 127.0.0.1:22].
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub target: Option<SocketAddr>,
-    /// Also allow clients to ask for this target by name (bastion mode);
-    /// repeatable, adds to the config file's list. Nothing else is ever
-    /// connected to.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub allow: Vec<AllowedTarget>,
-    /// Keep a session whose client is away this long, then close its sshd
-    /// connection [default: 12h].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub grace: Option<Duration>,
-    /// The relay's private key, made (mode 0600) on first start if missing
-    /// [default: $STATE_DIRECTORY/relay.key under systemd,
-    /// /var/lib/resumeproxy/relay.key as root, else
-    /// ~/.local/state/resumeproxy/relay.key].
-    #[arg(long, value_name = "PATH")]
-    pub key_file: Option<PathBuf>,
-    /// Longest time a connection may take from accept to a complete
-    /// handshake, TLS and request [default: 10s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub handshake_timeout: Option<Duration>,
-    /// Most sessions at once, connected or not [default: 1024].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_sessions: Option<u32>,
-    /// Most sessions whose client is away, at once; new sessions are refused
-    /// beyond it [default: 256].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_detached: Option<u32>,
-    /// Most sessions from one client address, connected or not: one source
-    /// cannot take every session [default: 64].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_sessions_per_source: Option<u32>,
-    /// Most connections still in their handshake, at once [default: 512].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_handshakes: Option<u32>,
-    /// Most connections still in their handshake from one source address
-    /// [default: 16].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_handshakes_per_source: Option<u32>,
-    /// Unacknowledged bytes kept per session for replay towards the client;
-    /// reading from sshd pauses when it is full (64KiB to 1GiB) [default: 8MiB].
-    #[arg(long, value_name = "SIZE", value_parser = parse_replay_buffer)]
-    pub replay_buffer: Option<u64>,
-    /// Largest data frame either side may send (1KiB to 128KiB)
-    /// [default: 128KiB].
-    #[arg(long, value_name = "SIZE", value_parser = parse_max_frame)]
-    pub max_frame: Option<u64>,
+    /// The settings given as flags.
+    #[command(flatten)]
+    pub settings: Given<RelayTable>,
     /// More detail in the log; repeat for more (overrides the config file's
     /// log_level).
     #[arg(short, long, action = clap::ArgAction::Count)]
