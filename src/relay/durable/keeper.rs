@@ -61,10 +61,22 @@ struct Kept {
 enum Plan {
     /// Keep it running; start a new one if it dies.
     Run,
-    /// Start the binary from disk again once this worker has stopped.
-    Upgrade,
-    /// Stop for good once the worker has ended its sessions.
+    /// Start the binary from disk again once this worker has stopped
+    /// (asked to at `since`).
+    Upgrade { since: Instant },
+    /// Stop for good once the worker has ended its sessions (asked to at
+    /// `since`).
     Stop { since: Instant },
+}
+
+impl Plan {
+    /// When the worker was asked to stop, if it was.
+    fn stop_asked(self) -> Option<Instant> {
+        match self {
+            Plan::Run => None,
+            Plan::Upgrade { since } | Plan::Stop { since } => Some(since),
+        }
+    }
 }
 
 /// The running keeper.
@@ -131,8 +143,8 @@ impl Keeper {
     fn serve(mut self) -> io::Result<ExitCode> {
         self.start_worker()?;
         loop {
-            let timeout = match self.plan {
-                Plan::Stop { since } => {
+            let timeout = match self.plan.stop_asked() {
+                Some(since) => {
                     let left = STOP_TIMEOUT.saturating_sub(since.elapsed());
                     if left.is_zero() {
                         if let Some(pid) = self.worker {
@@ -145,7 +157,7 @@ impl Keeper {
                     }
                     i32::try_from(left.as_millis().max(100)).unwrap_or(i32::MAX)
                 }
-                _ => -1,
+                None => -1,
             };
             let mut fds = [
                 libc::pollfd {
@@ -169,7 +181,7 @@ impl Keeper {
                 return Err(err);
             }
             if fds[1].revents != 0 {
-                self.receive();
+                self.drain();
             }
             if fds[0].revents != 0 {
                 if let Some(code) = self.on_signal()? {
@@ -218,7 +230,9 @@ impl Keeper {
                         "upgrading: restarting the worker from {}",
                         self.exe.display()
                     );
-                    self.plan = Plan::Upgrade;
+                    self.plan = Plan::Upgrade {
+                        since: Instant::now(),
+                    };
                     if let Some(pid) = self.worker {
                         signal(pid, libc::SIGTERM);
                     }
@@ -247,6 +261,9 @@ impl Keeper {
             if Some(pid) != self.worker {
                 continue;
             }
+            // What it said before it died still counts: a session it kept
+            // just before a crash must reach the next worker.
+            self.drain();
             self.worker = None;
             let how = describe_exit(status);
             match self.plan {
@@ -254,7 +271,7 @@ impl Keeper {
                     tracing::info!("the worker {how}; stopped");
                     return Ok(Some(exit_code(status)));
                 }
-                Plan::Upgrade => {
+                Plan::Upgrade { .. } => {
                     self.plan = Plan::Run;
                     self.failed_starts = 0;
                 }
@@ -291,7 +308,13 @@ impl Keeper {
     }
 
     /// Receives one notify message from the worker.
-    fn receive(&mut self) {
+    /// Receives every notify message waiting.
+    fn drain(&mut self) {
+        while self.receive() {}
+    }
+
+    /// Receives one notify message from the worker; false when none waits.
+    fn receive(&mut self) -> bool {
         let mut payload = [0u8; MAX_MESSAGE];
         let mut iov = libc::iovec {
             iov_base: payload.as_mut_ptr().cast(),
@@ -319,7 +342,7 @@ impl Keeper {
             )
         };
         if n < 0 {
-            return;
+            return false;
         }
         let mut fds = Vec::new();
         let mut sender = None;
@@ -354,10 +377,11 @@ impl Keeper {
                     self.dropped_messages
                 );
             }
-            return;
+            return true;
         }
         let text = String::from_utf8_lossy(&payload[..n as usize]).into_owned();
         self.apply(&text, fds);
+        true
     }
 
     /// Carries out one message of the notify protocol.
