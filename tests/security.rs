@@ -20,7 +20,9 @@
 //!   `--relay-fingerprint` likewise; and a live session whose relay comes back
 //!   with another key ends the same way instead of resuming.
 //! * **Hostile traffic does not stop a real session.** 1,000 idle connections
-//!   from one address (only `--max-handshakes-per-source` are even admitted),
+//!   from one address (only `--max-handshakes-per-source` hold a place at a
+//!   time and as many wait; the rest are turned away at once, and the
+//!   silent ones give their places up to those waiting),
 //!   garbage before TLS, inside TLS and after a session is open, a
 //!   slowloris ClientHello trickled a byte a second, and a TLS connection
 //!   that never says hello: the relay stays up, answers each with a refusal
@@ -865,14 +867,17 @@ fn tcp_from(relay: SocketAddr, source: IpAddr) -> Result<std::net::TcpStream> {
     Ok(socket.into())
 }
 
-/// Whether the peer has closed `stream` (EOF or reset); `stream` is
+/// Whether the peer has closed `stream` (EOF or reset), reading past what
+/// it said first (a connection turned away gets a TLS alert); `stream` is
 /// non-blocking and never sent anything to.
 fn closed_by_peer(mut stream: &std::net::TcpStream) -> bool {
-    let mut byte = [0u8; 1];
-    match stream.read(&mut byte) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    let mut buf = [0u8; 64];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) => return e.kind() != std::io::ErrorKind::WouldBlock,
+        }
     }
 }
 
@@ -997,7 +1002,9 @@ async fn hostile_traffic_neither_crashes_the_relay_nor_stops_a_session() -> Resu
     });
 
     // 1,000 idle connections from one address: the relay admits its
-    // per-source allowance and drops the rest at once.
+    // per-source allowance, lets as many wait, and turns the rest away at
+    // once; a second later the silent ones it admitted give their places to
+    // those waiting, which hold them until the handshake timeout.
     // The first connections are the ones admitted: their clock starts now.
     let opened = Instant::now();
     let idle = tokio::task::block_in_place(|| -> Result<Vec<std::net::TcpStream>> {
@@ -1020,7 +1027,7 @@ async fn hostile_traffic_neither_crashes_the_relay_nor_stops_a_session() -> Resu
     assert_eq!(open, per_source, "idle connections the relay holds");
     relay.wait_for_log(
         &format!(
-            "{per_source} handshakes in progress from 127.0.0.2 (--max-handshakes-per-source)"
+            "{per_source} handshakes in progress from 127.0.0.2 and {per_source} more waiting (--max-handshakes-per-source)"
         ),
         EVENT_TIMEOUT,
     )?;
@@ -1096,6 +1103,7 @@ async fn hostile_traffic_neither_crashes_the_relay_nor_stops_a_session() -> Resu
         handshake_timeout.as_secs_f64()
     );
     relay.wait_for_count(&timed_out, per_source + 2, EVENT_TIMEOUT)?;
+    relay.wait_for_log("connection evicted: it sent nothing within", EVENT_TIMEOUT)?;
     let (lasted, sent) = slow.await??;
     assert!(
         lasted < handshake_timeout + Duration::from_secs(3),

@@ -210,8 +210,13 @@ fn status_line(handle: &RelayHandle) -> String {
     } else {
         String::new()
     };
+    let waiting = if c.waiting > 0 {
+        format!(" ({} more waiting)", c.waiting)
+    } else {
+        String::new()
+    };
     format!(
-        "STATUS={} sessions ({} detached), {} handshakes in progress{restored}",
+        "STATUS={} sessions ({} detached), {} handshakes in progress{waiting}{restored}",
         c.sessions, c.detached, c.handshakes
     )
 }

@@ -131,11 +131,22 @@ pub enum ClientEvent {
     },
 }
 
+/// What to check when the relay could not be reached — unless the relay
+/// itself answered (its reasons start "the relay …": at a connection
+/// limit, say), when it is running and listening after all.
+fn unreachable_hint(reason: &str) -> &'static str {
+    if reason.starts_with("the relay ") {
+        ""
+    } else {
+        " (is resumeproxyd running there, and is --relay-port right?)"
+    }
+}
+
 /// How the client ended badly; every one means exit status 255 for ssh.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The relay could not be reached at the start.
-    #[error("cannot reach relay at {addr}: {reason} (is resumeproxyd running there, and is --relay-port right?)")]
+    #[error("cannot reach relay at {addr}: {reason}{}", unreachable_hint(reason))]
     Unreachable {
         /// host:port
         addr: String,

@@ -6,6 +6,7 @@
 //! new transport to its session's task. All of it within the handshake
 //! timeout; every refusal goes back to the client with a code and a reason.
 
+use super::admission::{Slot, Ticket, SILENT_AFTER};
 use super::durable::crash::{self, Point};
 use super::durable::record::{Fixed, SessionRecord};
 use super::durable::session_name;
@@ -52,37 +53,86 @@ pub(super) enum AcceptError {
     Timeout(Duration),
     #[error("{0}")]
     Refused(String),
+    /// It sent nothing within [`SILENT_AFTER`], and another connection
+    /// needed its place.
+    #[error(
+        "evicted: it sent nothing within {}, and another connection needed its place",
+        format_duration(SILENT_AFTER)
+    )]
+    Evicted,
 }
 
-/// Reads one connection's handshake and opens or resumes its session.
+/// Where a new connection stands with [admission](super::admission).
+pub(super) enum Place {
+    /// It holds a place.
+    Now(Slot),
+    /// It waits in line for one.
+    Queued(Ticket),
+}
+
+/// Reads one connection's handshake and opens or resumes its session, all
+/// within the handshake timeout from `accepted` (time in line included),
+/// holding its place until then.
 pub(super) async fn accept(
     connection: Incoming,
     peer: SocketAddr,
+    place: Place,
+    accepted: tokio::time::Instant,
     shared: Arc<Shared>,
 ) -> Result<(), AcceptError> {
     let limit = shared.config().limits.handshake_timeout;
-    let deadline = tokio::time::Instant::now() + limit;
+    let deadline = accepted + limit;
     let handshake = async {
+        let slot = match place {
+            Place::Now(slot) => slot,
+            Place::Queued(ticket) => ticket.wait().await,
+        };
         let mut transport = match connection {
-            Incoming::Tcp(stream) => accept_tls(stream, &shared).await?,
+            Incoming::Tcp(stream) => accept_tls(stream, &slot, accepted, &shared).await?,
             Incoming::Quic(incoming) => quic::accept(*incoming).await.map_err(AcceptError::Quic)?,
         };
         let hello = handshake::relay(&mut transport).await?;
-        Ok::<_, AcceptError>((transport, hello))
+        Ok::<_, AcceptError>((transport, hello, slot))
     };
-    let (transport, hello) = tokio::time::timeout_at(deadline, handshake)
+    let (transport, hello, _slot) = tokio::time::timeout_at(deadline, handshake)
         .await
         .map_err(|_| AcceptError::Timeout(limit))??;
     serve(transport, hello, peer, &shared).await
 }
 
-/// Completes the TLS handshake of a TCP connection.
-async fn accept_tls(stream: TcpStream, shared: &Shared) -> Result<Transport, AcceptError> {
+/// Completes the TLS handshake of a TCP connection. Until its first byte
+/// comes, the connection may lose its place to another (see
+/// [`Slot::silent`]).
+async fn accept_tls(
+    stream: TcpStream,
+    slot: &Slot,
+    accepted: tokio::time::Instant,
+    shared: &Shared,
+) -> Result<Transport, AcceptError> {
     let mut first = [0u8; 1];
-    let n = stream
-        .peek(&mut first)
-        .await
-        .map_err(HandshakeError::from)?;
+    let silent_at = accepted + SILENT_AFTER;
+    let mut said_silent = false;
+    let n = loop {
+        tokio::select! {
+            biased;
+            n = stream.peek(&mut first) => break n.map_err(HandshakeError::from)?,
+            () = slot.evicted() => {
+                turn_away(&stream);
+                return Err(AcceptError::Evicted);
+            }
+            () = tokio::time::sleep_until(silent_at), if !said_silent => {
+                said_silent = true;
+                if slot.silent() {
+                    turn_away(&stream);
+                    return Err(AcceptError::Evicted);
+                }
+            }
+        }
+    };
+    if !slot.spoke() {
+        turn_away(&stream);
+        return Err(AcceptError::Evicted);
+    }
     if n == 0 || first[0] != TLS_HANDSHAKE_RECORD {
         // An ssh client pointed at this port, a scanner: say what this is.
         let mut stream = stream;
@@ -92,6 +142,28 @@ async fn accept_tls(stream: TcpStream, shared: &Shared) -> Result<Transport, Acc
     tls::accept(stream, &shared.acceptor)
         .await
         .map_err(AcceptError::Tls)
+}
+
+/// A TLS alert record, fatal `user_canceled`: "the handshake is cancelled
+/// for a reason that is not a protocol failure". The client reads it as
+/// the relay being at a connection limit.
+const TURNED_AWAY_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 90];
+
+/// Tells a TCP connection the relay will not take it (a TLS alert) and
+/// ends it, without waiting for anything: the caller drops it.
+pub(super) fn turn_away(stream: &TcpStream) {
+    let socket = socket2::SockRef::from(stream);
+    // Read what already came (its TLS hello): closing a socket with unread
+    // bytes resets the connection, and the reset can overtake the alert.
+    let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+    for _ in 0..4 {
+        match socket.recv(&mut scratch) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+    let _ = socket.send(&TURNED_AWAY_ALERT);
+    let _ = socket.shutdown(std::net::Shutdown::Write);
 }
 
 /// Opens or resumes the session a client's hello asks for.

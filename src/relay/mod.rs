@@ -10,7 +10,9 @@
 //! connection and the session's link.
 //!
 //! Every input is hostile until proven otherwise: connections in their
-//! handshake are bounded in number (`admission.rs`) and time; sessions and
+//! handshake are bounded in number (`admission.rs`: a connection without a
+//! place waits in line, and one that says nothing gives its place up) and
+//! time; sessions and
 //! detached sessions are bounded; a resume must prove the session's secret
 //! ([`resume_auth`](crate::proto::resume_auth)), and an address that keeps
 //! failing is refused for a while. At a limit the relay refuses the new
@@ -39,13 +41,14 @@ use crate::proto::resume_auth::FailureLimiter;
 use crate::proto::session::SessionConfig;
 use crate::transport::quic;
 use crate::units::format_duration;
-use accept::Incoming;
-use admission::{Admission, Full};
+use accept::{AcceptError, Incoming};
+use admission::{Admission, Admit, Full, SILENT_AFTER};
 use durable::Store;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 use table::SessionTable;
@@ -103,10 +106,10 @@ impl Default for Limits {
         Limits {
             handshake_timeout: Duration::from_secs(10),
             max_sessions: 1024,
-            max_detached: 256,
-            max_sessions_per_source: 64,
+            max_detached: 512,
+            max_sessions_per_source: 256,
             max_handshakes: 512,
-            max_handshakes_per_source: 16,
+            max_handshakes_per_source: 64,
         }
     }
 }
@@ -142,6 +145,8 @@ struct Shared {
     table: Arc<SessionTable>,
     /// Connections in their handshake.
     admission: Arc<Admission>,
+    /// Connections evicted from their place for another, so far.
+    evicted: AtomicU64,
     /// Failed resumes per source address.
     failures: Mutex<FailureLimiter>,
     /// Cancelled when the relay shuts down.
@@ -181,6 +186,8 @@ pub struct RelayCounts {
     pub detached: usize,
     /// Connections in their handshake.
     pub handshakes: usize,
+    /// Connections waiting for a place to start it.
+    pub waiting: usize,
     /// Sessions carried on from an earlier process at start.
     pub restored: usize,
 }
@@ -199,6 +206,7 @@ impl RelayHandle {
             sessions: self.shared.table.len(),
             detached: self.shared.table.detached(),
             handshakes: self.shared.admission.in_progress(),
+            waiting: self.shared.admission.waiting(),
             restored: self.restored,
         }
     }
@@ -274,6 +282,7 @@ impl Relay {
             config: RwLock::new(Arc::new(config)),
             table: Arc::default(),
             admission: Admission::new(limits.max_handshakes, limits.max_handshakes_per_source),
+            evicted: AtomicU64::new(0),
             failures: Mutex::default(),
             stop: CancellationToken::new(),
             stop_mode: std::sync::OnceLock::new(),
@@ -341,26 +350,31 @@ impl Relay {
                     (Incoming::Quic(Box::new(incoming)), peer)
                 }
             };
-            let slot = match self.shared.admission.admit(peer.ip()) {
-                Ok(slot) => slot,
+            let accepted = tokio::time::Instant::now();
+            let place = match self.shared.admission.admit(peer.ip()) {
+                Ok(Admit::Now(slot) | Admit::Evicted(slot)) => accept::Place::Now(slot),
+                Ok(Admit::Queued(ticket)) => accept::Place::Queued(ticket),
                 Err(full) => {
-                    // Dropping the connection is the answer: nothing about
-                    // it is known yet, and answering costs more than it did.
-                    if let Incoming::Quic(incoming) = connection {
-                        incoming.ignore();
+                    // Turned away at once, with a word the client can read
+                    // (a TLS alert, QUIC's refusal) and nothing more: nothing
+                    // about the connection is known yet, and answering must
+                    // not cost more than it did.
+                    match connection {
+                        Incoming::Tcp(stream) => accept::turn_away(&stream),
+                        Incoming::Quic(incoming) => incoming.refuse(),
                     }
                     refused_full += 1;
                     if refused_full.is_power_of_two() {
                         let why = match full {
                             Full::Total(n) => {
-                                format!("{n} handshakes in progress (--max-handshakes)")
+                                format!("{n} connections waiting for a place to start their handshake (--max-handshakes)")
                             }
                             Full::Source(n) => format!(
-                                "{n} handshakes in progress from {} (--max-handshakes-per-source)",
+                                "{n} handshakes in progress from {} and {n} more waiting (--max-handshakes-per-source)",
                                 peer.ip()
                             ),
                         };
-                        tracing::warn!(client = %peer, "connection dropped: {why}; {refused_full} dropped so far");
+                        tracing::warn!(client = %peer, "connection turned away: {why}; {refused_full} turned away so far");
                     }
                     continue;
                 }
@@ -369,14 +383,20 @@ impl Relay {
             self.shared.tasks.spawn(async move {
                 let stop = shared.stop.clone();
                 tokio::select! {
-                    result = accept::accept(connection, peer, shared) => {
-                        if let Err(e) = result {
-                            tracing::info!(client = %peer, "connection refused: {e}");
+                    result = accept::accept(connection, peer, place, accepted, Arc::clone(&shared)) => {
+                        match result {
+                            Ok(()) => {}
+                            Err(AcceptError::Evicted) => {
+                                let n = shared.evicted.fetch_add(1, Ordering::Relaxed) + 1;
+                                if n.is_power_of_two() {
+                                    tracing::info!(client = %peer, "connection evicted: it sent nothing within {}, and another connection needed its place; {n} evicted so far", format_duration(SILENT_AFTER));
+                                }
+                            }
+                            Err(e) => tracing::info!(client = %peer, "connection refused: {e}"),
                         }
                     }
                     () = stop.cancelled() => {}
                 }
-                drop(slot);
             });
         };
         drop(self.listener);

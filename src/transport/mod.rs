@@ -128,6 +128,11 @@ pub enum ConnectError {
     /// QUIC failed: no answer over UDP, or its handshake failed.
     #[error("QUIC: {0}")]
     Quic(String),
+    /// The relay answered and turned the connection away before its
+    /// handshake: it is at a limit of connections in their handshake.
+    /// Another attempt, a moment later, may pass.
+    #[error("the relay turned the connection away: it is at its limit of connections being set up (its log says which)")]
+    TurnedAway,
 }
 
 impl ConnectError {
@@ -135,7 +140,7 @@ impl ConnectError {
     pub fn tls_error(&self) -> Option<&rustls::Error> {
         match self {
             ConnectError::Tls(e) => e.get_ref()?.downcast_ref::<rustls::Error>(),
-            ConnectError::Tcp(_) | ConnectError::Quic(_) => None,
+            ConnectError::Tcp(_) | ConnectError::Quic(_) | ConnectError::TurnedAway => None,
         }
     }
 }

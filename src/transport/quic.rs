@@ -280,6 +280,13 @@ fn connect_error(e: quinn::ConnectionError) -> ConnectError {
         quinn::ConnectionError::TimedOut => {
             ConnectError::Quic("no answer over UDP (is UDP blocked on the way?)".into())
         }
+        // What the relay answers at its limit of connections in their
+        // handshake.
+        quinn::ConnectionError::ConnectionClosed(close)
+            if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+        {
+            ConnectError::TurnedAway
+        }
         other => ConnectError::Quic(other.to_string()),
     }
 }

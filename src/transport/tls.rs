@@ -191,7 +191,13 @@ pub async fn connect(
     let stream = tokio::time::timeout_at(deadline, TlsConnector::from(tls).connect(name, tcp))
         .await
         .map_err(|_| ConnectError::Tls(timed_out()))?
-        .map_err(ConnectError::Tls)?;
+        .map_err(|e| {
+            if turned_away(&e) {
+                ConnectError::TurnedAway
+            } else {
+                ConnectError::Tls(e)
+            }
+        })?;
     let binding =
         channel_binding(stream.get_ref().1).map_err(|e| ConnectError::Tls(io::Error::other(e)))?;
     let relay_key = stream
@@ -204,6 +210,16 @@ pub async fn connect(
         .with_path(FixedPath { peer, local });
     transport.relay_key = relay_key;
     Ok(transport)
+}
+
+/// Whether a failed handshake is the relay's way of turning a connection
+/// away at a limit: a fatal `user_canceled` alert before its first answer
+/// ("cancelled for a reason that is not a protocol failure").
+fn turned_away(e: &io::Error) -> bool {
+    matches!(
+        e.get_ref().and_then(|e| e.downcast_ref::<Error>()),
+        Some(Error::AlertReceived(rustls::AlertDescription::UserCanceled))
+    )
 }
 
 /// Completes the relay's side of the TLS handshake on an accepted

@@ -123,7 +123,8 @@ pub const MAX_HANDSHAKES_PER_SOURCE: Setting<Count> = Setting {
     key: "max_handshakes_per_source",
     flag: Flag::Long("max-handshakes-per-source"),
     kind: Count { min: 1 },
-    doc: "Most connections still in their handshake from one source address",
+    doc: "Most connections still in their handshake from one source address; as many more wait \
+          for a place, and one that has sent nothing for a second gives its place up to them",
     default: Fallback::Is(|| Limits::default().max_handshakes_per_source),
     reload: true,
 };
