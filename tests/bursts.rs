@@ -502,7 +502,7 @@ fn a_client_turned_away_at_a_limit_hears_why() -> Result<()> {
     ensure!(
         last == format!(
             "resumeproxy: cannot reach relay at {}: the relay turned the connection away: \
-             it is at its limit of connections being set up (its log says which)",
+             it is at its limit of connections being set up, its log says which",
             relay.addr()
         ),
         "{stderr}"

@@ -176,14 +176,47 @@ fn wrap(options: &LinkOptions, command: &[String]) -> ExitCode {
     }
 }
 
+/// Logging to stderr, which is the user's terminal (through ssh). At the
+/// default verbosity only this program speaks, in its own lines
+/// (`resumeproxy: …`); the libraries' logs (quinn, rustls) and the log's
+/// levels appear with `-v` or `RESUMEPROXY_LOG`.
 fn init_logging(verbose: u8, quiet: bool) {
     let filter = match (quiet, verbose) {
-        (true, _) => "error",
-        (false, 0) => "warn",
+        (true, _) => "resumeproxy=error",
+        (false, 0) => "resumeproxy=warn",
         (false, 1) => "resumeproxy=debug,info",
         (false, _) => "trace",
     };
-    resumeproxy::cli::init_logging(filter, false);
+    if verbose > 0 || std::env::var_os("RESUMEPROXY_LOG").is_some() {
+        resumeproxy::cli::init_logging(filter, false);
+        return;
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .event_format(OwnLines)
+        .init();
+}
+
+/// Formats a log event as one of this program's own lines:
+/// `resumeproxy: MESSAGE`.
+struct OwnLines;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for OwnLines
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        write!(writer, "resumeproxy: ")?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }
 
 async fn connect(args: ConnectArgs) -> ExitCode {
@@ -256,9 +289,12 @@ async fn connect(args: ConnectArgs) -> ExitCode {
         }
         match event {
             ClientEvent::Connected { .. } => {}
-            ClientEvent::StartSlow { relay, reason } => say(&format!(
-                "relay at {relay} not answering yet ({reason}), retrying…"
-            )),
+            ClientEvent::StartSlow { relay, reason } => match reason {
+                Some(reason) => say(&format!(
+                    "relay at {relay} not answering yet ({reason}), retrying…"
+                )),
+                None => say(&format!("relay at {relay} not answering yet, retrying…")),
+            },
             ClientEvent::Pinned {
                 relay,
                 fingerprint,

@@ -105,8 +105,8 @@ pub enum ClientEvent {
     StartSlow {
         /// `host:port`.
         relay: String,
-        /// Why the latest attempt failed.
-        reason: String,
+        /// Why the latest attempt failed, if one has.
+        reason: Option<String>,
     },
     /// The session is open.
     Connected {

@@ -13,7 +13,7 @@ use crate::proto::backoff::Backoff;
 use crate::proto::wire::{Code, Hello, Reply, SessionId, SECRET_LEN};
 use crate::transport::identity::Fingerprint;
 use crate::transport::tls::{self, PinVerifier};
-use crate::transport::{ConnectError, Transport};
+use crate::transport::{describe, ConnectError, Transport};
 use crate::units::format_duration;
 use std::future::Future;
 use std::pin::{pin, Pin};
@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 /// After this long without a session at start, the user hears why the
 /// client is still trying.
 pub(super) const START_SLOW_AFTER: Duration = Duration::from_secs(1);
+/// What a refused connection says.
+const NOT_LISTENING: &str = "connection refused: nothing listens on its port";
+
 /// The last attempt at start has at least this long before the connect
 /// timeout.
 const LAST_ATTEMPT: Duration = Duration::from_millis(100);
@@ -211,7 +214,7 @@ impl SlowStart {
         }
         on_event(ClientEvent::StartSlow {
             relay: self.relay.clone(),
-            reason: self.last.clone().unwrap_or_else(|| "no answer yet".into()),
+            reason: self.last.clone(),
         });
     }
 
@@ -317,15 +320,15 @@ fn connect_failure(e: &ConnectError) -> OpenError {
         Some(rustls::Error::NoApplicationProtocol) => {
             return OpenError::Unusable("it speaks TLS but not the resumeproxy protocol".into())
         }
-        Some(other) => return OpenError::Unusable(format!("TLS handshake failed: {other}")),
+        Some(other) => return OpenError::Unusable(describe::tls_error(other)),
         None => {}
     }
     match e {
         ConnectError::Tcp(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
-            OpenError::NotListening("connection refused: nothing listens on its port".into())
+            OpenError::NotListening(NOT_LISTENING.into())
         }
         ConnectError::Tls(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => OpenError::Io(
-            "the relay closed the connection during the TLS handshake (it may be at a connection limit; see its log)".into(),
+            "the relay closed the connection during the TLS handshake: it may be at a connection limit, see its log".into(),
         ),
         _ => OpenError::Io(e.to_string()),
     }

@@ -11,7 +11,7 @@ use super::trust::Expectation;
 use super::waits::Interrupt;
 use super::{Client, ClientConfig, ClientError, ClientEvent, ClientReport};
 use crate::link::handshake;
-use crate::link::Step;
+use crate::link::{Outcome, Step};
 use crate::proto::backoff::Backoff;
 use crate::proto::resume_auth;
 use crate::proto::wire::{Code, Hello, Reply, SessionId, SECRET_LEN};
@@ -152,7 +152,10 @@ where
                 Step::Link(outcome) => {
                     return AfterDetached::Ended(Err(ClientError::Protocol {
                         addr: self.addr.clone(),
-                        reason: format!("link ended while detached: {outcome:?}"),
+                        reason: format!(
+                            "the link ended while detached ({})",
+                            outcome_words(&outcome)
+                        ),
                     }))
                 }
             }
@@ -331,5 +334,15 @@ async fn resume_once(config: &ClientConfig, connector: &Connector, resume: &Resu
             "relay answered a resume as a new session".into(),
         )),
         Err(e) => Attempt::Failed(open::handshake_failure(&e)),
+    }
+}
+
+/// How a link ended, in words (for what should never happen).
+fn outcome_words(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Finished => "finished".into(),
+        Outcome::PeerClosed(_, reason) => format!("closed by the relay: {reason}"),
+        Outcome::TransportLost(reason) => format!("lost: {reason}"),
+        Outcome::Protocol(reason) => format!("protocol error: {reason}"),
     }
 }

@@ -22,7 +22,7 @@ pub const NOT_A_CLIENT_NOTICE: &[u8] =
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
     /// The transport failed or closed.
-    #[error("{0}")]
+    #[error("{}", crate::transport::describe::io_error(.0))]
     Io(#[from] io::Error),
     /// The peer sent something that is not the protocol.
     #[error("{0}")]

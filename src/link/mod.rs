@@ -20,7 +20,7 @@ pub mod handshake;
 use crate::proto::session::Session;
 use crate::proto::wire::{split_message_within, Code, Frame, MAX_DATA_LEN};
 use crate::proto::write_queue::{WriteQueue, MAX_IO_SLICES};
-use crate::transport::{Transport, TRANSPORT_READ_SIZE};
+use crate::transport::{describe, Transport, TRANSPORT_READ_SIZE};
 use crate::units::format_duration;
 use std::future::{poll_fn, Future};
 use std::io::IoSlice;
@@ -157,7 +157,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
                     let was_queued = t.write_queue.len();
                     match poll_write_queue(cx, t) {
                         Ok(_) => progress |= t.write_queue.len() != was_queued,
-                        Err(e) => return Poll::Ready(Outcome::TransportLost(e.to_string())),
+                        Err(e) => {
+                            return Poll::Ready(Outcome::TransportLost(describe::io_error(&e)))
+                        }
                     }
                     if self.local_output_settled() && t.write_queue.is_empty() {
                         if let Some((code, reason)) = self.session.peer_close() {
@@ -256,7 +258,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
                 self.session.heard(now);
                 self.parse_frames(t, now)?;
             }
-            Poll::Ready(Err(e)) => return Err(Outcome::TransportLost(e.to_string())),
+            Poll::Ready(Err(e)) => return Err(Outcome::TransportLost(describe::io_error(&e))),
         }
         Ok(progress)
     }

@@ -15,6 +15,7 @@
 //! client's own addresses (`addresses.rs`) tell it when a path has left the machine.
 
 pub(crate) mod addresses;
+pub mod describe;
 pub mod identity;
 pub mod net_events;
 pub(crate) mod quic;
@@ -120,18 +121,19 @@ impl fmt::Debug for Transport {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// TCP failed: refused, unreachable, timed out.
-    #[error("{0}")]
+    #[error("{}", describe::io_error(.0))]
     Tcp(io::Error),
     /// TCP worked, the TLS handshake did not.
-    #[error("TLS handshake failed: {0}")]
+    #[error("TLS handshake failed: {}", describe::io_error(.0))]
     Tls(io::Error),
-    /// QUIC failed: no answer over UDP, or its handshake failed.
-    #[error("QUIC: {0}")]
+    /// QUIC failed: no answer over UDP, or its handshake failed (in words,
+    /// see [`describe`]).
+    #[error("{0}")]
     Quic(String),
     /// The relay answered and turned the connection away before its
     /// handshake: it is at a limit of connections in their handshake.
     /// Another attempt, a moment later, may pass.
-    #[error("the relay turned the connection away: it is at its limit of connections being set up (its log says which)")]
+    #[error("the relay turned the connection away: it is at its limit of connections being set up, its log says which")]
     TurnedAway,
 }
 

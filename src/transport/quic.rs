@@ -19,6 +19,7 @@
 //! flow-control windows are sized for bulk transfers over long fat links.
 
 use super::addresses;
+use super::describe;
 use super::identity::Fingerprint;
 use super::tls::BINDING_LABEL;
 use super::{ConnectError, NetworkPath, Transport, TransportKind};
@@ -277,9 +278,6 @@ impl NetworkPath for QuicPath {
 /// A QUIC connection that failed, in words.
 fn connect_error(e: quinn::ConnectionError) -> ConnectError {
     match e {
-        quinn::ConnectionError::TimedOut => {
-            ConnectError::Quic("no answer over UDP (is UDP blocked on the way?)".into())
-        }
         // What the relay answers at its limit of connections in their
         // handshake.
         quinn::ConnectionError::ConnectionClosed(close)
@@ -287,7 +285,7 @@ fn connect_error(e: quinn::ConnectionError) -> ConnectError {
         {
             ConnectError::TurnedAway
         }
-        other => ConnectError::Quic(other.to_string()),
+        other => ConnectError::Quic(describe::quic_error(&other)),
     }
 }
 
@@ -314,8 +312,8 @@ impl QuicClient {
         tls: Arc<rustls::ClientConfig>,
         dead_after: Duration,
     ) -> Result<Transport, ConnectError> {
-        let crypto =
-            QuicClientConfig::try_from(tls).map_err(|e| ConnectError::Quic(e.to_string()))?;
+        let crypto = QuicClientConfig::try_from(tls)
+            .map_err(|e| ConnectError::Quic(format!("cannot set up QUIC: {e}")))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(transport_config(
             End::Client,
@@ -327,15 +325,15 @@ impl QuicClient {
         let connecting = self
             .endpoint
             .connect_with(config, addr, &name)
-            .map_err(|e| ConnectError::Quic(e.to_string()))?;
+            .map_err(|e| ConnectError::Quic(format!("cannot start a QUIC connection: {e}")))?;
         let connection = connecting.await.map_err(connect_error)?;
         let (send, recv) = connection.open_bi().await.map_err(connect_error)?;
         let relay_key = connection
             .peer_identity()
             .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
             .and_then(|certs| certs.first().map(|key| Fingerprint::of_spki(key.as_ref())));
-        let mut transport =
-            transport(connection, send, recv).map_err(|e| ConnectError::Quic(e.to_string()))?;
+        let mut transport = transport(connection, send, recv)
+            .map_err(|e| ConnectError::Quic(describe::io_error(&e)))?;
         transport.relay_key = relay_key;
         Ok(transport)
     }
