@@ -10,10 +10,16 @@
 //!     `resumeproxy status` shows zero reconnects — QUIC migrated the
 //!     connection; and data flows again within seconds of each change;
 //!   - with UDP dropped on the client's link, `auto` is connected over TCP
-//!     within a second or two, and the next client remembers: with UDP
-//!     open again, it still uses TCP (for ten minutes);
+//!     within a second or two, its background probe of QUIC finds UDP
+//!     blocked, and the next client remembers: with UDP open again, it still
+//!     uses TCP (for ten minutes);
 //!   - a QUIC connection killed by a silent partition mid-transfer is
-//!     resumed, and one killed by UDP becoming blocked is resumed over TCP.
+//!     resumed, and one killed by UDP becoming blocked is resumed over TCP;
+//!   - `auto` comes back to QUIC: a partition at whose end TCP wins (UDP
+//!     comes back a moment after TCP) leaves the session on TCP only until
+//!     its background probe of QUIC answers; then the session moves onto
+//!     QUIC without a break, while a download runs (sha256), and `status`
+//!     shows the move.
 
 mod support;
 
@@ -169,8 +175,14 @@ fn auto_connects_over_tcp_within_seconds_when_udp_is_blocked() -> Result<()> {
     };
     let (lab, proxy) = (&bench.lab, &bench.proxy);
     let blocked = lab.block_udp()?;
+    // A session long enough for its background probe of QUIC to find UDP
+    // blocked (it hears nothing for a few seconds while TCP works).
     let mut ssh = Ssh::spawn(
-        lab.in_client(&bench.sshd.ssh_command(Some(proxy), "echo over-tcp")),
+        lab.in_client(
+            &bench
+                .sshd
+                .ssh_command(Some(proxy), "echo over-tcp; exec sleep 6"),
+        ),
         Stdio::null(),
         Stdio::piped(),
     )?;
@@ -191,6 +203,7 @@ fn auto_connects_over_tcp_within_seconds_when_udp_is_blocked() -> Result<()> {
     // The next client knows, even with UDP open again.
     let memory = bench.sshd.dir().join("state/resumeproxy/udp-failed");
     let remembered = std::fs::read_to_string(&memory)?;
+    eprintln!("remembered after the probe: {remembered}");
     assert!(
         remembered.starts_with(&format!("{} ", bench.relay.addr())),
         "{remembered}"
@@ -258,5 +271,69 @@ fn a_dead_quic_connection_is_resumed_over_quic_or_tcp() -> Result<()> {
     );
     eprintln!("partition: {resumed}\n  relay: {first}");
     eprintln!("UDP blocked at {arrived} bytes: {over_tcp}\n  relay: {second}");
+    Ok(())
+}
+
+#[test]
+fn auto_comes_back_to_quic_after_tcp_won_the_race() -> Result<()> {
+    let Some(bench) = Bench::start_with(RATE, &[], "--transport auto --dead-after 1s")? else {
+        return Ok(());
+    };
+    let lab = &bench.lab;
+    const SIZE: u64 = 256 << 20;
+    let src = bench.sshd.dir().join("src");
+    let dst = bench.sshd.dir().join("dst");
+    write_random_file(&src, SIZE, 17)?;
+    let src_hash = hash_in_background(&src);
+    let mut ssh = download(&bench, &src, &dst)?;
+    let opened = bench
+        .relay
+        .wait_for_log("session started", Duration::from_secs(10))?;
+    assert!(
+        opened.contains("transport=quic"),
+        "auto chose TCP: {opened}"
+    );
+
+    // A partition, at whose end TCP wins: UDP comes back after TCP.
+    ssh.wait_for_bytes(&dst, SIZE / 4, PROGRESS_TIMEOUT)?;
+    let from = ssh.stderr.len();
+    let partition = lab.partition()?;
+    ssh.stderr.wait_for(from, LOST, RESUME_TIMEOUT)?;
+    let udp = lab.block_udp()?;
+    partition.lift()?;
+    let over_tcp = bench
+        .relay
+        .wait_for_count("session resumed", 1, RESUME_TIMEOUT)?;
+    assert!(over_tcp.contains("transport=tls"), "{over_tcp}");
+    udp.lift()?;
+    let udp_back = Instant::now();
+    let moved = bench
+        .relay
+        .wait_for_count("session resumed", 2, Duration::from_secs(20))?;
+    let took = udp_back.elapsed();
+    assert!(moved.contains("transport=quic"), "{moved}");
+    let reports = status(&bench.sshd)?;
+
+    let exit = ssh.wait(RUN_TIMEOUT)?;
+    ensure!(exit.success(), "ssh: {exit}; {}", ssh.stderr.text());
+    assert_eq!(
+        sha256_file(&dst)?,
+        joined(src_hash)?,
+        "sha256 of what arrived"
+    );
+    let [report] = reports.as_slice() else {
+        panic!("expected one live session, status showed {reports:?}");
+    };
+    assert_eq!(report.transport, "quic", "{report:?}");
+    assert_eq!(report.moves, 1, "{report:?}");
+    assert_eq!(report.reconnects, 1, "{report:?}");
+    // The move is no break: one loss, one resume, both of the partition.
+    assert_eq!(ssh.stderr.count(LOST), 1, "{}", ssh.stderr.text());
+    assert_eq!(ssh.stderr.count(RESUMED), 1, "{}", ssh.stderr.text());
+    ensure!(
+        took < Duration::from_secs(10),
+        "moved {took:?} after UDP came back"
+    );
+    eprintln!("TCP won after the partition; the session was back on QUIC {took:.2?} after UDP was: {moved}");
     Ok(())
 }

@@ -78,7 +78,7 @@ async fn status(json: bool) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     println!(
-        "{:<16} {:<22} {:<9} {:<34} {:>9} {:>10} {:>10} {:>5} {:>9} {:>10}",
+        "{:<16} {:<22} {:<9} {:<34} {:>9} {:>10} {:>10} {:>5} {:>5} {:>9} {:>10}",
         "ID",
         "RELAY",
         "TRANSPORT",
@@ -87,6 +87,7 @@ async fn status(json: bool) -> ExitCode {
         "SENT",
         "RECEIVED",
         "RECON",
+        "MOVED",
         "RTT",
         "UNACKED"
     );
@@ -102,7 +103,7 @@ async fn status(json: bool) -> ExitCode {
             .rtt_us
             .map_or("-".to_string(), |us| format!("{:.1}ms", us as f64 / 1000.0));
         println!(
-            "{:<16} {:<22} {:<9} {:<34} {:>9} {:>10} {:>10} {:>5} {:>9} {:>10}",
+            "{:<16} {:<22} {:<9} {:<34} {:>9} {:>10} {:>10} {:>5} {:>5} {:>9} {:>10}",
             r.id,
             r.relay,
             r.transport,
@@ -111,6 +112,7 @@ async fn status(json: bool) -> ExitCode {
             format_bytes(r.bytes_sent),
             format_bytes(r.bytes_received),
             r.reconnects,
+            r.moves,
             rtt,
             format_bytes(r.unacked)
         );

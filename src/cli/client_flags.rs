@@ -121,9 +121,10 @@ pub enum ClientCommand {
     /// through a relay on loopback while a fault injector breaks the link, and
     /// check that every byte arrived.
     Demo(DemoArgs),
-    /// List this user's live sessions: id, relay, state (connected, or
-    /// reconnecting since when and how many attempts), uptime, bytes each
-    /// way, reconnects, round-trip time, bytes waiting for acknowledgement.
+    /// List this user's live sessions: id, relay, transport, state
+    /// (connected, or reconnecting since when and how many attempts), uptime,
+    /// bytes each way, reconnects, moves from TCP back onto QUIC, round-trip
+    /// time, bytes waiting for acknowledgement.
     Status {
         /// One JSON object per session, one per line.
         #[arg(long)]

@@ -6,17 +6,25 @@
 //! then the session, see [`super::ending`]), and `resumeproxy status` may ask
 //! how it goes.
 
+use super::back_to_quic::{self, MOVE_TIMEOUT};
 use super::ending::END_CLOSE_TIMEOUT;
 use super::waits::Interrupt;
 use super::{Client, ClientError, ClientEvent, ClientReport};
 use crate::link::{close_transport, Outcome, Step};
 use crate::proto::wire::Code;
-use crate::transport::Transport;
-use std::time::Duration;
+use crate::transport::{ConnectError, Transport};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// How long a close notice may take to send.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the connected phase waits for besides its link.
+enum Wake {
+    Interrupt(Interrupt),
+    /// The background probe of QUIC ended (see [`back_to_quic`]).
+    Quic(Box<Result<Transport, ConnectError>>),
+}
 
 /// How the connected phase ended.
 pub(super) enum AfterConnected {
@@ -35,9 +43,28 @@ where
     /// Runs the link over `transport` until the client is done or the
     /// transport is lost.
     pub(super) async fn connected(&mut self, transport: &mut Transport) -> AfterConnected {
+        self.probe.on(transport);
         loop {
             self.waits.address = transport.fixed_local().map(|a| a.ip());
-            let step = self.link.run(Some(transport), self.waits.next()).await;
+            let (waits, probe) = (&mut self.waits, &mut self.probe);
+            let other = async {
+                tokio::select! {
+                    interrupt = waits.next() => Wake::Interrupt(interrupt),
+                    probed = probe.next() => Wake::Quic(Box::new(probed)),
+                }
+            };
+            let step = match self.link.run(Some(transport), other).await {
+                Step::Other(Wake::Quic(probed)) => match *probed {
+                    Ok(quic) => match self.move_to_quic(transport, quic).await {
+                        Some(after) => return after,
+                        None => continue,
+                    },
+                    // Said and scheduled by the probe.
+                    Err(_) => continue,
+                },
+                Step::Other(Wake::Interrupt(interrupt)) => Step::Other(interrupt),
+                Step::Link(outcome) => Step::Link(outcome),
+            };
             match step {
                 Step::Other(Interrupt::AddressGone(ip)) => {
                     return AfterConnected::Lost(format!(
@@ -85,6 +112,52 @@ where
                 }
                 Step::Link(Outcome::TransportLost(reason)) => return AfterConnected::Lost(reason),
             }
+        }
+    }
+
+    /// Moves the session from `transport` (TCP) onto `quic`, which just
+    /// answered: asks the relay to resume it there from what this side has
+    /// received, serving the local end meanwhile. If the relay does not
+    /// answer, the session goes on over `transport`; `Some` if the phase
+    /// ends instead.
+    async fn move_to_quic(
+        &mut self,
+        transport: &mut Transport,
+        mut quic: Transport,
+    ) -> Option<AfterConnected> {
+        let received = self.link.session().received_position();
+        let hello = back_to_quic::move_hello(&self.config, &self.resume, &quic, received);
+        let timeout = MOVE_TIMEOUT.min(self.config.session.dead_after / 2);
+        let asked = back_to_quic::ask_move(&mut quic, &hello, timeout);
+        match self.link.run(None, asked).await {
+            Step::Other(Ok(peer_received)) => {
+                let session = self.link.session_mut();
+                session.detach();
+                if let Err(e) = session.attach(peer_received, Instant::now()) {
+                    return Some(AfterConnected::Ended(Err(ClientError::Protocol {
+                        addr: self.addr.clone(),
+                        reason: e.to_string(),
+                    })));
+                }
+                // The TCP transport is retired here.
+                *transport = quic;
+                self.vitals.transport = transport.kind;
+                self.vitals.moves += 1;
+                self.connector.udp_works();
+                self.probe.stop();
+                tracing::debug!("moved the session onto QUIC (relay had {peer_received})");
+                None
+            }
+            Step::Other(Err(why)) => {
+                tracing::debug!("moving onto QUIC failed: {why}; staying on TCP");
+                self.probe.later();
+                None
+            }
+            // Without a transport only the dead-peer check can end the link.
+            Step::Link(Outcome::TransportLost(reason)) => Some(AfterConnected::Lost(reason)),
+            Step::Link(_) => Some(AfterConnected::Lost(
+                "the link ended while moving onto QUIC".into(),
+            )),
         }
     }
 }

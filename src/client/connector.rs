@@ -4,11 +4,13 @@
 //! `auto` is Happy Eyeballs for transports: QUIC starts first, TCP follows
 //! after `QUIC_HEAD_START`, and whichever completes its handshake first
 //! carries the session. It runs at the first connection and at every
-//! reconnect, so a session that fell back to TCP goes back to QUIC when a
-//! later network lets UDP through. When TCP wins, UDP is taken to be blocked
-//! on the way to this relay and QUIC is not tried again for
-//! `UDP_RETRY_AFTER` — by this client, and by the next ones too (see
-//! [`crate::client::udp_memory`]).
+//! reconnect. TCP winning a race is no evidence that UDP is blocked (right
+//! after an outage, or under load, QUIC's first packets are often just
+//! slower): a session that lands on TCP probes QUIC in the background and
+//! moves onto it when it answers (see `back_to_quic.rs`). Only a QUIC
+//! probe that hears nothing for [`UDP_PROBE_TIME`] while TCP works marks UDP
+//! as blocked on the way to this relay; QUIC is then not tried again for `UDP_RETRY_AFTER` — by this
+//! client, and by the next ones too (see [`crate::client::udp_memory`]).
 
 use super::udp_memory;
 use crate::transport::quic::{self, QuicClient};
@@ -23,8 +25,11 @@ use tokio::task::AbortHandle;
 
 /// How long QUIC runs alone before TCP joins the race.
 pub(crate) const QUIC_HEAD_START: Duration = Duration::from_millis(250);
-/// How long, after TCP won a race, only TCP is tried.
+/// How long, after UDP was found blocked, only TCP is tried.
 pub(crate) const UDP_RETRY_AFTER: Duration = Duration::from_secs(600);
+/// How long QUIC must hear nothing, while TCP works, for UDP to count as
+/// blocked.
+pub(crate) const UDP_PROBE_TIME: Duration = Duration::from_secs(3);
 /// After TCP failed outright (refused, unreachable), how much longer QUIC
 /// alone is waited for: a host that refuses TCP on the relay's port rarely
 /// runs a relay on its UDP port.
@@ -167,6 +172,69 @@ impl Connector {
         udp_memory::write(path, &text);
     }
 
+    /// When a session on TCP should next probe QUIC: `None` unless the
+    /// choice is `auto`; now if UDP is not known to be blocked, else when
+    /// that knowledge expires.
+    pub(crate) fn quic_probe_at(&self, now: Instant) -> Option<Instant> {
+        if self.choice != TransportChoice::Auto {
+            return None;
+        }
+        Some(match *lock(&self.udp_failed_at) {
+            Some(at) => (at + UDP_RETRY_AFTER).max(now),
+            None => now,
+        })
+    }
+
+    /// Probes QUIC for a session running over TCP: QUIC attempts, one after
+    /// another, for up to [`UDP_PROBE_TIME`]. A QUIC transport that answers
+    /// is returned (and UDP remembered as working once the session moved
+    /// onto it, see [`Connector::udp_works`]); one that never hears back
+    /// marks UDP as blocked. Other failures (the relay answered, and
+    /// refused) mark nothing.
+    pub(crate) async fn probe_quic(
+        &self,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Transport, ConnectError> {
+        let deadline = tokio::time::Instant::now() + UDP_PROBE_TIME;
+        loop {
+            let attempt =
+                tokio::time::timeout_at(deadline, self.connect_quic(Arc::clone(&tls))).await;
+            match attempt {
+                Ok(Ok(transport)) => return Ok(transport),
+                Ok(Err(ConnectError::QuicNoAnswer(_)))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    // quinn gave up after the dead-peer interval: go on
+                    // listening until the probe's time is over.
+                }
+                Ok(Err(e @ ConnectError::QuicNoAnswer(_))) => {
+                    self.udp_blocked();
+                    return Err(e);
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    self.udp_blocked();
+                    return Err(quic_timed_out(UDP_PROBE_TIME));
+                }
+            }
+        }
+    }
+
+    /// QUIC carries a session: UDP to this relay works.
+    pub(crate) fn udp_works(&self) {
+        self.remember(true);
+    }
+
+    /// QUIC heard nothing while TCP worked: UDP is blocked on the way.
+    fn udp_blocked(&self) {
+        tracing::debug!(
+            "QUIC heard nothing for {} while TCP works: using only TCP for {}",
+            format_duration(UDP_PROBE_TIME),
+            format_duration(UDP_RETRY_AFTER)
+        );
+        self.remember(false);
+    }
+
     /// One connection to the relay, with its transport's handshake done,
     /// within `timeout`.
     pub async fn connect(
@@ -279,14 +347,10 @@ impl Connector {
                 }
                 result = &mut tcp, if tcp_failed.is_none() => match result {
                     Ok(transport) => {
-                        // Even a QUIC attempt that is only slow (its first
-                        // packet lost) counts: TCP for a while is the safe
-                        // side of that doubt.
-                        tracing::debug!(
-                            "TCP connected before QUIC; using only TCP for {}",
-                            format_duration(UDP_RETRY_AFTER)
-                        );
-                        self.remember(false);
+                        // No evidence about UDP: QUIC may only be slower
+                        // (its first packets lost, right after an outage).
+                        // The session probes it in the background.
+                        tracing::debug!("TCP connected before QUIC");
                         return Ok(transport);
                     }
                     Err(e) => {
@@ -316,7 +380,7 @@ impl Drop for Connector {
 }
 
 fn quic_timed_out(timeout: Duration) -> ConnectError {
-    ConnectError::Quic(format!(
+    ConnectError::QuicNoAnswer(format!(
         "no answer over QUIC within {}: is UDP blocked on the way?",
         format_duration(timeout)
     ))

@@ -45,6 +45,9 @@ pub struct StatusReport {
     pub bytes_received: u64,
     /// Transport breaks survived.
     pub reconnects: u32,
+    /// Moves from TCP back onto QUIC, without a break (`auto`).
+    #[serde(default)]
+    pub moves: u32,
     /// Latest heartbeat round trip, in microseconds.
     pub rtt_us: Option<u64>,
     /// Bytes sent and not yet acknowledged by the relay.
@@ -274,6 +277,7 @@ mod tests {
             bytes_sent: 1,
             bytes_received: 2,
             reconnects: 1,
+            moves: 0,
             rtt_us: Some(250),
             unacked: 7,
         }

@@ -14,6 +14,7 @@
 //! `resumeproxy status` and `resume` reach a running client (answered from
 //! its vitals, `status.rs`); [`stdio`] is ssh's end of the pipe.
 
+mod back_to_quic;
 mod connected;
 pub mod connector;
 pub mod control;
@@ -33,6 +34,7 @@ use crate::proto::wire::SessionId;
 use crate::transport::identity::Fingerprint;
 use crate::transport::{Transport, TransportKind};
 use crate::units::{format_duration, host_port};
+use back_to_quic::QuicProbe;
 use connected::AfterConnected;
 use connector::{Connector, TransportChoice};
 use control::Request;
@@ -254,13 +256,13 @@ where
     W: AsyncWrite + Unpin,
 {
     let addr = config.relay_addr();
-    let connector = Connector::new(
+    let connector = Arc::new(Connector::new(
         config.transport,
         &config.relay_host,
         config.relay_port,
         config.session.dead_after,
         config.udp_memory.clone(),
-    );
+    ));
     let mut end_request: Pin<Box<dyn Future<Output = EndSignal> + Send>> = Box::pin(end_request);
     let opened = tokio::select! {
         opened = open::open_session(&config, &connector, &mut on_event) => opened?,
@@ -306,6 +308,7 @@ where
         transport: transport.kind,
         opened: Instant::now(),
         resumes: 0,
+        moves: 0,
         lost_at: None,
         attempts: Arc::default(),
     };
@@ -331,6 +334,7 @@ where
         grace,
         addr,
         config,
+        probe: QuicProbe::new(Arc::clone(&connector), relay_key),
         connector,
         on_event,
     };
@@ -340,7 +344,9 @@ where
 /// A client with an open session: what its phases share.
 struct Client<R, W, E> {
     config: ClientConfig,
-    connector: Connector,
+    connector: Arc<Connector>,
+    /// While on TCP: QUIC probed in the background, to move onto.
+    probe: QuicProbe,
     /// The relay as pins name it (see [`ClientConfig::relay_addr`]).
     addr: String,
     link: Link<LocalInput<R>, W>,
@@ -373,6 +379,7 @@ where
                 AfterConnected::Lost(reason) => reason,
             };
             self.waits.address = None;
+            self.probe.stop();
             self.link.session_mut().detach();
             // Close the dead transport now: if it is only half dead, the relay
             // learns sooner that this client is coming back on a new one.

@@ -18,6 +18,8 @@ pub(super) struct Vitals {
     pub(super) transport: TransportKind,
     pub(super) opened: Instant,
     pub(super) resumes: u32,
+    /// Moves from TCP onto QUIC while connected.
+    pub(super) moves: u32,
     /// When the link was lost, if it is down.
     pub(super) lost_at: Option<Instant>,
     /// Reconnect attempts since the loss, counted by the reconnect loop.
@@ -44,6 +46,7 @@ impl Vitals {
             bytes_sent: stats.bytes_read_local,
             bytes_received: stats.bytes_received,
             reconnects: self.resumes,
+            moves: self.moves,
             rtt_us: stats
                 .rtt
                 .map(|d| d.as_micros().try_into().unwrap_or(u64::MAX)),

@@ -130,6 +130,10 @@ pub enum ConnectError {
     /// see [`describe`]).
     #[error("{0}")]
     Quic(String),
+    /// QUIC heard nothing back: UDP is blocked on the way, or nothing
+    /// listens on the relay's UDP port (in words).
+    #[error("{0}")]
+    QuicNoAnswer(String),
     /// The relay answered and turned the connection away before its
     /// handshake: it is at a limit of connections in their handshake.
     /// Another attempt, a moment later, may pass.
@@ -142,7 +146,10 @@ impl ConnectError {
     pub fn tls_error(&self) -> Option<&rustls::Error> {
         match self {
             ConnectError::Tls(e) => e.get_ref()?.downcast_ref::<rustls::Error>(),
-            ConnectError::Tcp(_) | ConnectError::Quic(_) | ConnectError::TurnedAway => None,
+            ConnectError::Tcp(_)
+            | ConnectError::Quic(_)
+            | ConnectError::QuicNoAnswer(_)
+            | ConnectError::TurnedAway => None,
         }
     }
 }

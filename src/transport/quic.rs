@@ -285,6 +285,7 @@ fn connect_error(e: quinn::ConnectionError) -> ConnectError {
         {
             ConnectError::TurnedAway
         }
+        quinn::ConnectionError::TimedOut => ConnectError::QuicNoAnswer(describe::quic_error(&e)),
         other => ConnectError::Quic(describe::quic_error(&other)),
     }
 }
