@@ -151,3 +151,74 @@ fn transfers_survive_three_worker_kills_and_an_upgrade() -> Result<()> {
     println!("slowest resume after each new worker listened: {slowest:?}");
     Ok(())
 }
+
+/// QUIC clients through an upgrade and a SIGKILL, on loopback: a client on
+/// `--transport quic` and one on `auto` both resume over QUIC within a
+/// second of each new worker listening. The worker that stops for the
+/// upgrade no longer reads the UDP socket once it has told its clients, so
+/// their new connections wait for the next worker (were it still reading,
+/// it would drop them: the QUIC client would try again only after a
+/// second, and the `auto` one would fall back to TCP and remember UDP as
+/// blocked); the new worker's stateless reset ends the connections of the
+/// killed one.
+#[test]
+fn quic_clients_resume_over_quic_after_an_upgrade_and_a_kill() -> Result<()> {
+    use std::io::{Read, Write};
+    use support::durable::{kill_worker, resumes_after_each_start, show_resumes};
+    let sshd = TestSshd::start()?;
+    let relay = RelayProcess::start(sshd.port(), &[])?;
+    let mut clients = Vec::new();
+    for transport in ["quic", "auto"] {
+        let flags = format!("--transport {transport} {CLIENT_FLAGS}");
+        let proxy = proxy_command(relay.addr(), sshd.port(), &flags);
+        let ssh = sshd
+            .ssh_command(Some(&proxy), "cat")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        clients.push(ssh);
+    }
+    for n in 1..=2 {
+        let line = relay.wait_for_count("session started", n, Duration::from_secs(10))?;
+        ensure!(line.contains("transport=quic"), "{line}");
+    }
+    relay.signal(libc::SIGUSR2)?;
+    relay.wait_for_count("listening on", 2, Duration::from_secs(20))?;
+    relay.wait_for_count("session resumed", 2, Duration::from_secs(10))?;
+    kill_worker(&relay)?;
+    relay.wait_for_count("session resumed", 4, Duration::from_secs(10))?;
+    for mut ssh in clients {
+        let mut stdin = ssh.stdin.take().context("stdin")?;
+        stdin.write_all(b"still here\n")?;
+        drop(stdin);
+        let mut out = String::new();
+        ssh.stdout
+            .take()
+            .context("stdout")?
+            .read_to_string(&mut out)?;
+        let status = ssh.wait()?;
+        let mut err = String::new();
+        ssh.stderr
+            .take()
+            .context("stderr")?
+            .read_to_string(&mut err)?;
+        ensure!(
+            status.success() && out == "still here\n",
+            "ssh {status}, out {out:?}; stderr:\n{err}"
+        );
+    }
+    let resumes = resumes_after_each_start(&relay, 2)?;
+    ensure!(
+        relay.count("transport=tls") == 0,
+        "a client fell back to TCP:\n{}",
+        relay.log()
+    );
+    let memory = sshd.dir().join("state/resumeproxy/udp-failed");
+    ensure!(!memory.exists(), "UDP remembered as blocked");
+    println!(
+        "QUIC resumes after the upgrade, then the kill: {}",
+        show_resumes(&resumes)
+    );
+    Ok(())
+}

@@ -64,6 +64,9 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(12 * 3600);
 pub const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a close notice may take to send.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a worker stopping for a restart lets its QUIC connections'
+/// closes go out (it no longer reads, so it waits for nothing else).
+const RESTART_CLOSE_WAIT: Duration = Duration::from_millis(50);
 /// How long sessions get at shutdown to tell their clients.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
 /// What clients are told when the relay stops for good.
@@ -237,8 +240,9 @@ impl RelayHandle {
 /// A bound relay, ready to run.
 pub struct Relay {
     listener: TcpListener,
-    /// QUIC, unless its UDP port could not be had.
-    quic: Option<quinn::Endpoint>,
+    /// QUIC, unless its UDP port could not be had, and the switch that
+    /// stops its reading.
+    quic: Option<(quinn::Endpoint, quic::ReadStop)>,
     shared: Arc<Shared>,
     /// Sessions carried on from an earlier process.
     restored: usize,
@@ -334,7 +338,7 @@ impl Relay {
                         continue;
                     }
                 },
-                Some(incoming) = quic_accept(self.quic.as_ref()) => {
+                Some(incoming) = quic_accept(self.quic.as_ref().map(|(e, _)| e)) => {
                     // A source address is proven before it costs a handshake
                     // slot: a Retry round trip, as TCP's SYN-ACK would.
                     // Otherwise forged datagrams could hold every slot.
@@ -402,7 +406,7 @@ impl Relay {
         drop(self.listener);
         // New QUIC connections are refused from now on; live ones close
         // with their sessions.
-        if let Some(quic) = &self.quic {
+        if let Some((quic, _)) = &self.quic {
             quic.set_server_config(None);
         }
         let sessions = self.shared.table.len();
@@ -418,6 +422,18 @@ impl Relay {
             ),
             Stop::EndAll => tracing::info!("shutting down: closing {sessions} sessions"),
         }
+        // For a restart, QUIC clients are told by their connections' own
+        // close, at once, and the UDP socket is no longer read: their new
+        // connections wait in its queue for the next worker. Were this
+        // worker still reading, it would take them and drop them, and each
+        // client would try again only after its handshake's first timeout
+        // (a second). Their sessions' own close notices then fail at once;
+        // TCP clients get theirs as before, and their new connections wait
+        // in the kept listener's queue.
+        if let (Stop::Restart, Some((quic, reads))) = (mode, &self.quic) {
+            reads.stop();
+            quic.close(0u32.into(), RESTART_REASON.as_bytes());
+        }
         let _ = self.shared.stop_mode.set(mode);
         self.shared.stop.cancel();
         self.shared.tasks.close();
@@ -432,13 +448,14 @@ impl Relay {
             );
         }
         // Let the last QUIC packets (the sessions' close notices) go out.
-        if let Some(quic) = &self.quic {
-            let reason = match mode {
-                Stop::Restart => RESTART_REASON,
-                Stop::EndAll => SHUTDOWN_REASON,
+        if let Some((quic, _)) = &self.quic {
+            let (reason, wait) = match mode {
+                // Nothing more is read: only the closes are to go out.
+                Stop::Restart => (RESTART_REASON, RESTART_CLOSE_WAIT),
+                Stop::EndAll => (SHUTDOWN_REASON, CLOSE_TIMEOUT),
             };
             quic.close(0u32.into(), reason.as_bytes());
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, quic.wait_idle()).await;
+            let _ = tokio::time::timeout(wait, quic.wait_idle()).await;
         }
     }
 }

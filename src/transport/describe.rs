@@ -108,6 +108,13 @@ pub fn quic_error(e: &quinn::ConnectionError) -> String {
         ConnectionClosed(close) if close.error_code.to_string().contains("crypto") => {
             "the QUIC handshake failed".into()
         }
+        // The relay says why it closes (it restarts, it shuts down).
+        ApplicationClosed(close) if close.reason.iter().any(u8::is_ascii_graphic) => {
+            String::from_utf8_lossy(&close.reason)
+                .chars()
+                .filter(|c| !c.is_control())
+                .collect()
+        }
         ConnectionClosed(_) | ApplicationClosed(_) => "the relay closed the QUIC connection".into(),
         LocallyClosed => "the QUIC connection was closed by this client".into(),
         VersionMismatch => "the relay speaks another version of QUIC".into(),
@@ -165,6 +172,14 @@ mod tests {
             io_error(&quic),
             "nothing heard over QUIC: is UDP blocked on the way?"
         );
+        let restarting: io::Error = quinn::ReadError::ConnectionLost(
+            quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+                error_code: 0u32.into(),
+                reason: "the relay is restarting\n".into(),
+            }),
+        )
+        .into();
+        assert_eq!(io_error(&restarting), "the relay is restarting");
         let tls = io::Error::new(io::ErrorKind::InvalidData, rustls::Error::DecryptError);
         assert_eq!(io_error(&tls), "TLS failed: data was altered on the way");
     }

@@ -32,6 +32,7 @@ use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -178,14 +179,85 @@ fn transport_config(
     config
 }
 
-/// Binds the relay's QUIC endpoint on `addr` (UDP), with the relay's TLS
-/// configuration (its key, TLS 1.3, the ALPN).
+/// Stops a relay endpoint's reading of its UDP socket, for good. The
+/// socket outlives the worker (the keeper or systemd keeps it): what
+/// arrives after the stop waits in the kernel's queue for the next worker.
+/// A worker that stops for a restart stops reading first, so that its
+/// clients' new connections are not taken by it and lost, but answered by
+/// the next one.
+#[derive(Debug, Clone, Default)]
+pub struct ReadStop(Arc<AtomicBool>);
+
+impl ReadStop {
+    /// Stops reading; sending goes on.
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    fn stopped(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// quinn's socket, with reading that [`ReadStop`] ends.
+#[derive(Debug)]
+struct StoppableSocket {
+    inner: Arc<dyn quinn::AsyncUdpSocket>,
+    reads: ReadStop,
+}
+
+impl quinn::AsyncUdpSocket for StoppableSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn quinn::UdpPoller>> {
+        Arc::clone(&self.inner).create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &quinn::udp::Transmit<'_>) -> io::Result<()> {
+        self.inner.try_send(transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [io::IoSliceMut<'_>],
+        meta: &mut [quinn::udp::RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        if self.reads.stopped() {
+            // Never again: nothing needs waking.
+            return Poll::Pending;
+        }
+        self.inner.poll_recv(cx, bufs, meta)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
+}
+
+/// Derives the key that signs the relay's QUIC connection ids from the
+/// reset key, so that every worker recognises every other's ids.
+const CID_KEY_LABEL: &[u8] = b"resumeproxy quic connection ids";
+
+/// The relay's QUIC endpoint on `socket` (UDP), with the relay's TLS
+/// configuration (its key, TLS 1.3, the ALPN), and the switch that stops
+/// its reading.
 pub fn server_endpoint(
     socket: UdpSocket,
     tls: Arc<rustls::ServerConfig>,
     max_handshakes: usize,
     reset_key: [u8; 32],
-) -> io::Result<quinn::Endpoint> {
+) -> io::Result<(quinn::Endpoint, ReadStop)> {
     let crypto = QuicServerConfig::try_from(tls).map_err(io::Error::other)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport_config(
@@ -198,13 +270,24 @@ pub fn server_endpoint(
     // Stateless resets keyed the same in every worker: a client still on
     // a connection to a worker that is gone learns it at its next packet.
     let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset_key);
-    let endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
-    quinn::Endpoint::new(
-        endpoint_config,
-        Some(config),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
+    // So are the connection ids: quinn drops a packet whose id its
+    // generator did not sign, before it would answer with a reset, and its
+    // default generator signs with a key of its own process.
+    let cid_key = ring::hmac::sign(&reset_key, CID_KEY_LABEL);
+    let cid_key = u64::from_le_bytes(cid_key.as_ref()[..8].try_into().expect("8 bytes"));
+    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    endpoint_config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let reads = ReadStop::default();
+    let socket = Arc::new(StoppableSocket {
+        inner: quinn::Runtime::wrap_udp_socket(&*runtime, socket)?,
+        reads: reads.clone(),
+    });
+    let endpoint =
+        quinn::Endpoint::new_with_abstract_socket(endpoint_config, Some(config), socket, runtime)?;
+    Ok((endpoint, reads))
 }
 
 /// An endpoint on `socket`, serving with `server` if given.
