@@ -67,6 +67,18 @@ impl Bench {
 
     /// Like [`start`](Self::start), with these client flags.
     pub fn start_with(rate: &str, relay_flags: &[&str], client: &str) -> Result<Option<Bench>> {
+        let program = Path::new(env!("CARGO_BIN_EXE_resumeproxyd"));
+        Self::start_program(program, rate, relay_flags, client)
+    }
+
+    /// Like [`start_with`](Self::start_with), the relay run from the binary
+    /// at `program` (a copy that an upgrade test replaces).
+    pub fn start_program(
+        program: &Path,
+        rate: &str,
+        relay_flags: &[&str],
+        client: &str,
+    ) -> Result<Option<Bench>> {
         let Some(lab) = NetLab::create()? else {
             return Ok(None);
         };
@@ -77,7 +89,8 @@ impl Bench {
             netns: Some(lab.server_ns().to_owned()),
             extra_listen: vec![lab.server_addr()],
         })?;
-        let relay = RelayProcess::start_in_netns(
+        let relay = RelayProcess::start_program_in_netns(
+            program,
             lab.server_ns(),
             &format!("{}:0", lab.server_addr()),
             sshd.port(),

@@ -73,9 +73,34 @@ impl RelayProcess {
         target_port: u16,
         extra: &[&str],
     ) -> Result<RelayProcess> {
+        let program = Path::new(env!("CARGO_BIN_EXE_resumeproxyd"));
+        Self::start_program_in_netns(program, netns, listen, target_port, extra)
+    }
+
+    /// Like [`start_in_netns`](Self::start_in_netns), running the relay
+    /// binary at `program` (a copy, for an upgrade test).
+    pub fn start_program_in_netns(
+        program: &Path,
+        netns: &str,
+        listen: &str,
+        target_port: u16,
+        extra: &[&str],
+    ) -> Result<RelayProcess> {
         let mut command = Command::new("ip");
         // `ip netns exec` execs the relay in place: the child is the relay.
-        command.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_resumeproxyd")]);
+        command.args(["netns", "exec", netns]).arg(program);
+        Self::spawn(command, listen, target_port, extra)
+    }
+
+    /// Starts `command` (the relay, perhaps behind a wrapper that execs it
+    /// in place, with its environment or descriptors prepared) with the
+    /// harness's arguments appended, and waits for it to listen.
+    pub fn start_command(
+        command: Command,
+        listen: &str,
+        target_port: u16,
+        extra: &[&str],
+    ) -> Result<RelayProcess> {
         Self::spawn(command, listen, target_port, extra)
     }
 
