@@ -46,6 +46,8 @@ const REASONS: &[&str] = &[
     "host unreachable",
     "network down",
     "this machine no longer has the address",
+    "the network interface it used went down",
+    "no usable route to the relay any more",
     "the relay is restarting",
     "the relay reset the QUIC connection",
     "the relay closed the QUIC connection",

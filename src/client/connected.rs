@@ -8,7 +8,7 @@
 
 use super::back_to_quic::{self, MOVE_TIMEOUT};
 use super::ending::END_CLOSE_TIMEOUT;
-use super::waits::Interrupt;
+use super::waits::{Interrupt, Path};
 use super::{Client, ClientError, ClientEvent, ClientReport};
 use crate::link::{close_transport, Outcome, Step};
 use crate::proto::wire::Code;
@@ -45,7 +45,9 @@ where
     pub(super) async fn connected(&mut self, transport: &mut Transport) -> AfterConnected {
         self.probe.on(transport);
         loop {
-            self.waits.address = transport.fixed_local().map(|a| a.ip());
+            if self.waits.path.is_none() {
+                self.waits.path = Some(Path::of(transport.fixed_local(), transport.peer_now()));
+            }
             let (waits, probe) = (&mut self.waits, &mut self.probe);
             let other = async {
                 tokio::select! {
@@ -66,11 +68,9 @@ where
                 Step::Link(outcome) => Step::Link(outcome),
             };
             match step {
-                Step::Other(Interrupt::AddressGone(ip)) => {
-                    return AfterConnected::Lost(format!(
-                        "this machine no longer has the address {ip}"
-                    ))
-                }
+                Step::Other(Interrupt::PathGone(why)) => return AfterConnected::Lost(why),
+                // Only a reconnecting client has anything to try.
+                Step::Other(Interrupt::NetworkBack) => {}
                 Step::Other(Interrupt::EndRequested(signal)) => self.begin_ending(signal),
                 Step::Other(Interrupt::EndDue) => {
                     // The session did not end by itself: end it.
@@ -141,6 +141,7 @@ where
                 }
                 // The TCP transport is retired here.
                 *transport = quic;
+                self.waits.path = Some(Path::of(transport.fixed_local(), transport.peer_now()));
                 self.vitals.transport = transport.kind;
                 self.vitals.moves += 1;
                 self.connector.udp_works();

@@ -32,6 +32,7 @@ use crate::link::Link;
 use crate::proto::session::{Session, SessionConfig, SessionStats};
 use crate::proto::wire::SessionId;
 use crate::transport::identity::Fingerprint;
+use crate::transport::net_events::NetWatcher;
 use crate::transport::{Transport, TransportKind};
 use crate::units::{format_duration, host_port};
 use back_to_quic::QuicProbe;
@@ -322,7 +323,14 @@ where
             end_request: Some(end_request),
             end_by: None,
             control,
-            address: None,
+            net: match NetWatcher::new() {
+                Ok(watcher) => Some(watcher),
+                Err(e) => {
+                    tracing::debug!("no network events ({e}): polling addresses instead");
+                    None
+                }
+            },
+            path: None,
         },
         vitals,
         resume: Resume {
@@ -378,7 +386,7 @@ where
                 AfterConnected::Ended(result) => return result,
                 AfterConnected::Lost(reason) => reason,
             };
-            self.waits.address = None;
+            self.waits.path = None;
             self.probe.stop();
             self.link.session_mut().detach();
             // Close the dead transport now: if it is only half dead, the relay

@@ -141,7 +141,11 @@ where
                         signal,
                     }));
                 }
-                Step::Other(Wake::Interrupt(Interrupt::AddressGone(_))) => {}
+                Step::Other(Wake::Interrupt(Interrupt::PathGone(_))) => {}
+                Step::Other(Wake::Interrupt(Interrupt::NetworkBack)) => {
+                    tracing::debug!("the network may be back: trying now");
+                    try_now.notify_one();
+                }
                 Step::Other(Wake::Interrupt(Interrupt::Control(request))) => {
                     if matches!(request, Request::Resume) {
                         try_now.notify_one();
