@@ -282,8 +282,17 @@ impl RelayProcess {
 
     /// Kills the relay now (as a crash or restart would).
     pub fn kill(&mut self) {
+        let worker = self.worker_pid();
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The worker dies with its keeper (it is sent SIGKILL when the
+        // keeper goes), a moment later: until it has, it holds the port.
+        if let Some(pid) = worker {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
     }
 }
 
