@@ -24,8 +24,9 @@
 //!    [`demo`] (with the fault injector the tests use too), and the binaries
 //!    in `src/bin/`.
 //!
-//! [`units`] (durations, sizes, `host:port`) and `paths` (per-user
-//! directories) are small helpers every layer may use.
+//! [`units`] (durations, sizes, `host:port`, hex), [`paths`] (per-user
+//! directories, whether we are root) and [`locks`] (locks that outlive a
+//! panic) are small helpers every layer may use.
 
 #![warn(missing_docs)]
 
@@ -33,7 +34,8 @@ pub mod cli;
 pub mod client;
 pub mod demo;
 pub mod link;
-pub(crate) mod paths;
+pub mod locks;
+pub mod paths;
 pub mod proto;
 pub mod relay;
 pub mod transport;

@@ -1,4 +1,5 @@
-//! Per-user directories, as the XDG base directory specification places them.
+//! Per-user directories, as the XDG base directory specification places
+//! them, and whether this process is root (which picks system-wide ones).
 
 use std::path::PathBuf;
 
@@ -23,4 +24,10 @@ pub fn home() -> PathBuf {
 /// `$XDG_CONFIG_HOME/resumeproxy` (default `~/.config/resumeproxy`).
 pub fn config_dir() -> PathBuf {
     xdg_dir("XDG_CONFIG_HOME", ".config").join("resumeproxy")
+}
+
+/// Whether this process runs as root (effective user id 0).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and touches no memory.
+    unsafe { libc::geteuid() == 0 }
 }

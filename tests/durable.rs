@@ -9,36 +9,20 @@ use std::fs::File;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
-use support::relay::{proxy_command, RelayProcess};
+use support::process::{file_len, signal, wait_progress};
+use support::relay::{proxy_command, RelayProcess, CLIENT_FLAGS};
 use support::sshd::{sha256_file, write_random_file, TestSshd};
 
-/// Client flags: notice a dead link within a second.
-const CLIENT_FLAGS: &str = "--dead-after 1s";
 /// How long after a new worker listens every client must have resumed.
 const RESUME_WITHIN: Duration = Duration::from_secs(1);
 /// Bound on the whole transfer.
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Waits until `size()` has grown by `by` bytes past `from` (a transfer is
-/// making progress), or fails after `timeout`.
-fn wait_for_growth(size: impl Fn() -> u64, from: u64, by: u64, timeout: Duration) -> Result<u64> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let now = size();
-        if now >= from + by {
-            return Ok(now);
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "no progress: {now} bytes, waited for {}",
-            from + by
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn file_len(path: &Path) -> u64 {
-    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+/// Waits until the file at `path` holds `bytes` (a transfer is making
+/// progress), or fails after [`RUN_TIMEOUT`].
+fn wait_for_growth(path: &Path, bytes: u64) -> Result<u64> {
+    wait_progress(&|| Ok(file_len(path)), &mut || Ok(true), bytes, RUN_TIMEOUT)
+        .with_context(|| format!("no progress in {}", path.display()))
 }
 
 /// Kills the relay's worker with SIGKILL and waits for the keeper to start
@@ -47,9 +31,7 @@ fn kill_worker(relay: &RelayProcess, restarts: usize) -> Result<()> {
     let pid = relay
         .worker_pid()
         .context("no worker pid in the relay's log")?;
-    // SAFETY: a signal to a process of our own test.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-    ensure!(rc == 0, "kill: {}", std::io::Error::last_os_error());
+    signal(pid, libc::SIGKILL)?;
     relay.wait_for_count("listening on", restarts + 1, Duration::from_secs(20))?;
     Ok(())
 }
@@ -117,8 +99,8 @@ fn transfers_survive_three_worker_kills_and_an_upgrade() -> Result<()> {
 
     let mut marks = (0, 0);
     for restart in 1..=4 {
-        marks.0 = wait_for_growth(|| file_len(&up_dst), marks.0, size / 16, RUN_TIMEOUT)?;
-        marks.1 = wait_for_growth(|| file_len(&down_dst), marks.1, size / 16, RUN_TIMEOUT)?;
+        marks.0 = wait_for_growth(&up_dst, marks.0 + size / 16)?;
+        marks.1 = wait_for_growth(&down_dst, marks.1 + size / 16)?;
         if restart < 4 {
             kill_worker(&relay, restart)?;
         } else {

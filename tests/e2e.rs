@@ -14,16 +14,15 @@ use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::relay::{proxy_command, proxy_command_with_status, wait_for_status, RelayProcess};
-use support::sshd::{
-    exit_and_stderr, run_within, sha256_file, stderr_of, write_random_file, TestSshd,
+use support::process::{exit_and_stderr, run_within, stderr_of};
+use support::relay::{
+    proxy_command, proxy_command_with_status, wait_for_status, RelayProcess, CLIENT_FLAGS, RESUMED,
 };
+use support::sshd::{free_port, sha256_file, write_random_file, TestSshd};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-/// Client flags for every test: notice a silent link within a second.
-const CLIENT_FLAGS: &str = "--dead-after 1s";
 /// A silent partition in these tests: longer than `--dead-after`.
 const PARTITION: Duration = Duration::from_millis(1500);
 /// Upper bound for any single ssh run.
@@ -77,14 +76,6 @@ impl Breaker {
 /// Runs a command to completion within [`RUN_TIMEOUT`], killing it otherwise.
 async fn run(cmd: std::process::Command, stdin: Stdio, stdout: Stdio) -> Result<Output> {
     run_within(cmd, stdin, stdout, RUN_TIMEOUT).await
-}
-
-/// A free loopback port (nothing listens on it once this returns).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,7 +160,7 @@ async fn bulk_transfers_both_ways_survive_resets_and_silent_partitions() -> Resu
         "faults injected: {resets} resets, {partitions} partitions"
     );
     for (what, out) in [("upload", &up), ("download", &down)] {
-        let resumed = stderr_of(out).matches("resumeproxy: resumed after").count();
+        let resumed = stderr_of(out).matches(RESUMED).count();
         assert!(resumed >= 1, "{what} never resumed: {}", stderr_of(out));
     }
     Ok(())
@@ -198,7 +189,7 @@ async fn local_forward_carries_a_stream_across_breaks() -> Result<()> {
     let injector = Arc::new(FaultInjector::start(relay.addr()).await?);
     let proxy = proxy_command(injector.addr(), sshd.port(), CLIENT_FLAGS);
     let echo = echo_server().await?;
-    let local_port = free_port();
+    let local_port = free_port()?;
 
     let mut cmd = std::process::Command::new("ssh");
     cmd.arg("-o").arg(format!("ProxyCommand={proxy}"));
@@ -367,7 +358,7 @@ async fn sshd_closing_delivers_everything_and_the_client_exits_0() -> Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_relay_fails_fast_with_one_line() -> Result<()> {
     let sshd = TestSshd::start()?;
-    let nobody: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+    let nobody: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let proxy = proxy_command(nobody, sshd.port(), CLIENT_FLAGS);
     let started = Instant::now();
     let out = run(

@@ -24,10 +24,10 @@ use support::durable::{
     RelayCopy, CLIENT_RESUMED,
 };
 use support::faults::{
-    connect_in, echo_server, free_port_in, serial, wait_progress, Bench, EchoStream, RUN_TIMEOUT,
+    connect_in, echo_server, free_port_in, serial, Bench, EchoStream, RUN_TIMEOUT,
 };
+use support::process::{wait_progress, Watched};
 use support::sshd::{sha256_file, write_random_file};
-use support::watch::Watched;
 
 /// Each transfer's size.
 const SIZE: u64 = 1 << 30;

@@ -12,16 +12,14 @@
 
 mod support;
 
-use anyhow::{bail, ensure, Context, Result};
-use std::io::{BufRead, BufReader};
+use anyhow::{bail, ensure, Result};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::faults::{Bench, CLIENT_FLAGS};
-use support::netns::wait_output;
-use support::relay::{proxy_command_with_status, wait_for_status, RelayProcess};
+use support::faults::Bench;
+use support::process::{output_within, Watched, IDLE};
+use support::relay::{proxy_command_with_status, wait_for_status, RelayProcess, CLIENT_FLAGS};
 use support::sshd::write_random_file;
-use support::watch::Watched;
 
 /// What the client says when its session is gone.
 const GONE: &str = "is gone from relay";
@@ -39,25 +37,7 @@ fn bench(relay_flags: &[&str], rate: &str) -> Result<Option<Bench>> {
 
 /// An ssh session that stays open doing nothing, once it has logged in.
 fn idle_session(bench: &Bench) -> Result<Watched> {
-    let mut ssh = Watched::spawn(
-        bench.ssh(false, &[], "echo ready; exec sleep 600"),
-        Stdio::null(),
-        Stdio::piped(),
-    )?;
-    let stdout = ssh.child.stdout.take().context("ssh stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let first = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
-    ensure!(
-        first.trim() == "ready",
-        "the session did not start: {first:?}; stderr:\n{}",
-        ssh.stderr.text()
-    );
-    Ok(ssh)
+    Watched::idle(bench.ssh(false, &[], IDLE))
 }
 
 /// TCP connections whose local port is sshd's, in the server namespace
@@ -66,14 +46,8 @@ fn sshd_connections(bench: &Bench) -> Result<Vec<String>> {
     let mut ss = Command::new("ss");
     ss.args(["-Htn", "state", "connected"])
         .arg(format!("( sport = :{} )", bench.sshd.port()));
-    let child = bench
-        .lab
-        .in_server(&ss)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let (status, stderr, stdout) = wait_output(child, Duration::from_secs(10))?;
+    let (status, stderr, stdout) =
+        output_within(&mut bench.lab.in_server(&ss), Duration::from_secs(10))?;
     ensure!(status.success(), "ss: {status}: {stderr}");
     Ok(stdout.lines().map(str::to_owned).collect())
 }
@@ -95,8 +69,9 @@ fn wait_sshd_closed(bench: &Bench, timeout: Duration) -> Result<Duration> {
 
 /// ssh exited 255, the client too, with exactly one clear line about it.
 fn ended_with_255(ssh: &mut Watched, status: &Path, timeout: Duration) -> Result<String> {
-    let exit = ssh.wait(timeout)?;
-    let stderr = ssh.stderr.text();
+    // The client (ssh's ProxyCommand) may still be writing its line to the
+    // stderr it shares with ssh when ssh exits: read to the end of it.
+    let (exit, stderr) = ssh.finish(timeout, Duration::from_secs(10))?;
     ensure!(exit.code() == Some(255), "ssh: {exit}; stderr:\n{stderr}");
     let client = wait_for_status(status, Duration::from_secs(10))?;
     ensure!(client == "255", "client exit status {client}");

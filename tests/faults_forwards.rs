@@ -27,8 +27,8 @@ use support::faults::{
     socks5_connect, Bench, EchoStream, EVERY_FAULT, PARTITION, RESET_STORM, RUN_TIMEOUT,
 };
 use support::netns::Fault;
+use support::process::Watched;
 use support::sshd::{sha256_file, write_random_file};
-use support::watch::Watched;
 
 /// The veth's rate for the forwards, both ways.
 const RATE: &str = "400mbit";

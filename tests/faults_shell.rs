@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::faults::{Bench, FLOWING_AGAIN};
-use support::netns::wait_output;
+use support::process::output_within;
+use support::relay::{LOST, RESUMED};
 
 /// Bound on waiting for something to show on the screen.
 const SCREEN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -33,14 +34,8 @@ impl Tmux<'_> {
     fn run(&self, args: &[&str]) -> Result<String> {
         let mut command = Command::new("tmux");
         command.arg("-S").arg(&self.socket).args(args);
-        let child = self
-            .bench
-            .in_client(&command)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let (status, stderr, stdout) = wait_output(child, Duration::from_secs(10))?;
+        let (status, stderr, stdout) =
+            output_within(&mut self.bench.in_client(&command), Duration::from_secs(10))?;
         ensure!(status.success(), "tmux {args:?}: {status}: {stderr}");
         Ok(stdout)
     }
@@ -165,8 +160,7 @@ fn typed_input_is_echoed_exactly_once_after_each_break() -> Result<()> {
     tmux.type_line("echo one-$((1+1))")?;
     tmux.wait_for("one-2", &|l| l == "one-2")?;
 
-    let lost = "resumeproxy: link to";
-    let resumed = "resumeproxy: resumed after";
+    let (lost, resumed) = (LOST, RESUMED);
     for (n, kind) in ["partition", "reset storm", "address change"]
         .iter()
         .enumerate()

@@ -27,8 +27,9 @@ use support::faults::{
     PARTITION, RESET_STORM, RESUME_TIMEOUT, RUN_TIMEOUT,
 };
 use support::netns::Fault;
+use support::process::Watched;
+use support::relay::RESUMED;
 use support::sshd::{sha256_file, write_random_file};
-use support::watch::Watched;
 
 /// The veth's rate for the transfers, both ways.
 const RATE: &str = "400mbit";
@@ -67,7 +68,7 @@ fn run_through_faults(
         outcomes.len(),
         faults.len()
     );
-    let resumed = run.stderr.count("resumeproxy: resumed after");
+    let resumed = run.stderr.count(RESUMED);
     ensure!(
         resumed >= outcomes.len(),
         "{what}: the client said it resumed {resumed} times for {} faults",
@@ -266,7 +267,7 @@ fn an_upload_survives_flapping_every_2s_for_30s() -> Result<()> {
         sha256_file(&src)?,
         "sha256 after flapping"
     );
-    let resumes = ssh.stderr.count("resumeproxy: resumed after");
+    let resumes = ssh.stderr.count(RESUMED);
     eprintln!(
         "flapping: {} breaks in 30 s during a {} MiB upload ({} MiB when it ended), {resumes} resumes, \
          flowing {flowing:.2?} after the last; upload took {:.1?}",

@@ -11,11 +11,12 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// The layer of each top-level module, lowest first. `units` and `paths` are
-/// helpers every layer may use; they use no other module.
+/// The layer of each top-level module, lowest first. `units`, `paths` and
+/// `locks` are helpers every layer may use; they use no other module.
 const LAYERS: &[(&str, u8)] = &[
     ("units", 0),
     ("paths", 0),
+    ("locks", 0),
     ("proto", 1),
     ("transport", 2),
     ("link", 3),

@@ -24,15 +24,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::faults::Bench;
 use support::netns::NetLab;
-use support::relay::{proxy_command, RelayProcess};
+use support::process::Watched as Ssh;
+use support::relay::{proxy_command, RelayProcess, CLIENT_FLAGS, LOST, RESUMED};
 use support::sshd::{sha256_file, write_random_file, SshdOptions, TestSshd};
-use support::watch::Watched as Ssh;
 
 /// The transfer in each direction.
 const SIZE: u64 = 400 << 20;
-/// Client flags: TCP (QUIC roams through these faults without a resume;
-/// see tests/quic.rs), and notice a silent link within a second.
-const CLIENT_FLAGS: &str = "--transport tcp --dead-after 1s";
 /// A silent partition: well past `--dead-after`.
 const PARTITION: Duration = Duration::from_millis(2500);
 /// How long TCP is answered with resets.
@@ -52,10 +49,6 @@ const PROGRESS_TIMEOUT: Duration = Duration::from_secs(60);
 const RESUME_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bound on a whole ssh run.
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);
-/// What the client prints (through ssh's stderr) when it has resumed.
-const RESUMED: &str = "resumeproxy: resumed after";
-/// What the client prints when it has lost the link.
-const LOST: &str = "resumeproxy: link to";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {

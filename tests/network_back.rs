@@ -15,14 +15,15 @@
 
 mod support;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use std::fs::File;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::faults::{Bench, PROGRESS_TIMEOUT};
-use support::netns::{wait_output, CLIENT_IF};
+use support::netns::CLIENT_IF;
+use support::process::{output_within, Watched};
+use support::relay::LOST;
 use support::sshd::{sha256_file, write_random_file};
-use support::watch::Watched;
 
 /// How soon a link gone down must be noticed (`--dead-after` is 30 s).
 const NOTICED_WITHIN: Duration = Duration::from_secs(1);
@@ -33,14 +34,9 @@ const RESUMED_WITHIN: Duration = Duration::from_millis(100);
 
 /// `ip link set <client's veth> up|down` in the client's namespace.
 fn set_link(bench: &Bench, state: &str) -> Result<()> {
-    let child = Command::new("ip")
-        .args(["-n", bench.lab.client_ns(), "link", "set", CLIENT_IF, state])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running ip")?;
-    let (status, stderr, _) = wait_output(child, Duration::from_secs(20))?;
+    let mut ip = Command::new("ip");
+    ip.args(["-n", bench.lab.client_ns(), "link", "set", CLIENT_IF, state]);
+    let (status, stderr, _) = output_within(&mut ip, Duration::from_secs(20))?;
     ensure!(status.success(), "ip link set {state}: {stderr}");
     Ok(())
 }
@@ -72,9 +68,7 @@ fn a_link_down_is_abandoned_at_once_and_a_link_up_reconnects_at_once() -> Result
         let from = ssh.stderr.len();
         let down = Instant::now();
         set_link(&bench, "down")?;
-        let lost = ssh
-            .stderr
-            .wait_for(from, "resumeproxy: link to", Duration::from_secs(10))?;
+        let lost = ssh.stderr.wait_for(from, LOST, Duration::from_secs(10))?;
         let noticed = down.elapsed();
         ensure!(lost.contains(why), "{transport}: {lost}");
         ensure!(

@@ -40,8 +40,7 @@ fn run(cmd: &mut Command) -> Result<Output> {
 }
 
 fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !resumeproxy::paths::is_root() {
         return Some("not root (dpkg -i needs it)".into());
     }
     let has = |program: &str, arg: &str| {

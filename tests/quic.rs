@@ -29,10 +29,10 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use support::faults::Bench;
-use support::relay::{proxy_command, RelayProcess};
+use support::process::Watched as Ssh;
+use support::relay::{proxy_command, RelayProcess, LOST, RESUMED};
 use support::sshd::client_status as status;
 use support::sshd::{sha256_file, write_random_file, TestSshd};
-use support::watch::Watched as Ssh;
 
 /// Rate limit of the lab's link, both ways.
 const RATE: &str = "400mbit";
@@ -42,10 +42,6 @@ const PROGRESS_TIMEOUT: Duration = Duration::from_secs(60);
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 /// Bound on the wait for a resume.
 const RESUME_TIMEOUT: Duration = Duration::from_secs(20);
-/// What the client prints (through ssh's stderr) when it has resumed.
-const RESUMED: &str = "resumeproxy: resumed after";
-/// What the client prints when it has lost the link.
-const LOST: &str = "resumeproxy: link to";
 
 /// Starts ssh in the client namespace downloading `src` to `dst` through
 /// the bench's client.

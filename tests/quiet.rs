@@ -19,9 +19,9 @@ use std::fs::File;
 use std::process::Stdio;
 use std::time::Duration;
 use support::faults::{Bench, PROGRESS_TIMEOUT, RESUME_TIMEOUT};
-use support::relay::proxy_command;
+use support::process::Watched;
+use support::relay::{proxy_command, RESUMED};
 use support::sshd::{sha256_file, write_random_file};
-use support::watch::Watched;
 
 /// The shapes of the client's lines: what comes before the reason, and
 /// after it.
@@ -120,7 +120,7 @@ fn the_client_speaks_only_in_its_own_lines_through_faults() -> Result<()> {
     )?;
     let resumed = |ssh: &Watched, n: usize| -> Result<()> {
         let deadline = std::time::Instant::now() + RESUME_TIMEOUT;
-        while ssh.stderr.count("resumeproxy: resumed after") < n {
+        while ssh.stderr.count(RESUMED) < n {
             ensure!(
                 std::time::Instant::now() < deadline,
                 "no resume {n}: {}",

@@ -12,49 +12,11 @@
 
 mod support;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use resumeproxy::client::RELAY_GONE_AFTER;
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
-use support::relay::{proxy_command, RelayProcess};
+use support::relay::{proxy_command, RelayProcess, CLIENT, RESUMED};
 use support::sshd::TestSshd;
-use support::watch::Watched;
-
-/// An ssh session that stays open doing nothing, once it has logged in.
-fn idle_session(sshd: &TestSshd, proxy: &str) -> Result<Watched> {
-    let mut ssh = Watched::spawn(
-        sshd.ssh_command(Some(proxy), "echo ready; exec sleep 600"),
-        Stdio::null(),
-        Stdio::piped(),
-    )?;
-    let stdout = ssh.child.stdout.take().context("ssh stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        let _ = reader.read_line(&mut line);
-        let _ = tx.send(line);
-        let _ = std::io::copy(&mut reader, &mut std::io::sink());
-    });
-    let first = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
-    ensure!(
-        first.trim() == "ready",
-        "the session did not start: {first:?}; stderr:\n{}",
-        ssh.stderr.text()
-    );
-    Ok(ssh)
-}
-
-/// Lines the client wrote (through ssh's stderr).
-fn client_lines(ssh: &Watched) -> Vec<String> {
-    ssh.stderr
-        .text()
-        .lines()
-        .filter(|l| l.starts_with("resumeproxy:"))
-        .map(str::to_owned)
-        .collect()
-}
 
 #[test]
 fn an_upgraded_relay_is_resumed_at_once_with_its_reason() -> Result<()> {
@@ -64,17 +26,15 @@ fn an_upgraded_relay_is_resumed_at_once_with_its_reason() -> Result<()> {
     for transport in ["tcp", "auto"] {
         let flags = format!("--transport {transport} --dead-after 1s");
         let proxy = proxy_command(relay.addr(), sshd.port(), &flags);
-        sessions.push((transport, idle_session(&sshd, &proxy)?));
+        sessions.push((transport, sshd.idle_session(&proxy)?));
     }
     relay.signal(libc::SIGUSR2)?;
     relay.wait_for_count("listening on", 2, Duration::from_secs(20))?;
     let listening = Instant::now();
     for (transport, ssh) in &sessions {
-        let resumed =
-            ssh.stderr
-                .wait_for(0, "resumeproxy: resumed after", Duration::from_secs(5))?;
+        let resumed = ssh.stderr.wait_for(0, RESUMED, Duration::from_secs(5))?;
         let after = listening.elapsed();
-        let lines = client_lines(ssh);
+        let lines = ssh.stderr.starting_with(CLIENT);
         ensure!(lines.len() == 2, "{transport}: {lines:?}");
         ensure!(
             lines[0].ends_with("lost (the relay is restarting), reconnecting…"),
@@ -107,7 +67,7 @@ fn a_relay_stopped_for_good_ends_its_clients_after_relay_gone_after() -> Result<
     for transport in ["tcp", "auto"] {
         let flags = format!("--transport {transport} --dead-after 1s");
         let proxy = proxy_command(addr, sshd.port(), &flags);
-        sessions.push((transport, idle_session(&sshd, &proxy)?));
+        sessions.push((transport, sshd.idle_session(&proxy)?));
     }
     // The keeper and its worker gone, and their sockets with them.
     relay.kill();
@@ -120,7 +80,7 @@ fn a_relay_stopped_for_good_ends_its_clients_after_relay_gone_after() -> Result<
         // ssh's stderr is read on a thread: let it catch up.
         ssh.stderr
             .wait_for(0, "is not running", Duration::from_secs(5))?;
-        let lines = client_lines(ssh);
+        let lines = ssh.stderr.starting_with(CLIENT);
         let want = format!(
             "resumeproxy: relay at {addr} is not running (connections refused for {}s); the session is lost",
             RELAY_GONE_AFTER.as_secs()

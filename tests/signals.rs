@@ -22,86 +22,31 @@ mod support;
 
 use anyhow::{bail, ensure, Context, Result};
 use resumeproxy::demo::fault::FaultInjector;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::relay::{proxy_command, RelayProcess};
+use support::process::{children_named, signal as kill, Watched};
+use support::relay::{proxy_command, RelayProcess, CLIENT, LOST};
 use support::sshd::{random_bytes, sha256_bytes, TestSshd};
-use support::watch::Watched;
 
 /// What the relay logs when a session is over, however it ended.
 const ENDED: &str = "session ended";
 /// The promise: the session is gone on the relay within this long.
 const GONE_WITHIN: Duration = Duration::from_secs(1);
 
-/// An ssh session that stays open doing nothing, once it has logged in.
-fn idle_session(sshd: &TestSshd, proxy: &str) -> Result<Watched> {
-    let mut ssh = Watched::spawn(
-        sshd.ssh_command(Some(proxy), "echo ready; exec sleep 600"),
-        Stdio::null(),
-        Stdio::piped(),
-    )?;
-    let stdout = ssh.child.stdout.take().context("ssh stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        let _ = reader.read_line(&mut line);
-        let _ = tx.send(line);
-        // Keep reading, as ssh's user would, until ssh ends.
-        let _ = std::io::copy(&mut reader, &mut std::io::sink());
-    });
-    let first = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
-    ensure!(
-        first.trim() == "ready",
-        "the session did not start: {first:?}; stderr:\n{}",
-        ssh.stderr.text()
-    );
-    Ok(ssh)
-}
-
 /// The `resumeproxy` process ssh runs as its ProxyCommand (ssh execs it
 /// through the shell, so it is ssh's child).
-fn proxy_of(ssh: &Watched) -> Result<i32> {
+fn proxy_of(ssh: &Watched) -> Result<u32> {
     let parent = ssh.child.id();
-    for entry in std::fs::read_dir("/proc")?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid …"
-        let Some((comm, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") "))
-        else {
-            continue;
-        };
-        let ppid = rest
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse::<u32>().ok());
-        if ppid == Some(parent) && comm == "resumeproxy" {
-            return Ok(pid);
-        }
-    }
-    bail!("ssh {parent} has no resumeproxy child")
-}
-
-fn kill(pid: i32, signal: libc::c_int) -> Result<()> {
-    // SAFETY: sending a signal has no memory effects.
-    if unsafe { libc::kill(pid, signal) } != 0 {
-        bail!("kill {pid}: {}", std::io::Error::last_os_error());
-    }
-    Ok(())
+    children_named(parent, "resumeproxy")
+        .first()
+        .copied()
+        .with_context(|| format!("ssh {parent} has no resumeproxy child"))
 }
 
 /// Whether process `pid` still exists (and is not a zombie).
-fn alive(pid: i32) -> bool {
+fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|stat| !stat.contains(") Z "))
         .unwrap_or(false)
@@ -150,7 +95,8 @@ fn a_signalled_client_ends_its_session_on_the_relay_within_a_second() -> Result<
         // own only if these are freed.
         let mut sessions = Vec::new();
         for _ in 0..PER_SOURCE {
-            let ssh = idle_session(&sshd, &proxy)
+            let ssh = sshd
+                .idle_session(&proxy)
                 .with_context(|| format!("a new session before the {name} round"))?;
             let pid = proxy_of(&ssh)?;
             sessions.push((ssh, pid));
@@ -175,13 +121,7 @@ fn a_signalled_client_ends_its_session_on_the_relay_within_a_second() -> Result<
             let exit = ssh.wait(Duration::from_secs(5))?;
             ensure!(exit.code() == Some(255), "ssh after {name}: {exit}");
             // The client says nothing of its own after a signal.
-            let said: Vec<_> = ssh
-                .stderr
-                .text()
-                .lines()
-                .filter(|l| l.starts_with("resumeproxy:"))
-                .map(str::to_owned)
-                .collect();
+            let said = ssh.stderr.starting_with(CLIENT);
             ensure!(said.is_empty(), "{name}: the client said {said:?}");
             ended += 1;
             figures.push(format!(
@@ -207,13 +147,12 @@ fn a_signalled_client_cut_off_from_its_relay_exits_within_a_second() -> Result<(
     let injector = runtime.block_on(FaultInjector::start(relay.addr()))?;
     let proxy = proxy_command(injector.addr(), sshd.port(), "--dead-after 1s");
     for (signal, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGHUP, "SIGHUP")] {
-        let mut ssh = idle_session(&sshd, &proxy)?;
+        let mut ssh = sshd.idle_session(&proxy)?;
         let pid = proxy_of(&ssh)?;
         // Cut off, and noticed: the client is reconnecting when the signal
         // comes.
         injector.set_partitioned(true);
-        ssh.stderr
-            .wait_for(0, "resumeproxy: link to", Duration::from_secs(10))?;
+        ssh.stderr.wait_for(0, LOST, Duration::from_secs(10))?;
         kill(pid, signal)?;
         let signalled = Instant::now();
         while alive(pid) {
@@ -293,7 +232,7 @@ fn sigterm_from_a_library_closes_a_session_that_cannot_end_by_itself() -> Result
     // All of it written (the last of it may still sit in the pipe), then
     // the signal at once, as paramiko's close() would.
     stdin.write_all(&data)?;
-    let pid = i32::try_from(client.id())?;
+    let pid = client.id();
     kill(pid, libc::SIGTERM)?;
     let signalled = Instant::now();
     let line = relay.wait_for_log(ENDED, GONE_WITHIN)?;
@@ -302,7 +241,7 @@ fn sigterm_from_a_library_closes_a_session_that_cannot_end_by_itself() -> Result
         .recv_timeout(GONE_WITHIN)
         .context("the relay kept its connection to the target")?;
     let closed = seen.closed_at.duration_since(signalled);
-    let exit = support::netns::wait_timeout(&mut client, Duration::from_secs(5))?;
+    let exit = support::process::wait_timeout(&mut client, Duration::from_secs(5))?;
     drop(stdin);
     assert_eq!(
         seen.received.len(),

@@ -21,27 +21,12 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::relay::{proxy_command, RelayProcess};
-use support::sshd::TestSshd;
-use support::watch::Watched;
+use support::process::Watched;
+use support::relay::{proxy_command, RelayProcess, CLIENT};
+use support::sshd::{free_port, TestSshd};
 
 /// What the client says when the start takes long.
 const NOT_YET: &str = "not answering yet";
-
-/// A free loopback port (nothing listens on it once this returns).
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Lines the client wrote (through ssh's stderr).
-fn client_lines(ssh: &Watched) -> Vec<String> {
-    ssh.stderr
-        .text()
-        .lines()
-        .filter(|l| l.starts_with("resumeproxy:"))
-        .map(str::to_owned)
-        .collect()
-}
 
 #[test]
 fn a_relay_that_starts_late_is_waited_for_over_tcp_and_auto() -> Result<()> {
@@ -76,7 +61,7 @@ fn a_relay_that_starts_late_is_waited_for_over_tcp_and_auto() -> Result<()> {
             ssh.stderr.text()
         );
         assert_eq!(out, "late but there\n");
-        let lines = client_lines(&ssh);
+        let lines = ssh.stderr.starting_with(CLIENT);
         ensure!(
             lines == [said.clone()],
             "{transport}: one line, and only that: {lines:?}"
@@ -192,7 +177,7 @@ fn resets_and_cut_handshakes_at_the_start_are_retried() -> Result<()> {
     let took = started.elapsed();
     let attempts = accepted.load(Ordering::SeqCst);
     ensure!(attempts == 4, "{attempts} connections");
-    let lines = client_lines(&ssh);
+    let lines = ssh.stderr.starting_with(CLIENT);
     ensure!(lines.is_empty(), "the client said {lines:?}");
     eprintln!("3 connections reset or cut at the start: ssh done after {took:.2?}, 4 attempts");
     Ok(())
@@ -240,7 +225,7 @@ fn what_cannot_get_better_ends_at_once_and_a_relay_that_never_comes_at_the_timeo
     // ssh's stderr is read on a thread: let it catch up.
     ssh.stderr
         .wait_for(0, "cannot reach relay", Duration::from_secs(5))?;
-    let lines = client_lines(&ssh);
+    let lines = ssh.stderr.starting_with(CLIENT);
     ensure!(lines.len() == 2, "{lines:?}");
     ensure!(lines[0].contains(NOT_YET), "{lines:?}");
     ensure!(

@@ -44,7 +44,7 @@ struct Shared {
 impl Shared {
     /// Sets every live connection to `mode`; returns how many there were.
     fn set_all(&self, mode: Mode) -> usize {
-        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        let mut connections = crate::locks::lock(&self.connections);
         connections.retain(|c| !c.is_closed());
         for c in connections.iter() {
             c.send_if_modified(|m| {
@@ -124,11 +124,7 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr, shared: Arc<Sh
             Mode::Forward
         };
         let (tx, rx) = watch::channel(initial);
-        shared
-            .connections
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(tx);
+        crate::locks::lock(&shared.connections).push(tx);
         tokio::spawn(forward(client, upstream, rx));
     }
 }

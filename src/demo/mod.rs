@@ -17,7 +17,7 @@ use crate::relay::target_policy::TargetPolicy;
 use crate::relay::{Limits, Relay, RelayConfig};
 use crate::transport::identity::RelayKey;
 use crate::transport::tls;
-use crate::units::{format_bytes, format_duration};
+use crate::units::{format_bytes, format_duration, hex};
 use fault::FaultInjector;
 use sha2::{Digest, Sha256};
 use std::io;
@@ -115,11 +115,6 @@ impl AsyncWrite for HashingWriter {
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
-}
-
-/// Lowercase hex.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// sha256 of a [`PatternReader`] stream, computed directly.

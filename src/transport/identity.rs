@@ -219,17 +219,12 @@ pub fn default_key_path() -> PathBuf {
             .unwrap_or_default()
             .to_owned();
         PathBuf::from(first)
-    } else if is_root() {
+    } else if crate::paths::is_root() {
         PathBuf::from(SYSTEM_KEY_DIR)
     } else {
         crate::paths::xdg_dir("XDG_STATE_HOME", ".local/state").join("resumeproxy")
     };
     dir.join(KEY_FILE_NAME)
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and touches no memory.
-    unsafe { libc::geteuid() == 0 }
 }
 
 #[cfg(test)]

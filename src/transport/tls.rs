@@ -94,7 +94,7 @@ impl PinVerifier {
 
     /// The key the relay presented in the latest handshake, if any.
     pub fn seen(&self) -> Option<Fingerprint> {
-        *self.seen.lock().unwrap_or_else(|p| p.into_inner())
+        *crate::locks::lock(&self.seen)
     }
 }
 
@@ -108,7 +108,7 @@ impl ServerCertVerifier for PinVerifier {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
         let fingerprint = Fingerprint::of_spki(end_entity.as_ref());
-        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(fingerprint);
+        *crate::locks::lock(&self.seen) = Some(fingerprint);
         if self.expected.is_empty() || self.expected.contains(&fingerprint) {
             Ok(ServerCertVerified::assertion())
         } else {

@@ -7,9 +7,11 @@
 #![allow(dead_code)]
 
 use super::netns::{Fault, NetLab};
-use super::relay::{proxy_command, RelayProcess};
+use super::process::wait_progress;
+use super::relay::{proxy_command, RelayProcess, CLIENT_FLAGS};
 use super::sshd::{random_bytes, sha256_bytes, SshdOptions, TestSshd};
 use anyhow::{bail, ensure, Context, Result};
+use resumeproxy::units::hex;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -20,8 +22,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Client flags: notice a silent link within a second.
-pub const CLIENT_FLAGS: &str = "--dead-after 1s";
 /// A silent partition well past `--dead-after`.
 pub const PARTITION: Fault = Fault::Partition(Duration::from_millis(2500));
 /// A moment of TCP resets.
@@ -44,7 +44,7 @@ pub const RUN_TIMEOUT: Duration = Duration::from_secs(240);
 /// checks). Light tests do not take it and run beside.
 pub fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    resumeproxy::locks::lock(&LOCK)
 }
 
 /// A lab with sshd (on the namespace's loopback and on the veth, for plain
@@ -235,29 +235,6 @@ pub fn inject_while_flowing(
     Ok(outcomes)
 }
 
-/// Waits until `progress()` reaches `bytes` (returns it) while `running()`.
-pub fn wait_progress(
-    progress: &dyn Fn() -> Result<u64>,
-    running: &mut dyn FnMut() -> Result<bool>,
-    bytes: u64,
-    timeout: Duration,
-) -> Result<u64> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let now = progress()?;
-        if now >= bytes {
-            return Ok(now);
-        }
-        if !running()? {
-            bail!("the workload ended at {now} bytes, before {bytes}");
-        }
-        if Instant::now() >= deadline {
-            bail!("{now} of {bytes} bytes within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Bytes in all files under `path` (hidden ones too: rsync's temporary
 /// files), 0 if it does not exist.
 pub fn tree_bytes(path: &Path) -> u64 {
@@ -377,8 +354,7 @@ impl EchoStream {
                 total += n as u64;
                 count.store(total, Ordering::SeqCst);
             }
-            let hash = hasher.finalize();
-            Ok((total, hash.iter().map(|b| format!("{b:02x}")).collect()))
+            Ok((total, hex(&hasher.finalize())))
         });
         Ok(EchoStream {
             received,
@@ -488,8 +464,8 @@ pub fn side_by_side(
     stall_bound: Duration,
     fault: &dyn Fn() -> Result<String>,
 ) -> Result<(Verdict, Verdict, String)> {
+    use super::process::Watched;
     use super::sshd::{sha256_file, write_random_file};
-    use super::watch::Watched;
     use std::fs::File;
     use std::process::Stdio;
 

@@ -1,8 +1,20 @@
 //! Shared pieces of the end-to-end tests.
+//!
+//! * [`process`] — child processes: bounded runs, stderr collected line by
+//!   line, waiting for progress, process trees and signals.
+//! * [`sshd`] — a private OpenSSH server, and test data (random files,
+//!   sha256).
+//! * [`relay`] — the real `resumeproxyd`, and the `ProxyCommand`, flags and
+//!   lines of the real client.
+//! * [`netns`] — two network namespaces and the faults of a real network.
+//! * [`faults`] — the fault suite's lab and workloads, on top of `netns`.
+//! * [`security`] — what the security tests share: a paced upload, hostile
+//!   connections, refusals.
 
 pub mod durable;
 pub mod faults;
 pub mod netns;
+pub mod process;
 pub mod relay;
+pub mod security;
 pub mod sshd;
-pub mod watch;

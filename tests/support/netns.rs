@@ -33,12 +33,13 @@
 
 #![allow(dead_code)]
 
+use super::process::{signal, wait_output};
 use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -91,8 +92,7 @@ pub struct NetLab {
 impl NetLab {
     /// Creates a lab, or prints why this machine cannot and returns `None`.
     pub fn create() -> Result<Option<NetLab>> {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
+        if !resumeproxy::paths::is_root() {
             eprintln!("skipping: network namespaces need root");
             return Ok(None);
         }
@@ -533,45 +533,6 @@ impl Drop for Blocked<'_> {
     }
 }
 
-/// Waits for `child` within `timeout` (killing it after); returns its status,
-/// stderr and stdout. Both pipes are drained by threads, so a chatty child
-/// cannot block.
-pub fn wait_output(mut child: Child, timeout: Duration) -> Result<(ExitStatus, String, String)> {
-    fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<String> {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            if let Some(mut pipe) = pipe {
-                let mut bytes = Vec::new();
-                let _ = pipe.read_to_end(&mut bytes);
-                text = String::from_utf8_lossy(&bytes).into_owned();
-            }
-            text
-        })
-    }
-    let stdout = drain(child.stdout.take());
-    let stderr = drain(child.stderr.take());
-    let status = wait_timeout(&mut child, timeout)?;
-    let stderr = stderr.join().unwrap_or_default();
-    let stdout = stdout.join().unwrap_or_default();
-    Ok((status, stderr, stdout))
-}
-
-/// Waits for `child` to exit within `timeout`; kills it and fails otherwise.
-pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Result<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().context("wait for a child")? {
-            return Ok(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("did not exit within {timeout:?} (killed)");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// `name` from PATH, or from the sbin directories (not always in a PATH).
 fn find_tool(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -616,12 +577,9 @@ fn ip_query(ip: &Path, args: &[&str]) -> String {
 fn kill_all_in(ip: &Path, ns: &str) {
     for pid in ip_query(ip, &["netns", "pids", ns])
         .split_whitespace()
-        .filter_map(|p| p.parse::<libc::pid_t>().ok())
+        .filter_map(|p| p.parse::<u32>().ok())
     {
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-        }
+        let _ = signal(pid, libc::SIGKILL);
     }
 }
 

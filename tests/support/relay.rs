@@ -1,5 +1,6 @@
 //! Runs the real `resumeproxyd` binary for end-to-end tests, and builds the
-//! `ProxyCommand` that points the real ssh at it.
+//! `ProxyCommand` that points the real ssh at it: the client's flags and
+//! the lines it prints, for every test, are here.
 //!
 //! The relay listens on a free loopback port it picks itself; the harness
 //! learns the port from its "listening on" log line and keeps every later log
@@ -8,16 +9,27 @@
 
 #![allow(dead_code)]
 
+use super::process::{self, wait_timeout, Lines};
 use anyhow::{bail, Context, Result};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How long the relay may take to start listening.
 const START_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The client's flags in most tests: notice a silent link within a
+/// second. ([`proxy_command`] adds `--transport tcp` and the pinned key
+/// unless told otherwise.)
+pub const CLIENT_FLAGS: &str = "--dead-after 1s";
+/// How every line the client prints (through ssh's stderr) starts.
+pub const CLIENT: &str = "resumeproxy:";
+/// What the client prints when it has resumed.
+pub const RESUMED: &str = "resumeproxy: resumed after";
+/// What the client prints when it has lost the link.
+pub const LOST: &str = "resumeproxy: link to";
 
 /// The relay key every test relay of this process uses (unless a test gives
 /// its own `--key-file`), and its fingerprint, which [`proxy_command`] pins.
@@ -33,18 +45,11 @@ pub fn test_key() -> &'static (PathBuf, String) {
     })
 }
 
-/// Log lines of a relay, with a way to wait for one.
-#[derive(Default)]
-struct Log {
-    lines: Mutex<Vec<String>>,
-    grew: Condvar,
-}
-
 /// A running `resumeproxyd`, killed on drop.
 pub struct RelayProcess {
     child: Child,
     addr: SocketAddr,
-    log: Arc<Log>,
+    log: Arc<Lines>,
 }
 
 impl RelayProcess {
@@ -126,16 +131,7 @@ impl RelayProcess {
             .spawn()
             .context("starting resumeproxyd")?;
         let stderr = child.stderr.take().context("relay stderr")?;
-        let log = Arc::new(Log::default());
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut lines = sink.lines.lock().unwrap();
-                lines.push(line);
-                sink.grew.notify_all();
-            }
-        });
+        let log = Lines::collect(stderr);
         let mut relay = RelayProcess {
             child,
             addr: "0.0.0.0:0".parse()?,
@@ -172,84 +168,38 @@ impl RelayProcess {
 
     /// Everything the relay logged so far.
     pub fn log(&self) -> String {
-        self.log.lines.lock().unwrap().join("\n")
+        self.log.text()
     }
 
     /// How many log lines contain `needle`.
     pub fn count(&self, needle: &str) -> usize {
-        self.log
-            .lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
+        self.log.count(needle)
     }
 
     /// Waits until a log line contains `needle`; returns it.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<String> {
-        let deadline = Instant::now() + timeout;
-        let mut lines = self.log.lines.lock().unwrap();
-        loop {
-            if let Some(line) = lines.iter().find(|l| l.contains(needle)) {
-                return Ok(line.clone());
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                bail!("no relay log line with {needle:?} within {timeout:?}");
-            }
-            lines = self.log.grew.wait_timeout(lines, deadline - now).unwrap().0;
-        }
+        self.wait_for_count(needle, 1, timeout)
     }
 
     /// Waits until `n` log lines contain `needle`; returns the `n`th.
     pub fn wait_for_count(&self, needle: &str, n: usize, timeout: Duration) -> Result<String> {
-        let deadline = Instant::now() + timeout;
-        let mut lines = self.log.lines.lock().unwrap();
-        loop {
-            if let Some(line) = lines
-                .iter()
-                .filter(|l| l.contains(needle))
-                .nth(n.max(1) - 1)
-            {
-                return Ok(line.clone());
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                bail!("fewer than {n} relay log lines with {needle:?} within {timeout:?}");
-            }
-            lines = self.log.grew.wait_timeout(lines, deadline - now).unwrap().0;
-        }
+        self.log
+            .wait_for_nth(0, needle, n, timeout)
+            .map_err(|e| anyhow::anyhow!("in the relay's log: {e}"))
     }
 
     /// Stops the relay as systemd would (SIGTERM) and waits, at most
     /// `timeout`, for it to exit; returns whether it exited successfully.
     pub fn terminate(&mut self, timeout: Duration) -> Result<bool> {
-        let pid = libc::pid_t::try_from(self.child.id()).context("relay pid")?;
-        // SAFETY: sending a signal to our own child has no memory effects.
-        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-            bail!(
-                "cannot signal the relay: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status.success());
-            }
-            if Instant::now() >= deadline {
-                bail!("the relay did not exit within {timeout:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.signal(libc::SIGTERM)?;
+        let status = wait_timeout(&mut self.child, timeout).context("the relay, after SIGTERM")?;
+        Ok(status.success())
     }
 
     /// The process id of the relay's current worker (the keeper's child),
     /// from the keeper's last "worker N started" line.
     pub fn worker_pid(&self) -> Option<u32> {
-        let lines = self.log.lines.lock().unwrap();
-        lines.iter().rev().find_map(|line| {
+        self.log.find_last(|line| {
             let rest = line.split("worker ").nth(1)?;
             let (pid, after) = rest.split_once(' ')?;
             after.starts_with("started").then(|| pid.parse().ok())?
@@ -259,25 +209,14 @@ impl RelayProcess {
     /// When each log line containing `needle` was written (the relay's
     /// own timestamps).
     pub fn log_times(&self, needle: &str) -> Vec<std::time::SystemTime> {
-        let lines = self.log.lines.lock().unwrap();
-        lines
-            .iter()
-            .filter(|l| l.contains(needle))
-            .filter_map(|l| humantime::parse_rfc3339_weak(l.split_whitespace().next()?).ok())
-            .collect()
+        self.log.map_matching(needle, |line| {
+            humantime::parse_rfc3339_weak(line.split_whitespace().next()?).ok()
+        })
     }
 
     /// Sends `signal` to the relay's process (the keeper).
     pub fn signal(&self, signal: libc::c_int) -> Result<()> {
-        let pid = libc::pid_t::try_from(self.child.id()).context("relay pid")?;
-        // SAFETY: sending a signal to our own child has no memory effects.
-        if unsafe { libc::kill(pid, signal) } != 0 {
-            bail!(
-                "cannot signal the relay: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        Ok(())
+        process::signal(self.child.id(), signal).context("signalling the relay")
     }
 
     /// Kills the relay now (as a crash or restart would).

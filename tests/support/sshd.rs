@@ -19,8 +19,7 @@
 //! `PerSourcePenalties no` is set so abruptly killed connections do not get
 //! 127.0.0.1 refused. Remote commands run with sshd's default `PATH`.
 //!
-//! Include it from an integration test with
-//! `#[path = "support/sshd.rs"] mod sshd;` or through `tests/support/mod.rs`.
+//! Include it through `tests/support/mod.rs` (`mod support;`).
 
 // Every test binary includes this file but uses only part of it.
 #![allow(dead_code)]
@@ -36,7 +35,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::process::kill_tree;
 use anyhow::{Context, Result};
+use resumeproxy::units::hex;
 use sha2::{Digest, Sha256};
 
 /// Absolute path of the OpenSSH server (sshd re-executes itself and insists on an
@@ -252,6 +253,12 @@ impl TestSshd {
         cmd
     }
 
+    /// `ssh` through `proxy` running [`IDLE`](super::process::IDLE): a
+    /// session open and doing nothing, once it has said it is ready.
+    pub fn idle_session(&self, proxy: &str) -> Result<super::process::Watched> {
+        super::process::Watched::idle(self.ssh_command(Some(proxy), super::process::IDLE))
+    }
+
     /// Points the client's per-user directories (control sockets, config,
     /// known_relays) into this test's directory, away from the real user's.
     pub fn private_env(&self, cmd: &mut Command) {
@@ -390,15 +397,6 @@ impl SplitMix64 {
             rest.copy_from_slice(&bytes[..rest.len()]);
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        // Writing to a String cannot fail.
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 /// A uniquely named directory under `std::env::temp_dir()`, removed on drop.
@@ -659,8 +657,9 @@ fn sshd_has_per_source_penalties() -> bool {
     (major, minor) >= (9, 8)
 }
 
-/// Reserves a free port by binding 127.0.0.1:0 and releasing it again.
-fn free_port() -> Result<u16> {
+/// Reserves a free port by binding 127.0.0.1:0 and releasing it again
+/// (nothing listens on it once this returns).
+pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("bind 127.0.0.1:0")?;
     Ok(listener
         .local_addr()
@@ -750,65 +749,6 @@ fn read_log(path: &Path) -> String {
     }
 }
 
-/// Kills `child` and every process descending from it (sshd's per-connection
-/// processes and user sessions), then reaps `child`. Best effort.
-fn kill_tree(child: &mut Child) {
-    // Collect descendants before killing the parent: once it is gone they are
-    // re-parented and can no longer be found this way.
-    let descendants = descendants(child.id());
-    let _ = child.kill();
-    if !descendants.is_empty() {
-        let _ = Command::new("kill")
-            .arg("-KILL")
-            .args(descendants.iter().map(|p| p.to_string()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-    let _ = child.wait();
-}
-
-/// PIDs of all descendants of `root` (Linux /proc; empty elsewhere).
-fn descendants(root: u32) -> Vec<u32> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut parents: Vec<(u32, u32)> = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // Format: "pid (comm) state ppid ..."; comm may contain spaces and ')'.
-        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        if let Some(ppid) = after.split_whitespace().nth(1).and_then(|s| s.parse().ok()) {
-            parents.push((pid, ppid));
-        }
-    }
-    let mut found = vec![root];
-    let mut i = 0;
-    while i < found.len() {
-        let parent = found[i];
-        for &(pid, ppid) in &parents {
-            if ppid == parent && !found.contains(&pid) {
-                found.push(pid);
-            }
-        }
-        i += 1;
-    }
-    found.remove(0);
-    found
-}
-
 /// `resumeproxy status --json` as the user of `sshd`'s sessions (with its
 /// private directories) sees it: one report per live session.
 pub fn client_status(
@@ -824,50 +764,4 @@ pub fn client_status(
         .lines()
         .map(|line| serde_json::from_str(line).context("status line"))
         .collect()
-}
-
-/// Runs `cmd` (ssh, usually) to completion within `timeout`, with its stderr
-/// captured, killing it otherwise.
-pub async fn run_within(
-    mut cmd: Command,
-    stdin: Stdio,
-    stdout: Stdio,
-    timeout: std::time::Duration,
-) -> anyhow::Result<std::process::Output> {
-    use anyhow::Context;
-    cmd.stdin(stdin).stdout(stdout).stderr(Stdio::piped());
-    let child = tokio::process::Command::from(cmd)
-        .kill_on_drop(true)
-        .spawn()
-        .context("spawning ssh")?;
-    tokio::time::timeout(timeout, child.wait_with_output())
-        .await
-        .context("ssh did not finish in time")?
-        .context("waiting for ssh")
-}
-
-/// A finished command's stderr, as text.
-pub fn stderr_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Waits (at most `timeout`) for a running child with piped stderr to exit,
-/// then returns its status and all it wrote to stderr.
-pub async fn exit_and_stderr(
-    child: &mut tokio::process::Child,
-    timeout: std::time::Duration,
-) -> anyhow::Result<(std::process::ExitStatus, String)> {
-    use anyhow::Context;
-    use tokio::io::AsyncReadExt;
-    let exit = tokio::time::timeout(timeout, child.wait())
-        .await
-        .context("the child did not exit in time")??;
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .context("stderr not piped")?
-        .read_to_string(&mut stderr)
-        .await?;
-    Ok((exit, stderr))
 }
