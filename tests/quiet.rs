@@ -112,7 +112,14 @@ fn the_client_speaks_only_in_its_own_lines_through_faults() -> Result<()> {
     let src = bench.sshd.dir().join("src");
     let dst = bench.sshd.dir().join("dst");
     write_random_file(&src, SIZE, 21)?;
-    let remote = format!("cat {}", src.display());
+    // The downloads stay open after their last byte until `hold` appears, so
+    // that a transfer finishing early cannot leave a fault unseen.
+    let hold = bench.sshd.dir().join("hold");
+    let remote = format!(
+        "cat {}; while [ ! -e {} ]; do sleep 0.05; done",
+        src.display(),
+        hold.display()
+    );
     let mut ssh = Watched::spawn(
         lab.in_client(&bench.sshd.ssh_command(Some(&bench.proxy), &remote)),
         Stdio::null(),
@@ -179,6 +186,7 @@ fn the_client_speaks_only_in_its_own_lines_through_faults() -> Result<()> {
     partition.lift()?;
     resumed(&ssh, 3)?;
     resumed(&quic, 1)?;
+    File::create(&hold)?;
 
     let status = ssh.wait(Duration::from_secs(180))?;
     ensure!(status.success(), "ssh {status}: {}", ssh.stderr.text());
