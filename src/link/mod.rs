@@ -148,17 +148,27 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
                 }
                 progress |= self.poll_local_write(cx);
                 if let Some(t) = transport.as_deref_mut() {
-                    while t.write_queue.len() < WRITE_QUEUE_HIGH {
-                        match self.session.poll_transmit(now) {
-                            Some(frame) => t.write_queue.push(&frame),
-                            None => break,
+                    if self.session.peer_close().is_some() {
+                        // The peer closed the session, and may have closed
+                        // its connection right after: nothing more goes to
+                        // it (a write would find the connection gone, and
+                        // the session taken for lost, with what the peer
+                        // sent still to deliver). What it sent is
+                        // delivered, then its close is the outcome.
+                        t.write_queue.clear();
+                    } else {
+                        while t.write_queue.len() < WRITE_QUEUE_HIGH {
+                            match self.session.poll_transmit(now) {
+                                Some(frame) => t.write_queue.push(&frame),
+                                None => break,
+                            }
                         }
-                    }
-                    let was_queued = t.write_queue.len();
-                    match poll_write_queue(cx, t) {
-                        Ok(_) => progress |= t.write_queue.len() != was_queued,
-                        Err(e) => {
-                            return Poll::Ready(Outcome::TransportLost(describe::io_error(&e)))
+                        let was_queued = t.write_queue.len();
+                        match poll_write_queue(cx, t) {
+                            Ok(_) => progress |= t.write_queue.len() != was_queued,
+                            Err(e) => {
+                                return Poll::Ready(Outcome::TransportLost(describe::io_error(&e)))
+                            }
                         }
                     }
                     if self.local_output_settled() && t.write_queue.is_empty() {
@@ -173,6 +183,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
                 if !progress {
                     break;
                 }
+            }
+            // After the peer's close only the local end is waited for (its
+            // wakers are set): no heartbeat goes out, and the peer's
+            // silence is no loss.
+            if transport.is_some() && self.session.peer_close().is_some() {
+                return Poll::Pending;
             }
             // Nothing can move: arm the session's timer.
             let can_transmit = transport

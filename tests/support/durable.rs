@@ -121,12 +121,32 @@ impl Drop for MemDir {
 /// good as random for sha256: a byte lost, duplicated or moved changes it.
 pub fn write_pattern_file(path: &Path, len: u64, seed: u64) -> Result<()> {
     use std::io::Write;
-    const BLOCK: usize = 1 << 20;
-    let base = random_bytes(BLOCK, seed);
-    let mut block = vec![0u8; BLOCK];
     let mut file = std::io::BufWriter::new(
         std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?,
     );
+    for_pattern(len, seed, |block| file.write_all(block))?;
+    file.flush()?;
+    Ok(())
+}
+
+/// The first `len` bytes of the pattern [`write_pattern_file`] writes.
+pub fn pattern_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let _ = for_pattern(len as u64, seed, |block| {
+        out.extend_from_slice(block);
+        Ok(())
+    });
+    out
+}
+
+fn for_pattern(
+    len: u64,
+    seed: u64,
+    mut each: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    const BLOCK: usize = 1 << 20;
+    let base = random_bytes(BLOCK, seed);
+    let mut block = vec![0u8; BLOCK];
     let mut left = len;
     let mut i: usize = 0;
     while left > 0 {
@@ -135,11 +155,10 @@ pub fn write_pattern_file(path: &Path, len: u64, seed: u64) -> Result<()> {
         block[..BLOCK - r].copy_from_slice(&base[r..]);
         block[BLOCK - r..].copy_from_slice(&base[..r]);
         let n = usize::try_from(left).map_or(BLOCK, |l| l.min(BLOCK));
-        file.write_all(&block[..n])?;
+        each(&block[..n])?;
         left -= n as u64;
         i += 1;
     }
-    file.flush()?;
     Ok(())
 }
 

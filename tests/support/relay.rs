@@ -118,13 +118,16 @@ impl RelayProcess {
         if !extra.contains(&"--key-file") {
             command.arg("--key-file").arg(&test_key().0);
         }
+        // A test may ask for more (debug) by setting it on its command.
+        if !command.get_envs().any(|(key, _)| key == "RESUMEPROXY_LOG") {
+            command.env("RESUMEPROXY_LOG", "info");
+        }
         let mut child = command
             .arg("--listen")
             .arg(listen)
             .arg("--target")
             .arg(format!("127.0.0.1:{target_port}"))
             .args(extra)
-            .env("RESUMEPROXY_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -21,6 +21,7 @@
 //! kernel counts it ([`super::tcp_counters`]), relative to the
 //! [`Base`] recorded when the session began.
 
+use super::crash::{self, Point};
 use super::mapping::{page_size, Mapping};
 use super::tcp_counters::Base;
 use crate::proto::replay_ring::RingMemory;
@@ -345,6 +346,7 @@ unsafe impl RingMemory for SessionRecord {
 
     fn acknowledged(&self, offset: u64) {
         self.word(W_ACKED).store(offset, Ordering::Relaxed);
+        crash::point(Point::ClientAck);
     }
 
     fn drained(&self) {
