@@ -27,6 +27,7 @@ use identity::Fingerprint;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Bytes reserved for each read from a transport.
@@ -65,6 +66,11 @@ pub trait NetworkPath: Send + Sync {
     /// Lets the peer send at full speed once its session is open; a kind
     /// that starts with a small window (QUIC on the relay) opens it here.
     fn open_windows(&self) {}
+    /// The path's round-trip time as the transport measures it, where it
+    /// does (QUIC, always, from its acks); `None` where it does not.
+    fn rtt(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// A path whose addresses do not change: TCP, or a stream made in a test.
@@ -183,6 +189,12 @@ impl Transport {
     /// This end's address, while it is one that cannot move (TCP).
     pub fn fixed_local(&self) -> Option<SocketAddr> {
         self.path.fixed_local()
+    }
+
+    /// The round-trip time the transport itself measures, if it does
+    /// (QUIC); see [`NetworkPath::rtt`].
+    pub fn rtt(&self) -> Option<Duration> {
+        self.path.rtt()
     }
 
     /// Lets the peer send at full speed: a QUIC connection starts with a
