@@ -167,8 +167,9 @@ impl Transport {
             kind,
             relay_key: None,
             binding,
-            // Grown to TRANSPORT_READ_SIZE by the link once a session runs;
-            // a connection still in its handshake holds only what it sent.
+            // Grown by the link once a session runs (to TRANSPORT_READ_SIZE
+            // while bulk flows, given back when the link falls quiet); a
+            // connection still in its handshake holds only what it sent.
             read_buf: BytesMut::new(),
             write_queue: WriteQueue::new(),
             path: Box::new(FixedPath { peer, local: None }),
