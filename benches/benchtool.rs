@@ -1,6 +1,6 @@
 //! Helpers for `scripts/bench` where shell tools cannot do the job: a TCP echo
 //! server and sink, one-byte ping-pong latency (p50/p99), resume time after a
-//! network outage, and holding many idle sessions on a relay.
+//! network outage, holding many idle sessions on a relay, and many busy ones.
 //!
 //! A bench target with `harness = false`, so `cargo test` never builds it:
 //! `cargo build --release --bench benchtool`. Run it with no arguments for usage.
@@ -22,7 +22,12 @@ const USAGE: &str = "usage:
   benchtool resume ROUNDS OUTAGE_MS DOWN_CMD UP_CMD TRIGGER_CMD|- PROG ARGS…
                                            outage, then time from UP_CMD to the first byte back
   benchtool idle N RELAY_HOST RELAY_PORT TARGET_PORT FINGERPRINT
-                                           open N idle sessions, print 'ready', hold until stdin closes";
+                                           open N idle sessions, print 'ready', hold until stdin closes
+  benchtool busy N MIB RELAY_HOST RELAY_PORT ECHO_PORT FINGERPRINT
+                                           open N sessions to an echo target, send MIB MiB through
+                                           each and read it back, all at once; print 'idle' and hold
+                                           them open until a line on stdin; end them, print 'ended',
+                                           hold until stdin closes";
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -48,6 +53,14 @@ fn main() {
             host,
             port.parse().unwrap(),
             target.parse().unwrap(),
+            fp,
+        ),
+        ["busy", n, mib, host, port, echo, fp] => busy(
+            n.parse().unwrap(),
+            mib.parse().unwrap(),
+            host,
+            port.parse().unwrap(),
+            echo.parse().unwrap(),
             fp,
         ),
         _ => {
@@ -206,9 +219,123 @@ fn resume(
     Ok(())
 }
 
+/// A client configuration for the relay at `host:port`, pinned to `fp`,
+/// for sessions to `target` on the relay's machine.
+fn client_config(host: &str, port: u16, target: u16, fp: &str) -> Result<ClientConfig> {
+    let fingerprint = fp.parse().map_err(|e| format!("{e:?}"))?;
+    Ok(ClientConfig {
+        relay_host: host.to_string(),
+        relay_port: port,
+        target_host: String::new(),
+        target_port: target,
+        session: SessionConfig {
+            dead_after: Duration::from_secs(60),
+            ..SessionConfig::default()
+        },
+        connect_timeout: Duration::from_secs(30),
+        trust: TrustSource::Fingerprint(fingerprint),
+        transport: TransportChoice::Tcp,
+        udp_memory: None,
+    })
+}
+
+/// Opens `n` sessions through the relay to an echo target and sends `mib`
+/// MiB through each, all at once, reading it back; then holds them open
+/// and idle (prints `idle`) until a line on stdin, ends them (prints
+/// `ended`), and holds until stdin closes. The relay's memory can be read
+/// at each step.
+fn busy(n: usize, mib: usize, host: &str, port: u16, echo: u16, fp: &str) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let template = client_config(host, port, echo, fp)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let (lines_tx, mut lines) = tokio::sync::mpsc::channel::<()>(4);
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lines() {
+                if line.is_err() || lines_tx.blocking_send(()).is_err() {
+                    break;
+                }
+            }
+        });
+        let (done_tx, mut done) = tokio::sync::mpsc::channel::<bool>(n);
+        let (ended_tx, mut ended) = tokio::sync::mpsc::channel::<bool>(n);
+        let end = tokio_util::sync::CancellationToken::new();
+        let started = Instant::now();
+        for i in 0..n {
+            let (ours, theirs) = tokio::io::duplex(256 * 1024);
+            let (r, w) = tokio::io::split(theirs);
+            let config = template.clone();
+            let ended_tx = ended_tx.clone();
+            tokio::task::spawn_local(async move {
+                let result = client::run(config, r, w, std::future::pending(), None, |_| {}).await;
+                if let Err(e) = &result {
+                    eprintln!("benchtool: session {i}: {e}");
+                }
+                let _ = ended_tx.send(result.is_ok()).await;
+            });
+            let done_tx = done_tx.clone();
+            let end = end.clone();
+            tokio::task::spawn_local(async move {
+                let (mut from, mut to) = tokio::io::split(ours);
+                let total = mib << 20;
+                let send = async {
+                    let chunk = vec![0x5au8; 64 * 1024];
+                    let mut sent = 0;
+                    while sent < total {
+                        to.write_all(&chunk).await?;
+                        sent += chunk.len();
+                    }
+                    std::io::Result::Ok(())
+                };
+                let receive = async {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut got = 0;
+                    while got < total {
+                        match from.read(&mut buf).await? {
+                            0 => break,
+                            k => got += k,
+                        }
+                    }
+                    std::io::Result::Ok(got)
+                };
+                let (sent, got) = tokio::join!(send, receive);
+                let ok = sent.is_ok() && matches!(got, Ok(g) if g == total);
+                let _ = done_tx.send(ok).await;
+                // Idle until told to end; then the end of our input ends
+                // the session (the echo target closes in turn).
+                end.cancelled().await;
+                let _ = to.shutdown().await;
+                let mut rest = Vec::new();
+                let _ = from.read_to_end(&mut rest).await;
+            });
+        }
+        drop(ended_tx);
+        let mut ok = 0;
+        for _ in 0..n {
+            if done.recv().await == Some(true) {
+                ok += 1;
+            }
+        }
+        println!("idle {ok} {:.1}", started.elapsed().as_secs_f64());
+        let _ = lines.recv().await;
+        end.cancel();
+        let mut finished = 0;
+        while let Some(result) = ended.recv().await {
+            finished += usize::from(result);
+        }
+        println!("ended {finished}");
+        // Hold until stdin closes.
+        while lines.recv().await.is_some() {}
+    });
+    Ok(())
+}
+
 /// Opens `n` sessions through the relay, each with an idle local end.
 fn idle(n: usize, host: &str, port: u16, target: u16, fp: &str) -> Result<()> {
-    let fingerprint = fp.parse().map_err(|e| format!("{e:?}"))?;
+    let template = client_config(host, port, target, fp)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -223,20 +350,7 @@ fn idle(n: usize, host: &str, port: u16, target: u16, fp: &str) -> Result<()> {
             let (ours, theirs) = tokio::io::duplex(4096);
             locals.push(ours);
             let (r, w) = tokio::io::split(theirs);
-            let config = ClientConfig {
-                relay_host: host.to_string(),
-                relay_port: port,
-                target_host: String::new(),
-                target_port: target,
-                session: SessionConfig {
-                    dead_after: Duration::from_secs(60),
-                    ..SessionConfig::default()
-                },
-                connect_timeout: Duration::from_secs(30),
-                trust: TrustSource::Fingerprint(fingerprint),
-                transport: TransportChoice::Tcp,
-                udp_memory: None,
-            };
+            let config = template.clone();
             let ready = ready_tx.clone();
             tokio::task::spawn_local(async move {
                 let mut permit = Some(permit);

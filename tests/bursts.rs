@@ -11,6 +11,10 @@
 //!   a source's handshake slots and never send a byte are evicted, oldest
 //!   first, for the next client from that address, which gets its session
 //!   long before the handshake timeout would have freed a slot.
+//! * **Memory comes back after a peak.** 50 sessions moving 8 MiB each way
+//!   at once take the relay's worker to some 170 MiB; a second after they
+//!   end, it is back within 8 MiB of its idle size, and the replay rings'
+//!   shared memory is all given back.
 //! * **A client turned away at a limit hears why.** When a source's slots
 //!   and queue are held by connections that do send (slowly), the next
 //!   client is told that the relay is at its limit, and its last line says
@@ -271,13 +275,20 @@ impl Gate {
     }
 }
 
-/// Starts [`BURST`] clients behind a gate and opens it, each client sending
-/// its own bytes through the relay to the echo target; returns each
-/// outcome.
-fn burst(relay: SocketAddr, echo: u16, dir: &Path, extra: &[&str]) -> Result<Vec<Outcome>> {
+/// Starts `n` clients behind a gate and opens it, each client sending its
+/// own `bytes` through the relay to the echo target and reading them back;
+/// returns each outcome.
+fn burst(
+    relay: SocketAddr,
+    echo: u16,
+    dir: &Path,
+    extra: &[&str],
+    n: usize,
+    bytes: usize,
+) -> Result<Vec<Outcome>> {
     let mut gate = Gate::new()?;
-    let mut children = Vec::with_capacity(BURST);
-    for index in 0..BURST {
+    let mut children = Vec::with_capacity(n);
+    for index in 0..n {
         let child = gate
             .behind(&client(relay, echo, dir, extra))
             .spawn()
@@ -290,7 +301,7 @@ fn burst(relay: SocketAddr, echo: u16, dir: &Path, extra: &[&str]) -> Result<Vec
         .into_iter()
         .map(|(index, child)| {
             std::thread::spawn(move || -> Result<Outcome> {
-                let input = random_bytes(PER_SESSION, index as u64 + 1);
+                let input = random_bytes(bytes, index as u64 + 1);
                 let (out, stderr, exited_ok) =
                     finish(child, input.clone(), Duration::from_secs(60))?;
                 Ok(Outcome {
@@ -302,7 +313,7 @@ fn burst(relay: SocketAddr, echo: u16, dir: &Path, extra: &[&str]) -> Result<Vec
             })
         })
         .collect();
-    let mut outcomes = Vec::with_capacity(BURST);
+    let mut outcomes = Vec::with_capacity(n);
     for handle in handles {
         outcomes.push(
             handle
@@ -357,7 +368,14 @@ fn a_burst_of_sessions_from_one_address_all_get_their_session() -> Result<()> {
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     for transport in ["tcp", "quic"] {
         let relay = RelayProcess::start(echo, &flags)?;
-        let outcomes = burst(relay.addr(), echo, &dir.0, &["--transport", transport])?;
+        let outcomes = burst(
+            relay.addr(),
+            echo,
+            &dir.0,
+            &["--transport", transport],
+            BURST,
+            PER_SESSION,
+        )?;
         check_burst(&relay, &outcomes, transport)?;
         ensure!(
             relay.count("session started") == BURST,
@@ -512,5 +530,80 @@ fn a_client_turned_away_at_a_limit_hears_why() -> Result<()> {
         "1 handshakes in progress from 127.0.0.1 and 1 more waiting (--max-handshakes-per-source)",
         EVENT_TIMEOUT,
     )?;
+    Ok(())
+}
+
+/// `VmRSS`, `RssShmem` and `VmHWM` of process `pid`, in KiB.
+fn memory_kib(pid: u32) -> Result<(u64, u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no {name} for {pid}"))
+    };
+    Ok((field("VmRSS:")?, field("RssShmem:")?, field("VmHWM:")?))
+}
+
+/// After a peak of busy sessions, the relay gives back what it took: the
+/// replay rings' shared memory when they drain, the heap when the sessions
+/// end.
+#[test]
+fn after_a_peak_the_relay_gives_its_memory_back() -> Result<()> {
+    const SESSIONS: usize = 50;
+    const EACH: usize = 8 << 20;
+    let _serial = one_at_a_time();
+    let echo = echo_server()?;
+    let dir = TempDir::new("peak")?;
+    let relay = RelayProcess::start(echo, &[])?;
+    let worker = relay
+        .worker_pid()
+        .context("no worker started line in the relay's log")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let (idle, _, _) = memory_kib(worker)?;
+    let outcomes = burst(
+        relay.addr(),
+        echo,
+        &dir.0,
+        // Debug builds of fifty busy clients and the relay on two cores:
+        // the last handshakes wait for CPU.
+        &["--transport", "tcp", "--connect-timeout", "60s"],
+        SESSIONS,
+        EACH,
+    )?;
+    ensure!(
+        outcomes.iter().all(|o| o.ok),
+        "sessions failed: {:?}",
+        outcomes
+            .iter()
+            .filter(|o| !o.ok)
+            .map(|o| &o.stderr)
+            .collect::<Vec<_>>()
+    );
+    relay.wait_for_count("session ended", SESSIONS, EVENT_TIMEOUT)?;
+    let (_, _, peak) = memory_kib(worker)?;
+    // Given back a second after the sessions ended.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (after, shared) = loop {
+        let (rss, shared, _) = memory_kib(worker)?;
+        if (rss <= idle + 8 * 1024 && shared == 0) || Instant::now() >= deadline {
+            break (rss, shared);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!(
+        "relay worker RSS: idle {idle} KiB, peak {peak} KiB, after the peak {after} KiB \
+         (of it shared {shared} KiB)"
+    );
+    ensure!(
+        peak > idle + 8 * 1024,
+        "no peak to speak of ({idle} → {peak} KiB)"
+    );
+    ensure!(shared == 0, "the replay rings keep {shared} KiB");
+    ensure!(
+        after <= idle + 8 * 1024,
+        "the relay kept {after} KiB after the peak ({idle} KiB before it, {peak} KiB at it)"
+    );
     Ok(())
 }

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use support::durable::{pattern_bytes, MemDir};
 use support::relay::{proxy_command, RelayProcess};
 use support::sshd::sha256_bytes;
-use support::watch::Watched;
+use support::process::Watched;
 
 /// Runs in all, on [`THREADS`] threads at once.
 const RUNS: u64 = 24;

@@ -8,7 +8,8 @@
 //!     changes of the client's address with sha256 equal and no resume at
 //!     all: no loss or resume line from the client, none in the relay's log,
 //!     `resumeproxy status` shows zero reconnects — QUIC migrated the
-//!     connection; and data flows again within seconds of each change;
+//!     connection — and QUIC's round-trip time; and data flows again within
+//!     seconds of each change;
 //!   - with UDP dropped on the client's link, `auto` is connected over TCP
 //!     within a second or two, its background probe of QUIC finds UDP
 //!     blocked, and the next client remembers: with UDP open again, it still
@@ -144,6 +145,11 @@ fn quic_carries_512_mib_through_two_address_changes_without_a_resume() -> Result
     };
     assert_eq!(report.transport, "quic", "{report:?}");
     assert_eq!(report.reconnects, 0, "{report:?}");
+    // Taken while data flows (no heartbeats): QUIC's own round-trip time.
+    assert!(
+        report.rtt_us.is_some_and(|rtt| rtt > 0),
+        "no round-trip time: {report:?}"
+    );
     let opened = bench
         .relay
         .wait_for_log("session started", Duration::ZERO)?;

@@ -13,6 +13,8 @@
 //! * **One source cannot take every session.** Sessions opened and
 //!   abandoned from one address stop at `--max-sessions-per-source`, so they
 //!   cannot fill `--max-detached` and lock everyone else out.
+//! * **Another protocol is not held.** A TLS client whose hello does not
+//!   offer resumeproxy's ALPN is refused at its hello.
 
 mod support;
 
@@ -34,7 +36,7 @@ use support::security::{
 };
 use support::sshd::{random_bytes, TestSshd};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpSocket;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// Raises this process's soft limit on open files to at least `want` (up to
 /// the hard limit).
@@ -185,6 +187,52 @@ async fn slowloris(relay: SocketAddr, source: IpAddr) -> Result<(Duration, usize
     .context("the relay never cut the slow handshake")?;
     ensure!(sent < hello.len(), "the whole ClientHello went through");
     Ok((started.elapsed(), sent))
+}
+
+/// A TLS client of another protocol — its hello offers another ALPN, or
+/// none — is refused at its hello with `no_application_protocol`, not held
+/// until the handshake timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_of_another_protocol_is_refused_at_once() -> Result<()> {
+    // No session is opened: the target is never connected to.
+    let relay = RelayProcess::start(9, &[])?;
+    for alpn in [vec![b"h2".to_vec()], Vec::new()] {
+        let mut config = (*tls::client_config(Arc::new(PinVerifier::new(Vec::new())))?).clone();
+        config.alpn_protocols = alpn.clone();
+        let name = rustls::pki_types::ServerName::IpAddress(relay.addr().ip().into());
+        let tcp = TcpStream::connect(relay.addr()).await?;
+        let started = Instant::now();
+        let result = tokio::time::timeout(
+            EVENT_TIMEOUT,
+            tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
+        )
+        .await
+        .context("the relay held the connection")?;
+        let took = started.elapsed();
+        let error = result.err().context("the handshake succeeded")?;
+        let alert = error
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>());
+        ensure!(
+            matches!(
+                alert,
+                Some(rustls::Error::AlertReceived(
+                    rustls::AlertDescription::NoApplicationProtocol
+                ))
+            ),
+            "ALPN {alpn:?}: {error}"
+        );
+        ensure!(
+            took < Duration::from_secs(1),
+            "ALPN {alpn:?}: refused after {took:?}"
+        );
+    }
+    relay.wait_for_count(
+        "connection refused: TLS: another protocol: its TLS hello does not offer ALPN resumeproxy/2",
+        2,
+        EVENT_TIMEOUT,
+    )?;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

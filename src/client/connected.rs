@@ -83,7 +83,8 @@ where
                     return AfterConnected::Ended(Ok(self.report()));
                 }
                 Step::Other(Interrupt::Control(request)) => {
-                    self.vitals.answer(request, self.link.session());
+                    self.vitals
+                        .answer(request, self.link.session(), transport.rtt());
                 }
                 Step::Link(Outcome::Finished) => {
                     close_transport(transport, Code::Done, "session complete", CLOSE_TIMEOUT).await;

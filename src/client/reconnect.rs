@@ -150,7 +150,7 @@ where
                     if matches!(request, Request::Resume) {
                         try_now.notify_one();
                     }
-                    self.vitals.answer(request, self.link.session());
+                    self.vitals.answer(request, self.link.session(), None);
                 }
                 // Without a transport the link has nothing that could end it.
                 Step::Link(outcome) => {

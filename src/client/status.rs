@@ -27,7 +27,9 @@ pub(super) struct Vitals {
 }
 
 impl Vitals {
-    fn report(&self, session: &Session) -> StatusReport {
+    /// `transport_rtt`: what the transport measures itself (QUIC), which
+    /// wins over the session's heartbeats (none flow while data does).
+    fn report(&self, session: &Session, transport_rtt: Option<Duration>) -> StatusReport {
         let stats = session.stats();
         StatusReport {
             id: self.id.to_string(),
@@ -47,8 +49,8 @@ impl Vitals {
             bytes_received: stats.bytes_received,
             reconnects: self.resumes,
             moves: self.moves,
-            rtt_us: stats
-                .rtt
+            rtt_us: transport_rtt
+                .or(stats.rtt)
                 .map(|d| d.as_micros().try_into().unwrap_or(u64::MAX)),
             unacked: session.unacked(),
         }
@@ -57,10 +59,15 @@ impl Vitals {
     /// Answers a control request. A request to resume now is the reconnect
     /// loop's to act on; answering it here only acknowledges it (while
     /// connected there is nothing to hurry).
-    pub(super) fn answer(&self, request: Request, session: &Session) {
+    pub(super) fn answer(
+        &self,
+        request: Request,
+        session: &Session,
+        transport_rtt: Option<Duration>,
+    ) {
         match request {
             Request::Status(reply) => {
-                let _ = reply.send(self.report(session));
+                let _ = reply.send(self.report(session, transport_rtt));
             }
             Request::Resume => {}
         }

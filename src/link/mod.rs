@@ -31,6 +31,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 use tokio_util::io::poll_read_buf;
 
+/// Bytes reserved for a read into an empty read buffer (see
+/// [`TRANSPORT_READ_SIZE`] for a read that continues a frame).
+const FIRST_READ_SIZE: usize = 16 * 1024;
+
 /// Most bytes read from the local end at once (one data frame).
 pub(crate) const LOCAL_READ_SIZE: usize = MAX_DATA_LEN;
 /// Encoded bytes queued for the transport before the session is asked for more.
@@ -260,10 +264,24 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
             return Ok(progress);
         }
         if t.read_buf.capacity() - t.read_buf.len() < TRANSPORT_READ_SIZE / 4 {
-            t.read_buf.reserve(TRANSPORT_READ_SIZE);
+            // An empty buffer starts small (keystrokes, acks); part of a
+            // frame in it means bulk is flowing, which gets the full size.
+            let want = if t.read_buf.is_empty() {
+                FIRST_READ_SIZE
+            } else {
+                TRANSPORT_READ_SIZE
+            };
+            t.read_buf.reserve(want);
         }
         match poll_read_buf(Pin::new(&mut t.stream), cx, &mut t.read_buf) {
-            Poll::Pending => {}
+            Poll::Pending => {
+                // Nothing more for now, nothing half-read: a buffer grown
+                // for bulk goes back, so that a session that falls quiet
+                // after a transfer does not keep it.
+                if t.read_buf.is_empty() && t.read_buf.capacity() > FIRST_READ_SIZE {
+                    t.read_buf = bytes::BytesMut::new();
+                }
+            }
             Poll::Ready(Ok(0)) => {
                 return Err(Outcome::TransportLost(
                     "connection closed by the other end".into(),

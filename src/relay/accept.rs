@@ -144,13 +144,11 @@ async fn accept_tls(
         .map_err(AcceptError::Tls)
 }
 
-/// A TLS alert record, fatal `user_canceled`: "the handshake is cancelled
-/// for a reason that is not a protocol failure". The client reads it as
-/// the relay being at a connection limit.
-const TURNED_AWAY_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 90];
-
-/// Tells a TCP connection the relay will not take it (a TLS alert) and
-/// ends it, without waiting for anything: the caller drops it.
+/// Tells a TCP connection the relay will not take it and ends it, without
+/// waiting for anything (the caller drops it). What it is told is a TLS
+/// alert, fatal `user_canceled`: "the handshake is cancelled for a reason
+/// that is not a protocol failure", which the client reads as the relay
+/// being at a connection limit.
 pub(super) fn turn_away(stream: &TcpStream) {
     let socket = socket2::SockRef::from(stream);
     // Read what already came (its TLS hello): closing a socket with unread
@@ -162,7 +160,9 @@ pub(super) fn turn_away(stream: &TcpStream) {
             _ => break,
         }
     }
-    let _ = socket.send(&TURNED_AWAY_ALERT);
+    let _ = socket.send(&tls::plaintext_alert(
+        rustls::AlertDescription::UserCanceled,
+    ));
     let _ = socket.shutdown(std::net::Shutdown::Write);
 }
 

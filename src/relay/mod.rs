@@ -36,6 +36,7 @@ mod listeners;
 mod session_task;
 mod table;
 pub mod target_policy;
+mod trim;
 
 use crate::proto::resume_auth::FailureLimiter;
 use crate::proto::session::SessionConfig;
@@ -150,6 +151,8 @@ struct Shared {
     admission: Arc<Admission>,
     /// Connections evicted from their place for another, so far.
     evicted: AtomicU64,
+    /// Gives memory back after sessions and connections end.
+    trim: trim::Trimmer,
     /// Failed resumes per source address.
     failures: Mutex<FailureLimiter>,
     /// Cancelled when the relay shuts down.
@@ -287,6 +290,7 @@ impl Relay {
             table: Arc::default(),
             admission: Admission::new(limits.max_handshakes, limits.max_handshakes_per_source),
             evicted: AtomicU64::new(0),
+            trim: trim::Trimmer::default(),
             failures: Mutex::default(),
             stop: CancellationToken::new(),
             stop_mode: std::sync::OnceLock::new(),
@@ -326,6 +330,10 @@ impl Relay {
     pub async fn run(self, shutdown: impl Future<Output = Stop>) {
         let mut shutdown = pin!(shutdown);
         let mut refused_full = 0u64;
+        let shared = Arc::clone(&self.shared);
+        self.shared
+            .tasks
+            .spawn(async move { shared.trim.run(shared.stop.clone()).await });
         let mode = loop {
             let (connection, peer) = tokio::select! {
                 mode = &mut shutdown => break mode,
@@ -388,6 +396,9 @@ impl Relay {
                 let stop = shared.stop.clone();
                 tokio::select! {
                     result = accept::accept(connection, peer, place, accepted, Arc::clone(&shared)) => {
+                        if result.is_err() {
+                            shared.trim.released();
+                        }
                         match result {
                             Ok(()) => {}
                             Err(AcceptError::Evicted) => {

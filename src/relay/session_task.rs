@@ -181,10 +181,12 @@ pub(super) async fn run(
             ControlFlow::Break(ending) => break ending,
         }
     };
+    let shared = Arc::clone(&task.shared);
     match ending {
         Ending::Ended(reason) => task.end(&reason),
-        Ending::Paused => {}
+        Ending::Paused => drop(task),
     }
+    shared.trim.released();
 }
 
 /// Carries on every session an earlier worker left in the store; returns
@@ -383,6 +385,8 @@ impl SessionTask {
                 ControlFlow::Break(Ending::Ended(format!("protocol error: {reason}")))
             }
             Step::Link(Outcome::TransportLost(reason)) => {
+                drop(transport);
+                self.shared.trim.released();
                 self.link.session_mut().detach();
                 self.record.set_detached_since(Some(boot_clock_ms()));
                 tracing::info!(

@@ -28,6 +28,7 @@ use identity::Fingerprint;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Bytes reserved for each read from a transport.
@@ -66,6 +67,11 @@ pub trait NetworkPath: Send + Sync {
     /// Lets the peer send at full speed once its session is open; a kind
     /// that starts with a small window (QUIC on the relay) opens it here.
     fn open_windows(&self) {}
+    /// The path's round-trip time as the transport measures it, where it
+    /// does (QUIC, always, from its acks); `None` where it does not.
+    fn rtt(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// A path whose addresses do not change: TCP, or a stream made in a test.
@@ -170,8 +176,9 @@ impl Transport {
             kind,
             relay_key: None,
             binding,
-            // Grown to TRANSPORT_READ_SIZE by the link once a session runs;
-            // a connection still in its handshake holds only what it sent.
+            // Grown by the link once a session runs (to TRANSPORT_READ_SIZE
+            // while bulk flows, given back when the link falls quiet); a
+            // connection still in its handshake holds only what it sent.
             read_buf: BytesMut::new(),
             write_queue: WriteQueue::new(),
             path: Box::new(FixedPath { peer, local: None }),
@@ -192,6 +199,12 @@ impl Transport {
     /// This end's address, while it is one that cannot move (TCP).
     pub fn fixed_local(&self) -> Option<SocketAddr> {
         self.path.fixed_local()
+    }
+
+    /// The round-trip time the transport itself measures, if it does
+    /// (QUIC); see [`NetworkPath::rtt`].
+    pub fn rtt(&self) -> Option<Duration> {
+        self.path.rtt()
     }
 
     /// Lets the peer send at full speed: a QUIC connection starts with a

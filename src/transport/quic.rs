@@ -356,6 +356,12 @@ impl NetworkPath for QuicPath {
         self.0
             .set_receive_window(VarInt::from_u32(CONNECTION_WINDOW));
     }
+
+    /// QUIC's smoothed round-trip time: known from the handshake on, and
+    /// kept current by every ack, busy or idle.
+    fn rtt(&self) -> Option<Duration> {
+        Some(self.0.rtt())
+    }
 }
 
 /// A QUIC connection that failed, in words.

@@ -222,12 +222,56 @@ fn turned_away(e: &io::Error) -> bool {
     )
 }
 
+/// A TLS alert record in the clear, fatal, as a server sends before its
+/// first answer: how the relay refuses a connection without a handshake.
+pub fn plaintext_alert(description: rustls::AlertDescription) -> [u8; 7] {
+    // Content type alert, legacy version 1.2, length 2, level fatal.
+    [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, u8::from(description)]
+}
+
 /// Completes the relay's side of the TLS handshake on an accepted
-/// connection (the caller bounds it with a timeout).
+/// connection (the caller bounds it with a timeout). A client that does not
+/// offer the resumeproxy protocol ([`ALPN`]) — another protocol, or none —
+/// is refused at its hello, with TLS's `no_application_protocol` alert.
 pub async fn accept(tcp: TcpStream, tls: &TlsAcceptor) -> io::Result<Transport> {
     tcp.set_nodelay(true)?;
     let peer = tcp.peer_addr()?;
-    let stream = tls.accept(tcp).await?;
+    let mut acceptor = rustls::server::Acceptor::default();
+    let accepted = loop {
+        tcp.readable().await?;
+        match acceptor.read_tls(&mut NonBlocking(&tcp)) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => break accepted,
+            Ok(None) => {}
+            Err((e, mut alert)) => {
+                let _ = alert.write_all(&mut NonBlocking(&tcp));
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+        }
+    };
+    let offered = accepted
+        .client_hello()
+        .alpn()
+        .is_some_and(|mut protocols| protocols.any(|p| p == ALPN));
+    if !offered {
+        let alert = plaintext_alert(rustls::AlertDescription::NoApplicationProtocol);
+        let _ = io::Write::write_all(&mut NonBlocking(&tcp), &alert);
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "another protocol: its TLS hello does not offer ALPN {}",
+                String::from_utf8_lossy(ALPN)
+            ),
+        ));
+    }
+    let stream = tokio_rustls::StartHandshake::from_parts(accepted, tcp)
+        .into_stream(Arc::clone(tls.config()))
+        .await?;
     let binding = channel_binding(stream.get_ref().1).map_err(io::Error::other)?;
     Ok(Transport::new(
         Box::new(stream),
@@ -235,4 +279,24 @@ pub async fn accept(tcp: TcpStream, tls: &TlsAcceptor) -> io::Result<Transport> 
         TransportKind::Tls,
         binding,
     ))
+}
+
+/// A tokio socket as `std::io` for rustls, without waiting: a call that
+/// would block says so.
+struct NonBlocking<'a>(&'a TcpStream);
+
+impl io::Read for NonBlocking<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
+
+impl io::Write for NonBlocking<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
