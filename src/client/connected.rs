@@ -76,14 +76,17 @@ where
                         reason,
                     }))
                 }
-                Step::Link(Outcome::Protocol(reason)) => {
+                Step::Link(Outcome::Protocol(e)) => {
+                    let reason = e.to_string();
                     close_transport(transport, Code::Protocol, &reason, CLOSE_TIMEOUT).await;
                     return AfterConnected::Ended(Err(ClientError::Protocol {
                         addr: self.addr.clone(),
                         reason,
                     }));
                 }
-                Step::Link(Outcome::TransportLost(reason)) => return AfterConnected::Lost(reason),
+                Step::Link(Outcome::TransportLost(lost)) => {
+                    return AfterConnected::Lost(lost.to_string())
+                }
             }
         }
     }

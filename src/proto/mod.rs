@@ -7,6 +7,9 @@
 //! * [`wire`] — the codec: frames and handshake messages to and from bytes.
 //! * [`session`] (with `replay.rs`) — the state machine of one resumable
 //!   session: offsets, replay buffer, acks, end markers, resume positions.
+//! * [`connection`] — one transport's protocol: the handshake (preambles,
+//!   hello, reply, the relay's answer) and the frames read and written for
+//!   a session, with the transport's read buffer and write queue.
 //! * `write_queue.rs` — encoded frames waiting for a transport, written with
 //!   vectored writes.
 //! * `backoff.rs` — the client's reconnect delays.
@@ -14,6 +17,7 @@
 //!   owner, and the limiter of failed attempts.
 
 pub(crate) mod backoff;
+pub mod connection;
 pub(crate) mod replay;
 pub mod replay_ring;
 pub mod resume_auth;

@@ -55,6 +55,12 @@ impl WriteQueue {
         }
     }
 
+    /// Queues bytes encoded elsewhere (a preamble, a handshake message).
+    pub fn push_bytes(&mut self, bytes: &[u8]) {
+        self.open.extend_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
     fn seal(&mut self) {
         if !self.open.is_empty() {
             self.segments.push_back(self.open.split().freeze());
@@ -91,13 +97,6 @@ impl WriteQueue {
                 n = 0;
             }
         }
-    }
-
-    /// Drops everything (the transport is gone).
-    pub fn clear(&mut self) {
-        self.segments.clear();
-        self.open.clear();
-        self.len = 0;
     }
 }
 

@@ -25,13 +25,13 @@ use super::durable::record::{boot_clock_ms, SessionRecord};
 use super::durable::restore::{restore, Restoring};
 use super::durable::session_name;
 use super::durable::sshd::{SshdReader, SshdWriter};
+use super::refusal::Refusal;
 use super::table::{Attach, Entry, SourceMark};
 use super::{RelayConfig, Shared, Stop, CLOSE_TIMEOUT, RESTART_REASON, SHUTDOWN_REASON};
-use crate::link::handshake;
-use crate::link::{close_transport, Link, Outcome, Step};
+use crate::link::{close_transport, flush, Link, Outcome, Step};
 use crate::proto::replay_ring::{RingBuffer, RingMemory};
 use crate::proto::session::{Session, SessionConfig};
-use crate::proto::wire::{Code, Reply, SessionId};
+use crate::proto::wire::{Code, SessionId};
 use crate::transport::Transport;
 use crate::units::format_duration;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -378,9 +378,10 @@ impl SessionTask {
             Step::Link(Outcome::PeerClosed(code, reason)) => ControlFlow::Break(Ending::Ended(
                 format!("client closed it ({code:?}): {reason}"),
             )),
-            Step::Link(Outcome::Protocol(reason)) => {
+            Step::Link(Outcome::Protocol(e)) => {
+                let reason = e.to_string();
                 close_transport(&mut transport, Code::Protocol, &reason, CLOSE_TIMEOUT).await;
-                ControlFlow::Break(Ending::Ended(format!("protocol error: {reason}")))
+                ControlFlow::Break(Ending::Ended(reason))
             }
             Step::Link(Outcome::TransportLost(reason)) => {
                 self.link.session_mut().detach();
@@ -400,19 +401,22 @@ impl SessionTask {
         let id = self.audit.id;
         let client = attach.transport.peer;
         let session = self.link.session_mut();
-        if let Err(e) = session.check_resume(attach.peer_received) {
+        // The client's position is checked before the answer goes out.
+        let accepted = attach.transport.connection.accept_resume(
+            session,
+            attach.peer_received,
+            config.grace,
+            Instant::now(),
+        );
+        if let Err(e) = accepted {
             tracing::warn!(session = %id, client = %client, "resume refused: {e}");
-            let _ = refuse(&mut attach.transport, Code::Protocol, e.to_string()).await;
+            let _ = refuse(&mut attach.transport, Refusal::ResumeOutOfRange(e)).await;
             return None;
         }
         session.set_dead_after(attach.dead_after);
-        let reply = Reply::Resumed {
-            received: session.received_position(),
-            grace_ms: config.grace.as_millis().try_into().unwrap_or(u64::MAX),
-        };
         let answered = tokio::time::timeout(
             config.limits.handshake_timeout,
-            handshake::reply(&mut attach.transport, &reply),
+            flush(&mut attach.transport),
         )
         .await;
         let failure = match answered {
@@ -421,12 +425,8 @@ impl SessionTask {
             Err(_) => Some("client silent".to_string()),
         };
         if let Some(why) = failure {
+            session.detach();
             tracing::info!(session = %id, client = %client, "resume failed: {why}");
-            return None;
-        }
-        if let Err(e) = session.attach(attach.peer_received, Instant::now()) {
-            // Checked above; kept so that a mistake cannot go unnoticed.
-            tracing::error!(session = %id, client = %client, "resume failed: {e}");
             return None;
         }
         attach.transport.open_windows();
