@@ -12,12 +12,15 @@
 //!   a session, with the transport's read buffer and write queue.
 //! * `write_queue.rs` — encoded frames waiting for a transport, written with
 //!   vectored writes.
-//! * `backoff.rs` — the client's reconnect delays.
+//! * `backoff.rs` — the client's reconnect delays; [`reconnect`] — when
+//!   the client attempts a resume and when it gives up, and how long the
+//!   relay holds a session whose client is away.
 //! * [`resume_auth`] — the proof that a resume comes from the session's
 //!   owner, and the limiter of failed attempts.
 
 pub(crate) mod backoff;
 pub mod connection;
+pub mod reconnect;
 pub(crate) mod replay;
 pub mod replay_ring;
 pub mod resume_auth;

@@ -29,6 +29,7 @@ use super::refusal::Refusal;
 use super::table::{Attach, Entry, SourceMark};
 use super::{RelayConfig, Shared, Stop, CLOSE_TIMEOUT, RESTART_REASON, SHUTDOWN_REASON};
 use crate::link::{close_transport, flush, Link, Outcome, Step};
+use crate::proto::reconnect::hold_for;
 use crate::proto::replay_ring::{RingBuffer, RingMemory};
 use crate::proto::session::{Session, SessionConfig};
 use crate::proto::wire::{Code, SessionId};
@@ -43,9 +44,6 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Grace period of a session whose streams have both ended, waiting only
-/// for the client's last acknowledgement.
-const ENDED_GRACE: Duration = Duration::from_secs(600);
 /// Room in a session's channel for new transports.
 pub(super) const ATTACH_QUEUE: usize = 4;
 
@@ -291,13 +289,7 @@ impl SessionTask {
     /// go on with, if its resume worked) or the session ends.
     async fn detached(&mut self, config: &RelayConfig) -> ControlFlow<Ending, Option<Transport>> {
         let _detached = self.shared.table.mark_detached();
-        // Both streams are over and only the client's last ack is
-        // missing: it has most likely exited, so do not hold on for long.
-        let grace = if self.link.session().both_streams_ended() {
-            config.grace.min(ENDED_GRACE)
-        } else {
-            config.grace
-        };
+        let grace = hold_for(self.link.session(), config.grace);
         // Counted from when the client left, also by an earlier worker.
         let now = boot_clock_ms();
         let since = self.record.detached_since().unwrap_or_else(|| {
