@@ -350,12 +350,16 @@ impl Connection {
         self.answer(&reply, State::Open);
     }
 
-    /// Answers a resume whose proof the caller has checked: checks first
-    /// that the client's position `peer_received` lies within what
-    /// `session` holds, then answers with the session's own position and
-    /// attaches the session to this connection, replaying from there. A
-    /// position outside is returned, nothing is answered, and the caller
-    /// [refuses](Self::refuse).
+    /// Answers a resume whose proof the caller has checked.
+    ///
+    /// First the client's position `peer_received` is checked against what
+    /// `session` holds. Outside it, the error is returned and nothing
+    /// changes: the caller [refuses](Self::refuse), and a late attempt the
+    /// client already gave up on does not take the session from a live
+    /// transport. Otherwise the session leaves the transport it was on, if
+    /// any — the new transport wins; the caller retires the old one — the
+    /// answer carries the session's own position, and the session is
+    /// attached here, replaying from the client's.
     pub fn accept_resume(
         &mut self,
         session: &mut Session,
@@ -364,6 +368,9 @@ impl Connection {
         now: Instant,
     ) -> Result<(), ProtocolError> {
         session.check_resume(peer_received)?;
+        if session.is_attached() {
+            session.detach();
+        }
         let reply = Reply::Resumed {
             received: session.received_position(),
             grace_ms: millis(grace),

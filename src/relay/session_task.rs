@@ -332,10 +332,15 @@ impl SessionTask {
             Step::Other(Wake::Attach(attach)) => {
                 // The client came back on a new, authenticated transport
                 // before this side noticed the old one die: the new one wins
-                // and the old one is retired.
+                // and the old one is retired. Unless the resume was refused
+                // (a late attempt the client gave up on): then the session
+                // is still on the old one.
+                let resumed = self.resume(attach, config).await;
+                if resumed.is_none() && self.link.session().is_attached() {
+                    return ControlFlow::Continue(Some(transport));
+                }
                 drop(transport);
-                self.link.session_mut().detach();
-                ControlFlow::Continue(self.resume(attach, config).await)
+                ControlFlow::Continue(resumed)
             }
             Step::Other(Wake::Stop) => {
                 let (code, reason, ending) = match self.shared.stop_mode() {

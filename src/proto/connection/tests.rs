@@ -212,6 +212,16 @@ fn a_resume_is_checked_before_it_is_answered() {
             bytes: Bytes::from_static(b"456789")
         })
     );
+
+    // While the session is live on that connection, a late attempt (from
+    // before the client's acknowledgement of 4) does not take it; a new
+    // one does: the new transport wins.
+    let mut late = deciding(2);
+    assert!(late.accept_resume(&mut session, 2, GRACE, now).is_err());
+    assert!(session.is_attached() && late.queued() == 0);
+    let mut newer = deciding(10);
+    newer.accept_resume(&mut session, 10, GRACE, now).unwrap();
+    assert!(session.is_attached() && newer.is_open());
 }
 
 #[test]
