@@ -40,9 +40,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use support::durable::{pattern_bytes, MemDir};
+use support::process::Watched;
 use support::relay::{proxy_command, RelayProcess};
 use support::sshd::sha256_bytes;
-use support::process::Watched;
 
 /// Runs in all, on [`THREADS`] threads at once.
 const RUNS: u64 = 24;

@@ -19,6 +19,7 @@
 mod support;
 
 use anyhow::{Context, Result};
+use bytes::BytesMut;
 use resumeproxy::demo::fault::FaultInjector;
 use resumeproxy::link::handshake;
 use resumeproxy::proto::resume_auth;
@@ -143,11 +144,14 @@ async fn tap_one(
     {
         learned.lock().unwrap().session = Some((*session, *secret));
     }
-    handshake::reply(&mut down, &reply).await?;
+    // The relay's answer, passed on as it is: a tap is not a relay.
+    let mut answer = BytesMut::new();
+    reply.encode(&mut answer);
+    down.stream.write_all(&answer).await?;
     // Bytes read past the handshake belong to the session.
-    let early = std::mem::take(&mut up.read_buf);
+    let early = up.connection.take_unread();
     down.stream.write_all(&early).await?;
-    let early = std::mem::take(&mut down.read_buf);
+    let early = down.connection.take_unread();
     up.stream.write_all(&early).await?;
     tokio::io::copy_bidirectional(&mut down.stream, &mut up.stream).await?;
     Ok(())

@@ -17,18 +17,24 @@
 //!   target is allowed, and a refusal fits a [`Reply::Refused`] unclipped and
 //!   survives its round trip;
 //! * a resume's proof is accepted by [`resume_auth::verify`] exactly when it
-//!   equals the proof [`resume_auth::proof`] computes.
+//!   equals the proof [`resume_auth::proof`] computes;
+//! * a relay's and a client's [`Connection`], fed the same bytes in pieces,
+//!   read what the decoders above read: the preamble, then one message of at
+//!   most [`MAX_HANDSHAKE_LEN`] as a hello (relay) or a reply (client); the
+//!   relay answers a preamble with its own, a stranger with
+//!   [`NOT_A_CLIENT_NOTICE`], another version with a refusal.
 
 use crate::frames::check_message;
 use crate::input::Input;
 use bytes::BytesMut;
+use resumeproxy::proto::connection::{Connection, Event, NOT_A_CLIENT_NOTICE};
 use resumeproxy::proto::resume_auth;
-use resumeproxy::relay::target_policy::{AllowedTarget, Target, TargetPolicy};
 use resumeproxy::proto::resume_auth::BINDING_LEN;
 use resumeproxy::proto::wire::{
-    split_message, Code, DecodeError, Hello, Preamble, Reply, MAX_REASON_LEN, PREAMBLE_LEN,
-    SECRET_LEN,
+    split_message, split_message_within, Code, DecodeError, Hello, Preamble, Reply,
+    MAX_HANDSHAKE_LEN, MAX_REASON_LEN, PREAMBLE_LEN, SECRET_LEN,
 };
+use resumeproxy::relay::target_policy::{AllowedTarget, Target, TargetPolicy};
 
 /// The resume secret the target's relay holds for every session.
 pub const SECRET: [u8; SECRET_LEN] = [0x5e; SECRET_LEN];
@@ -56,6 +62,7 @@ fn policies() -> [TargetPolicy; 2] {
 
 /// Runs one `handshake` input.
 pub fn run(data: &[u8]) {
+    check_connections(data);
     let mut input = Input::new(data);
     let preamble = input.bytes(PREAMBLE_LEN);
     if let Ok(raw) = <&[u8; PREAMBLE_LEN]>::try_from(preamble) {
@@ -71,6 +78,105 @@ pub fn run(data: &[u8]) {
         // its fields as they are, and `check_message` checked `max_data`.
         let _ = Reply::decode(kind, payload);
     }
+}
+
+/// What a connection must read from `data`: the preamble's verdict, then
+/// the first message (or what stopped it).
+fn expected(data: &[u8]) -> Result<Option<(u8, bytes::Bytes)>, DecodeError> {
+    let Some(raw) = data.get(..PREAMBLE_LEN) else {
+        return Ok(None);
+    };
+    Preamble::decode(raw.try_into().expect("a preamble's length"))?;
+    let mut rest = BytesMut::from(&data[PREAMBLE_LEN..]);
+    split_message_within(&mut rest, MAX_HANDSHAKE_LEN)
+}
+
+/// Feeds `data` to `connection` in pieces of growing size, polling after
+/// each, until it has an event or fails.
+fn feed(connection: &mut Connection, data: &[u8]) -> Result<Option<Event>, DecodeError> {
+    let mut at = 0;
+    let mut piece = 1;
+    loop {
+        let polled = connection.poll_event();
+        if !matches!(polled, Ok(None)) || at == data.len() {
+            return polled;
+        }
+        let end = (at + piece).min(data.len());
+        connection.receive(&data[at..end]);
+        at = end;
+        piece *= 2;
+    }
+}
+
+fn check_connections(data: &[u8]) {
+    let expected = expected(data);
+    let preamble_ok = data.len() >= PREAMBLE_LEN
+        && Preamble::decode(
+            data[..PREAMBLE_LEN]
+                .try_into()
+                .expect("a preamble's length"),
+        )
+        .is_ok();
+
+    let mut relay = Connection::relay();
+    let read = feed(&mut relay, data);
+    let mut answer = BytesMut::new();
+    relay.write_to(&mut answer, usize::MAX);
+    match (&expected, read) {
+        (Ok(None), Ok(None)) => {}
+        (Ok(Some((kind, payload))), read) => match (Hello::decode(*kind, payload.clone()), read) {
+            (Ok(hello), Ok(Some(Event::HelloReceived(read)))) => {
+                assert_eq!(hello, read);
+                assert!(!relay.is_open() && !relay.is_closed(), "the answer is due");
+            }
+            (Err(e), Err(read)) => assert_eq!(e, read),
+            (hello, read) => panic!("the relay read {read:?}, the decoder {hello:?}"),
+        },
+        (Err(e), Err(read)) => assert_eq!(e, &read),
+        (expected, read) => panic!("the relay read {read:?}, expected {expected:?}"),
+    }
+    let current = Preamble::CURRENT.encode();
+    match &expected {
+        Err(DecodeError::BadMagic(_)) => assert_eq!(&answer[..], NOT_A_CLIENT_NOTICE),
+        Err(DecodeError::BadVersion { .. }) => {
+            assert_eq!(&answer[..PREAMBLE_LEN], &current);
+            let mut refusal = answer.split_off(PREAMBLE_LEN);
+            let (kind, payload) = split_message(&mut refusal).unwrap().unwrap();
+            assert!(matches!(
+                Reply::decode(kind, payload),
+                Ok(Reply::Refused {
+                    code: Code::Version,
+                    ..
+                })
+            ));
+        }
+        _ if preamble_ok => assert_eq!(&answer[..], &current),
+        _ => assert!(answer.is_empty()),
+    }
+
+    let mut client = Connection::client(&Hello::New {
+        dead_after_ms: 1000,
+        host: String::new(),
+        port: 22,
+    })
+    .expect("a hello encodes");
+    client.write_to(&mut BytesMut::new(), usize::MAX);
+    let read = feed(&mut client, data);
+    match (&expected, read) {
+        (Ok(None), Ok(None)) => {}
+        (Ok(Some((kind, payload))), read) => match (Reply::decode(*kind, payload.clone()), read) {
+            (Ok(reply), Ok(Some(Event::ReplyReceived(read)))) => {
+                let open = !matches!(reply, Reply::Refused { .. });
+                assert_eq!(reply, read);
+                assert_eq!(client.is_open(), open);
+            }
+            (Err(e), Err(read)) => assert_eq!(e, read),
+            (reply, read) => panic!("the client read {read:?}, the decoder {reply:?}"),
+        },
+        (Err(e), Err(read)) => assert_eq!(e, &read),
+        (expected, read) => panic!("the client read {read:?}, expected {expected:?}"),
+    }
+    assert_eq!(client.queued(), 0, "a client answers nothing");
 }
 
 fn check_preamble(raw: &[u8; PREAMBLE_LEN]) {
@@ -127,7 +233,8 @@ fn check_target(policy: &TargetPolicy, host: &str, port: u16) {
             let shown: AllowedTarget = target.to_string().parse().expect("shown as HOST:PORT");
             assert_eq!(shown, target);
         }
-        Err(reason) => {
+        Err(refused) => {
+            let reason = refused.to_string();
             assert!(
                 reason.len() <= MAX_REASON_LEN,
                 "a refusal of {} bytes would be clipped",

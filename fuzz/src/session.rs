@@ -1,11 +1,14 @@
 //! The `session` target: one [`Session`] driven as its driver (`link`) drives
-//! it, with a hostile peer and a model of what the session must do.
+//! it, through a [`Connection`], with a hostile peer and a model of what the
+//! session must do.
 //!
 //! Input: a [`Setup`], then [`Op`]s until the input ends. The peer's bytes
 //! arrive raw ([`Op::Raw`]) or as frames built around the session's current
 //! positions ([`Op::Frame`]), so that both garbage and near-valid traffic
 //! reach the state machine; either way they go through the real decoder.
-//! A protocol error ends the run, as it ends the session.
+//! A protocol error ends the run, as it ends the session. Each new transport
+//! is a relay's connection that read a resume and answers it
+//! ([`Connection::accept_resume`]).
 //!
 //! Asserts:
 //! * nothing panics;
@@ -16,7 +19,8 @@
 //!   frame limit, carrying exactly the bytes the local end wrote; the end
 //!   marker at the stream's end; acks of exactly what was received; pongs
 //!   with the ping's token; and once it has nothing more to send, nothing is
-//!   owed (no stall). Each frame encodes and decodes back to itself;
+//!   owed (no stall) but a small ack, held back at most `ACK_DELAY`. Each
+//!   frame encodes and decodes back to itself;
 //! * the local end gets exactly the bytes the peer's accepted data carried,
 //!   in order, and the session's counters, positions, backpressure
 //!   ([`Session::local_room`], [`Session::wants_transport_read`]) and end
@@ -24,10 +28,14 @@
 
 use crate::input::Input;
 use bytes::{Bytes, BytesMut};
+use resumeproxy::proto::connection::{Connection, ConnectionError, Event};
 use resumeproxy::proto::session::{
-    Session, SessionConfig, DELIVER_ENTRY_COST, MAX_DEAD_AFTER, MIN_DEAD_AFTER,
+    Session, SessionConfig, ACK_DELAY, DELIVER_ENTRY_COST, MAX_DEAD_AFTER, MIN_DEAD_AFTER,
 };
-use resumeproxy::proto::wire::{split_message_within, Code, Frame, MAX_DATA_LEN, MIN_DATA_LEN};
+use resumeproxy::proto::wire::{
+    split_message_within, Code, Frame, Hello, Preamble, Reply, SessionId, MAX_DATA_LEN,
+    MIN_DATA_LEN, PROOF_LEN,
+};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -77,6 +85,7 @@ impl Setup {
                 min_dead + u64::from(self.dead_after_ms) % dead_range,
             ),
             max_data_len: MIN_DATA_LEN + self.max_data as usize % (MAX_DATA_LEN - MIN_DATA_LEN + 1),
+            ack_delivered: false,
         }
     }
 }
@@ -320,6 +329,62 @@ pub fn seed(setup: Setup, ops: &[Op]) -> Vec<u8> {
     out
 }
 
+/// The grace period the harness's relay announces.
+const GRACE: Duration = Duration::from_secs(60);
+
+/// A relay's connection that has read a client's preamble and a resume
+/// from position `received`, and waits for its answer.
+fn hello_read(received: u64) -> Connection {
+    let hello = Hello::Resume {
+        dead_after_ms: 1000,
+        session: SessionId([0x5e; 16]),
+        proof: [0; PROOF_LEN],
+        received,
+    };
+    let mut client = Connection::client(&hello).expect("a resume encodes");
+    let mut relay = Connection::relay();
+    let mut wire = Vec::new();
+    client.write_to(&mut wire, usize::MAX);
+    relay.receive(&wire);
+    assert_eq!(
+        relay.poll_event(),
+        Ok(Some(Event::HelloReceived(hello))),
+        "the relay reads the hello"
+    );
+    // Its preamble, already answered.
+    let mut preamble = Vec::new();
+    relay.write_to(&mut preamble, usize::MAX);
+    assert_eq!(preamble, Preamble::CURRENT.encode());
+    relay
+}
+
+/// What the relay's connection answered a resume: the session's position
+/// (`Some`), or nothing yet (`None`: the caller refuses).
+fn check_answer(connection: &mut Connection, received: Option<u64>) {
+    let mut answer = BytesMut::new();
+    connection.write_to(&mut answer, usize::MAX);
+    match received {
+        None => {
+            assert!(answer.is_empty(), "answered a resume out of range");
+            assert!(!connection.is_open());
+        }
+        Some(received) => {
+            assert!(connection.is_open());
+            let (kind, payload) = split_message_within(&mut answer, usize::MAX)
+                .expect("a reply")
+                .expect("a whole reply");
+            assert_eq!(
+                Reply::decode(kind, payload),
+                Ok(Reply::Resumed {
+                    received,
+                    grace_ms: GRACE.as_millis() as u64
+                })
+            );
+            assert!(answer.is_empty(), "frames before the session's turn");
+        }
+    }
+}
+
 /// The byte the local end writes at stream offset `at`.
 fn local_byte(at: u64) -> u8 {
     (at % 251) as u8
@@ -369,8 +434,6 @@ struct Model {
 
     // Transport.
     attached: bool,
-    /// Bytes from the peer not yet split into frames.
-    read_buf: BytesMut,
 }
 
 impl Model {
@@ -383,17 +446,51 @@ impl Model {
         self.recv + u64::from(self.peer_end)
     }
 
+    /// Whether the session must accept `frame` now.
+    fn predict(&self, frame: &Frame) -> bool {
+        let m = self;
+        match frame {
+            Frame::Data { offset, .. } | Frame::End { offset } => !m.peer_end && *offset == m.recv,
+            Frame::Ack { position } => *position <= m.sent(),
+            Frame::Ping { .. } | Frame::Pong { .. } | Frame::Close { .. } => true,
+        }
+    }
+
+    /// Updates the model for an accepted frame.
+    fn accept(&mut self, frame: Frame) {
+        let m = self;
+        match frame {
+            Frame::Data { bytes, .. } => {
+                m.recv += bytes.len() as u64;
+                if !m.output_closed && !bytes.is_empty() {
+                    m.backlog.extend(bytes.iter());
+                    m.backlog_chunks += 1;
+                }
+            }
+            Frame::Ack { position } => m.acked = m.acked.max(position),
+            Frame::Ping { token } => m.pong_due = Some(token),
+            Frame::Pong { token } => {
+                if m.ping_in_flight == Some(token) {
+                    m.ping_in_flight = None;
+                }
+            }
+            Frame::End { .. } => m.peer_end = true,
+            Frame::Close { .. } => m.peer_closed = true,
+        }
+    }
+
     fn lose_transport(&mut self) {
         self.attached = false;
         self.pong_due = None;
         self.ping_in_flight = None;
-        self.read_buf.clear();
     }
 }
 
 /// The harness: a session, its model, the clock.
 struct Driver {
     session: Session,
+    /// The current transport's protocol; idle without one.
+    connection: Connection,
     config: SessionConfig,
     model: Model,
     now: Instant,
@@ -413,6 +510,7 @@ pub fn run(data: &[u8]) {
     let now = Instant::now();
     let mut driver = Driver {
         session: Session::new(config, now),
+        connection: Connection::default(),
         config,
         model: Model::default(),
         now,
@@ -477,6 +575,7 @@ impl Driver {
             Op::Attach(pick) => {
                 if self.model.attached {
                     self.session.detach();
+                    self.connection = Connection::default();
                     self.model.lose_transport();
                 }
                 let at = pick.value(&self.model);
@@ -486,9 +585,14 @@ impl Driver {
                     ok,
                     "resume from {at}"
                 );
-                let attached = self.session.attach(at, self.now);
-                assert_eq!(attached.is_ok(), ok, "resume from {at}: {attached:?}");
+                let mut connection = hello_read(at);
+                let received = self.session.received_position();
+                let accepted = connection.accept_resume(&mut self.session, at, GRACE, self.now);
+                assert_eq!(accepted.is_ok(), ok, "resume from {at}: {accepted:?}");
+                assert_eq!(self.session.is_attached(), ok);
+                check_answer(&mut connection, ok.then_some(received));
                 if ok {
+                    self.connection = connection;
                     let m = &mut self.model;
                     m.attached = true;
                     m.acked = at;
@@ -499,6 +603,7 @@ impl Driver {
             }
             Op::Detach => {
                 self.session.detach();
+                self.connection = Connection::default();
                 self.model.lose_transport();
             }
             Op::Tick(ms) => {
@@ -509,6 +614,7 @@ impl Driver {
                 if self.session.handle_timeout(self.now) {
                     assert!(self.model.attached, "a detached session timed out");
                     self.session.detach();
+                    self.connection = Connection::default();
                     self.model.lose_transport();
                 }
             }
@@ -569,7 +675,15 @@ impl Driver {
         let m = &self.model;
         if m.attached {
             assert_eq!(m.pong_due, None, "pong not sent");
-            assert_eq!(m.ack_sent, m.received(), "ack not sent");
+            if m.ack_sent != m.received() {
+                // A small ack waits, at most ACK_DELAY, to ride on a frame
+                // this side sends anyway.
+                let due = self.session.poll_timeout(true);
+                assert!(
+                    due.is_some_and(|due| due <= self.now + ACK_DELAY),
+                    "ack not sent, and not due within {ACK_DELAY:?}: {due:?}"
+                );
+            }
             assert_eq!(m.tx_next, m.pushed, "data not sent");
             assert!(!m.eof || m.tx_end_sent, "end not sent");
         }
@@ -582,60 +696,34 @@ impl Driver {
         if !self.model.attached || !self.session.wants_transport_read() {
             return Next::Go;
         }
-        self.session.heard(self.now);
-        self.model.read_buf.extend_from_slice(bytes);
-        while !self.model.peer_closed {
-            let max = self.session.max_payload_in();
-            let (kind, payload) = match split_message_within(&mut self.model.read_buf, max) {
-                Ok(Some(message)) => message,
-                Ok(None) => break,
-                Err(_) => return Next::Over,
-            };
-            let Ok(frame) = Frame::decode(kind, payload) else {
-                return Next::Over;
-            };
-            let ok = self.predict(&frame);
-            let handled = self.session.handle_frame(frame.clone(), self.now);
-            assert_eq!(handled.is_ok(), ok, "{frame:?}: {handled:?}");
-            if !ok {
+        self.connection.receive(bytes);
+        // Each frame is predicted, and the model updated, before the
+        // session gets it; the first refused one ends the run.
+        let mut predicted = Vec::new();
+        let model = &mut self.model;
+        let handled = self
+            .connection
+            .handle_frames_inspect(&mut self.session, self.now, |frame| {
+                assert!(!model.peer_closed, "{frame:?} read after the peer's close");
+                let ok = model.predict(frame);
+                if ok {
+                    model.accept(frame.clone());
+                }
+                predicted.push((frame.clone(), ok));
+            });
+        let refused = predicted.iter().position(|(_, ok)| !ok);
+        match handled {
+            Ok(_) => assert_eq!(refused, None, "{predicted:?} all accepted"),
+            Err(ConnectionError::Session(e)) => {
+                assert_eq!(refused, Some(predicted.len() - 1), "{predicted:?}: {e}");
                 return Next::Over;
             }
-            self.accept(frame);
+            Err(ConnectionError::Decode(_)) => {
+                assert_eq!(refused, None, "{predicted:?} all accepted");
+                return Next::Over;
+            }
         }
         Next::Go
-    }
-
-    /// Whether the session must accept `frame` now.
-    fn predict(&self, frame: &Frame) -> bool {
-        let m = &self.model;
-        match frame {
-            Frame::Data { offset, .. } | Frame::End { offset } => !m.peer_end && *offset == m.recv,
-            Frame::Ack { position } => *position <= m.sent(),
-            Frame::Ping { .. } | Frame::Pong { .. } | Frame::Close { .. } => true,
-        }
-    }
-
-    /// Updates the model for an accepted frame.
-    fn accept(&mut self, frame: Frame) {
-        let m = &mut self.model;
-        match frame {
-            Frame::Data { bytes, .. } => {
-                m.recv += bytes.len() as u64;
-                if !m.output_closed && !bytes.is_empty() {
-                    m.backlog.extend(bytes.iter());
-                    m.backlog_chunks += 1;
-                }
-            }
-            Frame::Ack { position } => m.acked = m.acked.max(position),
-            Frame::Ping { token } => m.pong_due = Some(token),
-            Frame::Pong { token } => {
-                if m.ping_in_flight == Some(token) {
-                    m.ping_in_flight = None;
-                }
-            }
-            Frame::End { .. } => m.peer_end = true,
-            Frame::Close { .. } => m.peer_closed = true,
-        }
     }
 
     /// The session's observable state agrees with the model.

@@ -29,7 +29,7 @@ use crate::link::handshake;
 use crate::proto::resume_auth;
 use crate::proto::wire::{Hello, Reply};
 use crate::transport::tls::{self, PinVerifier};
-use crate::transport::{ConnectError, Transport};
+use crate::transport::{ConnectError, QuicError, Transport};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -110,8 +110,8 @@ impl QuicProbe {
             let verifier = Arc::new(PinVerifier::new(
                 Expectation::exactly(self.relay_key).accepted,
             ));
-            let tls = tls::client_config(verifier)
-                .map_err(|e| ConnectError::Quic(format!("cannot set up TLS: {e}")))?;
+            let tls =
+                tls::client_config(verifier).map_err(|e| ConnectError::Quic(QuicError::Tls(e)))?;
             let connector = Arc::clone(&self.connector);
             tracing::debug!("probing QUIC in the background");
             self.running = Some(Box::pin(async move { connector.probe_quic(tls).await }));
@@ -123,7 +123,7 @@ impl QuicProbe {
         self.running = None;
         if let Err(e) = &result {
             tracing::debug!("QUIC probe failed: {e}");
-            if !matches!(e, ConnectError::QuicNoAnswer(_)) {
+            if !e.is_quic_unanswered() {
                 self.later();
             } else {
                 self.next_at = self.connector.quic_probe_at(Instant::now());

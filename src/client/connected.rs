@@ -104,14 +104,17 @@ where
                         reason,
                     }))
                 }
-                Step::Link(Outcome::Protocol(reason)) => {
+                Step::Link(Outcome::Protocol(e)) => {
+                    let reason = e.to_string();
                     close_transport(transport, Code::Protocol, &reason, CLOSE_TIMEOUT).await;
                     return AfterConnected::Ended(Err(ClientError::Protocol {
                         addr: self.addr.clone(),
                         reason,
                     }));
                 }
-                Step::Link(Outcome::TransportLost(reason)) => return AfterConnected::Lost(reason),
+                Step::Link(Outcome::TransportLost(lost)) => {
+                    return AfterConnected::Lost(lost.to_string())
+                }
             }
         }
     }
@@ -156,7 +159,9 @@ where
                 None
             }
             // Without a transport only the dead-peer check can end the link.
-            Step::Link(Outcome::TransportLost(reason)) => Some(AfterConnected::Lost(reason)),
+            Step::Link(Outcome::TransportLost(lost)) => {
+                Some(AfterConnected::Lost(lost.to_string()))
+            }
             Step::Link(_) => Some(AfterConnected::Lost(
                 "the link ended while moving onto QUIC".into(),
             )),

@@ -14,7 +14,7 @@
 
 use super::udp_memory;
 use crate::transport::quic::{self, QuicClient};
-use crate::transport::{describe, ConnectError, Transport};
+use crate::transport::{ConnectError, QuicError, Transport};
 use crate::units::{format_duration, host_port};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -201,13 +201,11 @@ impl Connector {
                 tokio::time::timeout_at(deadline, self.connect_quic(Arc::clone(&tls))).await;
             match attempt {
                 Ok(Ok(transport)) => return Ok(transport),
-                Ok(Err(ConnectError::QuicNoAnswer(_)))
-                    if tokio::time::Instant::now() < deadline =>
-                {
+                Ok(Err(e)) if e.is_quic_unanswered() && tokio::time::Instant::now() < deadline => {
                     // quinn gave up after the dead-peer interval: go on
                     // listening until the probe's time is over.
                 }
-                Ok(Err(e @ ConnectError::QuicNoAnswer(_))) => {
+                Ok(Err(e)) if e.is_quic_unanswered() => {
                     self.udp_blocked();
                     return Err(e);
                 }
@@ -279,9 +277,9 @@ impl Connector {
     ) -> Result<Transport, ConnectError> {
         let addr = tokio::net::lookup_host((self.host.as_str(), self.port))
             .await
-            .map_err(|e| ConnectError::Quic(describe::io_error(&e)))?
+            .map_err(|e| ConnectError::Quic(QuicError::Lookup(e)))?
             .next()
-            .ok_or_else(|| ConnectError::Quic(format!("{} has no address", self.host)))?;
+            .ok_or_else(|| ConnectError::Quic(QuicError::NoAddress(self.host.clone())))?;
         let client = self.quic_client(addr)?;
         client.connect(addr, tls, self.dead_after).await
     }
@@ -295,12 +293,8 @@ impl Connector {
                 return Ok(client.clone());
             }
         }
-        let client = QuicClient::new(relay).map_err(|e| {
-            ConnectError::Quic(format!(
-                "cannot open a UDP socket: {}",
-                describe::io_error(&e)
-            ))
-        })?;
+        let client =
+            QuicClient::new(relay).map_err(|e| ConnectError::Quic(QuicError::Endpoint(e)))?;
         let follower = tokio::spawn(quic::follow_local_address(client.clone(), relay));
         if let Some((_, _, old)) = quic.replace((client.clone(), relay, follower.abort_handle())) {
             old.abort();
@@ -380,10 +374,7 @@ impl Drop for Connector {
 }
 
 fn quic_timed_out(timeout: Duration) -> ConnectError {
-    ConnectError::QuicNoAnswer(format!(
-        "no answer over QUIC within {}: is UDP blocked on the way?",
-        format_duration(timeout)
-    ))
+    ConnectError::Quic(QuicError::TimedOut(timeout))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

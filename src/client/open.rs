@@ -10,6 +10,7 @@ use super::trust::{self, Expectation};
 use super::{ClientConfig, ClientError, ClientEvent};
 use crate::link::handshake::{self, HandshakeError};
 use crate::proto::backoff::Backoff;
+use crate::proto::reconnect::refusal_may_pass;
 use crate::proto::wire::{Code, Hello, Reply, SessionId, SECRET_LEN};
 use crate::transport::identity::Fingerprint;
 use crate::transport::tls::{self, PinVerifier};
@@ -160,13 +161,6 @@ pub(super) async fn open_session(
         });
     }
     Ok(opened)
-}
-
-/// Whether a relay's refusal may pass if asked again: it is at a limit now,
-/// or restarting. The others (the target is not allowed or unreachable, the
-/// versions differ, the session is unknown) will not.
-pub(super) fn refusal_may_pass(code: Code) -> bool {
-    matches!(code, Code::Busy | Code::Restarting)
 }
 
 /// The one line a user gets when the start takes long: after

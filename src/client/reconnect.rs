@@ -12,9 +12,9 @@ use super::waits::Interrupt;
 use super::{Client, ClientConfig, ClientError, ClientEvent, ClientReport};
 use crate::link::handshake;
 use crate::link::{Outcome, Step};
-use crate::proto::backoff::Backoff;
+use crate::proto::reconnect::{refusal_may_pass, Next, Reconnect};
 use crate::proto::resume_auth;
-use crate::proto::wire::{Code, Hello, Reply, SessionId, SECRET_LEN};
+use crate::proto::wire::{Hello, Reply, SessionId, SECRET_LEN};
 use crate::transport::identity::Fingerprint;
 use crate::transport::Transport;
 use crate::units::format_duration;
@@ -25,16 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 
-/// Shortest time a reconnect attempt is given.
-const MIN_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Extra wait past the relay's grace period before giving up for good.
-const GRACE_MARGIN: Duration = Duration::from_secs(5);
-/// How long every reconnect attempt must be refused (nothing listens on the
-/// relay's port) before the relay is taken to be stopped for good. A relay
-/// that restarts keeps its listening socket (connections wait for the next
-/// worker), so only a relay that is gone refuses; a middlebox that rejects
-/// connections for a moment (a reset storm) is survived.
-pub const RELAY_GONE_AFTER: Duration = Duration::from_secs(30);
+pub use crate::proto::reconnect::RELAY_GONE_AFTER;
 
 /// What a resume needs to prove and say.
 #[derive(Clone, Copy)]
@@ -72,14 +63,11 @@ struct Reconnected {
 
 /// How one resume attempt ended.
 enum Attempt {
-    /// The relay took the session back on this transport.
-    Resumed {
+    /// The relay answered, on this transport.
+    Answered {
         transport: Box<Transport>,
-        /// The position the relay has received up to.
-        peer_received: u64,
+        reply: Reply,
     },
-    /// The relay answered, and refused.
-    Refused { code: Code, reason: String },
     /// No usable answer: the network, the handshake, or the relay's key.
     Failed(OpenError),
     /// Nothing within the attempt's time.
@@ -191,7 +179,8 @@ where
     }
 }
 
-/// Tries to resume until it works or the session is certainly gone.
+/// Tries to resume until it works or the session is certainly gone, as
+/// the [`Reconnect`] policy says.
 ///
 /// `attempts_made` counts the attempts made (for status); `now` cuts the wait
 /// before the next attempt short (`resumeproxy resume`).
@@ -206,17 +195,15 @@ async fn reconnect(
 ) -> Result<Reconnected, ClientError> {
     let addr = config.relay_addr();
     let session = resume.session;
-    let mut backoff = Backoff::default();
-    let mut attempts = 0;
-    // Since when every attempt was refused, if the latest was.
-    let mut refused_since: Option<Instant> = None;
-    // A live path answers within a round trip or two; one that does not
-    // answer within the dead-peer interval is no better than a dead one.
-    let attempt_timeout = config
-        .connect_timeout
-        .min(config.session.dead_after.max(MIN_ATTEMPT_TIMEOUT));
+    let mut policy = Reconnect::new(
+        lost_at,
+        grace,
+        config.connect_timeout,
+        config.session.dead_after,
+    );
+    let attempt_timeout = policy.attempt_timeout();
     loop {
-        attempts += 1;
+        let attempts = policy.begin();
         attempts_made.store(attempts, Ordering::Relaxed);
         let attempt_started = Instant::now();
         let attempt = tokio::select! {
@@ -227,53 +214,33 @@ async fn reconnect(
                 // The user says the network is back: an attempt still
                 // waiting on the old path is not worth finishing.
                 tracing::debug!("asked to try now; starting a fresh attempt");
-                backoff = Backoff::default();
+                policy.try_now();
                 continue;
             }
         };
-        // Refused: nothing listens on the relay's port (seen by the TCP part
-        // of an attempt, even one cut short while QUIC had its chance).
-        let refused = match &attempt {
-            Attempt::Failed(OpenError::NotListening(_)) => true,
-            Attempt::Failed(_) | Attempt::TimedOut => connector.tcp_refused_since(attempt_started),
-            Attempt::Resumed { .. } | Attempt::Refused { .. } => false,
-        };
-        if refused {
-            let since = *refused_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= RELAY_GONE_AFTER {
-                return Err(ClientError::RelayGone {
-                    addr,
-                    refused_for: RELAY_GONE_AFTER,
-                });
+        let jitter: f64 = rand::random();
+        let next = match attempt {
+            Attempt::Answered { transport, reply } => {
+                match &reply {
+                    Reply::Refused { code, reason } if refusal_may_pass(*code) => {
+                        tracing::debug!("attempt {attempts}: relay refused for now: {reason}");
+                    }
+                    Reply::Created { .. } => tracing::debug!(
+                        "attempt {attempts}: relay answered a resume as a new session"
+                    ),
+                    _ => {}
+                }
+                match policy.answered(reply, Instant::now(), jitter) {
+                    Next::Resume { peer_received } => {
+                        return Ok(Reconnected {
+                            transport: *transport,
+                            peer_received,
+                            attempts,
+                        })
+                    }
+                    next => next,
+                }
             }
-        } else {
-            refused_since = None;
-        }
-        match attempt {
-            Attempt::Resumed {
-                transport,
-                peer_received,
-            } => {
-                return Ok(Reconnected {
-                    transport: *transport,
-                    peer_received,
-                    attempts,
-                })
-            }
-            Attempt::Refused {
-                code: Code::UnknownSession,
-                reason,
-            } => {
-                return Err(ClientError::SessionGone {
-                    addr,
-                    session,
-                    reason,
-                })
-            }
-            Attempt::Refused { code, reason } if open::refusal_may_pass(code) => {
-                tracing::debug!("attempt {attempts}: relay refused for now: {reason}");
-            }
-            Attempt::Refused { reason, .. } => return Err(ClientError::Refused { addr, reason }),
             Attempt::Failed(OpenError::KeyChanged(seen)) => {
                 // Say where the key is pinned, as a new connection would:
                 // the user removes that line if the change is expected. If
@@ -288,29 +255,49 @@ async fn reconnect(
                 let changed = expectation.changed(&config.trust, &addr, seen);
                 return Err(ClientError::KeyChanged(Box::new(changed)));
             }
-            Attempt::Failed(error) => tracing::debug!("attempt {attempts}: {}", error.reason()),
-            Attempt::TimedOut => tracing::debug!(
-                "attempt {attempts}: no answer within {}",
-                format_duration(attempt_timeout)
-            ),
-        }
-        if lost_at.elapsed() > grace + GRACE_MARGIN {
-            return Err(ClientError::SessionGone {
-                addr,
-                session,
-                reason: format!(
-                    "the relay was unreachable for longer than its grace period of {}",
-                    format_duration(grace)
-                ),
-            });
-        }
-        let jitter: f64 = rand::random();
-        tokio::select! {
-            () = tokio::time::sleep(backoff.next_delay(jitter)) => {}
-            () = now.notified() => {
-                tracing::debug!("asked to try now");
-                backoff = Backoff::default();
+            failed => {
+                // Refused: nothing listens on the relay's port (seen by the
+                // TCP part of an attempt, even one cut short while QUIC had
+                // its chance).
+                let refused = match &failed {
+                    Attempt::Failed(OpenError::NotListening(_)) => true,
+                    _ => connector.tcp_refused_since(attempt_started),
+                };
+                match &failed {
+                    Attempt::Failed(error) => {
+                        tracing::debug!("attempt {attempts}: {}", error.reason())
+                    }
+                    _ => tracing::debug!(
+                        "attempt {attempts}: no answer within {}",
+                        format_duration(attempt_timeout)
+                    ),
+                }
+                policy.failed(Instant::now(), jitter, refused)
             }
+        };
+        match next {
+            Next::Retry { after } => {
+                tokio::select! {
+                    () = tokio::time::sleep(after) => {}
+                    () = now.notified() => {
+                        tracing::debug!("asked to try now");
+                        policy.try_now();
+                    }
+                }
+            }
+            Next::Gone(gone) => {
+                return Err(ClientError::SessionGone {
+                    addr,
+                    session,
+                    reason: gone.to_string(),
+                })
+            }
+            Next::Refused { reason, .. } => return Err(ClientError::Refused { addr, reason }),
+            Next::RelayGone { refused_for } => {
+                return Err(ClientError::RelayGone { addr, refused_for })
+            }
+            // Taken above, with the transport it came on.
+            Next::Resume { .. } => {}
         }
     }
 }
@@ -329,14 +316,10 @@ async fn resume_once(config: &ClientConfig, connector: &Connector, resume: &Resu
         received: resume.received,
     };
     match handshake::client(&mut transport, &hello).await {
-        Ok(Reply::Resumed { received, .. }) => Attempt::Resumed {
+        Ok(reply) => Attempt::Answered {
             transport: Box::new(transport),
-            peer_received: received,
+            reply,
         },
-        Ok(Reply::Refused { code, reason }) => Attempt::Refused { code, reason },
-        Ok(Reply::Created { .. }) => Attempt::Failed(OpenError::Unusable(
-            "relay answered a resume as a new session".into(),
-        )),
         Err(e) => Attempt::Failed(open::handshake_failure(&e)),
     }
 }
@@ -347,6 +330,6 @@ fn outcome_words(outcome: &Outcome) -> String {
         Outcome::Finished => "finished".into(),
         Outcome::PeerClosed(_, reason) => format!("closed by the relay: {reason}"),
         Outcome::TransportLost(reason) => format!("lost: {reason}"),
-        Outcome::Protocol(reason) => format!("protocol error: {reason}"),
+        Outcome::Protocol(e) => e.to_string(),
     }
 }

@@ -1,22 +1,22 @@
 //! The opening of every transport: preambles, then [`Hello`] and [`Reply`].
 //!
-//! The only I/O besides the link driver, kept apart because it is strictly
-//! request and answer. Callers bound each exchange with a timeout; these
-//! functions never buffer more than one maximal message.
+//! The messages and their rules are the transport's [`Connection`]'s; this
+//! is the I/O around them, kept apart from the link driver because it is
+//! strictly request and answer: read until the connection has an
+//! [`Event`], writing whatever it queued on the way. Callers bound each
+//! exchange with a timeout. The relay answers a hello through the
+//! connection ([`Connection::accept_new`], [`Connection::accept_resume`],
+//! [`Connection::refuse`]) and sends the answer with
+//! [`flush`](crate::link::flush).
 
-use crate::proto::wire::{
-    split_message_within, Code, DecodeError, Hello, Preamble, Reply, MAX_HANDSHAKE_LEN,
-    PREAMBLE_LEN,
-};
+pub use crate::proto::connection::NOT_A_CLIENT_NOTICE;
+
+use crate::link::flush;
+use crate::proto::connection::{Connection, Event};
+use crate::proto::wire::{DecodeError, Hello, Reply};
 use crate::transport::Transport;
-use bytes::{Bytes, BytesMut};
 use std::io;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// What a relay writes to a peer that does not speak the protocol at all (an
-/// ssh client pointed at the relay port, a port scanner): readable by a person.
-pub const NOT_A_CLIENT_NOTICE: &[u8] =
-    b"resumeproxyd: this port speaks the resumeproxy relay protocol; use `ProxyCommand resumeproxy %h %p` in ssh_config\r\n";
+use tokio::io::AsyncReadExt;
 
 /// A handshake that did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -29,102 +29,65 @@ pub enum HandshakeError {
     Decode(#[from] DecodeError),
 }
 
-/// Reads until `transport.read_buf` holds at least `n` bytes.
-async fn fill(transport: &mut Transport, n: usize) -> Result<(), HandshakeError> {
-    while transport.read_buf.len() < n {
-        let read = transport.stream.read_buf(&mut transport.read_buf).await?;
-        if read == 0 {
-            return Err(HandshakeError::Io(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed during handshake",
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Reads the peer's preamble.
-async fn read_preamble(transport: &mut Transport) -> Result<Preamble, HandshakeError> {
-    fill(transport, PREAMBLE_LEN).await?;
-    let mut raw = [0u8; PREAMBLE_LEN];
-    raw.copy_from_slice(&transport.read_buf.split_to(PREAMBLE_LEN));
-    Ok(Preamble::decode(&raw)?)
-}
-
-/// Reads one whole message, of at most [`MAX_HANDSHAKE_LEN`].
-async fn read_message(transport: &mut Transport) -> Result<(u8, Bytes), HandshakeError> {
+/// Reads and writes for the connection until its next [`Event`]. What the
+/// connection queued goes out first, even when it failed (a relay's notice
+/// or refusal to a peer it cannot serve: best effort).
+async fn next_event(transport: &mut Transport) -> Result<Event, HandshakeError> {
     loop {
-        if let Some(message) = split_message_within(&mut transport.read_buf, MAX_HANDSHAKE_LEN)? {
-            return Ok(message);
+        let polled = transport.connection.poll_event();
+        if transport.connection.queued() > 0 {
+            let sent = flush(transport).await;
+            if polled.is_ok() {
+                sent?;
+            }
         }
-        let read = transport.stream.read_buf(&mut transport.read_buf).await?;
-        if read == 0 {
-            return Err(HandshakeError::Io(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed during handshake",
-            )));
+        match polled? {
+            Some(event) => return Ok(event),
+            None => {
+                let read = transport
+                    .stream
+                    .read_buf(transport.connection.read_buf())
+                    .await?;
+                if read == 0 {
+                    return Err(HandshakeError::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed during handshake",
+                    )));
+                }
+            }
         }
     }
 }
 
-/// Writes `bytes` and flushes.
-async fn send(transport: &mut Transport, bytes: &[u8]) -> Result<(), HandshakeError> {
-    transport.stream.write_all(bytes).await?;
-    transport.stream.flush().await?;
-    Ok(())
-}
-
-/// The client's side: sends the preamble and `hello`, returns the relay's reply.
+/// The client's side: sends the preamble and `hello`, returns the relay's
+/// reply. After an accepting reply the connection is open.
 pub async fn client(transport: &mut Transport, hello: &Hello) -> Result<Reply, HandshakeError> {
-    let mut out = BytesMut::new();
-    out.extend_from_slice(&Preamble::CURRENT.encode());
-    hello.encode(&mut out)?;
-    send(transport, &out).await?;
-    read_preamble(transport).await?;
-    let (kind, payload) = read_message(transport).await?;
-    Ok(Reply::decode(kind, payload)?)
+    transport.connection = Connection::client(hello)?;
+    match next_event(transport).await? {
+        Event::ReplyReceived(reply) => Ok(reply),
+        Event::HelloReceived(_) => {
+            Err(io::Error::other("a client's connection received a hello").into())
+        }
+    }
 }
 
 /// The relay's side: reads the client's preamble and hello, answering a peer
-/// that speaks something else with a reason it can print.
+/// that speaks something else with a reason it can print. The connection
+/// then waits for the relay's answer.
 pub async fn relay(transport: &mut Transport) -> Result<Hello, HandshakeError> {
-    let preamble = read_preamble(transport).await;
-    let mut out = BytesMut::new();
-    match preamble {
-        Ok(_) => {}
-        Err(HandshakeError::Decode(DecodeError::BadMagic(sent))) => {
-            // Best effort: the connection is closed either way.
-            let _ = send(transport, NOT_A_CLIENT_NOTICE).await;
-            return Err(DecodeError::BadMagic(sent).into());
+    transport.connection = Connection::relay();
+    match next_event(transport).await? {
+        Event::HelloReceived(hello) => Ok(hello),
+        Event::ReplyReceived(_) => {
+            Err(io::Error::other("a relay's connection received a reply").into())
         }
-        Err(HandshakeError::Decode(err @ DecodeError::BadVersion { .. })) => {
-            out.extend_from_slice(&Preamble::CURRENT.encode());
-            Reply::Refused {
-                code: Code::Version,
-                reason: format!("{err}; upgrade the older of resumeproxy and resumeproxyd"),
-            }
-            .encode(&mut out);
-            let _ = send(transport, &out).await;
-            return Err(err.into());
-        }
-        Err(err) => return Err(err),
     }
-    out.extend_from_slice(&Preamble::CURRENT.encode());
-    send(transport, &out).await?;
-    let (kind, payload) = read_message(transport).await?;
-    Ok(Hello::decode(kind, payload)?)
-}
-
-/// The relay's answer to a hello.
-pub async fn reply(transport: &mut Transport, reply: &Reply) -> Result<(), HandshakeError> {
-    let mut out = BytesMut::new();
-    reply.encode(&mut out);
-    send(transport, &out).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::wire::{Preamble, MAX_HANDSHAKE_LEN};
     use crate::transport::TransportKind;
     use tokio::io::AsyncWriteExt;
 
@@ -152,9 +115,9 @@ mod tests {
             "{result:?}"
         );
         assert!(
-            transport.read_buf.capacity() < MAX_HANDSHAKE_LEN,
+            transport.connection.read_capacity() < MAX_HANDSHAKE_LEN,
             "reserved {}",
-            transport.read_buf.capacity()
+            transport.connection.read_capacity()
         );
     }
 }

@@ -13,17 +13,20 @@
 //! fill the replay buffer up to its bound, and bytes already received are
 //! still written to it.
 //!
-//! Every transport opens with [`handshake`] before its link runs.
+//! The protocol on each transport — parsing frames, queueing them, the
+//! handshake — is its [`Connection`]'s; the link only moves bytes between it
+//! and the transport's stream. Every transport opens with [`handshake`]
+//! before its link runs.
 
 pub mod handshake;
 
+use crate::proto::connection::{Connection, ConnectionError, MAX_IO_SLICES};
 use crate::proto::session::Session;
-use crate::proto::wire::{split_message_within, Code, Frame, MAX_DATA_LEN};
-use crate::proto::write_queue::{WriteQueue, MAX_IO_SLICES};
-use crate::transport::{describe, Transport, TRANSPORT_READ_SIZE};
+use crate::proto::wire::{Code, MAX_DATA_LEN};
+use crate::transport::{describe, Transport};
 use crate::units::format_duration;
 use std::future::{poll_fn, Future};
-use std::io::IoSlice;
+use std::io::{self, IoSlice};
 use std::pin::{pin, Pin};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -31,26 +34,34 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 use tokio_util::io::poll_read_buf;
 
-/// Bytes reserved for a read into an empty read buffer (see
-/// [`TRANSPORT_READ_SIZE`] for a read that continues a frame).
-const FIRST_READ_SIZE: usize = 16 * 1024;
-
 /// Most bytes read from the local end at once (one data frame).
 pub(crate) const LOCAL_READ_SIZE: usize = MAX_DATA_LEN;
-/// Encoded bytes queued for the transport before the session is asked for more.
-pub(crate) const WRITE_QUEUE_HIGH: usize = 512 * 1024;
 
 /// Why [`Link::run`] returned on its own.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Outcome {
     /// Both streams were delivered and acknowledged.
     Finished,
     /// The peer closed the session; everything it sent was delivered locally.
     PeerClosed(Code, String),
     /// The transport broke, closed, or went silent.
-    TransportLost(String),
+    TransportLost(Lost),
     /// The peer broke the protocol.
-    Protocol(String),
+    Protocol(ConnectionError),
+}
+
+/// How a transport was lost.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Lost {
+    /// The other end closed the stream.
+    #[error("connection closed by the other end")]
+    Closed,
+    /// Reading or writing failed (in words, see [`describe`]).
+    #[error("{}", describe::io_error(.0))]
+    Io(#[from] io::Error),
+    /// Nothing arrived for the dead-peer interval.
+    #[error("nothing heard for {}", format_duration(*.0))]
+    Silent(Duration),
 }
 
 /// What ended one call of [`Link::run`].
@@ -153,29 +164,18 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
                 progress |= self.poll_local_write(cx);
                 if let Some(t) = transport.as_deref_mut() {
                     if self.session.peer_close().is_some() {
-                        // The peer closed the session, and may have closed
-                        // its connection right after: nothing more goes to
-                        // it (a write would find the connection gone, and
-                        // the session taken for lost, with what the peer
-                        // sent still to deliver). What it sent is
-                        // delivered, then its close is the outcome.
-                        t.write_queue.clear();
+                        // What the peer sent is delivered, then its close
+                        // is the outcome; nothing more goes to it.
+                        t.connection.discard_queued();
                     } else {
-                        while t.write_queue.len() < WRITE_QUEUE_HIGH {
-                            match self.session.poll_transmit(now) {
-                                Some(frame) => t.write_queue.push(&frame),
-                                None => break,
-                            }
-                        }
-                        let was_queued = t.write_queue.len();
+                        t.connection.transmit(&mut self.session, now);
+                        let was_queued = t.connection.queued();
                         match poll_write_queue(cx, t) {
-                            Ok(_) => progress |= t.write_queue.len() != was_queued,
-                            Err(e) => {
-                                return Poll::Ready(Outcome::TransportLost(describe::io_error(&e)))
-                            }
+                            Ok(_) => progress |= t.connection.queued() != was_queued,
+                            Err(e) => return Poll::Ready(Outcome::TransportLost(Lost::Io(e))),
                         }
                     }
-                    if self.local_output_settled() && t.write_queue.is_empty() {
+                    if self.local_output_settled() && t.connection.queued() == 0 {
                         if let Some((code, reason)) = self.session.peer_close() {
                             return Poll::Ready(Outcome::PeerClosed(*code, reason.clone()));
                         }
@@ -197,7 +197,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
             // Nothing can move: arm the session's timer.
             let can_transmit = transport
                 .as_deref()
-                .is_some_and(|t| t.write_queue.len() < WRITE_QUEUE_HIGH);
+                .is_some_and(|t| t.connection.can_transmit());
             let Some(deadline) = self.session.poll_timeout(can_transmit) else {
                 return Poll::Pending;
             };
@@ -210,10 +210,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
             }
             self.timer_deadline = None;
             if self.session.handle_timeout(Instant::now()) {
-                let silent = format_duration(self.session.config().dead_after);
-                return Poll::Ready(Outcome::TransportLost(format!(
-                    "nothing heard for {silent}"
-                )));
+                let silent = self.session.config().dead_after;
+                return Poll::Ready(Outcome::TransportLost(Lost::Silent(silent)));
             }
             // A heartbeat may be due: go round again.
         }
@@ -257,64 +255,26 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
         t: &mut Transport,
         now: Instant,
     ) -> Result<bool, Outcome> {
-        // Frames left over from the handshake, or from a read that was
-        // parsed only partly because the local end was slow.
-        let mut progress = self.parse_frames(t, now)?;
-        if self.session.peer_close().is_some() || !self.session.wants_transport_read() {
+        let connection: &mut Connection = &mut t.connection;
+        // Frames left over from the handshake.
+        let mut progress = connection
+            .handle_frames(&mut self.session, now)
+            .map_err(Outcome::Protocol)?;
+        if !connection.wants_read(&self.session) {
             return Ok(progress);
         }
-        if t.read_buf.capacity() - t.read_buf.len() < TRANSPORT_READ_SIZE / 4 {
-            // An empty buffer starts small (keystrokes, acks); part of a
-            // frame in it means bulk is flowing, which gets the full size.
-            let want = if t.read_buf.is_empty() {
-                FIRST_READ_SIZE
-            } else {
-                TRANSPORT_READ_SIZE
-            };
-            t.read_buf.reserve(want);
-        }
-        match poll_read_buf(Pin::new(&mut t.stream), cx, &mut t.read_buf) {
-            Poll::Pending => {
-                // Nothing more for now, nothing half-read: a buffer grown
-                // for bulk goes back, so that a session that falls quiet
-                // after a transfer does not keep it.
-                if t.read_buf.is_empty() && t.read_buf.capacity() > FIRST_READ_SIZE {
-                    t.read_buf = bytes::BytesMut::new();
-                }
-            }
-            Poll::Ready(Ok(0)) => {
-                return Err(Outcome::TransportLost(
-                    "connection closed by the other end".into(),
-                ))
-            }
+        match poll_read_buf(Pin::new(&mut t.stream), cx, connection.read_buf()) {
+            Poll::Pending => connection.read_idle(),
+            Poll::Ready(Ok(0)) => return Err(Outcome::TransportLost(Lost::Closed)),
             Poll::Ready(Ok(_)) => {
                 progress = true;
-                self.session.heard(now);
-                self.parse_frames(t, now)?;
+                connection
+                    .handle_frames(&mut self.session, now)
+                    .map_err(Outcome::Protocol)?;
             }
-            Poll::Ready(Err(e)) => return Err(Outcome::TransportLost(describe::io_error(&e))),
+            Poll::Ready(Err(e)) => return Err(Outcome::TransportLost(Lost::Io(e))),
         }
         Ok(progress)
-    }
-
-    /// Hands every complete frame in the read buffer to the session.
-    fn parse_frames(&mut self, t: &mut Transport, now: Instant) -> Result<bool, Outcome> {
-        let mut any = false;
-        while self.session.peer_close().is_none() {
-            let max_payload = self.session.max_payload_in();
-            let (kind, payload) = match split_message_within(&mut t.read_buf, max_payload) {
-                Ok(Some(message)) => message,
-                Ok(None) => break,
-                Err(e) => return Err(Outcome::Protocol(e.to_string())),
-            };
-            let frame =
-                Frame::decode(kind, payload).map_err(|e| Outcome::Protocol(e.to_string()))?;
-            self.session
-                .handle_frame(frame, now)
-                .map_err(|e| Outcome::Protocol(e.to_string()))?;
-            any = true;
-        }
-        Ok(any)
     }
 
     /// Session → local end. Returns whether anything happened.
@@ -357,7 +317,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
     }
 }
 
-/// Sends a [`Frame::Close`] after whatever is queued, waiting at most
+/// Sends a [`Frame::Close`](crate::proto::wire::Frame::Close) after whatever is queued, waiting at most
 /// `timeout`. Best effort: the transport is dropped after it either way.
 pub(crate) async fn close_transport(
     transport: &mut Transport,
@@ -365,39 +325,40 @@ pub(crate) async fn close_transport(
     reason: &str,
     timeout: Duration,
 ) {
-    transport.write_queue.push(&Frame::Close {
-        code,
-        reason: reason.to_owned(),
-    });
+    transport.connection.close(code, reason);
     let delivered = async {
-        let flushed = poll_fn(|cx| match poll_write_queue(cx, transport) {
-            Ok(true) => Poll::Ready(true),
-            Ok(false) => Poll::Pending,
-            Err(_) => Poll::Ready(false),
-        })
-        .await;
         // Shutting the stream down waits, on QUIC, until the peer has it all:
         // the process may exit right after.
-        if flushed {
+        if flush(transport).await.is_ok() {
             let _ = poll_fn(|cx| Pin::new(&mut transport.stream).poll_shutdown(cx)).await;
         }
     };
     let _ = tokio::time::timeout(timeout, delivered).await;
 }
 
-/// Writes from the transport's queue until it is empty (`Ok(true)`, flushed)
-/// or the transport would block (`Ok(false)`).
-fn poll_write_queue(cx: &mut Context<'_>, t: &mut Transport) -> std::io::Result<bool> {
-    while !t.write_queue.is_empty() {
+/// Writes everything the transport's connection has queued (a handshake
+/// message, an answer, a close), and flushes.
+pub(crate) async fn flush(transport: &mut Transport) -> io::Result<()> {
+    poll_fn(|cx| match poll_write_queue(cx, transport) {
+        Ok(true) => Poll::Ready(Ok(())),
+        Ok(false) => Poll::Pending,
+        Err(e) => Poll::Ready(Err(e)),
+    })
+    .await
+}
+
+/// Writes from the connection's queue until it is empty (`Ok(true)`,
+/// flushed) or the transport would block (`Ok(false)`).
+fn poll_write_queue(cx: &mut Context<'_>, t: &mut Transport) -> io::Result<bool> {
+    while t.connection.queued() > 0 {
         let written = {
             let mut slices = [IoSlice::new(&[]); MAX_IO_SLICES];
-            let queue: &mut WriteQueue = &mut t.write_queue;
-            let n = queue.io_slices(&mut slices);
+            let n = t.connection.io_slices(&mut slices);
             match Pin::new(&mut t.stream).poll_write_vectored(cx, &slices[..n]) {
                 Poll::Pending => return Ok(false),
                 Poll::Ready(Ok(0)) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::WriteZero,
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
                         "transport accepts no more bytes",
                     ))
                 }
@@ -405,7 +366,7 @@ fn poll_write_queue(cx: &mut Context<'_>, t: &mut Transport) -> std::io::Result<
                 Poll::Ready(Err(e)) => return Err(e),
             }
         };
-        t.write_queue.advance(written);
+        t.connection.advance(written);
     }
     match Pin::new(&mut t.stream).poll_flush(cx) {
         Poll::Pending => Ok(false),

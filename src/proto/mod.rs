@@ -7,16 +7,28 @@
 //! * [`wire`] — the codec: frames and handshake messages to and from bytes.
 //! * [`session`] (with `replay.rs`) — the state machine of one resumable
 //!   session: offsets, replay buffer, acks, end markers, resume positions.
+//! * [`connection`] — one transport's protocol: the handshake (preambles,
+//!   hello, reply, the relay's answer) and the frames read and written for
+//!   a session, with the transport's read buffer and write queue.
 //! * `write_queue.rs` — encoded frames waiting for a transport, written with
 //!   vectored writes.
-//! * `backoff.rs` — the client's reconnect delays.
+//! * `backoff.rs` — the client's reconnect delays; [`reconnect`] — when
+//!   the client attempts a resume and when it gives up, and how long the
+//!   relay holds a session whose client is away.
 //! * [`resume_auth`] — the proof that a resume comes from the session's
 //!   owner, and the limiter of failed attempts.
+//! * `sim/` (tests) — the whole protocol simulated: client and relay logic
+//!   over in-memory links with a virtual clock, thousands of seeded
+//!   schedules of faults, each checking the stream contract.
 
 pub(crate) mod backoff;
+pub mod connection;
+pub mod reconnect;
 pub(crate) mod replay;
 pub mod replay_ring;
 pub mod resume_auth;
 pub mod session;
+#[cfg(test)]
+mod sim;
 pub mod wire;
 pub(crate) mod write_queue;

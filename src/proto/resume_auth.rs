@@ -9,8 +9,13 @@
 //! TLS or QUIC alike). The relay computes the same and compares in constant
 //! time. A proof seen on one connection is worthless on any other, so
 //! neither a replay nor a relay-side log can be turned into a resume.
+//!
+//! [`authorize`] is the relay's whole check of a resume, in its order: an
+//! address that failed too often is refused unchecked, then an unknown
+//! session, then a wrong proof (which counts as a failure).
 
-use crate::proto::wire::{SessionId, PROOF_LEN, SECRET_LEN};
+use crate::proto::wire::{Code, SessionId, PROOF_LEN, SECRET_LEN};
+use crate::units::format_duration;
 use ring::hmac;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -125,6 +130,63 @@ impl FailureLimiter {
     }
 }
 
+/// Why the relay refuses a resume before it reaches the session.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResumeRefused {
+    /// The source address failed too often lately; refused unchecked.
+    #[error("too many failed resume attempts from {ip}; try again in {}", format_duration(*.retry_after))]
+    Throttled {
+        /// The source address.
+        ip: IpAddr,
+        /// When it may try again.
+        retry_after: Duration,
+    },
+    /// The relay holds no such session.
+    #[error("no such session on this relay: it expired after its grace period, or the relay was restarted")]
+    UnknownSession,
+    /// The proof does not match the session's secret and this connection.
+    #[error("wrong session proof")]
+    BadProof {
+        /// Failures from this address in the current window, this one
+        /// included (the relay logs the first few).
+        failures: u32,
+    },
+}
+
+impl ResumeRefused {
+    /// The code the refusal carries.
+    pub fn code(&self) -> Code {
+        match self {
+            ResumeRefused::Throttled { .. } => Code::Busy,
+            ResumeRefused::UnknownSession => Code::UnknownSession,
+            ResumeRefused::BadProof { .. } => Code::BadProof,
+        }
+    }
+}
+
+/// The relay's check of a resume of `session` from `ip` on the connection
+/// whose channel binding is `binding`: `secret` is the session's, if the
+/// relay holds it. A wrong proof is recorded in `limiter`.
+pub fn authorize(
+    limiter: &mut FailureLimiter,
+    ip: IpAddr,
+    now: Instant,
+    secret: Option<&[u8; SECRET_LEN]>,
+    session: &SessionId,
+    binding: &[u8; BINDING_LEN],
+    proof: &[u8; PROOF_LEN],
+) -> Result<(), ResumeRefused> {
+    if let Verdict::Refuse { retry_after } = limiter.verdict(ip, now) {
+        return Err(ResumeRefused::Throttled { ip, retry_after });
+    }
+    let secret = secret.ok_or(ResumeRefused::UnknownSession)?;
+    if !verify(secret, session, binding, proof) {
+        let failures = limiter.record_failure(ip, now);
+        return Err(ResumeRefused::BadProof { failures });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +229,37 @@ mod tests {
         assert_eq!(limiter.verdict(b, later), Verdict::Check);
         assert_eq!(limiter.verdict(a, t0 + FAILURE_WINDOW), Verdict::Check);
         assert_eq!(limiter.record_failure(a, t0 + FAILURE_WINDOW), 1);
+    }
+
+    #[test]
+    fn a_resume_is_throttled_then_looked_up_then_proven() {
+        let mut limiter = FailureLimiter::default();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let now = Instant::now();
+        let secret = [7u8; SECRET_LEN];
+        let session = SessionId([1; 16]);
+        let binding = [9u8; BINDING_LEN];
+        let good = proof(&secret, &session, &binding);
+        let check = |limiter: &mut FailureLimiter, secret, proof| {
+            authorize(limiter, ip, now, secret, &session, &binding, proof)
+        };
+        assert_eq!(check(&mut limiter, Some(&secret), &good), Ok(()));
+        assert_eq!(
+            check(&mut limiter, None, &good),
+            Err(ResumeRefused::UnknownSession)
+        );
+        for failures in 1..=MAX_FAILURES {
+            let refused = check(&mut limiter, Some(&secret), &[0; PROOF_LEN]);
+            assert_eq!(refused, Err(ResumeRefused::BadProof { failures }));
+        }
+        let refused = check(&mut limiter, Some(&secret), &good).unwrap_err();
+        assert_eq!(refused.code(), Code::Busy);
+        assert!(
+            refused
+                .to_string()
+                .starts_with("too many failed resume attempts from 192.0.2.1; try again in"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -55,6 +55,12 @@ impl WriteQueue {
         }
     }
 
+    /// Queues bytes encoded elsewhere (a preamble, a handshake message).
+    pub fn push_bytes(&mut self, bytes: &[u8]) {
+        self.open.extend_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
     fn seal(&mut self) {
         if !self.open.is_empty() {
             self.segments.push_back(self.open.split().freeze());
@@ -93,7 +99,7 @@ impl WriteQueue {
         }
     }
 
-    /// Drops everything (the transport is gone).
+    /// Drops everything (nothing more goes to the peer).
     pub fn clear(&mut self) {
         self.segments.clear();
         self.open.clear();

@@ -11,14 +11,16 @@ use super::durable::crash::{self, Point};
 use super::durable::record::{Fixed, SessionRecord};
 use super::durable::session_name;
 use super::durable::tcp_counters::TcpCounters;
+use super::refusal::Refusal;
 use super::session_task::{self, Audit, Start, ATTACH_QUEUE};
 use super::table::{Attach, Entry};
 use super::target_policy::Target;
 use super::{Shared, CLOSE_TIMEOUT, TARGET_CONNECT_TIMEOUT};
+use crate::link::flush;
 use crate::link::handshake::{self, HandshakeError, NOT_A_CLIENT_NOTICE};
-use crate::proto::resume_auth::{self, Verdict, MAX_FAILURES};
+use crate::proto::resume_auth::{self, ResumeRefused, MAX_FAILURES};
 use crate::proto::session::{MAX_DEAD_AFTER, MIN_DEAD_AFTER};
-use crate::proto::wire::{Code, Hello, Reply, SessionId, SECRET_LEN, SESSION_ID_LEN};
+use crate::proto::wire::{Hello, SessionId, SECRET_LEN, SESSION_ID_LEN};
 use crate::transport::{quic, tls, Transport};
 use crate::units::format_duration;
 use std::io;
@@ -52,7 +54,11 @@ pub(super) enum AcceptError {
     #[error("handshake took longer than {}", format_duration(*.0))]
     Timeout(Duration),
     #[error("{0}")]
-    Refused(String),
+    Refused(Refusal),
+    #[error("cannot start a session: {0}")]
+    Start(String),
+    #[error("could not answer: {0}")]
+    Unanswered(io::Error),
     /// It sent nothing within [`SILENT_AFTER`], and another connection
     /// needed its place.
     #[error(
@@ -186,29 +192,31 @@ async fn serve(
             received,
         } => {
             let ip = peer.ip();
-            let verdict = shared.failures().verdict(ip, Instant::now());
-            if let Verdict::Refuse { retry_after } = verdict {
-                let reason = format!(
-                    "too many failed resume attempts from {ip}; try again in {}",
-                    format_duration(retry_after)
-                );
-                return refuse(&mut transport, Code::Busy, reason).await;
-            }
             let found = shared.table.lookup(&session);
-            let gone = "no such session on this relay: it expired after its grace period, or the relay was restarted";
-            let Some((secret, attach)) = found else {
-                return refuse(&mut transport, Code::UnknownSession, gone.into()).await;
-            };
-            if !resume_auth::verify(&secret, &session, &transport.binding, &proof) {
-                let failures = shared.failures().record_failure(ip, Instant::now());
-                if failures <= MAX_FAILURES {
-                    tracing::warn!(session = %session, client = %peer, "resume refused: wrong proof ({failures} from this address in the last minute)");
+            let authorized = resume_auth::authorize(
+                &mut shared.failures(),
+                ip,
+                Instant::now(),
+                found.as_ref().map(|(secret, _)| secret),
+                &session,
+                &transport.binding,
+                &proof,
+            );
+            if let Err(refused) = authorized {
+                if let ResumeRefused::BadProof { failures } = refused {
+                    if failures <= MAX_FAILURES {
+                        tracing::warn!(session = %session, client = %peer, "resume refused: wrong proof ({failures} from this address in the last minute)");
+                    }
+                    if failures == MAX_FAILURES {
+                        tracing::warn!(client = %peer, "further resume attempts from {ip} are refused for a minute");
+                    }
                 }
-                if failures == MAX_FAILURES {
-                    tracing::warn!(client = %peer, "further resume attempts from {ip} are refused for a minute");
-                }
-                return refuse(&mut transport, Code::BadProof, "wrong session proof".into()).await;
+                return refuse(&mut transport, refused.into()).await;
             }
+            let gone = || ResumeRefused::UnknownSession.into();
+            let Some((_, attach)) = found else {
+                return refuse(&mut transport, gone()).await;
+            };
             let request = Attach {
                 transport,
                 peer_received: received,
@@ -216,7 +224,7 @@ async fn serve(
             };
             if let Err(mpsc::error::SendError(mut request)) = attach.send(request).await {
                 // The session ended between the lookup and now.
-                return refuse(&mut request.transport, Code::UnknownSession, gone.into()).await;
+                return refuse(&mut request.transport, gone()).await;
             }
             Ok(())
         }
@@ -236,33 +244,24 @@ async fn open_session(
     let config = shared.config();
     let target = match config.targets.decide(host, port) {
         Ok(target) => target,
-        Err(reason) => return refuse(&mut transport, Code::TargetRefused, reason).await,
+        Err(refused) => return refuse(&mut transport, refused.into()).await,
     };
     let limits = config.limits;
     if shared.table.len() >= limits.max_sessions {
-        let reason = format!(
-            "the relay is at its limit of {} sessions (--max-sessions)",
-            limits.max_sessions
-        );
-        return refuse(&mut transport, Code::Busy, reason).await;
+        return refuse(&mut transport, Refusal::MaxSessions(limits.max_sessions)).await;
     }
     if shared.table.detached() >= limits.max_detached {
-        let reason = format!(
-            "the relay holds its limit of {} sessions whose clients are away (--max-detached)",
-            limits.max_detached
-        );
-        return refuse(&mut transport, Code::Busy, reason).await;
+        return refuse(&mut transport, Refusal::MaxDetached(limits.max_detached)).await;
     }
     let Some(source_mark) = shared
         .table
         .add_source(peer.ip(), limits.max_sessions_per_source)
     else {
-        let reason = format!(
-            "the relay holds its limit of {} sessions from {} (--max-sessions-per-source)",
-            limits.max_sessions_per_source,
-            peer.ip()
-        );
-        return refuse(&mut transport, Code::Busy, reason).await;
+        let refusal = Refusal::MaxPerSource {
+            max: limits.max_sessions_per_source,
+            address: peer.ip(),
+        };
+        return refuse(&mut transport, refusal).await;
     };
     let connect = async {
         match &target {
@@ -272,14 +271,11 @@ async fn open_session(
     };
     let sshd = match tokio::time::timeout(TARGET_CONNECT_TIMEOUT, connect).await {
         Ok(Ok(sshd)) => sshd,
-        Ok(Err(e)) => {
-            let reason = format!("the relay cannot connect to its target {target}: {e}");
-            return refuse(&mut transport, Code::TargetUnreachable, reason).await;
+        Ok(Err(error)) => {
+            let refusal = Refusal::TargetUnreachable { target, error };
+            return refuse(&mut transport, refusal).await;
         }
-        Err(_) => {
-            let reason = format!("the relay's target {target} does not answer");
-            return refuse(&mut transport, Code::TargetUnreachable, reason).await;
-        }
+        Err(_) => return refuse(&mut transport, Refusal::TargetSilent(target)).await,
     };
     sshd.set_nodelay(true).map_err(HandshakeError::from)?;
     let local_port = sshd.local_addr().map(|a| a.port()).unwrap_or(0);
@@ -306,8 +302,7 @@ async fn open_session(
         Ok(record) => record,
         Err(e) => {
             tracing::warn!(client = %peer, "cannot set up a session's record: {e}");
-            let reason = format!("the relay cannot hold another session now ({e})");
-            return refuse(&mut transport, Code::Busy, reason).await;
+            return refuse(&mut transport, Refusal::NoRecord(e)).await;
         }
     };
     record.set_client(peer);
@@ -323,26 +318,22 @@ async fn open_session(
         Ok(state) => state,
         Err(e) => {
             discard(&record, shared, &name);
-            return Err(AcceptError::Refused(format!("cannot start a session: {e}")));
+            return Err(AcceptError::Start(e));
         }
     };
     let (tx, rx) = mpsc::channel(ATTACH_QUEUE);
     shared.table.insert(session, Entry { secret, attach: tx });
-    let reply = Reply::Created {
-        session,
-        secret,
-        grace_ms: config.grace.as_millis().try_into().unwrap_or(u64::MAX),
-        max_data,
-    };
-    if let Err(e) = tokio::time::timeout(
-        limits.handshake_timeout,
-        handshake::reply(&mut transport, &reply),
-    )
-    .await
-    {
+    transport
+        .connection
+        .accept_new(session, secret, config.grace, max_data as usize);
+    let answered = tokio::time::timeout(limits.handshake_timeout, flush(&mut transport))
+        .await
+        .unwrap_or_else(|elapsed| Err(io::Error::new(io::ErrorKind::TimedOut, elapsed)));
+    if let Err(e) = answered {
+        // A client that never heard of the session cannot come back to it.
         shared.table.remove(&session);
         discard(&record, shared, &name);
-        return Err(AcceptError::Refused(format!("could not answer: {e}")));
+        return Err(AcceptError::Unanswered(e));
     }
     transport.open_windows();
     let audit = Audit {
@@ -390,21 +381,15 @@ fn clamp_dead_after(ms: u32) -> Duration {
 }
 
 /// Answers a hello with a refusal (best effort, within [`CLOSE_TIMEOUT`]).
-pub(super) async fn refuse(
-    transport: &mut Transport,
-    code: Code,
-    reason: String,
-) -> Result<(), AcceptError> {
-    let reply = Reply::Refused {
-        code,
-        reason: reason.clone(),
-    };
+pub(super) async fn refuse(transport: &mut Transport, refusal: Refusal) -> Result<(), AcceptError> {
+    transport
+        .connection
+        .refuse(refusal.code(), &refusal.to_string());
     let answer = async {
-        handshake::reply(transport, &reply).await?;
+        flush(transport).await?;
         // On QUIC, dropping the connection would drop the answer with it.
-        transport.stream.shutdown().await?;
-        Ok::<_, HandshakeError>(())
+        transport.stream.shutdown().await
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, answer).await;
-    Err(AcceptError::Refused(reason))
+    Err(AcceptError::Refused(refusal))
 }

@@ -33,6 +33,7 @@ mod accept;
 pub(crate) mod admission;
 pub mod durable;
 mod listeners;
+mod refusal;
 mod session_task;
 mod table;
 pub mod target_policy;

@@ -25,13 +25,14 @@ use super::durable::record::{boot_clock_ms, SessionRecord};
 use super::durable::restore::{restore, Restoring};
 use super::durable::session_name;
 use super::durable::sshd::{SshdReader, SshdWriter};
+use super::refusal::Refusal;
 use super::table::{Attach, Entry, SourceMark};
 use super::{RelayConfig, Shared, Stop, CLOSE_TIMEOUT, RESTART_REASON, SHUTDOWN_REASON};
-use crate::link::handshake;
-use crate::link::{close_transport, Link, Outcome, Step};
+use crate::link::{close_transport, flush, Link, Outcome, Step};
+use crate::proto::reconnect::hold_for;
 use crate::proto::replay_ring::{RingBuffer, RingMemory};
 use crate::proto::session::{Session, SessionConfig};
-use crate::proto::wire::{Code, Reply, SessionId};
+use crate::proto::wire::{Code, SessionId};
 use crate::transport::Transport;
 use crate::units::format_duration;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -43,9 +44,6 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Grace period of a session whose streams have both ended, waiting only
-/// for the client's last acknowledgement.
-const ENDED_GRACE: Duration = Duration::from_secs(600);
 /// Room in a session's channel for new transports.
 pub(super) const ATTACH_QUEUE: usize = 4;
 
@@ -293,13 +291,7 @@ impl SessionTask {
     /// go on with, if its resume worked) or the session ends.
     async fn detached(&mut self, config: &RelayConfig) -> ControlFlow<Ending, Option<Transport>> {
         let _detached = self.shared.table.mark_detached();
-        // Both streams are over and only the client's last ack is
-        // missing: it has most likely exited, so do not hold on for long.
-        let grace = if self.link.session().both_streams_ended() {
-            config.grace.min(ENDED_GRACE)
-        } else {
-            config.grace
-        };
+        let grace = hold_for(self.link.session(), config.grace);
         // Counted from when the client left, also by an earlier worker.
         let now = boot_clock_ms();
         let since = self.record.detached_since().unwrap_or_else(|| {
@@ -342,10 +334,15 @@ impl SessionTask {
             Step::Other(Wake::Attach(attach)) => {
                 // The client came back on a new, authenticated transport
                 // before this side noticed the old one die: the new one wins
-                // and the old one is retired.
+                // and the old one is retired. Unless the resume was refused
+                // (a late attempt the client gave up on): then the session
+                // is still on the old one.
+                let resumed = self.resume(attach, config).await;
+                if resumed.is_none() && self.link.session().is_attached() {
+                    return ControlFlow::Continue(Some(transport));
+                }
                 drop(transport);
-                self.link.session_mut().detach();
-                ControlFlow::Continue(self.resume(attach, config).await)
+                ControlFlow::Continue(resumed)
             }
             Step::Other(Wake::Stop) => {
                 let (code, reason, ending) = match self.shared.stop_mode() {
@@ -380,9 +377,10 @@ impl SessionTask {
             Step::Link(Outcome::PeerClosed(code, reason)) => ControlFlow::Break(Ending::Ended(
                 format!("client closed it ({code:?}): {reason}"),
             )),
-            Step::Link(Outcome::Protocol(reason)) => {
+            Step::Link(Outcome::Protocol(e)) => {
+                let reason = e.to_string();
                 close_transport(&mut transport, Code::Protocol, &reason, CLOSE_TIMEOUT).await;
-                ControlFlow::Break(Ending::Ended(format!("protocol error: {reason}")))
+                ControlFlow::Break(Ending::Ended(reason))
             }
             Step::Link(Outcome::TransportLost(reason)) => {
                 drop(transport);
@@ -404,19 +402,22 @@ impl SessionTask {
         let id = self.audit.id;
         let client = attach.transport.peer;
         let session = self.link.session_mut();
-        if let Err(e) = session.check_resume(attach.peer_received) {
+        // The client's position is checked before the answer goes out.
+        let accepted = attach.transport.connection.accept_resume(
+            session,
+            attach.peer_received,
+            config.grace,
+            Instant::now(),
+        );
+        if let Err(e) = accepted {
             tracing::warn!(session = %id, client = %client, "resume refused: {e}");
-            let _ = refuse(&mut attach.transport, Code::Protocol, e.to_string()).await;
+            let _ = refuse(&mut attach.transport, Refusal::ResumeOutOfRange(e)).await;
             return None;
         }
         session.set_dead_after(attach.dead_after);
-        let reply = Reply::Resumed {
-            received: session.received_position(),
-            grace_ms: config.grace.as_millis().try_into().unwrap_or(u64::MAX),
-        };
         let answered = tokio::time::timeout(
             config.limits.handshake_timeout,
-            handshake::reply(&mut attach.transport, &reply),
+            flush(&mut attach.transport),
         )
         .await;
         let failure = match answered {
@@ -425,12 +426,8 @@ impl SessionTask {
             Err(_) => Some("client silent".to_string()),
         };
         if let Some(why) = failure {
+            session.detach();
             tracing::info!(session = %id, client = %client, "resume failed: {why}");
-            return None;
-        }
-        if let Err(e) = session.attach(attach.peer_received, Instant::now()) {
-            // Checked above; kept so that a mistake cannot go unnoticed.
-            tracing::error!(session = %id, client = %client, "resume failed: {e}");
             return None;
         }
         attach.transport.open_windows();

@@ -63,6 +63,26 @@ impl fmt::Display for Target {
     }
 }
 
+/// Why a client may not go where it asked; [`Display`](fmt::Display) is the
+/// reason its user reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetRefused {
+    /// No host named, and a port other than the default target's.
+    #[error("this relay forwards only to port {default_port} (its --target), not to port {port}")]
+    OtherPort {
+        /// The port asked for.
+        port: u16,
+        /// The default target's port.
+        default_port: u16,
+    },
+    /// A named target, and this relay allows none.
+    #[error("this relay forwards only to its own target, not to {0} (the relay's operator can allow it with --allow {0})")]
+    OnlyDefault(AllowedTarget),
+    /// A named target that is not among those allowed.
+    #[error("{0} is not among this relay's allowed targets (--allow)")]
+    NotAllowed(AllowedTarget),
+}
+
 /// The relay's targets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetPolicy {
@@ -74,16 +94,16 @@ pub struct TargetPolicy {
 
 impl TargetPolicy {
     /// Where a client asking for `host` (empty: the default target) and
-    /// `port` may go, or why not, in words for the client's user.
-    pub fn decide(&self, host: &str, port: u16) -> Result<Target, String> {
+    /// `port` may go, or why not.
+    pub fn decide(&self, host: &str, port: u16) -> Result<Target, TargetRefused> {
         if host.is_empty() {
             if port == self.default.port() {
                 return Ok(Target::Default(self.default));
             }
-            return Err(format!(
-                "this relay forwards only to port {} (its --target), not to port {port}",
-                self.default.port()
-            ));
+            return Err(TargetRefused::OtherPort {
+                port,
+                default_port: self.default.port(),
+            });
         }
         let wanted = host
             .strip_prefix('[')
@@ -101,13 +121,9 @@ impl TargetPolicy {
             port,
         };
         if self.allowed.is_empty() {
-            Err(format!(
-                "this relay forwards only to its own target, not to {named} (the relay's operator can allow it with --allow {named})"
-            ))
+            Err(TargetRefused::OnlyDefault(named))
         } else {
-            Err(format!(
-                "{named} is not among this relay's allowed targets (--allow)"
-            ))
+            Err(TargetRefused::NotAllowed(named))
         }
     }
 }
@@ -129,9 +145,17 @@ mod tests {
             policy.decide("", 22),
             Ok(Target::Default("127.0.0.1:22".parse().unwrap()))
         );
+        assert_eq!(
+            policy.decide("", 23),
+            Err(TargetRefused::OtherPort {
+                port: 23,
+                default_port: 22
+            })
+        );
         assert!(policy
             .decide("", 23)
             .unwrap_err()
+            .to_string()
             .contains("only to port 22"));
         assert_eq!(
             policy.decide("DB.internal", 22).unwrap().to_string(),
@@ -141,15 +165,20 @@ mod tests {
             policy.decide("[fd00::5]", 2222).unwrap().to_string(),
             "[fd00::5]:2222"
         );
+        assert!(matches!(
+            policy.decide("db.internal", 23),
+            Err(TargetRefused::NotAllowed(_))
+        ));
         assert!(policy
             .decide("db.internal", 23)
             .unwrap_err()
+            .to_string()
             .contains("not among"));
         let closed = TargetPolicy {
             allowed: vec![],
             ..policy
         };
-        let refusal = closed.decide("evil.example", 25).unwrap_err();
+        let refusal = closed.decide("evil.example", 25).unwrap_err().to_string();
         assert!(refusal.contains("--allow evil.example:25"), "{refusal}");
     }
 

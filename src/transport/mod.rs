@@ -1,10 +1,11 @@
 //! Transports: the ordered, reliable byte streams a session's frames travel on.
 //!
 //! The session layer does not know which one it is on: a [`Transport`] is any
-//! boxed `AsyncRead + AsyncWrite` plus the buffers that belong to one
-//! connection (bytes read but not yet parsed, frames encoded but not yet
-//! written). Both are thrown away with the transport when it breaks; the
-//! session replays from its own buffer on the next one.
+//! boxed `AsyncRead + AsyncWrite` plus the protocol state of that one
+//! connection (a [`Connection`]: its handshake, the bytes read but not yet
+//! parsed, the frames encoded but not yet written). It is thrown away with
+//! the transport when it breaks; the session replays from its own buffer on
+//! the next one.
 //!
 //! Two kinds: TCP with `TCP_NODELAY` (writes are batched by the driver, so
 //! Nagle would only add latency to interactive traffic) under TLS 1.3 (see
@@ -21,18 +22,15 @@ pub mod net_events;
 pub(crate) mod quic;
 pub mod tls;
 
+use crate::proto::connection::Connection;
 use crate::proto::resume_auth::BINDING_LEN;
-use crate::proto::write_queue::WriteQueue;
-use bytes::BytesMut;
+use crate::units::format_duration;
 use identity::Fingerprint;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-
-/// Bytes reserved for each read from a transport.
-pub const TRANSPORT_READ_SIZE: usize = 256 * 1024;
 
 /// Any byte stream a session can run over.
 pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -106,10 +104,9 @@ pub struct Transport {
     /// The connection's channel binding (see [`tls::channel_binding`]): what
     /// a resume proof is bound to.
     pub binding: [u8; BINDING_LEN],
-    /// Bytes read and not yet parsed.
-    pub read_buf: BytesMut,
-    /// Frames encoded and not yet written.
-    pub write_queue: WriteQueue,
+    /// The protocol on this connection: its handshake, then frames, with
+    /// the bytes read and not yet parsed and those queued to be written.
+    pub connection: Connection,
     /// The network path under the stream.
     path: Box<dyn NetworkPath>,
 }
@@ -132,14 +129,9 @@ pub enum ConnectError {
     /// TCP worked, the TLS handshake did not.
     #[error("TLS handshake failed: {}", describe::io_error(.0))]
     Tls(io::Error),
-    /// QUIC failed: no answer over UDP, or its handshake failed (in words,
-    /// see [`describe`]).
+    /// QUIC failed: no answer over UDP, or its handshake failed.
     #[error("{0}")]
-    Quic(String),
-    /// QUIC heard nothing back: UDP is blocked on the way, or nothing
-    /// listens on the relay's UDP port (in words).
-    #[error("{0}")]
-    QuicNoAnswer(String),
+    Quic(QuicError),
     /// The relay answered and turned the connection away before its
     /// handshake: it is at a limit of connections in their handshake.
     /// Another attempt, a moment later, may pass.
@@ -147,16 +139,58 @@ pub enum ConnectError {
     TurnedAway,
 }
 
+/// Why a QUIC connection to the relay could not be made; its words are
+/// [`describe`]'s.
+#[derive(Debug, thiserror::Error)]
+pub enum QuicError {
+    /// The connection failed: no answer over UDP, a handshake that failed,
+    /// a close.
+    #[error("{}", describe::quic_error(.0))]
+    Connection(quinn::ConnectionError),
+    /// Nothing came back within the attempt's time.
+    #[error("no answer over QUIC within {}: is UDP blocked on the way?", format_duration(*.0))]
+    TimedOut(Duration),
+    /// Looking the relay's name up failed.
+    #[error("{}", describe::io_error(.0))]
+    Lookup(io::Error),
+    /// The relay's name has no address.
+    #[error("{0} has no address")]
+    NoAddress(String),
+    /// The client's UDP socket could not be made.
+    #[error("cannot open a UDP socket: {}", describe::io_error(.0))]
+    Endpoint(io::Error),
+    /// The TLS configuration could not be made.
+    #[error("cannot set up TLS: {0}")]
+    Tls(rustls::Error),
+    /// The TLS configuration does not suit QUIC.
+    #[error("cannot set up QUIC: {0}")]
+    Config(quinn::crypto::rustls::NoInitialCipherSuite),
+    /// The connection could not be started.
+    #[error("cannot start a QUIC connection: {0}")]
+    Start(quinn::ConnectError),
+    /// The connection's channel binding could not be derived.
+    #[error("{}", describe::io_error(.0))]
+    Binding(io::Error),
+}
+
 impl ConnectError {
     /// The TLS library's own error, if that is what failed.
     pub fn tls_error(&self) -> Option<&rustls::Error> {
         match self {
             ConnectError::Tls(e) => e.get_ref()?.downcast_ref::<rustls::Error>(),
-            ConnectError::Tcp(_)
-            | ConnectError::Quic(_)
-            | ConnectError::QuicNoAnswer(_)
-            | ConnectError::TurnedAway => None,
+            ConnectError::Tcp(_) | ConnectError::Quic(_) | ConnectError::TurnedAway => None,
         }
+    }
+
+    /// QUIC heard nothing back: UDP is blocked on the way, or nothing
+    /// listens on the relay's UDP port.
+    pub fn is_quic_unanswered(&self) -> bool {
+        matches!(
+            self,
+            ConnectError::Quic(
+                QuicError::TimedOut(_) | QuicError::Connection(quinn::ConnectionError::TimedOut)
+            )
+        )
     }
 }
 
@@ -176,11 +210,8 @@ impl Transport {
             kind,
             relay_key: None,
             binding,
-            // Grown by the link once a session runs (to TRANSPORT_READ_SIZE
-            // while bulk flows, given back when the link falls quiet); a
-            // connection still in its handshake holds only what it sent.
-            read_buf: BytesMut::new(),
-            write_queue: WriteQueue::new(),
+            // Replaced when the handshake starts, as client or as relay.
+            connection: Connection::default(),
             path: Box::new(FixedPath { peer, local: None }),
         }
     }

@@ -19,10 +19,9 @@
 //! flow-control windows are sized for bulk transfers over long fat links.
 
 use super::addresses;
-use super::describe;
 use super::identity::Fingerprint;
 use super::tls::BINDING_LABEL;
-use super::{ConnectError, NetworkPath, Transport, TransportKind};
+use super::{ConnectError, NetworkPath, QuicError, Transport, TransportKind};
 use crate::proto::resume_auth::BINDING_LEN;
 use crate::proto::session::MAX_DEAD_AFTER;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -374,8 +373,7 @@ fn connect_error(e: quinn::ConnectionError) -> ConnectError {
         {
             ConnectError::TurnedAway
         }
-        quinn::ConnectionError::TimedOut => ConnectError::QuicNoAnswer(describe::quic_error(&e)),
-        other => ConnectError::Quic(describe::quic_error(&other)),
+        other => ConnectError::Quic(QuicError::Connection(other)),
     }
 }
 
@@ -403,7 +401,7 @@ impl QuicClient {
         dead_after: Duration,
     ) -> Result<Transport, ConnectError> {
         let crypto = QuicClientConfig::try_from(tls)
-            .map_err(|e| ConnectError::Quic(format!("cannot set up QUIC: {e}")))?;
+            .map_err(|e| ConnectError::Quic(QuicError::Config(e)))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(transport_config(
             End::Client,
@@ -415,7 +413,7 @@ impl QuicClient {
         let connecting = self
             .endpoint
             .connect_with(config, addr, &name)
-            .map_err(|e| ConnectError::Quic(format!("cannot start a QUIC connection: {e}")))?;
+            .map_err(|e| ConnectError::Quic(QuicError::Start(e)))?;
         let connection = connecting.await.map_err(connect_error)?;
         let (send, recv) = connection.open_bi().await.map_err(connect_error)?;
         let relay_key = connection
@@ -423,7 +421,7 @@ impl QuicClient {
             .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
             .and_then(|certs| certs.first().map(|key| Fingerprint::of_spki(key.as_ref())));
         let mut transport = transport(connection, send, recv)
-            .map_err(|e| ConnectError::Quic(describe::io_error(&e)))?;
+            .map_err(|e| ConnectError::Quic(QuicError::Binding(e)))?;
         transport.relay_key = relay_key;
         Ok(transport)
     }

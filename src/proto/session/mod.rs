@@ -58,10 +58,48 @@ pub const ACK_EVERY: u64 = 16 * 1024;
 /// Longest an ack of fewer than [`ACK_EVERY`] bytes is held back.
 pub const ACK_DELAY: Duration = Duration::from_millis(5);
 
-/// The peer broke the protocol; the session cannot go on.
+/// The peer broke the session's rules; the session cannot go on on this
+/// transport. Each variant says what was expected and what arrived.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("protocol error: {0}")]
-pub struct ProtocolError(pub String);
+pub enum ProtocolError {
+    /// A resume position outside what this side still holds.
+    #[error("protocol error: peer resumes from position {peer_received}, but this side holds {acked}..={sent_high}")]
+    ResumeOutOfRange {
+        /// The position the peer says it has received up to.
+        peer_received: u64,
+        /// What the peer had already acknowledged.
+        acked: u64,
+        /// The highest position ever sent.
+        sent_high: u64,
+    },
+    /// Data after the peer's end marker.
+    #[error("protocol error: data at offset {offset} after end")]
+    DataAfterEnd {
+        /// The data's offset.
+        offset: u64,
+    },
+    /// Data (or an end marker) not at the next offset.
+    #[error("protocol error: {what} at offset {offset}, expected {expected}")]
+    OutOfOrder {
+        /// `"data"` or `"end"`.
+        what: &'static str,
+        /// The offset it came at.
+        offset: u64,
+        /// The next offset.
+        expected: u64,
+    },
+    /// An acknowledgement of more than was sent.
+    #[error("protocol error: ack of position {position}, but only {sent} was sent")]
+    AckBeyondSent {
+        /// The position acknowledged.
+        position: u64,
+        /// The position sent up to.
+        sent: u64,
+    },
+    /// A second end marker.
+    #[error("protocol error: second end marker")]
+    SecondEnd,
+}
 
 /// Counters for status and the user's messages.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -424,10 +462,11 @@ impl Session {
     pub fn check_resume(&self, peer_received: u64) -> Result<(), ProtocolError> {
         let acked = self.replay.start() + u64::from(self.end_acked);
         if peer_received < acked || peer_received > self.sent_high {
-            return Err(ProtocolError(format!(
-                "peer resumes from position {peer_received}, but this side holds {acked}..={}",
-                self.sent_high
-            )));
+            return Err(ProtocolError::ResumeOutOfRange {
+                peer_received,
+                acked,
+                sent_high: self.sent_high,
+            });
         }
         Ok(())
     }
@@ -472,13 +511,14 @@ impl Session {
         match frame {
             Frame::Data { offset, bytes } => {
                 if self.peer_end {
-                    return Err(ProtocolError(format!("data at offset {offset} after end")));
+                    return Err(ProtocolError::DataAfterEnd { offset });
                 }
                 if offset != self.recv_next {
-                    return Err(ProtocolError(format!(
-                        "data at offset {offset}, expected {}",
-                        self.recv_next
-                    )));
+                    return Err(ProtocolError::OutOfOrder {
+                        what: "data",
+                        offset,
+                        expected: self.recv_next,
+                    });
                 }
                 self.recv_next += bytes.len() as u64;
                 self.stats.bytes_received += bytes.len() as u64;
@@ -500,9 +540,7 @@ impl Session {
             Frame::Ack { position } => {
                 let sent = self.send_next + u64::from(self.end_sent);
                 if position > sent {
-                    return Err(ProtocolError(format!(
-                        "ack of position {position}, but only {sent} was sent"
-                    )));
+                    return Err(ProtocolError::AckBeyondSent { position, sent });
                 }
                 self.replay.acknowledge(position);
                 if self.local_eof && position == self.replay.end() + 1 {
@@ -520,13 +558,14 @@ impl Session {
             }
             Frame::End { offset } => {
                 if self.peer_end {
-                    return Err(ProtocolError("second end marker".into()));
+                    return Err(ProtocolError::SecondEnd);
                 }
                 if offset != self.recv_next {
-                    return Err(ProtocolError(format!(
-                        "end at offset {offset}, expected {}",
-                        self.recv_next
-                    )));
+                    return Err(ProtocolError::OutOfOrder {
+                        what: "end",
+                        offset,
+                        expected: self.recv_next,
+                    });
                 }
                 self.peer_end = true;
                 if self.local_output_closed {

@@ -2,8 +2,9 @@
 //! random schedules: the stream contract must hold for every one of them.
 
 use super::*;
+use crate::proto::connection::{Connection, Event};
 use crate::proto::replay_ring::{HeapMemory, RingMemory};
-use crate::proto::wire::{split_message_within, Frame};
+use crate::proto::wire::{Frame, Hello, Reply, SessionId};
 use bytes::BytesMut;
 use proptest::prelude::*;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,8 +39,8 @@ struct Side {
     pushed: usize,
     /// What the local end has read.
     output: Vec<u8>,
-    /// Bytes arrived from the transport, not yet parsed.
-    read_buf: BytesMut,
+    /// The current transport's protocol.
+    connection: Connection,
     /// The relay's way: the replay ring in memory that survives a crash.
     kept: Option<Arc<Kept>>,
     /// The local end was told the peer's stream ended.
@@ -53,7 +54,7 @@ impl Side {
             input,
             pushed: 0,
             output: Vec::new(),
-            read_buf: BytesMut::new(),
+            connection: Connection::default(),
             kept: None,
             end_taken: false,
         }
@@ -99,7 +100,7 @@ impl Side {
             peer_end: self.end_taken,
         };
         self.session = Session::restore(*self.session.config(), restored, now);
-        self.read_buf.clear();
+        self.connection = Connection::default();
     }
 
     fn push(&mut self, n: usize) {
@@ -117,27 +118,24 @@ impl Side {
     }
 
     fn transmit(&mut self, wire: &mut BytesMut, now: Instant) {
-        while let Some(frame) = self.session.poll_transmit(now) {
-            frame.encode(wire);
+        loop {
+            self.connection.transmit(&mut self.session, now);
+            if self.connection.write_to(wire, usize::MAX) == 0 {
+                break;
+            }
         }
     }
 
-    /// Feeds up to `n` bytes from the wire; false when the peer broke the protocol.
+    /// Feeds up to `n` bytes from the wire; an error when the peer broke the protocol.
     fn receive(&mut self, wire: &mut BytesMut, n: usize, now: Instant) -> Result<(), String> {
-        if !self.session.wants_transport_read() {
+        if !self.connection.wants_read(&self.session) {
             return Ok(());
         }
         let n = n.min(wire.len());
-        self.read_buf.extend_from_slice(&wire.split_to(n));
-        while let Some((kind, payload)) =
-            split_message_within(&mut self.read_buf, self.session.max_payload_in())
-                .map_err(|e| e.to_string())?
-        {
-            let frame = Frame::decode(kind, payload).map_err(|e| e.to_string())?;
-            self.session
-                .handle_frame(frame, now)
-                .map_err(|e| e.to_string())?;
-        }
+        self.connection.receive(&wire.split_to(n));
+        self.connection
+            .handle_frames(&mut self.session, now)
+            .map_err(|e| e.to_string())?;
         Ok(())
     }
 
@@ -206,21 +204,48 @@ impl World {
         self.breaks += 1;
         self.a_to_b.clear();
         self.b_to_a.clear();
-        self.a.read_buf.clear();
-        self.b.read_buf.clear();
+        self.a.connection = Connection::default();
+        self.b.connection = Connection::default();
         self.a.session.detach();
         self.b.session.detach();
     }
 
-    /// A new transport: the resume handshake tells each side the other's position.
+    /// A new transport: the resume handshake, `a` as the client and `b` as
+    /// the relay, tells each side the other's position.
     fn resume(&mut self) {
         if self.connected {
             return;
         }
-        let a_pos = self.a.session.received_position();
-        let b_pos = self.b.session.received_position();
-        self.a.session.attach(b_pos, self.now).expect("a resumes");
-        self.b.session.attach(a_pos, self.now).expect("b resumes");
+        let hello = Hello::Resume {
+            dead_after_ms: 1000,
+            session: SessionId([0; 16]),
+            proof: [0; 32],
+            received: self.a.session.received_position(),
+        };
+        let mut client = Connection::client(&hello).expect("a hello");
+        let mut relay = Connection::relay();
+        let mut wire = BytesMut::new();
+        client.write_to(&mut wire, usize::MAX);
+        relay.receive(&wire.split());
+        let Ok(Some(Event::HelloReceived(Hello::Resume { received, .. }))) = relay.poll_event()
+        else {
+            panic!("b reads the hello");
+        };
+        relay
+            .accept_resume(&mut self.b.session, received, Duration::ZERO, self.now)
+            .expect("b resumes");
+        relay.write_to(&mut wire, usize::MAX);
+        client.receive(&wire.split());
+        let Ok(Some(Event::ReplyReceived(Reply::Resumed { received, .. }))) = client.poll_event()
+        else {
+            panic!("a reads the reply");
+        };
+        self.a
+            .session
+            .attach(received, self.now)
+            .expect("a resumes");
+        self.a.connection = client;
+        self.b.connection = relay;
         self.connected = true;
     }
 

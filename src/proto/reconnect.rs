@@ -1,0 +1,336 @@
+//! The two sides of the grace period, pure: how the client tries to resume
+//! after it lost its transport, and how long the relay holds a session whose
+//! client is away.
+//!
+//! The client ([`Reconnect`]) attempts at once, then again after capped,
+//! jittered backoff; each attempt is bounded; a relay that is busy or
+//! restarting is tried again; a relay that no longer knows the session ends
+//! it, and so does a relay port where nothing has listened for
+//! [`RELAY_GONE_AFTER`]; otherwise it never gives up before the relay's
+//! grace period has certainly ended — counted from the client's loss, which
+//! is never later than the relay's, plus [`GRACE_MARGIN`]. The relay
+//! ([`hold_for`]) keeps a session for its grace period, or briefly once both
+//! streams have ended.
+//!
+//! The caller supplies the clock and the random jitter, so the client, the
+//! relay and the simulation of both run this same logic.
+
+use crate::proto::backoff::Backoff;
+use crate::proto::session::Session;
+use crate::proto::wire::{Code, Reply};
+use crate::units::format_duration;
+use std::time::{Duration, Instant};
+
+/// Shortest time a reconnect attempt is given.
+pub const MIN_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Extra wait past the relay's grace period before the client gives up.
+pub const GRACE_MARGIN: Duration = Duration::from_secs(5);
+/// How long every reconnect attempt must be refused (nothing listens on the
+/// relay's port) before the relay is taken to be stopped for good. A relay
+/// that restarts keeps its listening socket (connections wait for the next
+/// worker), so only a relay that is gone refuses; a middlebox that rejects
+/// connections for a moment (a reset storm) is survived.
+pub const RELAY_GONE_AFTER: Duration = Duration::from_secs(30);
+/// How long the relay holds a session whose streams have both ended and
+/// whose client is away: only the client's last acknowledgement is missing,
+/// and the client has most likely exited.
+pub const ENDED_GRACE: Duration = Duration::from_secs(600);
+
+/// How long the relay holds `session`, away from its client, when its grace
+/// period is `grace`.
+pub fn hold_for(session: &Session, grace: Duration) -> Duration {
+    if session.both_streams_ended() {
+        grace.min(ENDED_GRACE)
+    } else {
+        grace
+    }
+}
+
+/// Whether a relay's refusal may pass if asked again: it is at a limit now,
+/// or restarting. The others (the target is not allowed or unreachable, the
+/// versions differ, the session is unknown) will not.
+pub fn refusal_may_pass(code: Code) -> bool {
+    matches!(code, Code::Busy | Code::Restarting)
+}
+
+/// What the client does after a resume attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// The relay took the session back: attach it from the relay's position.
+    Resume {
+        /// The position the relay has received up to.
+        peer_received: u64,
+    },
+    /// Attempt again after this delay.
+    Retry {
+        /// The delay.
+        after: Duration,
+    },
+    /// The session is gone; the client ends.
+    Gone(Gone),
+    /// The relay refused the resume for good; the client ends.
+    Refused {
+        /// Why, for programs.
+        code: Code,
+        /// Why, for people.
+        reason: String,
+    },
+    /// Nothing has listened on the relay's port for this long: the relay
+    /// is stopped for good; the client ends.
+    RelayGone {
+        /// [`RELAY_GONE_AFTER`].
+        refused_for: Duration,
+    },
+}
+
+/// Why the client knows its session is gone.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Gone {
+    /// The relay said it does not know the session; its words.
+    #[error("{0}")]
+    Unknown(String),
+    /// Nothing reached the relay for longer than its grace period (and the
+    /// margin).
+    #[error("the relay was unreachable for longer than its grace period of {}", format_duration(*.0))]
+    Unreachable(Duration),
+}
+
+/// The client's resume attempts after one loss of its transport.
+#[derive(Debug, Clone)]
+pub struct Reconnect {
+    backoff: Backoff,
+    lost_at: Instant,
+    grace: Duration,
+    attempt_timeout: Duration,
+    attempts: u32,
+    /// Since when every attempt was refused (nothing listening), if the
+    /// latest was.
+    refused_since: Option<Instant>,
+}
+
+impl Reconnect {
+    /// Attempts for a transport lost at `lost_at`, with the relay's `grace`
+    /// period; each attempt gets at most `connect_timeout`, and no longer
+    /// than the dead-peer interval `dead_after` (a path that answers
+    /// nothing for that long is no better than a dead one), but at least
+    /// [`MIN_ATTEMPT_TIMEOUT`]. The first attempt is due at once.
+    pub fn new(
+        lost_at: Instant,
+        grace: Duration,
+        connect_timeout: Duration,
+        dead_after: Duration,
+    ) -> Reconnect {
+        Reconnect {
+            backoff: Backoff::default(),
+            lost_at,
+            grace,
+            attempt_timeout: connect_timeout.min(dead_after.max(MIN_ATTEMPT_TIMEOUT)),
+            attempts: 0,
+            refused_since: None,
+        }
+    }
+
+    /// How long one attempt may take.
+    pub fn attempt_timeout(&self) -> Duration {
+        self.attempt_timeout
+    }
+
+    /// An attempt starts; returns its number, from 1.
+    pub fn begin(&mut self) -> u32 {
+        self.attempts += 1;
+        self.attempts
+    }
+
+    /// Attempts started so far.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// The user says the network is back: the next delay is short again.
+    pub fn try_now(&mut self) {
+        self.backoff = Backoff::default();
+    }
+
+    /// The relay answered the attempt with `reply`. `jitter` in `[0, 1)`
+    /// picks the delay if another attempt is due.
+    pub fn answered(&mut self, reply: Reply, now: Instant, jitter: f64) -> Next {
+        self.refused_since = None;
+        match reply {
+            Reply::Resumed { received, .. } => Next::Resume {
+                peer_received: received,
+            },
+            Reply::Refused {
+                code: Code::UnknownSession,
+                reason,
+            } => Next::Gone(Gone::Unknown(reason)),
+            Reply::Refused { code, reason } if !refusal_may_pass(code) => {
+                Next::Refused { code, reason }
+            }
+            // Refused for now, or a new session where a resume was asked
+            // for: no answer to this resume; try again.
+            Reply::Refused { .. } | Reply::Created { .. } => self.retry(now, jitter),
+        }
+    }
+
+    /// The attempt brought no usable answer: the network, the handshake, or
+    /// nothing within [`attempt_timeout`](Self::attempt_timeout).
+    /// `refused` says whether the relay's port refused the connection
+    /// (nothing listens there).
+    pub fn failed(&mut self, now: Instant, jitter: f64, refused: bool) -> Next {
+        if refused {
+            let since = *self.refused_since.get_or_insert(now);
+            if now.saturating_duration_since(since) >= RELAY_GONE_AFTER {
+                return Next::RelayGone {
+                    refused_for: RELAY_GONE_AFTER,
+                };
+            }
+        } else {
+            self.refused_since = None;
+        }
+        self.retry(now, jitter)
+    }
+
+    /// Another attempt after the backoff, unless the relay's grace period
+    /// has certainly passed.
+    fn retry(&mut self, now: Instant, jitter: f64) -> Next {
+        if now.saturating_duration_since(self.lost_at) > self.grace + GRACE_MARGIN {
+            return Next::Gone(Gone::Unreachable(self.grace));
+        }
+        Next::Retry {
+            after: self.backoff.next_delay(jitter),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::backoff::{BACKOFF_CAP, BACKOFF_INITIAL};
+    use crate::proto::session::SessionConfig;
+    use crate::proto::wire::Frame;
+
+    #[test]
+    fn failed_attempts_back_off_until_the_grace_period_has_certainly_passed() {
+        let lost = Instant::now();
+        let grace = Duration::from_secs(30);
+        let mut policy =
+            Reconnect::new(lost, grace, Duration::from_secs(5), Duration::from_secs(2));
+        assert_eq!(policy.attempt_timeout(), Duration::from_secs(2));
+        assert_eq!(policy.begin(), 1);
+        assert_eq!(
+            policy.failed(lost, 1.0, false),
+            Next::Retry {
+                after: BACKOFF_INITIAL
+            }
+        );
+        let mut delays = Vec::new();
+        for _ in 0..10 {
+            match policy.failed(lost + grace, 1.0, false) {
+                Next::Retry { after } => delays.push(after),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(delays.last(), Some(&BACKOFF_CAP));
+        policy.try_now();
+        assert_eq!(
+            policy.failed(lost + grace + GRACE_MARGIN, 1.0, false),
+            Next::Retry {
+                after: BACKOFF_INITIAL
+            }
+        );
+        let late = lost + grace + GRACE_MARGIN + Duration::from_millis(1);
+        let gone = policy.failed(late, 0.5, false);
+        assert_eq!(gone, Next::Gone(Gone::Unreachable(grace)));
+        let Next::Gone(gone) = gone else { return };
+        assert_eq!(
+            gone.to_string(),
+            "the relay was unreachable for longer than its grace period of 30.0s"
+        );
+    }
+
+    #[test]
+    fn a_port_where_nothing_listens_for_long_means_the_relay_is_gone() {
+        let lost = Instant::now();
+        let grace = Duration::from_secs(3600);
+        let mut policy =
+            Reconnect::new(lost, grace, Duration::from_secs(5), Duration::from_secs(5));
+        let at = |s| lost + Duration::from_secs(s);
+        assert!(matches!(
+            policy.failed(at(0), 0.0, true),
+            Next::Retry { .. }
+        ));
+        // An attempt that was not refused starts the count again.
+        assert!(matches!(
+            policy.failed(at(20), 0.0, false),
+            Next::Retry { .. }
+        ));
+        assert!(matches!(
+            policy.failed(at(25), 0.0, true),
+            Next::Retry { .. }
+        ));
+        assert!(matches!(
+            policy.failed(at(54), 0.0, true),
+            Next::Retry { .. }
+        ));
+        assert_eq!(
+            policy.failed(at(55), 0.0, true),
+            Next::RelayGone {
+                refused_for: RELAY_GONE_AFTER
+            }
+        );
+    }
+
+    #[test]
+    fn answers_resume_retry_or_end() {
+        let now = Instant::now();
+        let grace = Duration::from_secs(30);
+        let mut policy = Reconnect::new(now, grace, Duration::from_secs(5), Duration::from_secs(5));
+        let refused = |code| Reply::Refused {
+            code,
+            reason: "why".into(),
+        };
+        assert_eq!(
+            policy.answered(
+                Reply::Resumed {
+                    received: 7,
+                    grace_ms: 0
+                },
+                now,
+                0.0
+            ),
+            Next::Resume { peer_received: 7 }
+        );
+        assert!(matches!(
+            policy.answered(refused(Code::Busy), now, 0.0),
+            Next::Retry { .. }
+        ));
+        assert!(matches!(
+            policy.answered(refused(Code::Restarting), now, 0.0),
+            Next::Retry { .. }
+        ));
+        assert_eq!(
+            policy.answered(refused(Code::UnknownSession), now, 0.0),
+            Next::Gone(Gone::Unknown("why".into()))
+        );
+        assert_eq!(
+            policy.answered(refused(Code::BadProof), now, 0.0),
+            Next::Refused {
+                code: Code::BadProof,
+                reason: "why".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_session_whose_streams_ended_is_held_briefly() {
+        let now = Instant::now();
+        let grace = Duration::from_secs(12 * 3600);
+        let mut session = Session::new(SessionConfig::default(), now);
+        assert_eq!(hold_for(&session, grace), grace);
+        session.attach(0, now).unwrap();
+        session.local_eof();
+        session.handle_frame(Frame::End { offset: 0 }, now).unwrap();
+        assert!(session.both_streams_ended());
+        assert_eq!(hold_for(&session, grace), ENDED_GRACE);
+    }
+}

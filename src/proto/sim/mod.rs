@@ -1,0 +1,286 @@
+//! The whole protocol, simulated: a client and a relay, each running its
+//! side's real logic — the [`Session`], the [`Connection`] with real hello
+//! and reply messages, the client's [`Reconnect`] policy with its backoff,
+//! the relay's [`resume_auth::authorize`] and [`hold_for`] — over in-memory
+//! links with a virtual clock, through thousands of seeded schedules.
+//!
+//! A schedule is a seed. It picks the streams each local end writes (ssh on
+//! the client, sshd on the relay), the sessions' buffers, the dead-peer
+//! interval and the grace period, and then a run of random steps: local
+//! ends writing and reading in random sizes, bytes crossing each link in
+//! random pieces, time passing, and faults — a silent partition with an
+//! outage that keeps new connections out (each side learns of the break
+//! when its own dead-peer interval runs out), a reset that only one side
+//! sees (the client comes back while the relay still thinks its old
+//! transport alive: the new one wins), a transport that stalls, outages
+//! longer than the grace period (the relay drops the session; the client's
+//! resume is refused as an unknown session, or it gives up), an impatient
+//! user (`resumeproxy resume`), and an attacker resuming with a wrong proof.
+//! Then the network heals and the run goes on until the client has ended
+//! and the relay holds nothing.
+//!
+//! Every schedule checks the stream contract: each local end reads only
+//! what the other wrote, in order, exactly once, and the end of the stream
+//! only after its last byte (checked as it reads, `local.rs`); when the
+//! client ends well, both local ends have read everything, end markers
+//! included; once the client is refused or gives up, or the relay drops the
+//! session, nothing more reaches that local end. The replay buffers stay
+//! within their bounds, and no honest peer ever sees a protocol error.
+//!
+//! A failing schedule panics with its seed and what happened in it. Re-run
+//! one alone, its trace printed: `SIM_SEED=1234 cargo test --lib proto::sim`;
+//! run more: `SIM_SCHEDULES=100000 cargo test --release --lib proto::sim`.
+//!
+//! `world.rs` is one schedule; `net.rs` the network, `client.rs` and
+//! `relay.rs` the two sides, `local.rs` the local ends.
+
+mod client;
+mod local;
+mod net;
+mod relay;
+mod world;
+
+#[cfg(doc)]
+use crate::proto::{
+    connection::Connection, reconnect::hold_for, reconnect::Reconnect, resume_auth,
+    session::Session,
+};
+
+use relay::RelayCounts;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+use world::World;
+
+/// Schedules per `cargo test` (unless `SIM_SCHEDULES` says otherwise).
+const SCHEDULES: u64 = 2000;
+
+/// The virtual clock: milliseconds since the schedule began.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Clock {
+    base: Instant,
+    pub(super) ms: u64,
+}
+
+impl Clock {
+    /// The time now, as the protocol takes it.
+    pub(super) fn now(&self) -> Instant {
+        self.base + Duration::from_millis(self.ms)
+    }
+
+    /// An instant as virtual milliseconds, rounded up.
+    pub(super) fn ms_of(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.base);
+        let ms = u64::try_from(since.as_millis()).unwrap_or(u64::MAX);
+        ms + u64::from(Duration::from_millis(ms) < since)
+    }
+}
+
+/// Deterministic randomness (splitmix64): one seed, one schedule.
+pub(super) struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `lo..=hi`.
+    pub(super) fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+
+    /// True `percent` times in a hundred.
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+
+    /// A number in `[0, 1)` (backoff jitter).
+    pub(super) fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Random bytes (ids, secrets, channel bindings).
+    pub(super) fn bytes<const N: usize>(&mut self) -> [u8; N] {
+        let mut out = [0u8; N];
+        for chunk in out.chunks_mut(8) {
+            chunk.copy_from_slice(&self.next().to_le_bytes()[..chunk.len()]);
+        }
+        out
+    }
+
+    /// A size for one read or write: often small, sometimes everything.
+    fn size(&mut self) -> usize {
+        let n = match self.next() % 4 {
+            0 => self.range(1, 16),
+            1 => self.range(1, 1500),
+            2 => self.range(1, 16 * 1024),
+            _ => 1 << 20,
+        };
+        n as usize
+    }
+}
+
+/// What happened in a schedule, for its failure report.
+pub(super) struct Trace {
+    lines: Vec<String>,
+    /// Printed as it happens (a schedule re-run alone).
+    echo: bool,
+}
+
+impl Trace {
+    pub(super) fn note(&mut self, clock: &Clock, what: impl Into<String>) {
+        let line = format!("{:>9} ms  {}", clock.ms, what.into());
+        if self.echo {
+            eprintln!("{line}");
+        }
+        self.lines.push(line);
+    }
+}
+
+/// What the schedules did, summed: the simulation must reach every case.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Tally {
+    schedules: u64,
+    /// Client endings: done, gone (unknown session), gone (unreachable),
+    /// refused, never opened, gone (the relay had completed the session).
+    endings: [u64; 6],
+    /// Faults injected: partitions, client-side resets, relay-side resets,
+    /// stalls.
+    faults: [u64; 4],
+    /// Transports the client lost: reset, closed, silent.
+    client_lost: [u64; 3],
+    resumes: u64,
+    failed_attempts: u64,
+    relay: RelayCounts,
+    attacks: u64,
+}
+
+impl Tally {
+    fn add(&mut self, other: &Tally) {
+        self.schedules += other.schedules;
+        for (a, b) in self.endings.iter_mut().zip(other.endings) {
+            *a += b;
+        }
+        for (a, b) in self.faults.iter_mut().zip(other.faults) {
+            *a += b;
+        }
+        for (a, b) in self.client_lost.iter_mut().zip(other.client_lost) {
+            *a += b;
+        }
+        self.relay.add(&other.relay);
+        self.resumes += other.resumes;
+        self.failed_attempts += other.failed_attempts;
+        self.attacks += other.attacks;
+    }
+}
+
+/// Runs the schedule of `seed`; a failure panics with the seed, what went
+/// wrong, what happened, and how to run it alone.
+fn run_one(seed: u64, echo: bool) -> Tally {
+    let mut world = World::new(seed, echo);
+    let result = catch_unwind(AssertUnwindSafe(|| world.run()));
+    let failure = match result {
+        Ok(Ok(())) => return world.tally,
+        Ok(Err(failure)) => failure,
+        Err(panic) => panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic".into()),
+    };
+    let trace = if echo {
+        String::new()
+    } else {
+        let lines = &world.trace.lines;
+        let skip = lines.len().saturating_sub(60);
+        let mut shown = lines[..1.min(lines.len())].join("\n");
+        if skip > 1 {
+            shown += &format!("\n          … {} lines …", skip - 1);
+        }
+        shown + "\n" + &lines[skip.max(1).min(lines.len())..].join("\n")
+    };
+    panic!(
+        "simulation schedule {seed} failed at {} ms: {failure}\n{trace}\nrun it alone: SIM_SEED={seed} cargo test --lib proto::sim",
+        world.clock.ms
+    );
+}
+
+#[test]
+fn every_schedule_keeps_the_stream_contract() {
+    if let Ok(seed) = std::env::var("SIM_SEED") {
+        let seed = seed.trim().parse().expect("SIM_SEED is a number");
+        let tally = run_one(seed, true);
+        eprintln!("{tally:?}");
+        return;
+    }
+    let schedules = std::env::var("SIM_SCHEDULES")
+        .ok()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(SCHEDULES);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(8)) as u64;
+    let tally = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|first| {
+                scope.spawn(move || {
+                    let mut tally = Tally::default();
+                    let mut seed = first;
+                    while seed < schedules {
+                        tally.add(&run_one(seed, false));
+                        seed += threads;
+                    }
+                    tally
+                })
+            })
+            .collect();
+        let mut total = Tally::default();
+        for worker in workers {
+            match worker.join() {
+                Ok(tally) => total.add(&tally),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        total
+    });
+    eprintln!("{tally:?}");
+    assert_eq!(tally.schedules, schedules);
+    // Every case the simulation is for was reached.
+    let t = tally;
+    let reached = [
+        ("sessions completed", t.endings[0] * 2 > schedules),
+        (
+            "resumes refused as unknown after the grace period",
+            t.endings[1] > 0,
+        ),
+        ("clients giving up after the grace period", t.endings[2] > 0),
+        ("partitions", t.faults[0] > 0),
+        ("resets seen by the client only", t.faults[1] > 0),
+        ("resets seen by the relay only", t.faults[2] > 0),
+        (
+            "transports found silent by the client",
+            t.client_lost[2] > 0,
+        ),
+        ("transports found silent by the relay", t.relay.lost[2] > 0),
+        ("resumes", t.resumes > 0),
+        ("attempts that failed and backed off", t.failed_attempts > 0),
+        (
+            "new transports winning over live ones",
+            t.relay.replaced > 0,
+        ),
+        (
+            "late resumes refused, the live transport kept",
+            t.relay.stale > 0,
+        ),
+        ("wrong proofs refused", t.relay.refused[1] > 0),
+        ("attackers throttled", t.relay.refused[2] > 0),
+        ("sessions expired", t.relay.expired > 0),
+    ];
+    for (what, ok) in reached {
+        assert!(
+            ok || schedules < SCHEDULES,
+            "no {what} in {schedules} schedules: {t:?}"
+        );
+    }
+}
