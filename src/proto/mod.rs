@@ -12,8 +12,11 @@
 //! * `backoff.rs` — the client's reconnect delays.
 //! * [`resume_auth`] — the proof that a resume comes from the session's
 //!   owner, and the limiter of failed attempts.
+//! * [`fleet`] — what a session knows of the fleet its relay is in: the
+//!   instance that holds it, and how it comes back over QUIC.
 
 pub(crate) mod backoff;
+pub mod fleet;
 pub(crate) mod replay;
 pub mod replay_ring;
 pub mod resume_auth;

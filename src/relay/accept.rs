@@ -234,6 +234,14 @@ async fn open_session(
     port: u16,
 ) -> Result<(), AcceptError> {
     let config = shared.config();
+    if config.fleet.draining {
+        // Busy: the client tries again, and its balancer sends it elsewhere.
+        let reason = format!(
+            "this relay (instance {}) is draining: it takes no new sessions",
+            config.fleet.instance
+        );
+        return refuse(&mut transport, Code::Busy, reason).await;
+    }
     let target = match config.targets.decide(host, port) {
         Ok(target) => target,
         Err(reason) => return refuse(&mut transport, Code::TargetRefused, reason).await,

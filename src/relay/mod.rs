@@ -31,12 +31,14 @@
 
 mod accept;
 pub(crate) mod admission;
+pub mod agent;
 pub mod durable;
 mod listeners;
 mod session_task;
 mod table;
 pub mod target_policy;
 
+use crate::proto::fleet::{InstanceName, QuicRoute};
 use crate::proto::resume_auth::FailureLimiter;
 use crate::proto::session::SessionConfig;
 use crate::transport::quic;
@@ -117,6 +119,33 @@ impl Default for Limits {
     }
 }
 
+/// The relay as one instance of a fleet behind a balancer (see
+/// [`fleet`](crate::proto::fleet)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fleet {
+    /// This instance's name: new sessions are told it, reconnects send it
+    /// as SNI.
+    pub instance: InstanceName,
+    /// How sessions opened here come back over QUIC.
+    pub quic_route: QuicRoute,
+    /// Where HAProxy's agent-check is answered, if anywhere.
+    pub agent_listen: Option<SocketAddr>,
+    /// Taking no new sessions; those here go on.
+    pub draining: bool,
+}
+
+impl Default for Fleet {
+    /// A relay on its own: named `resumeproxyd`, reached directly.
+    fn default() -> Self {
+        Fleet {
+            instance: InstanceName::from_host_name(""),
+            quic_route: QuicRoute::Direct,
+            agent_listen: None,
+            draining: false,
+        }
+    }
+}
+
 /// What the relay needs to know.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -137,6 +166,8 @@ pub struct RelayConfig {
     /// derives it from its key), so that a new worker's reset ends a
     /// client's connection to the old one at once.
     pub quic_reset_key: [u8; 32],
+    /// Its place in a fleet: name, QUIC route, agent, draining.
+    pub fleet: Fleet,
 }
 
 /// What every task of a relay shares.
@@ -240,6 +271,8 @@ impl RelayHandle {
 /// A bound relay, ready to run.
 pub struct Relay {
     listener: TcpListener,
+    /// HAProxy's agent-check, if configured.
+    agent: Option<TcpListener>,
     /// QUIC, unless its UDP port could not be had, and the switch that
     /// stops its reading.
     quic: Option<(quinn::Endpoint, quic::ReadStop)>,
@@ -279,6 +312,7 @@ impl Relay {
                 None
             }
         };
+        let agent = listeners::agent(&config, &mut store)?;
         let sessions = store.take_sessions();
         store.drop_unclaimed();
         let shared = Arc::new(Shared {
@@ -296,6 +330,7 @@ impl Relay {
         let restored = session_task::restore_all(sessions, &shared);
         Ok(Relay {
             listener,
+            agent,
             quic,
             shared,
             restored,
@@ -305,6 +340,11 @@ impl Relay {
     /// The address clients connect to.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Where HAProxy's agent-check is answered, if anywhere.
+    pub fn agent_addr(&self) -> Option<SocketAddr> {
+        self.agent.as_ref().and_then(|agent| agent.local_addr().ok())
     }
 
     /// Who keeps the relay's sessions across its restarts.
@@ -323,8 +363,12 @@ impl Relay {
     /// Serves clients until `shutdown` completes; then stops accepting and
     /// stops as it says ([`Stop`]), returning within about
     /// [`SHUTDOWN_TIMEOUT`].
-    pub async fn run(self, shutdown: impl Future<Output = Stop>) {
+    pub async fn run(mut self, shutdown: impl Future<Output = Stop>) {
         let mut shutdown = pin!(shutdown);
+        if let Some(agent) = self.agent.take() {
+            let shared = Arc::clone(&self.shared);
+            self.shared.tasks.spawn(agent::serve(agent, shared));
+        }
         let mut refused_full = 0u64;
         let mode = loop {
             let (connection, peer) = tokio::select! {
