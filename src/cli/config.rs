@@ -369,11 +369,17 @@ mod tests {
         })
         .unwrap();
         assert_eq!(s.fleet.instance.as_str(), "relay-2.example");
-        assert_eq!(s.fleet.agent_listen, Some("127.0.0.1:7112".parse().unwrap()));
+        assert_eq!(
+            s.fleet.agent_listen,
+            Some("127.0.0.1:7112".parse().unwrap())
+        );
         assert!(s.fleet.draining);
         let text = s.to_toml();
         assert!(text.contains("instance = \"relay-2.example\"\n"), "{text}");
-        assert!(text.contains("quic_address = \"192.0.2.2:7022\"\n"), "{text}");
+        assert!(
+            text.contains("quic_address = \"192.0.2.2:7022\"\n"),
+            "{text}"
+        );
         let printed = write("fleet-printed.toml", &text);
         let again = RelaySettings::resolve(&ServeArgs {
             config: Some(printed),

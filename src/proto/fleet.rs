@@ -99,7 +99,9 @@ impl FromStr for InstanceName {
         let label_ok = |label: &str| {
             !label.is_empty()
                 && label.len() <= MAX_LABEL_LEN
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         };
@@ -167,7 +169,13 @@ mod tests {
 
     #[test]
     fn instance_names_are_dns_names() {
-        for good in ["relay-1", "Relay-1.Example.COM", "r", "a1.b2", "x.y-z.example"] {
+        for good in [
+            "relay-1",
+            "Relay-1.Example.COM",
+            "r",
+            "a1.b2",
+            "x.y-z.example",
+        ] {
             let name: InstanceName = good.parse().unwrap();
             assert_eq!(name.as_str(), good.to_ascii_lowercase());
         }

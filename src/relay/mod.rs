@@ -344,7 +344,9 @@ impl Relay {
 
     /// Where HAProxy's agent-check is answered, if anywhere.
     pub fn agent_addr(&self) -> Option<SocketAddr> {
-        self.agent.as_ref().and_then(|agent| agent.local_addr().ok())
+        self.agent
+            .as_ref()
+            .and_then(|agent| agent.local_addr().ok())
     }
 
     /// Who keeps the relay's sessions across its restarts.

@@ -77,10 +77,9 @@ pub const INSTANCE: Setting<Parsed<InstanceName>> = Setting {
           session's client, which sends it as TLS SNI at every reconnect so that the balancer \
           routes the reconnect back here. Unique in the fleet; never renamed while it holds \
           sessions",
-    default: Fallback::Computed(
-        "the machine's host name, made a DNS name",
-        || InstanceName::from_host_name(&host_name()),
-    ),
+    default: Fallback::Computed("the machine's host name, made a DNS name", || {
+        InstanceName::from_host_name(&host_name())
+    }),
     reload: false,
 };
 
