@@ -282,7 +282,8 @@ pub struct FleetBench {
 
 impl FleetBench {
     /// Sets it up, each relay with `extra(i)` flags besides its name, agent
-    /// and config file; `None` (and why) if this machine cannot.
+    /// and config file (`{server}` in them is the relays' address); `None`
+    /// (and why) if this machine cannot.
     pub fn start(extra: &dyn Fn(usize) -> Vec<String>) -> Result<Option<FleetBench>> {
         let Some(lab) = NetLab::create()? else {
             return Ok(None);
@@ -305,7 +306,11 @@ impl FleetBench {
                 "--config".into(),
                 config.display().to_string(),
             ];
-            flags.extend(extra(i));
+            flags.extend(
+                extra(i)
+                    .into_iter()
+                    .map(|flag| flag.replace("{server}", &ip.to_string())),
+            );
             let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
             let relay = RelayProcess::start_in_netns(
                 lab.server_ns(),
