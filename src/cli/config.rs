@@ -150,6 +150,7 @@ impl RelaySettings {
                 quic_route: settings.get(&relay::QUIC_ADDRESS),
                 agent_listen: settings.get(&relay::AGENT_LISTEN),
                 draining: settings.get(&relay::DRAINING),
+                proxy_protocol_from: settings.get(&relay::PROXY_PROTOCOL_FROM),
             },
             limits: Limits {
                 handshake_timeout: settings.get(&relay::HANDSHAKE_TIMEOUT),

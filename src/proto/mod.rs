@@ -14,9 +14,12 @@
 //!   owner, and the limiter of failed attempts.
 //! * [`fleet`] — what a session knows of the fleet its relay is in: the
 //!   instance that holds it, and how it comes back over QUIC.
+//! * [`proxy_header`] — the PROXY protocol v2 header a balancer in front
+//!   of the relay writes to say whose a connection is.
 
 pub(crate) mod backoff;
 pub mod fleet;
+pub mod proxy_header;
 pub(crate) mod replay;
 pub mod replay_ring;
 pub mod resume_auth;

@@ -34,6 +34,7 @@ pub(crate) mod admission;
 pub mod agent;
 pub mod durable;
 mod listeners;
+mod proxied;
 mod session_task;
 mod table;
 pub mod target_policy;
@@ -48,7 +49,7 @@ use admission::{Admission, Admit, Full, SILENT_AFTER};
 use durable::Store;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -132,6 +133,9 @@ pub struct Fleet {
     pub agent_listen: Option<SocketAddr>,
     /// Taking no new sessions; those here go on.
     pub draining: bool,
+    /// Balancers whose TCP connections start with a PROXY protocol v2
+    /// header naming the client.
+    pub proxy_protocol_from: Vec<IpAddr>,
 }
 
 impl Default for Fleet {
@@ -142,6 +146,7 @@ impl Default for Fleet {
             quic_route: QuicRoute::Direct,
             agent_listen: None,
             draining: false,
+            proxy_protocol_from: Vec::new(),
         }
     }
 }
@@ -181,6 +186,8 @@ struct Shared {
     admission: Arc<Admission>,
     /// Connections evicted from their place for another, so far.
     evicted: AtomicU64,
+    /// Connections turned away beyond the line, so far.
+    turned_away: AtomicU64,
     /// Failed resumes per source address.
     failures: Mutex<FailureLimiter>,
     /// Cancelled when the relay shuts down.
@@ -321,6 +328,7 @@ impl Relay {
             table: Arc::default(),
             admission: Admission::new(limits.max_handshakes, limits.max_handshakes_per_source),
             evicted: AtomicU64::new(0),
+            turned_away: AtomicU64::new(0),
             failures: Mutex::default(),
             stop: CancellationToken::new(),
             stop_mode: std::sync::OnceLock::new(),
@@ -371,12 +379,19 @@ impl Relay {
             let shared = Arc::clone(&self.shared);
             self.shared.tasks.spawn(agent::serve(agent, shared));
         }
-        let mut refused_full = 0u64;
         let mode = loop {
             let (connection, peer) = tokio::select! {
                 mode = &mut shutdown => break mode,
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => (Incoming::Tcp(stream), peer),
+                    Ok((stream, peer)) => {
+                        if self.shared.config().fleet.proxy_protocol_from.contains(&peer.ip()) {
+                            // A balancer's connection: its header says whose
+                            // it is, before anything is counted.
+                            proxied::spawn(stream, peer, &self.shared);
+                            continue;
+                        }
+                        (Incoming::Tcp(stream), peer)
+                    }
                     Err(e) => {
                         // Out of descriptors and the like: wait a moment rather than spin.
                         tracing::warn!("accept failed: {e}");
@@ -400,54 +415,7 @@ impl Relay {
                     (Incoming::Quic(Box::new(incoming)), peer)
                 }
             };
-            let accepted = tokio::time::Instant::now();
-            let place = match self.shared.admission.admit(peer.ip()) {
-                Ok(Admit::Now(slot) | Admit::Evicted(slot)) => accept::Place::Now(slot),
-                Ok(Admit::Queued(ticket)) => accept::Place::Queued(ticket),
-                Err(full) => {
-                    // Turned away at once, with a word the client can read
-                    // (a TLS alert, QUIC's refusal) and nothing more: nothing
-                    // about the connection is known yet, and answering must
-                    // not cost more than it did.
-                    match connection {
-                        Incoming::Tcp(stream) => accept::turn_away(&stream),
-                        Incoming::Quic(incoming) => incoming.refuse(),
-                    }
-                    refused_full += 1;
-                    if refused_full.is_power_of_two() {
-                        let why = match full {
-                            Full::Total(n) => {
-                                format!("{n} connections waiting for a place to start their handshake (--max-handshakes)")
-                            }
-                            Full::Source(n) => format!(
-                                "{n} handshakes in progress from {} and {n} more waiting (--max-handshakes-per-source)",
-                                peer.ip()
-                            ),
-                        };
-                        tracing::warn!(client = %peer, "connection turned away: {why}; {refused_full} turned away so far");
-                    }
-                    continue;
-                }
-            };
-            let shared = Arc::clone(&self.shared);
-            self.shared.tasks.spawn(async move {
-                let stop = shared.stop.clone();
-                tokio::select! {
-                    result = accept::accept(connection, peer, place, accepted, Arc::clone(&shared)) => {
-                        match result {
-                            Ok(()) => {}
-                            Err(AcceptError::Evicted) => {
-                                let n = shared.evicted.fetch_add(1, Ordering::Relaxed) + 1;
-                                if n.is_power_of_two() {
-                                    tracing::info!(client = %peer, "connection evicted: it sent nothing within {}, and another connection needed its place; {n} evicted so far", format_duration(SILENT_AFTER));
-                                }
-                            }
-                            Err(e) => tracing::info!(client = %peer, "connection refused: {e}"),
-                        }
-                    }
-                    () = stop.cancelled() => {}
-                }
-            });
+            admit(&self.shared, connection, peer, tokio::time::Instant::now());
         };
         drop(self.listener);
         // New QUIC connections are refused from now on; live ones close
@@ -504,6 +472,65 @@ impl Relay {
             let _ = tokio::time::timeout(wait, quic.wait_idle()).await;
         }
     }
+}
+
+/// Gives a new connection from `peer` (accepted at `accepted`) a place to
+/// run its handshake in, or a place in line, and serves it; or turns it
+/// away when even the line is full.
+fn admit(
+    shared: &Arc<Shared>,
+    connection: Incoming,
+    peer: SocketAddr,
+    accepted: tokio::time::Instant,
+) {
+    let place = match shared.admission.admit(peer.ip()) {
+        Ok(Admit::Now(slot) | Admit::Evicted(slot)) => accept::Place::Now(slot),
+        Ok(Admit::Queued(ticket)) => accept::Place::Queued(ticket),
+        Err(full) => {
+            // Turned away at once, with a word the client can read
+            // (a TLS alert, QUIC's refusal) and nothing more: nothing
+            // about the connection is known yet, and answering must
+            // not cost more than it did.
+            match connection {
+                Incoming::Tcp(stream) => accept::turn_away(&stream),
+                Incoming::Quic(incoming) => incoming.refuse(),
+            }
+            let turned_away = shared.turned_away.fetch_add(1, Ordering::Relaxed) + 1;
+            if turned_away.is_power_of_two() {
+                let why = match full {
+                    Full::Total(n) => {
+                        format!("{n} connections waiting for a place to start their handshake (--max-handshakes)")
+                    }
+                    Full::Source(n) => format!(
+                        "{n} handshakes in progress from {} and {n} more waiting (--max-handshakes-per-source)",
+                        peer.ip()
+                    ),
+                };
+                tracing::warn!(client = %peer, "connection turned away: {why}; {turned_away} turned away so far");
+            }
+            return;
+        }
+    };
+    let task_shared = Arc::clone(shared);
+    shared.tasks.spawn(async move {
+        let shared = task_shared;
+        let stop = shared.stop.clone();
+        tokio::select! {
+            result = accept::accept(connection, peer, place, accepted, Arc::clone(&shared)) => {
+                match result {
+                    Ok(()) => {}
+                    Err(AcceptError::Evicted) => {
+                        let n = shared.evicted.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n.is_power_of_two() {
+                            tracing::info!(client = %peer, "connection evicted: it sent nothing within {}, and another connection needed its place; {n} evicted so far", format_duration(SILENT_AFTER));
+                        }
+                    }
+                    Err(e) => tracing::info!(client = %peer, "connection refused: {e}"),
+                }
+            }
+            () = stop.cancelled() => {}
+        }
+    });
 }
 
 /// The next QUIC connection attempt; never, without QUIC.

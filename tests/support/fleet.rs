@@ -305,6 +305,9 @@ impl FleetBench {
                 format!("{ip}:{}", agent_port(i)),
                 "--config".into(),
                 config.display().to_string(),
+                // HAProxy connects from the relays' own address.
+                "--proxy-protocol-from".into(),
+                ip.to_string(),
             ];
             flags.extend(
                 extra(i)

@@ -11,7 +11,7 @@ use crate::proto::wire::{MAX_DATA_LEN, MIN_DATA_LEN};
 use crate::relay::target_policy::AllowedTarget;
 use crate::relay::{Limits, DEFAULT_GRACE};
 use crate::transport::identity::default_key_path;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// `listen`, `--listen`.
 pub const LISTEN: Setting<Parsed<SocketAddr>> = Setting {
@@ -116,6 +116,19 @@ pub const DRAINING: Setting<Switch> = Setting {
           balancer sends it to another instance) while every session here goes on and resumes \
           here. Set in the config file and reload (SIGHUP) to drain an instance",
     default: Fallback::Is(|| false),
+    reload: true,
+};
+
+/// `proxy_protocol_from`, `--proxy-protocol-from`.
+pub const PROXY_PROTOCOL_FROM: Setting<List<Parsed<IpAddr>>> = Setting {
+    key: "proxy_protocol_from",
+    flag: Flag::Long("proxy-protocol-from"),
+    kind: List(Parsed::new("ADDR")),
+    doc: "A balancer that starts each TCP connection with a PROXY protocol v2 header (HAProxy's \
+          send-proxy-v2): the client address it gives counts for that connection in every \
+          per-source limit and in the log; its connections without one are closed. Repeatable, \
+          adds to the config file's list",
+    default: Fallback::Is(Vec::new),
     reload: true,
 };
 
@@ -236,6 +249,7 @@ impl Table for RelayTable {
             &QUIC_ADDRESS,
             &AGENT_LISTEN,
             &DRAINING,
+            &PROXY_PROTOCOL_FROM,
             &HANDSHAKE_TIMEOUT,
             &MAX_SESSIONS,
             &MAX_DETACHED,
