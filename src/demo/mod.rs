@@ -226,7 +226,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
             ..SessionConfig::default()
         },
         connect_timeout: Duration::from_secs(5),
-        trust: TrustSource::Fingerprint(key.fingerprint()),
+        trust: TrustSource::Fingerprints(vec![key.fingerprint()]),
         // The fault injector breaks TCP connections.
         transport: TransportChoice::Tcp,
         udp_memory: None,
