@@ -233,7 +233,7 @@ fn client_config(host: &str, port: u16, target: u16, fp: &str) -> Result<ClientC
             ..SessionConfig::default()
         },
         connect_timeout: Duration::from_secs(30),
-        trust: TrustSource::Fingerprint(fingerprint),
+        trust: TrustSource::Fingerprints(vec![fingerprint]),
         transport: TransportChoice::Tcp,
         udp_memory: None,
     })

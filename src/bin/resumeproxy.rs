@@ -242,9 +242,10 @@ async fn connect(args: ConnectArgs) -> ExitCode {
         Some(relay) => (relay, host.clone()),
         None => (host.clone(), String::new()),
     };
-    let trust = match options.relay_fingerprint {
-        Some(fingerprint) => TrustSource::Fingerprint(fingerprint),
-        None => TrustSource::KnownRelays(settings.known_relays.clone()),
+    let trust = if options.relay_fingerprint.is_empty() {
+        TrustSource::KnownRelays(settings.known_relays.clone())
+    } else {
+        TrustSource::Fingerprints(options.relay_fingerprint.clone())
     };
     let config = ClientConfig {
         relay_host,

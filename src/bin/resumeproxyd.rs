@@ -4,6 +4,7 @@ use clap::Parser;
 use resumeproxy::cli::config::RelaySettings;
 use resumeproxy::cli::settings::relay::KEY_FILE;
 use resumeproxy::cli::{RelayCli, RelayCommand, ServeArgs};
+use resumeproxy::proto::fleet::QuicRoute;
 use resumeproxy::proto::session::SessionConfig;
 use resumeproxy::relay::durable::keeper::{self, EXIT_CONFIG};
 use resumeproxy::relay::durable::{Keeper, Store};
@@ -93,6 +94,7 @@ fn relay_config(
         limits: settings.limits,
         tls,
         quic_reset_key,
+        fleet: settings.fleet.clone(),
     }
 }
 
@@ -183,9 +185,20 @@ fn worker(flags: ServeArgs, settings: RelaySettings) -> ExitCode {
             Keeper::Nobody => " (sessions end with this process: nobody keeps them)".to_string(),
             keeper => format!(", sessions kept by {keeper} ({restored} restored)"),
         };
+        let fleet = &settings.fleet;
+        let mut instance = format!("instance {}", fleet.instance);
+        if fleet.quic_route != QuicRoute::Direct {
+            instance.push_str(&format!(" (QUIC reconnects: {})", fleet.quic_route));
+        }
+        if let Some(agent) = relay.agent_addr() {
+            instance.push_str(&format!(", agent-check on {agent}"));
+        }
+        if fleet.draining {
+            instance.push_str(", draining");
+        }
         match relay.local_addr() {
             Ok(addr) => tracing::info!(
-                "listening on {addr}, sessions go to {}{also}, key {}{durable}",
+                "listening on {addr}, {instance}, sessions go to {}{also}, key {}{durable}",
                 settings.targets.default,
                 key.fingerprint()
             ),
@@ -250,6 +263,17 @@ async fn watch(
                         }
                         if new.log_level != settings.log_level {
                             tracing::warn!("log_level changes only with a restart");
+                        }
+                        let mut new = new;
+                        if new.fleet.instance != settings.fleet.instance || new.fleet.agent_listen != settings.fleet.agent_listen {
+                            tracing::warn!("instance and agent_listen change only with a restart; kept {}", settings.fleet.instance);
+                            new.fleet.instance = settings.fleet.instance.clone();
+                            new.fleet.agent_listen = settings.fleet.agent_listen;
+                        }
+                        match (settings.fleet.draining, new.fleet.draining) {
+                            (false, true) => tracing::info!("draining: new sessions are refused; the {} here go on", handle.counts().sessions),
+                            (true, false) => tracing::info!("no longer draining: new sessions are taken"),
+                            _ => {}
                         }
                         handle.reload(relay_config(&new, Arc::clone(&tls), reset_key));
                         tracing::info!("configuration reloaded");

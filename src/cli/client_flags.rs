@@ -71,9 +71,10 @@ pub struct LinkOptions {
     #[command(flatten)]
     pub settings: Given<ClientTable>,
     /// Trust only the relay key with this fingerprint (as printed by
-    /// `resumeproxyd fingerprint`), instead of the known_relays file.
-    #[arg(long, value_name = "SHA256:…")]
-    pub relay_fingerprint: Option<Fingerprint>,
+    /// `resumeproxyd fingerprint`), instead of the known_relays file;
+    /// repeatable: any of them (the keys of a fleet's instances).
+    #[arg(long, value_name = "SHA256:…", action = clap::ArgAction::Append)]
+    pub relay_fingerprint: Vec<Fingerprint>,
     /// Connect to the relay on this host and ask it for HOST:PORT, which the
     /// relay must allow (--allow); without it, the relay runs on HOST and
     /// PORT is its own target's port.
@@ -98,10 +99,9 @@ impl LinkOptions {
                 args.push(value);
             }
         };
-        push(
-            "--relay-fingerprint",
-            self.relay_fingerprint.map(|f| f.to_string()),
-        );
+        for fingerprint in &self.relay_fingerprint {
+            push("--relay-fingerprint", Some(fingerprint.to_string()));
+        }
         push("--relay", self.relay.clone());
         push(
             "--config",
@@ -172,4 +172,34 @@ pub struct DemoArgs {
     /// Break the link this often.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub break_every: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn relay_fingerprints_repeat_and_pass_on() {
+        let (a, b) = (
+            Fingerprint::of_spki(b"relay-1").to_string(),
+            Fingerprint::of_spki(b"relay-2").to_string(),
+        );
+        let cli = ClientCli::try_parse_from([
+            "resumeproxy",
+            "--relay-fingerprint",
+            &a,
+            "--relay-fingerprint",
+            &b,
+            "bastion",
+            "22",
+        ])
+        .unwrap();
+        let options = cli.connect.options;
+        assert_eq!(options.relay_fingerprint.len(), 2);
+        assert_eq!(
+            options.to_args(),
+            ["--relay-fingerprint", &a, "--relay-fingerprint", &b]
+        );
+    }
 }

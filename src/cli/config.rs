@@ -17,7 +17,7 @@ use super::settings::{Given, Resolver, Table};
 use super::{LinkOptions, ServeArgs};
 use crate::client::connector::TransportChoice;
 use crate::relay::target_policy::TargetPolicy;
-use crate::relay::Limits;
+use crate::relay::{Fleet, Limits};
 use crate::units::format_bytes;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -114,6 +114,8 @@ pub struct RelaySettings {
     pub replay_buffer: usize,
     /// Data frame size.
     pub max_frame: usize,
+    /// Its place in a fleet.
+    pub fleet: Fleet,
     /// Log filter.
     pub log_level: String,
     /// Every setting as the config file writes it, in order: what
@@ -143,6 +145,13 @@ impl RelaySettings {
             },
             grace: settings.get(&relay::GRACE),
             key_file: settings.get(&relay::KEY_FILE),
+            fleet: Fleet {
+                instance: settings.get(&relay::INSTANCE),
+                quic_route: settings.get(&relay::QUIC_ADDRESS),
+                agent_listen: settings.get(&relay::AGENT_LISTEN),
+                draining: settings.get(&relay::DRAINING),
+                proxy_protocol_from: settings.get(&relay::PROXY_PROTOCOL_FROM),
+            },
             limits: Limits {
                 handshake_timeout: settings.get(&relay::HANDSHAKE_TIMEOUT),
                 max_sessions: settings.get(&relay::MAX_SESSIONS),
@@ -294,6 +303,15 @@ mod tests {
                 "log_level: \"loud\" is not one of error",
             ),
             ("allow = \"db:22\"\n", "allow: expected a list"),
+            (
+                "instance = \"relay_1\"\n",
+                "instance: \"relay_1\" is not a DNS name",
+            ),
+            (
+                "quic_address = \"sometimes\"\n",
+                "quic_address: \"sometimes\" is neither",
+            ),
+            ("draining = \"yes\"\n", "draining: expected true or false"),
         ] {
             let bad = write("bad.toml", text);
             let e = RelaySettings::resolve(&ServeArgs {
@@ -335,5 +353,49 @@ mod tests {
         );
         assert_eq!(s.listen.port(), crate::cli::DEFAULT_RELAY_PORT);
         assert_eq!(s.log_level, "info");
+        assert_eq!(s.fleet.quic_route, crate::proto::fleet::QuicRoute::Direct);
+        assert_eq!((s.fleet.agent_listen, s.fleet.draining), (None, false));
+    }
+
+    #[test]
+    fn a_fleet_instance_reads_back_as_written() {
+        let path = write(
+            "fleet.toml",
+            "instance = \"Relay-2.example\"\nquic_address = \"192.0.2.2:7022\"\n\
+             agent_listen = \"127.0.0.1:7112\"\ndraining = true\n",
+        );
+        let s = RelaySettings::resolve(&ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(s.fleet.instance.as_str(), "relay-2.example");
+        assert_eq!(
+            s.fleet.agent_listen,
+            Some("127.0.0.1:7112".parse().unwrap())
+        );
+        assert!(s.fleet.draining);
+        let text = s.to_toml();
+        assert!(text.contains("instance = \"relay-2.example\"\n"), "{text}");
+        assert!(
+            text.contains("quic_address = \"192.0.2.2:7022\"\n"),
+            "{text}"
+        );
+        let printed = write("fleet-printed.toml", &text);
+        let again = RelaySettings::resolve(&ServeArgs {
+            config: Some(printed),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(again, s);
+        // Off, the agent is the empty string, and reads back as off.
+        let off = write("fleet-off.toml", "agent_listen = \"\"\n");
+        let s = RelaySettings::resolve(&ServeArgs {
+            config: Some(off),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert!(s.to_toml().contains("agent_listen = \"\"\n"));
+        assert_eq!(s.fleet.agent_listen, None);
     }
 }

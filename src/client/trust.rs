@@ -11,8 +11,9 @@ use std::path::PathBuf;
 /// Where trust comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TrustSource {
-    /// Exactly this key (`--relay-fingerprint`).
-    Fingerprint(Fingerprint),
+    /// Exactly these keys, any of them (`--relay-fingerprint`, repeated
+    /// for the instances of a fleet that each have their own).
+    Fingerprints(Vec<Fingerprint>),
     /// The pins in this file; a relay it does not name is pinned on first use.
     KnownRelays(PathBuf),
 }
@@ -33,8 +34,8 @@ impl Expectation {
     /// What `source` says about the relay named `relay` (`host:port`).
     pub fn for_relay(source: &TrustSource, relay: &str) -> io::Result<Expectation> {
         match source {
-            TrustSource::Fingerprint(fingerprint) => Ok(Expectation {
-                accepted: vec![*fingerprint],
+            TrustSource::Fingerprints(fingerprints) => Ok(Expectation {
+                accepted: fingerprints.clone(),
                 pins: Vec::new(),
                 session: false,
             }),
@@ -217,7 +218,7 @@ mod tests {
         assert!(text.contains(&new.to_string()) && text.contains(&old.to_string()));
         std::fs::remove_dir_all(&dir).unwrap();
 
-        let given = TrustSource::Fingerprint(old);
+        let given = TrustSource::Fingerprints(vec![old]);
         let exp = Expectation::for_relay(&given, "r:7022").unwrap();
         assert!(!exp.is_first_use());
         let text = exp.changed(&given, "r:7022", new).to_string();

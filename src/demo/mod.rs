@@ -14,7 +14,7 @@ use crate::client::trust::TrustSource;
 use crate::client::{self, ClientConfig, ClientEvent};
 use crate::proto::session::SessionConfig;
 use crate::relay::target_policy::TargetPolicy;
-use crate::relay::{Limits, Relay, RelayConfig};
+use crate::relay::{Fleet, Limits, Relay, RelayConfig};
 use crate::transport::identity::RelayKey;
 use crate::transport::tls;
 use crate::units::{format_bytes, format_duration, hex};
@@ -178,6 +178,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
         limits: Limits::default(),
         tls: tls::server_config(&key)?,
         quic_reset_key: key.quic_reset_key(),
+        fleet: Fleet::default(),
     })
     .await?;
     let relay_addr = relay.local_addr()?;
@@ -225,7 +226,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
             ..SessionConfig::default()
         },
         connect_timeout: Duration::from_secs(5),
-        trust: TrustSource::Fingerprint(key.fingerprint()),
+        trust: TrustSource::Fingerprints(vec![key.fingerprint()]),
         // The fault injector breaks TCP connections.
         transport: TransportChoice::Tcp,
         udp_memory: None,

@@ -17,12 +17,18 @@
 //!   relay holds a session whose client is away.
 //! * [`resume_auth`] — the proof that a resume comes from the session's
 //!   owner, and the limiter of failed attempts.
+//! * [`fleet`] — what a session knows of the fleet its relay is in: the
+//!   instance that holds it, and how it comes back over QUIC.
+//! * [`proxy_header`] — the PROXY protocol v2 header a balancer in front
+//!   of the relay writes to say whose a connection is.
 //! * `sim/` (tests) — the whole protocol simulated: client and relay logic
 //!   over in-memory links with a virtual clock, thousands of seeded
 //!   schedules of faults, each checking the stream contract.
 
 pub(crate) mod backoff;
 pub mod connection;
+pub mod fleet;
+pub mod proxy_header;
 pub mod reconnect;
 pub(crate) mod replay;
 pub mod replay_ring;

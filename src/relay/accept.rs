@@ -18,10 +18,11 @@ use super::target_policy::Target;
 use super::{Shared, CLOSE_TIMEOUT, TARGET_CONNECT_TIMEOUT};
 use crate::link::flush;
 use crate::link::handshake::{self, HandshakeError, NOT_A_CLIENT_NOTICE};
+use crate::proto::proxy_header;
 use crate::proto::resume_auth::{self, ResumeRefused, MAX_FAILURES};
 use crate::proto::session::{MAX_DEAD_AFTER, MIN_DEAD_AFTER};
 use crate::proto::wire::{Hello, SessionId, SECRET_LEN, SESSION_ID_LEN};
-use crate::transport::{quic, tls, Transport};
+use crate::transport::{quic, tls, FixedPath, Transport};
 use crate::units::format_duration;
 use std::io;
 use std::net::SocketAddr;
@@ -51,6 +52,8 @@ pub(super) enum AcceptError {
     Quic(io::Error),
     #[error("not a resumeproxy client (it did not start TLS)")]
     NotTls,
+    #[error("it starts with a PROXY protocol header: if it is your balancer, add its address to proxy_protocol_from")]
+    UntrustedProxy,
     #[error("handshake took longer than {}", format_duration(*.0))]
     Timeout(Duration),
     #[error("{0}")]
@@ -94,7 +97,7 @@ pub(super) async fn accept(
             Place::Queued(ticket) => ticket.wait().await,
         };
         let mut transport = match connection {
-            Incoming::Tcp(stream) => accept_tls(stream, &slot, accepted, &shared).await?,
+            Incoming::Tcp(stream) => accept_tls(stream, peer, &slot, accepted, &shared).await?,
             Incoming::Quic(incoming) => quic::accept(*incoming).await.map_err(AcceptError::Quic)?,
         };
         let hello = handshake::relay(&mut transport).await?;
@@ -111,6 +114,7 @@ pub(super) async fn accept(
 /// [`Slot::silent`]).
 async fn accept_tls(
     stream: TcpStream,
+    peer: SocketAddr,
     slot: &Slot,
     accepted: tokio::time::Instant,
     shared: &Shared,
@@ -139,15 +143,26 @@ async fn accept_tls(
         turn_away(&stream);
         return Err(AcceptError::Evicted);
     }
+    if n > 0 && first[0] == proxy_header::SIGNATURE[0] {
+        // A balancer's PROXY protocol header, from an address not trusted
+        // to send one: the operator's to fix, the client's to hear nothing.
+        return Err(AcceptError::UntrustedProxy);
+    }
     if n == 0 || first[0] != TLS_HANDSHAKE_RECORD {
         // An ssh client pointed at this port, a scanner: say what this is.
         let mut stream = stream;
         let _ = stream.write_all(NOT_A_CLIENT_NOTICE).await;
         return Err(AcceptError::NotTls);
     }
-    tls::accept(stream, &shared.acceptor)
+    let mut transport = tls::accept(stream, &shared.acceptor)
         .await
-        .map_err(AcceptError::Tls)
+        .map_err(AcceptError::Tls)?;
+    // Behind a balancer that says whose the connection is, the client's.
+    if transport.peer != peer {
+        transport.peer = peer;
+        transport = transport.with_path(FixedPath { peer, local: None });
+    }
+    Ok(transport)
 }
 
 /// Tells a TCP connection the relay will not take it and ends it, without
@@ -242,6 +257,11 @@ async fn open_session(
     port: u16,
 ) -> Result<(), AcceptError> {
     let config = shared.config();
+    if config.fleet.draining {
+        // Busy: the client tries again, and its balancer sends it elsewhere.
+        let refusal = Refusal::Draining(config.fleet.instance.clone());
+        return refuse(&mut transport, refusal).await;
+    }
     let target = match config.targets.decide(host, port) {
         Ok(target) => target,
         Err(refused) => return refuse(&mut transport, refused.into()).await,

@@ -6,7 +6,7 @@
 //! socket on another address than the configured one (the settings changed
 //! between two starts) is closed and the new address bound.
 
-use super::durable::{Store, TCP_LISTENER, UDP_SOCKET};
+use super::durable::{Store, AGENT_LISTENER, TCP_LISTENER, UDP_SOCKET};
 use super::RelayConfig;
 use crate::transport::quic;
 use std::io;
@@ -15,30 +15,52 @@ use tokio::net::TcpListener;
 
 /// The TCP listener on the configured address.
 pub(super) fn tcp(config: &RelayConfig, store: &mut Store) -> io::Result<TcpListener> {
-    if let Some(fd) = store.take(TCP_LISTENER) {
+    kept_or_bound(TCP_LISTENER, "TCP listener", config.listen, store)
+}
+
+/// The listener of HAProxy's agent-check, if the configuration asks for
+/// one (a kept one it no longer asks for is closed).
+pub(super) fn agent(config: &RelayConfig, store: &mut Store) -> io::Result<Option<TcpListener>> {
+    match config.fleet.agent_listen {
+        Some(addr) => kept_or_bound(AGENT_LISTENER, "agent listener", addr, store).map(Some),
+        None => {
+            if store.take(AGENT_LISTENER).is_some() {
+                store.forget(AGENT_LISTENER);
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// The TCP listener kept under `name`, if it is on `wanted`; else one bound
+/// there and handed to the store.
+fn kept_or_bound(
+    name: &str,
+    what: &str,
+    wanted: SocketAddr,
+    store: &mut Store,
+) -> io::Result<TcpListener> {
+    if let Some(fd) = store.take(name) {
         let kept = std::net::TcpListener::from(fd);
         match kept.local_addr() {
-            Ok(addr) if same_place(addr, config.listen) => {
+            Ok(addr) if same_place(addr, wanted) => {
                 kept.set_nonblocking(true)?;
                 return TcpListener::from_std(kept);
             }
             Ok(addr) => {
-                tracing::info!(
-                    "the listening address changed from {addr} to {}",
-                    config.listen
-                );
-                store.forget(TCP_LISTENER);
+                tracing::info!("the address of the {what} changed from {addr} to {wanted}");
+                store.forget(name);
             }
             Err(e) => {
-                tracing::warn!("a kept TCP listener is unusable ({e}); binding anew");
-                store.forget(TCP_LISTENER);
+                tracing::warn!("a kept {what} is unusable ({e}); binding anew");
+                store.forget(name);
             }
         }
     }
-    let listener = std::net::TcpListener::bind(config.listen)?;
+    let listener = std::net::TcpListener::bind(wanted)?;
     listener.set_nonblocking(true)?;
-    if let Err(e) = store.keep(TCP_LISTENER, &[&listener]) {
-        tracing::warn!("the TCP listener could not be kept: {e}; a restart will not find it");
+    if let Err(e) = store.keep(name, &[&listener]) {
+        tracing::warn!("the {what} could not be kept: {e}; a restart will not find it");
     }
     TcpListener::from_std(listener)
 }

@@ -31,14 +31,17 @@
 
 mod accept;
 pub(crate) mod admission;
+pub mod agent;
 pub mod durable;
 mod listeners;
+mod proxied;
 mod refusal;
 mod session_task;
 mod table;
 pub mod target_policy;
 mod trim;
 
+use crate::proto::fleet::{InstanceName, QuicRoute};
 use crate::proto::resume_auth::FailureLimiter;
 use crate::proto::session::SessionConfig;
 use crate::transport::quic;
@@ -48,7 +51,7 @@ use admission::{Admission, Admit, Full, SILENT_AFTER};
 use durable::Store;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -119,6 +122,37 @@ impl Default for Limits {
     }
 }
 
+/// The relay as one instance of a fleet behind a balancer (see
+/// [`fleet`](crate::proto::fleet)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fleet {
+    /// This instance's name: new sessions are told it, reconnects send it
+    /// as SNI.
+    pub instance: InstanceName,
+    /// How sessions opened here come back over QUIC.
+    pub quic_route: QuicRoute,
+    /// Where HAProxy's agent-check is answered, if anywhere.
+    pub agent_listen: Option<SocketAddr>,
+    /// Taking no new sessions; those here go on.
+    pub draining: bool,
+    /// Balancers whose TCP connections start with a PROXY protocol v2
+    /// header naming the client.
+    pub proxy_protocol_from: Vec<IpAddr>,
+}
+
+impl Default for Fleet {
+    /// A relay on its own: named `resumeproxyd`, reached directly.
+    fn default() -> Self {
+        Fleet {
+            instance: InstanceName::from_host_name(""),
+            quic_route: QuicRoute::Direct,
+            agent_listen: None,
+            draining: false,
+            proxy_protocol_from: Vec::new(),
+        }
+    }
+}
+
 /// What the relay needs to know.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -139,6 +173,8 @@ pub struct RelayConfig {
     /// derives it from its key), so that a new worker's reset ends a
     /// client's connection to the old one at once.
     pub quic_reset_key: [u8; 32],
+    /// Its place in a fleet: name, QUIC route, agent, draining.
+    pub fleet: Fleet,
 }
 
 /// What every task of a relay shares.
@@ -152,6 +188,8 @@ struct Shared {
     admission: Arc<Admission>,
     /// Connections evicted from their place for another, so far.
     evicted: AtomicU64,
+    /// Connections turned away beyond the line, so far.
+    turned_away: AtomicU64,
     /// Gives memory back after sessions and connections end.
     trim: trim::Trimmer,
     /// Failed resumes per source address.
@@ -244,6 +282,8 @@ impl RelayHandle {
 /// A bound relay, ready to run.
 pub struct Relay {
     listener: TcpListener,
+    /// HAProxy's agent-check, if configured.
+    agent: Option<TcpListener>,
     /// QUIC, unless its UDP port could not be had, and the switch that
     /// stops its reading.
     quic: Option<(quinn::Endpoint, quic::ReadStop)>,
@@ -283,6 +323,7 @@ impl Relay {
                 None
             }
         };
+        let agent = listeners::agent(&config, &mut store)?;
         let sessions = store.take_sessions();
         store.drop_unclaimed();
         let shared = Arc::new(Shared {
@@ -291,6 +332,7 @@ impl Relay {
             table: Arc::default(),
             admission: Admission::new(limits.max_handshakes, limits.max_handshakes_per_source),
             evicted: AtomicU64::new(0),
+            turned_away: AtomicU64::new(0),
             trim: trim::Trimmer::default(),
             failures: Mutex::default(),
             stop: CancellationToken::new(),
@@ -301,6 +343,7 @@ impl Relay {
         let restored = session_task::restore_all(sessions, &shared);
         Ok(Relay {
             listener,
+            agent,
             quic,
             shared,
             restored,
@@ -310,6 +353,13 @@ impl Relay {
     /// The address clients connect to.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Where HAProxy's agent-check is answered, if anywhere.
+    pub fn agent_addr(&self) -> Option<SocketAddr> {
+        self.agent
+            .as_ref()
+            .and_then(|agent| agent.local_addr().ok())
     }
 
     /// Who keeps the relay's sessions across its restarts.
@@ -328,18 +378,29 @@ impl Relay {
     /// Serves clients until `shutdown` completes; then stops accepting and
     /// stops as it says ([`Stop`]), returning within about
     /// [`SHUTDOWN_TIMEOUT`].
-    pub async fn run(self, shutdown: impl Future<Output = Stop>) {
+    pub async fn run(mut self, shutdown: impl Future<Output = Stop>) {
         let mut shutdown = pin!(shutdown);
-        let mut refused_full = 0u64;
         let shared = Arc::clone(&self.shared);
         self.shared
             .tasks
             .spawn(async move { shared.trim.run(shared.stop.clone()).await });
+        if let Some(agent) = self.agent.take() {
+            let shared = Arc::clone(&self.shared);
+            self.shared.tasks.spawn(agent::serve(agent, shared));
+        }
         let mode = loop {
             let (connection, peer) = tokio::select! {
                 mode = &mut shutdown => break mode,
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => (Incoming::Tcp(stream), peer),
+                    Ok((stream, peer)) => {
+                        if self.shared.config().fleet.proxy_protocol_from.contains(&peer.ip()) {
+                            // A balancer's connection: its header says whose
+                            // it is, before anything is counted.
+                            proxied::spawn(stream, peer, &self.shared);
+                            continue;
+                        }
+                        (Incoming::Tcp(stream), peer)
+                    }
                     Err(e) => {
                         // Out of descriptors and the like: wait a moment rather than spin.
                         tracing::warn!("accept failed: {e}");
@@ -363,57 +424,7 @@ impl Relay {
                     (Incoming::Quic(Box::new(incoming)), peer)
                 }
             };
-            let accepted = tokio::time::Instant::now();
-            let place = match self.shared.admission.admit(peer.ip()) {
-                Ok(Admit::Now(slot) | Admit::Evicted(slot)) => accept::Place::Now(slot),
-                Ok(Admit::Queued(ticket)) => accept::Place::Queued(ticket),
-                Err(full) => {
-                    // Turned away at once, with a word the client can read
-                    // (a TLS alert, QUIC's refusal) and nothing more: nothing
-                    // about the connection is known yet, and answering must
-                    // not cost more than it did.
-                    match connection {
-                        Incoming::Tcp(stream) => accept::turn_away(&stream),
-                        Incoming::Quic(incoming) => incoming.refuse(),
-                    }
-                    refused_full += 1;
-                    if refused_full.is_power_of_two() {
-                        let why = match full {
-                            Full::Total(n) => {
-                                format!("{n} connections waiting for a place to start their handshake (--max-handshakes)")
-                            }
-                            Full::Source(n) => format!(
-                                "{n} handshakes in progress from {} and {n} more waiting (--max-handshakes-per-source)",
-                                peer.ip()
-                            ),
-                        };
-                        tracing::warn!(client = %peer, "connection turned away: {why}; {refused_full} turned away so far");
-                    }
-                    continue;
-                }
-            };
-            let shared = Arc::clone(&self.shared);
-            self.shared.tasks.spawn(async move {
-                let stop = shared.stop.clone();
-                tokio::select! {
-                    result = accept::accept(connection, peer, place, accepted, Arc::clone(&shared)) => {
-                        if result.is_err() {
-                            shared.trim.released();
-                        }
-                        match result {
-                            Ok(()) => {}
-                            Err(AcceptError::Evicted) => {
-                                let n = shared.evicted.fetch_add(1, Ordering::Relaxed) + 1;
-                                if n.is_power_of_two() {
-                                    tracing::info!(client = %peer, "connection evicted: it sent nothing within {}, and another connection needed its place; {n} evicted so far", format_duration(SILENT_AFTER));
-                                }
-                            }
-                            Err(e) => tracing::info!(client = %peer, "connection refused: {e}"),
-                        }
-                    }
-                    () = stop.cancelled() => {}
-                }
-            });
+            admit(&self.shared, connection, peer, tokio::time::Instant::now());
         };
         drop(self.listener);
         // New QUIC connections are refused from now on; live ones close
@@ -470,6 +481,68 @@ impl Relay {
             let _ = tokio::time::timeout(wait, quic.wait_idle()).await;
         }
     }
+}
+
+/// Gives a new connection from `peer` (accepted at `accepted`) a place to
+/// run its handshake in, or a place in line, and serves it; or turns it
+/// away when even the line is full.
+fn admit(
+    shared: &Arc<Shared>,
+    connection: Incoming,
+    peer: SocketAddr,
+    accepted: tokio::time::Instant,
+) {
+    let place = match shared.admission.admit(peer.ip()) {
+        Ok(Admit::Now(slot) | Admit::Evicted(slot)) => accept::Place::Now(slot),
+        Ok(Admit::Queued(ticket)) => accept::Place::Queued(ticket),
+        Err(full) => {
+            // Turned away at once, with a word the client can read
+            // (a TLS alert, QUIC's refusal) and nothing more: nothing
+            // about the connection is known yet, and answering must
+            // not cost more than it did.
+            match connection {
+                Incoming::Tcp(stream) => accept::turn_away(&stream),
+                Incoming::Quic(incoming) => incoming.refuse(),
+            }
+            let turned_away = shared.turned_away.fetch_add(1, Ordering::Relaxed) + 1;
+            if turned_away.is_power_of_two() {
+                let why = match full {
+                    Full::Total(n) => {
+                        format!("{n} connections waiting for a place to start their handshake (--max-handshakes)")
+                    }
+                    Full::Source(n) => format!(
+                        "{n} handshakes in progress from {} and {n} more waiting (--max-handshakes-per-source)",
+                        peer.ip()
+                    ),
+                };
+                tracing::warn!(client = %peer, "connection turned away: {why}; {turned_away} turned away so far");
+            }
+            return;
+        }
+    };
+    let task_shared = Arc::clone(shared);
+    shared.tasks.spawn(async move {
+        let shared = task_shared;
+        let stop = shared.stop.clone();
+        tokio::select! {
+            result = accept::accept(connection, peer, place, accepted, Arc::clone(&shared)) => {
+                if result.is_err() {
+                    shared.trim.released();
+                }
+                match result {
+                    Ok(()) => {}
+                    Err(AcceptError::Evicted) => {
+                        let n = shared.evicted.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n.is_power_of_two() {
+                            tracing::info!(client = %peer, "connection evicted: it sent nothing within {}, and another connection needed its place; {n} evicted so far", format_duration(SILENT_AFTER));
+                        }
+                    }
+                    Err(e) => tracing::info!(client = %peer, "connection refused: {e}"),
+                }
+            }
+            () = stop.cancelled() => {}
+        }
+    });
 }
 
 /// The next QUIC connection attempt; never, without QUIC.

@@ -3,6 +3,7 @@
 //! client's user reads and the relay's log says.
 
 use super::target_policy::{Target, TargetRefused};
+use crate::proto::fleet::InstanceName;
 use crate::proto::resume_auth::ResumeRefused;
 use crate::proto::session::ProtocolError;
 use crate::proto::wire::Code;
@@ -15,6 +16,9 @@ pub(super) enum Refusal {
     /// The target is not allowed.
     #[error("{0}")]
     Target(#[from] TargetRefused),
+    /// This instance of a fleet is draining: it takes no new sessions.
+    #[error("this relay (instance {0}) is draining: it takes no new sessions")]
+    Draining(InstanceName),
     /// `--max-sessions` sessions are live.
     #[error("the relay is at its limit of {0} sessions (--max-sessions)")]
     MaxSessions(usize),
@@ -49,7 +53,8 @@ impl Refusal {
     pub(super) fn code(&self) -> Code {
         match self {
             Refusal::Target(_) => Code::TargetRefused,
-            Refusal::MaxSessions(_)
+            Refusal::Draining(_)
+            | Refusal::MaxSessions(_)
             | Refusal::MaxDetached(_)
             | Refusal::MaxPerSource { .. }
             | Refusal::NoRecord(_) => Code::Busy,

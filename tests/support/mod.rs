@@ -13,6 +13,7 @@
 
 pub mod durable;
 pub mod faults;
+pub mod fleet;
 pub mod netns;
 pub mod process;
 pub mod relay;

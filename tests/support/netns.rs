@@ -390,6 +390,15 @@ impl NetLab {
         self.run(&self.ip, &args, Some(&batch)).map(drop)
     }
 
+    /// Runs `iptables ARGS` in the server namespace (rules there go with
+    /// the namespace).
+    pub fn server_iptables(&self, args: &[&str]) -> Result<()> {
+        let iptables = self.iptables.to_str().context("iptables path")?;
+        let mut all = vec!["netns", "exec", &self.server_ns, iptables, "-w"];
+        all.extend_from_slice(args);
+        self.ip(&all)
+    }
+
     /// Moves the client to its other address (`.2` ↔ `.3`): adds the new one,
     /// then deletes the old one. Established connections keep the old source
     /// address, which is no longer the client's: for them the network goes

@@ -434,6 +434,53 @@ impl Kind for Switch {
     }
 }
 
+/// A value of kind `K`, or none: written as the empty string (`""`), which
+/// is also the default when the setting is off.
+#[derive(Debug, Clone, Copy)]
+pub struct Optional<K>(pub K);
+
+impl<K: Kind> Kind for Optional<K> {
+    type Value = Option<K::Value>;
+
+    fn value_name(&self) -> &'static str {
+        self.0.value_name()
+    }
+
+    fn form(&self) -> String {
+        format!("{} or \"\"", self.0.form())
+    }
+
+    fn parse(&self, text: &str) -> Result<Option<K::Value>, String> {
+        if text.trim().is_empty() {
+            Ok(None)
+        } else {
+            self.0.parse(text).map(Some)
+        }
+    }
+
+    fn to_toml(&self, value: &Option<K::Value>) -> toml::Value {
+        match value {
+            Some(value) => self.0.to_toml(value),
+            None => toml::Value::String(String::new()),
+        }
+    }
+
+    fn read_toml(&self, value: &toml::Value) -> Result<Option<K::Value>, String> {
+        match value.as_str() {
+            Some(text) if text.trim().is_empty() => Ok(None),
+            _ => self.0.read_toml(value).map(Some),
+        }
+    }
+
+    fn bounds(&self) -> Option<String> {
+        self.0.bounds()
+    }
+
+    fn shows_default(&self, value: &Option<K::Value>) -> bool {
+        value.is_some()
+    }
+}
+
 /// Any number of values of kind `K`: a repeatable flag, an array in the
 /// file. The flags add to the file's list.
 #[derive(Debug, Clone, Copy)]
@@ -525,5 +572,19 @@ mod tests {
         assert_eq!(list.combine(None, &[]), None);
         assert_eq!(Port.combine(Some(&1), &[2, 3]), Some(3));
         assert_eq!(list.to_toml(&vec![]).to_string(), "[]");
+    }
+
+    #[test]
+    fn optional_values_are_empty_when_off() {
+        let optional = Optional(Port);
+        assert_eq!(optional.parse(""), Ok(None));
+        assert_eq!(optional.parse("7"), Ok(Some(7)));
+        assert_eq!(optional.to_toml(&None).to_string(), "\"\"");
+        assert_eq!(optional.read_toml(&toml::Value::Integer(7)), Ok(Some(7)));
+        assert_eq!(
+            optional.read_toml(&toml::Value::String(String::new())),
+            Ok(None)
+        );
+        assert!(!optional.shows_default(&None));
     }
 }

@@ -2,15 +2,16 @@
 //! `resumeproxyd check-config`) and the keys of
 //! `/etc/resumeproxy/resumeproxyd.toml`, in the order `--help` lists them.
 
-use super::kinds::{Count, FilePath, List, Parsed, Size, Span, Words};
+use super::kinds::{Count, FilePath, List, Optional, Parsed, Size, Span, Switch, Words};
 use super::{AnySetting, Fallback, Flag, Setting, Table};
 use crate::cli::DEFAULT_RELAY_PORT;
+use crate::proto::fleet::{InstanceName, QuicRoute};
 use crate::proto::session::DEFAULT_REPLAY_CAPACITY;
 use crate::proto::wire::{MAX_DATA_LEN, MIN_DATA_LEN};
 use crate::relay::target_policy::AllowedTarget;
 use crate::relay::{Limits, DEFAULT_GRACE};
 use crate::transport::identity::default_key_path;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// `listen`, `--listen`.
 pub const LISTEN: Setting<Parsed<SocketAddr>> = Setting {
@@ -65,6 +66,70 @@ pub const KEY_FILE: Setting<FilePath> = Setting {
         default_key_path,
     ),
     reload: false,
+};
+
+/// `instance`, `--instance`.
+pub const INSTANCE: Setting<Parsed<InstanceName>> = Setting {
+    key: "instance",
+    flag: Flag::Long("instance"),
+    kind: Parsed::new("NAME"),
+    doc: "This relay's name among the relays behind one balancer: a DNS name, told to each new \
+          session's client, which sends it as TLS SNI at every reconnect so that the balancer \
+          routes the reconnect back here. Unique in the fleet; never renamed while it holds \
+          sessions",
+    default: Fallback::Computed("the machine's host name, made a DNS name", || {
+        InstanceName::from_host_name(&host_name())
+    }),
+    reload: false,
+};
+
+/// `quic_address`, `--quic-address`.
+pub const QUIC_ADDRESS: Setting<Parsed<QuicRoute>> = Setting {
+    key: "quic_address",
+    flag: Flag::Long("quic-address"),
+    kind: Parsed::new("ADDR:PORT|direct|none"),
+    doc: "Where this relay's clients reconnect over QUIC: direct (where they opened the session: \
+          a relay reached directly), ADDR:PORT (this instance's own address, for a relay behind \
+          a balancer, which cannot route UDP by instance), or none (over TCP only, routed by the \
+          instance's name). A new value applies to new sessions",
+    default: Fallback::Is(|| QuicRoute::Direct),
+    reload: true,
+};
+
+/// `agent_listen`, `--agent-listen`.
+pub const AGENT_LISTEN: Setting<Optional<Parsed<SocketAddr>>> = Setting {
+    key: "agent_listen",
+    flag: Flag::Long("agent-listen"),
+    kind: Optional(Parsed::new("ADDR:PORT")),
+    doc: "Answer HAProxy's agent-check on this TCP address: \"up ready\", or \"up drain\" while \
+          draining, then close. Off when empty",
+    default: Fallback::Is(|| None),
+    reload: false,
+};
+
+/// `draining`, `--draining`.
+pub const DRAINING: Setting<Switch> = Setting {
+    key: "draining",
+    flag: Flag::Long("draining"),
+    kind: Switch,
+    doc: "Take no new sessions (each is refused as busy, so its client tries again and the \
+          balancer sends it to another instance) while every session here goes on and resumes \
+          here. Set in the config file and reload (SIGHUP) to drain an instance",
+    default: Fallback::Is(|| false),
+    reload: true,
+};
+
+/// `proxy_protocol_from`, `--proxy-protocol-from`.
+pub const PROXY_PROTOCOL_FROM: Setting<List<Parsed<IpAddr>>> = Setting {
+    key: "proxy_protocol_from",
+    flag: Flag::Long("proxy-protocol-from"),
+    kind: List(Parsed::new("ADDR")),
+    doc: "A balancer that starts each TCP connection with a PROXY protocol v2 header (HAProxy's \
+          send-proxy-v2): the client address it gives counts for that connection in every \
+          per-source limit and in the log; its connections without one are closed. Repeatable, \
+          adds to the config file's list",
+    default: Fallback::Is(Vec::new),
+    reload: true,
 };
 
 /// `handshake_timeout`, `--handshake-timeout`.
@@ -180,6 +245,11 @@ impl Table for RelayTable {
             &ALLOW,
             &GRACE,
             &KEY_FILE,
+            &INSTANCE,
+            &QUIC_ADDRESS,
+            &AGENT_LISTEN,
+            &DRAINING,
+            &PROXY_PROTOCOL_FROM,
             &HANDSHAKE_TIMEOUT,
             &MAX_SESSIONS,
             &MAX_DETACHED,
@@ -191,4 +261,16 @@ impl Table for RelayTable {
             &LOG_LEVEL,
         ]
     }
+}
+
+/// The machine's host name (`gethostname`), empty if it cannot be had.
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return String::new();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
 }

@@ -32,6 +32,8 @@ use std::os::fd::{AsFd, OwnedFd};
 pub(crate) const TCP_LISTENER: &str = "listen-tcp";
 /// The name the UDP socket (QUIC) is kept under.
 pub(crate) const UDP_SOCKET: &str = "listen-udp";
+/// The name the agent-check listener is kept under.
+pub(crate) const AGENT_LISTENER: &str = "listen-agent";
 /// Session descriptors are kept under this prefix and the session's id.
 const SESSION_PREFIX: &str = "session-";
 

@@ -1,0 +1,622 @@
+//! A fleet in the namespace lab: three `resumeproxyd` instances (each its
+//! own process, on its own port, with its own config file) and HAProxy in
+//! front of them on one address, all in the server namespace beside sshd;
+//! the real OpenSSH client in the client namespace reaches sshd through
+//! `resumeproxy` and HAProxy.
+//!
+//! HAProxy runs the shipped `packaging/haproxy/resumeproxy.cfg` with only
+//! its addresses moved to the lab's (and a stats socket added, for the test
+//! to read what HAProxy thinks of each instance). Which instance holds a
+//! session is read from the relays' logs: the remote command prints
+//! `$SSH_CLIENT`, whose port is the relay's local port towards sshd, which
+//! the relay logs with every line of the session.
+
+#![allow(dead_code)]
+
+use super::netns::NetLab;
+use super::process::{Lines, Watched};
+use super::relay::{proxy_command, RelayProcess};
+use super::sshd::{SshdOptions, TestSshd};
+use anyhow::{bail, ensure, Context, Result};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How many instances the shipped configuration has.
+pub const INSTANCES: usize = 3;
+/// The balancer's port, as shipped.
+pub const BALANCER_PORT: u16 = 7022;
+/// The shipped HAProxy configuration.
+pub const SHIPPED_CONFIG: &str = "packaging/haproxy/resumeproxy.cfg";
+
+/// Instance `i` (from 0) as the shipped configuration names it.
+pub fn instance_name(i: usize) -> String {
+    format!("relay-{}", i + 1)
+}
+
+/// Instance `i`'s relay port, as shipped.
+fn relay_port(i: usize) -> u16 {
+    7101 + u16::try_from(i).expect("few")
+}
+
+/// Instance `i`'s agent-check port, as shipped.
+fn agent_port(i: usize) -> u16 {
+    7111 + u16::try_from(i).expect("few")
+}
+
+/// HAProxy, in the server namespace; killed on drop.
+pub struct HaProxy {
+    child: Child,
+    /// What it logged (its traffic log and its notices).
+    pub log: Arc<Lines>,
+    /// Its stats socket.
+    socket: PathBuf,
+}
+
+impl HaProxy {
+    /// Starts HAProxy in `lab`'s server namespace with the shipped
+    /// configuration, its relays moved to `relay_ip`; `None` (and why) if
+    /// HAProxy is not installed.
+    pub fn start(lab: &NetLab, dir: &Path, relay_ip: Ipv4Addr) -> Result<Option<HaProxy>> {
+        let Some(haproxy) = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+        else {
+            eprintln!("skipping: haproxy is not installed (apt-get install haproxy)");
+            return Ok(None);
+        };
+        let shipped =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(SHIPPED_CONFIG))
+                .context("reading the shipped HAProxy configuration")?;
+        let socket = dir.join("haproxy.sock");
+        let config = lab_config(&shipped, relay_ip, &socket)?;
+        let path = dir.join("haproxy.cfg");
+        std::fs::write(&path, &config)?;
+        let mut command = Command::new(haproxy);
+        command.arg("-db").arg("-f").arg(&path);
+        let mut child = lab
+            .in_server(&command)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting haproxy")?;
+        let log = Lines::collect(child.stdout.take().context("haproxy stdout")?);
+        let notices = Lines::collect(child.stderr.take().context("haproxy stderr")?);
+        let haproxy = HaProxy { child, log, socket };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while haproxy.stat().is_err() {
+            if Instant::now() >= deadline {
+                bail!("haproxy did not start; it said:\n{}", notices.text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Some(haproxy))
+    }
+
+    /// A command on the stats socket, and its answer.
+    pub fn command(&self, command: &str) -> Result<String> {
+        let mut stream = UnixStream::connect(&self.socket)
+            .with_context(|| format!("connecting to {}", self.socket.display()))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(format!("{command}\n").as_bytes())?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok(answer)
+    }
+
+    /// (backend, server, status) of every server, as `show stat` says.
+    pub fn stat(&self) -> Result<Vec<(String, String, String)>> {
+        let csv = self.command("show stat")?;
+        let mut rows = Vec::new();
+        for line in csv.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+            let fields: Vec<&str> = line.split(',').collect();
+            ensure!(fields.len() > 17, "a short line of show stat: {line}");
+            if matches!(fields[1], "FRONTEND" | "BACKEND") {
+                continue;
+            }
+            rows.push((fields[0].into(), fields[1].into(), fields[17].into()));
+        }
+        Ok(rows)
+    }
+
+    /// The status of `server` in `backend` (`UP`, `DOWN`, `DRAIN`, …).
+    pub fn status(&self, backend: &str, server: &str) -> Result<String> {
+        self.stat()?
+            .into_iter()
+            .find(|(b, s, _)| b == backend && s == server)
+            .map(|(_, _, status)| status)
+            .with_context(|| format!("HAProxy has no server {backend}/{server}"))
+    }
+
+    /// Waits until `server` of `backend` has a status starting with
+    /// `status`; returns how long that took.
+    pub fn wait_status(
+        &self,
+        backend: &str,
+        server: &str,
+        status: &str,
+        timeout: Duration,
+    ) -> Result<Duration> {
+        let started = Instant::now();
+        loop {
+            let now = self.status(backend, server)?;
+            if now.starts_with(status) {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() >= timeout {
+                bail!("{backend}/{server} is {now}, not {status}, after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for HaProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- haproxy log ---\n{}", self.log.text());
+        }
+    }
+}
+
+/// The shipped configuration with its relays on `relay_ip` instead of
+/// 127.0.0.1, and a stats socket at `socket`. Fails if the shipped file no
+/// longer has the shape this relies on.
+pub fn lab_config(shipped: &str, relay_ip: Ipv4Addr, socket: &Path) -> Result<String> {
+    let mut config = shipped.to_owned();
+    for i in 0..INSTANCES {
+        let name = instance_name(i);
+        let shipped_addr = format!("127.0.0.1:{}", relay_port(i));
+        let uses = config.matches(&shipped_addr).count();
+        ensure!(
+            uses == 2,
+            "{SHIPPED_CONFIG}: {name} at {shipped_addr} {uses} times, not twice"
+        );
+        for needle in [
+            format!("use_backend {name} if {{ req.ssl_sni -i {name} }}"),
+            format!("agent-port {}", agent_port(i)),
+            format!("backend {name}\n"),
+        ] {
+            ensure!(
+                config.contains(&needle),
+                "{SHIPPED_CONFIG} lacks {needle:?}"
+            );
+        }
+        config = config.replace(&shipped_addr, &format!("{relay_ip}:{}", relay_port(i)));
+    }
+    let bind = format!("bind :{BALANCER_PORT}");
+    ensure!(config.contains(&bind), "{SHIPPED_CONFIG} lacks {bind:?}");
+    let global = "global\n";
+    ensure!(
+        config.contains(global),
+        "{SHIPPED_CONFIG} lacks a global section"
+    );
+    let stats = format!(
+        "global\n    stats socket {} mode 600 level admin\n",
+        socket.display()
+    );
+    Ok(config.replacen(global, &stats, 1))
+}
+
+/// One relay of the fleet.
+pub struct Instance {
+    /// Its name (`relay-1`).
+    pub name: String,
+    /// Its config file (rewritten, then SIGHUP, to drain it).
+    pub config: PathBuf,
+    pub relay: RelayProcess,
+}
+
+impl Instance {
+    /// Drains it as an operator would: `draining = true` in its config file,
+    /// then a reload; waits until it says so.
+    pub fn drain(&self) -> Result<()> {
+        self.set_config("draining = true\n")?;
+        self.relay
+            .wait_for_log(
+                "draining: new sessions are refused",
+                Duration::from_secs(10),
+            )
+            .map(drop)
+    }
+
+    /// Replaces its config file and reloads it (SIGHUP to its keeper, which
+    /// passes it on).
+    pub fn set_config(&self, text: &str) -> Result<()> {
+        let reloads = self.relay.count("configuration reloaded");
+        std::fs::write(&self.config, text)?;
+        self.relay.signal(libc::SIGHUP)?;
+        self.relay
+            .wait_for_count(
+                "configuration reloaded",
+                reloads + 1,
+                Duration::from_secs(10),
+            )
+            .map(drop)
+    }
+
+    /// The relay's local ports towards sshd of the sessions it started.
+    pub fn started_ports(&self) -> Vec<u16> {
+        ports_of(&self.relay.log(), "session started")
+    }
+
+    /// The local ports of the sessions it resumed, one per resume.
+    pub fn resumed_ports(&self) -> Vec<u16> {
+        ports_of(&self.relay.log(), "session resumed")
+    }
+}
+
+/// The `local_port=` of every line of `log` containing `needle`.
+pub fn ports_of(log: &str, needle: &str) -> Vec<u16> {
+    log.lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| field(l, "local_port")?.parse().ok())
+        .collect()
+}
+
+/// The value of `name=` in a log line.
+pub fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let at = line.find(&format!(" {name}="))? + name.len() + 2;
+    line[at..].split_whitespace().next()
+}
+
+/// The lab, sshd, three relays and HAProxy.
+pub struct FleetBench {
+    // Dropped in this order.
+    pub haproxy: HaProxy,
+    pub instances: Vec<Instance>,
+    pub sshd: TestSshd,
+    pub lab: NetLab,
+}
+
+impl FleetBench {
+    /// Sets it up, each relay with `extra(i)` flags besides its name, agent
+    /// and config file (`{server}` in them is the relays' address); `None`
+    /// (and why) if this machine cannot.
+    pub fn start(extra: &dyn Fn(usize) -> Vec<String>) -> Result<Option<FleetBench>> {
+        let Some(lab) = NetLab::create()? else {
+            return Ok(None);
+        };
+        let sshd = TestSshd::start_with(&SshdOptions {
+            netns: Some(lab.server_ns().to_owned()),
+            extra_listen: Vec::new(),
+        })?;
+        let ip = lab.server_addr();
+        let mut instances = Vec::new();
+        for i in 0..INSTANCES {
+            let name = instance_name(i);
+            let config = sshd.dir().join(format!("{name}.toml"));
+            std::fs::write(&config, "")?;
+            let mut flags = vec![
+                "--instance".to_owned(),
+                name.clone(),
+                "--agent-listen".into(),
+                format!("{ip}:{}", agent_port(i)),
+                "--config".into(),
+                config.display().to_string(),
+                // HAProxy connects from the relays' own address.
+                "--proxy-protocol-from".into(),
+                ip.to_string(),
+            ];
+            flags.extend(
+                extra(i)
+                    .into_iter()
+                    .map(|flag| flag.replace("{server}", &ip.to_string())),
+            );
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            let relay = RelayProcess::start_in_netns(
+                lab.server_ns(),
+                &format!("{ip}:{}", relay_port(i)),
+                sshd.port(),
+                &flags,
+            )?;
+            instances.push(Instance {
+                name,
+                config,
+                relay,
+            });
+        }
+        let Some(haproxy) = HaProxy::start(&lab, sshd.dir(), ip)? else {
+            return Ok(None);
+        };
+        for instance in &instances {
+            haproxy.wait_status("relays", &instance.name, "UP", Duration::from_secs(10))?;
+            haproxy.wait_status(
+                &instance.name,
+                &instance.name,
+                "UP",
+                Duration::from_secs(10),
+            )?;
+        }
+        Ok(Some(FleetBench {
+            haproxy,
+            instances,
+            sshd,
+            lab,
+        }))
+    }
+
+    /// The balancer's address: what clients are given.
+    pub fn balancer(&self) -> SocketAddr {
+        SocketAddr::from((self.lab.server_addr(), BALANCER_PORT))
+    }
+
+    /// The client's `ProxyCommand` through the balancer, with `flags`.
+    pub fn proxy(&self, flags: &str) -> String {
+        proxy_command(self.balancer(), self.sshd.port(), flags)
+    }
+
+    /// The instance that started the session whose relay-side port is
+    /// `port`, if one did.
+    pub fn instance_of(&self, port: u16) -> Option<usize> {
+        self.instances
+            .iter()
+            .position(|instance| instance.started_ports().contains(&port))
+    }
+
+    /// Waits until an instance has logged the start of the session on
+    /// `port`; returns which.
+    pub fn wait_instance_of(&self, port: u16, timeout: Duration) -> Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.instance_of(port) {
+                return Ok(i);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "no instance logged the session on local port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Checks that every resume each instance logged is of a session it
+    /// started, and that none was refused as unknown; returns the resumes
+    /// per instance.
+    pub fn check_resumes_went_home(&self) -> Result<Vec<usize>> {
+        let mut per_instance = Vec::new();
+        for instance in &self.instances {
+            let started = instance.started_ports();
+            let resumed = instance.resumed_ports();
+            for port in &resumed {
+                ensure!(
+                    started.contains(port),
+                    "{} resumed the session on port {port}, which it did not start",
+                    instance.name
+                );
+            }
+            let log = instance.relay.log();
+            ensure!(
+                !log.contains("no such session"),
+                "{} refused a resume of a session it does not hold:\n{log}",
+                instance.name
+            );
+            per_instance.push(resumed.len());
+        }
+        Ok(per_instance)
+    }
+}
+
+/// What each instance carried: from its `session ended` lines.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Carried {
+    pub sessions: usize,
+    pub from_clients: u64,
+    pub to_clients: u64,
+}
+
+impl Instance {
+    /// Sessions ended and bytes carried, from its log.
+    pub fn carried(&self) -> Carried {
+        let log = self.relay.log();
+        let mut carried = Carried::default();
+        for line in log.lines().filter(|l| l.contains("session ended")) {
+            carried.sessions += 1;
+            let bytes = |name| field(line, name).and_then(|v| v.parse::<u64>().ok());
+            carried.from_clients += bytes("bytes_from_client").unwrap_or(0);
+            carried.to_clients += bytes("bytes_to_client").unwrap_or(0);
+        }
+        carried
+    }
+}
+
+/// A pseudo-random stream made as it is written (nothing held in memory):
+/// splitmix64, as the other tests' data.
+pub struct Stream {
+    state: u64,
+}
+
+impl Stream {
+    pub fn new(seed: u64) -> Stream {
+        Stream { state: seed }
+    }
+
+    /// Fills `buf` (a multiple of 8 bytes long).
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
+        }
+    }
+}
+
+/// One ssh session through the fleet running `cat` remotely: `len` bytes
+/// written to it (at most `rate` bytes a second, if given), the same read
+/// back, both sides hashed.
+pub struct EchoSsh {
+    pub ssh: Watched,
+    /// The relay's local port towards sshd (from `$SSH_CLIENT`).
+    pub port: u16,
+    received: Arc<AtomicU64>,
+    writer: JoinHandle<Result<String>>,
+    reader: JoinHandle<Result<(u64, String)>>,
+    pub len: u64,
+    pub started: Instant,
+}
+
+/// Bound on the wait for a session to open.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl EchoSsh {
+    /// Starts it through `proxy` (a `ProxyCommand`) and waits until it is
+    /// open.
+    pub fn start(
+        bench: &FleetBench,
+        proxy: &str,
+        len: u64,
+        seed: u64,
+        rate: Option<u64>,
+    ) -> Result<EchoSsh> {
+        let mut session = EchoSsh::spawn(bench, proxy, len, seed, rate)?;
+        session.wait_open()?;
+        Ok(session)
+    }
+
+    /// Starts it through `proxy` (a `ProxyCommand`); [`wait_open`]
+    /// (Self::wait_open) learns its port.
+    pub fn spawn(
+        bench: &FleetBench,
+        proxy: &str,
+        len: u64,
+        seed: u64,
+        rate: Option<u64>,
+    ) -> Result<EchoSsh> {
+        let command = bench
+            .sshd
+            .ssh_command(Some(proxy), "echo \"port=${SSH_CLIENT#* }\" >&2; exec cat");
+        let mut ssh = Watched::spawn(
+            bench.lab.in_client(&command),
+            Stdio::piped(),
+            Stdio::piped(),
+        )?;
+        let started = Instant::now();
+        let mut input = ssh.child.stdin.take().context("ssh stdin")?;
+        let mut output = ssh.child.stdout.take().context("ssh stdout")?;
+        let writer = std::thread::spawn(move || -> Result<String> {
+            let mut stream = Stream::new(seed);
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 64 << 10];
+            let mut sent = 0u64;
+            let begun = Instant::now();
+            while sent < len {
+                let n = usize::try_from((len - sent).min(buf.len() as u64)).expect("small");
+                let whole = n.next_multiple_of(8).min(buf.len());
+                stream.fill(&mut buf[..whole]);
+                hasher.update(&buf[..n]);
+                input.write_all(&buf[..n]).context("writing to ssh")?;
+                sent += n as u64;
+                if let Some(rate) = rate {
+                    let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                    if let Some(wait) = due.checked_sub(begun.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+            }
+            drop(input);
+            Ok(hex(&hasher.finalize()))
+        });
+        let received = Arc::new(AtomicU64::new(0));
+        let count = Arc::clone(&received);
+        let reader = std::thread::spawn(move || -> Result<(u64, String)> {
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 64 << 10];
+            let mut total = 0u64;
+            loop {
+                let n = output.read(&mut buf).context("reading from ssh")?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                total += n as u64;
+                count.store(total, Ordering::SeqCst);
+            }
+            Ok((total, hex(&hasher.finalize())))
+        });
+        Ok(EchoSsh {
+            ssh,
+            port: 0,
+            received,
+            writer,
+            reader,
+            len,
+            started,
+        })
+    }
+
+    /// Waits until the session is open (the remote command said its port).
+    pub fn wait_open(&mut self) -> Result<u16> {
+        let line = self
+            .ssh
+            .stderr
+            .wait_for(0, "port=", OPEN_TIMEOUT)
+            .context("the session did not open")?;
+        self.port = line
+            .split("port=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("no port in {line:?}"))?;
+        Ok(self.port)
+    }
+
+    /// Bytes echoed back so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::SeqCst)
+    }
+
+    /// Whether ssh still runs.
+    pub fn running(&mut self) -> bool {
+        self.ssh.running().unwrap_or(false)
+    }
+
+    /// Waits (at most `timeout`) for ssh to exit 0 with every byte back
+    /// once, in order; returns how long the session took.
+    pub fn finish(self, timeout: Duration) -> Result<Duration> {
+        let EchoSsh {
+            mut ssh,
+            writer,
+            reader,
+            len,
+            started,
+            ..
+        } = self;
+        let status = ssh.wait(timeout)?;
+        let took = started.elapsed();
+        ensure!(
+            status.success(),
+            "ssh exited with {status}; its stderr:\n{}",
+            ssh.stderr.text()
+        );
+        let sent = writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        let (got, echoed) = reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("reader panicked"))??;
+        ensure!(got == len, "{got} bytes came back of {len}");
+        ensure!(
+            echoed == sent,
+            "sha256 of the echo differs from what was sent"
+        );
+        Ok(took)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
