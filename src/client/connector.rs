@@ -13,6 +13,7 @@
 //! client, and by the next ones too (see [`crate::client::udp_memory`]).
 
 use super::udp_memory;
+use crate::locks::lock;
 use crate::transport::quic::{self, QuicClient};
 use crate::transport::{ConnectError, QuicError, Transport};
 use crate::units::{format_duration, host_port};
@@ -112,7 +113,7 @@ impl Connector {
         dead_after: Duration,
         memory: Option<PathBuf>,
     ) -> Connector {
-        let mut connector = Connector {
+        let connector = Connector {
             choice,
             host: host.to_owned(),
             port,
@@ -138,10 +139,7 @@ impl Connector {
                         format_duration(ago)
                     );
                 }
-                *connector
-                    .udp_failed_at
-                    .get_mut()
-                    .unwrap_or_else(|p| p.into_inner()) =
+                *lock(&connector.udp_failed_at) =
                     ago.and_then(|ago| Instant::now().checked_sub(ago));
             }
         }
@@ -375,11 +373,6 @@ impl Drop for Connector {
 
 fn quic_timed_out(timeout: Duration) -> ConnectError {
     ConnectError::Quic(QuicError::TimedOut(timeout))
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Nothing is left half-done under these locks.
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@
 //! counting by address: the session table bounds sessions per source with
 //! it too.
 
+use crate::locks;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -169,7 +170,7 @@ impl Admission {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        locks::lock(&self.state)
     }
 
     /// Finds a place for a connection from `source`: at once, by evicting a

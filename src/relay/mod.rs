@@ -41,6 +41,7 @@ mod table;
 pub mod target_policy;
 mod trim;
 
+use crate::locks;
 use crate::proto::fleet::{InstanceName, QuicRoute};
 use crate::proto::resume_auth::FailureLimiter;
 use crate::proto::session::SessionConfig;
@@ -207,7 +208,7 @@ struct Shared {
 impl Shared {
     /// The current configuration.
     fn config(&self) -> Arc<RelayConfig> {
-        Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
+        Arc::clone(&locks::read(&self.config))
     }
 
     /// How the relay stops; only meaningful once `stop` is cancelled.
@@ -216,9 +217,7 @@ impl Shared {
     }
 
     fn failures(&self) -> MutexGuard<'_, FailureLimiter> {
-        self.failures
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        locks::lock(&self.failures)
     }
 }
 
@@ -271,11 +270,7 @@ impl RelayHandle {
         self.shared
             .admission
             .set_limits(limits.max_handshakes, limits.max_handshakes_per_source);
-        *self
-            .shared
-            .config
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+        *locks::write(&self.shared.config) = Arc::new(config);
     }
 }
 

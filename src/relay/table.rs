@@ -8,6 +8,7 @@
 //! when dropped, so no path can forget to.
 
 use super::admission::SourceCounts;
+use crate::locks;
 use crate::proto::wire::{SessionId, SECRET_LEN};
 use crate::transport::Transport;
 use std::collections::HashMap;
@@ -46,16 +47,11 @@ pub(super) struct SessionTable {
 
 impl SessionTable {
     fn entries(&self) -> MutexGuard<'_, HashMap<SessionId, Entry>> {
-        // A panic while holding the lock cannot leave the map half-changed.
-        self.entries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        locks::lock(&self.entries)
     }
 
     fn per_source(&self) -> MutexGuard<'_, SourceCounts> {
-        self.per_source
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        locks::lock(&self.per_source)
     }
 
     /// Live sessions.
