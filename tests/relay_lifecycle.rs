@@ -69,9 +69,11 @@ fn a_relay_stopped_for_good_ends_its_clients_after_relay_gone_after() -> Result<
         let proxy = proxy_command(addr, sshd.port(), &flags);
         sessions.push((transport, sshd.idle_session(&proxy)?));
     }
-    // The keeper and its worker gone, and their sockets with them.
-    relay.kill();
+    // The keeper and its worker gone, and their sockets with them. The
+    // clock starts before the kill: refusals begin as soon as the worker's
+    // sockets close, and `kill` returns only once it saw the worker gone.
     let killed = Instant::now();
+    relay.kill();
     let bound = RELAY_GONE_AFTER + Duration::from_secs(10);
     for (transport, ssh) in &mut sessions {
         let exit = ssh.wait(bound.saturating_sub(killed.elapsed()))?;
