@@ -21,7 +21,7 @@ use crate::units::format_duration;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU32, Ordering, Ordering as AtomicOrdering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 
@@ -96,8 +96,13 @@ where
             &self.config,
             &self.connector,
             self.resume,
-            self.grace,
-            lost_at,
+            Reconnect::new(
+                lost_at,
+                self.grace,
+                self.config.connect_timeout,
+                self.config.session.dead_after,
+            )
+            .with_rtt(self.link.session().stats().rtt),
             &attempts,
             &try_now
         ));
@@ -188,33 +193,42 @@ async fn reconnect(
     config: &ClientConfig,
     connector: &Connector,
     resume: Resume,
-    grace: Duration,
-    lost_at: Instant,
+    mut policy: Reconnect,
     attempts_made: &AtomicU32,
     now: &Notify,
 ) -> Result<Reconnected, ClientError> {
     let addr = config.relay_addr();
     let session = resume.session;
-    let mut policy = Reconnect::new(
-        lost_at,
-        grace,
-        config.connect_timeout,
-        config.session.dead_after,
-    );
     let attempt_timeout = policy.attempt_timeout();
     loop {
         let attempts = policy.begin();
         attempts_made.store(attempts, Ordering::Relaxed);
         let attempt_started = Instant::now();
+        let replace_after = policy.replace_after();
+        let replace_due = async {
+            match replace_after {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => std::future::pending().await,
+            }
+        };
         let attempt = tokio::select! {
             attempt = tokio::time::timeout(attempt_timeout, resume_once(config, connector, &resume)) => {
                 attempt.unwrap_or(Attempt::TimedOut)
             }
             () = now.notified() => {
-                // The user says the network is back: an attempt still
-                // waiting on the old path is not worth finishing.
+                // The network may be back: an attempt still waiting on the
+                // old path is not worth finishing.
                 tracing::debug!("asked to try now; starting a fresh attempt");
                 policy.try_now();
+                continue;
+            }
+            () = replace_due => {
+                // Its first packets were likely lost on a network that was
+                // just coming up; the kernel would resend them only later.
+                tracing::debug!(
+                    "no answer within {} of the network coming back; starting a fresh attempt",
+                    format_duration(replace_after.unwrap_or_default())
+                );
                 continue;
             }
         };

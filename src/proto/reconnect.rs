@@ -35,6 +35,16 @@ pub const RELAY_GONE_AFTER: Duration = Duration::from_secs(30);
 /// whose client is away: only the client's last acknowledgement is missing,
 /// and the client has most likely exited.
 pub const ENDED_GRACE: Duration = Duration::from_secs(600);
+/// The first packets on a network that just came back are often lost (the
+/// far end's queue or its neighbour table not yet up, an access point still
+/// learning the client), and the kernel retransmits a TCP SYN or a QUIC
+/// Initial only a second later. So after the network is back, an attempt
+/// with no answer within this long — or four round trips of the session,
+/// if longer — is replaced by a fresh one, the wait doubling each time.
+pub const QUICK_RETRY: Duration = Duration::from_millis(50);
+/// Fresh attempts after the network is back, before attempts run their
+/// course again.
+const QUICK_RETRIES: u32 = 3;
 
 /// How long the relay holds `session`, away from its client, when its grace
 /// period is `grace`.
@@ -106,6 +116,11 @@ pub struct Reconnect {
     /// Since when every attempt was refused (nothing listening), if the
     /// latest was.
     refused_since: Option<Instant>,
+    /// The session's round trip, as last measured, if known.
+    rtt: Option<Duration>,
+    /// Quick retries left since the network came back, and the wait of the
+    /// next.
+    quick: Option<(u32, Duration)>,
 }
 
 impl Reconnect {
@@ -127,7 +142,16 @@ impl Reconnect {
             attempt_timeout: connect_timeout.min(dead_after.max(MIN_ATTEMPT_TIMEOUT)),
             attempts: 0,
             refused_since: None,
+            rtt: None,
+            quick: None,
         }
+    }
+
+    /// The session's round trip as last measured: quick retries after the
+    /// network comes back wait at least four of them.
+    pub fn with_rtt(mut self, rtt: Option<Duration>) -> Reconnect {
+        self.rtt = rtt;
+        self
     }
 
     /// How long one attempt may take.
@@ -146,9 +170,22 @@ impl Reconnect {
         self.attempts
     }
 
-    /// The user says the network is back: the next delay is short again.
+    /// The network may be back (the kernel or the user says so): the next
+    /// delay is short again, and the next attempts are quick (see
+    /// [`QUICK_RETRY`]).
     pub fn try_now(&mut self) {
         self.backoff = Backoff::default();
+        let first = QUICK_RETRY.max(self.rtt.map_or(Duration::ZERO, |rtt| rtt * 4));
+        self.quick = Some((QUICK_RETRIES, first));
+    }
+
+    /// How long the attempt starting now may go unanswered before a fresh
+    /// one replaces it: `None` (its whole timeout) unless the network just
+    /// came back.
+    pub fn replace_after(&mut self) -> Option<Duration> {
+        let (left, wait) = self.quick?;
+        self.quick = (left > 1).then(|| (left - 1, wait * 2));
+        Some(wait.min(self.attempt_timeout))
     }
 
     /// The relay answered the attempt with `reply`. `jitter` in `[0, 1)`
@@ -332,5 +369,36 @@ mod tests {
         session.handle_frame(Frame::End { offset: 0 }, now).unwrap();
         assert!(session.both_streams_ended());
         assert_eq!(hold_for(&session, grace), ENDED_GRACE);
+    }
+
+    #[test]
+    fn after_the_network_is_back_unanswered_attempts_are_replaced_quickly() {
+        let start = Instant::now();
+        let mut policy = Reconnect::new(
+            start,
+            Duration::from_secs(60),
+            Duration::from_secs(15),
+            Duration::from_secs(10),
+        );
+        assert_eq!(
+            policy.replace_after(),
+            None,
+            "not before the network is back"
+        );
+        policy.try_now();
+        let waits: Vec<_> = std::iter::from_fn(|| policy.replace_after()).collect();
+        assert_eq!(
+            waits,
+            [QUICK_RETRY, QUICK_RETRY * 2, QUICK_RETRY * 4],
+            "three quick replacements, then attempts run their course"
+        );
+        // A long path waits four of its round trips, never longer than an
+        // attempt may take.
+        let mut far = policy.clone().with_rtt(Some(Duration::from_millis(600)));
+        far.try_now();
+        assert_eq!(far.replace_after(), Some(Duration::from_millis(2400)));
+        assert_eq!(far.replace_after(), Some(Duration::from_millis(4800)));
+        assert_eq!(far.replace_after(), Some(Duration::from_millis(9600)));
+        assert_eq!(far.replace_after(), None);
     }
 }
