@@ -1,0 +1,296 @@
+//! The durable relay under systemd, with the test playing systemd.
+//!
+//! Under systemd there is no keeper: systemd starts the worker itself
+//! (`$NOTIFY_SOCKET` set, so `resumeproxyd` does not become a keeper),
+//! keeps what the worker hands it with `FDSTORE=1`, and gives it all back
+//! to the next worker as `$LISTEN_FDS` and `$LISTEN_FDNAMES`, in its own
+//! order. [`support::systemd::FakeSystemd`] does that, written from
+//! systemd's documentation and code rather than from the relay's keeper, and
+//! records whatever systemd would refuse or warn about.
+//!
+//! Real ssh and sshd, an upload and a download at once, the worker killed
+//! with SIGKILL twice while they run, a new worker started by "systemd"
+//! with the kept descriptors each time; both files arrive whole, ssh exits
+//! 0, and each client resumed once per kill.
+
+mod support;
+
+use anyhow::{ensure, Context, Result};
+use std::fs::File;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use support::durable::{CLIENT_RESUMED, LISTENING, RESUMED, RESUME_WITHIN};
+use support::process::Watched;
+use support::relay::{proxy_command, RelayProcess, CLIENT_FLAGS};
+use support::sshd::{sha256_file, write_random_file, TestSshd};
+use support::systemd::{fdname_is_valid, unit_store_max, FakeSystemd, State, FDNAME_MAX};
+
+/// Bytes each way.
+const SIZE: u64 = 64 << 20;
+/// Worker kills during the transfers.
+const KILLS: usize = 2;
+/// Sessions (the upload and the download).
+const SESSIONS: usize = 2;
+/// Bound on the transfers.
+const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+/// Bound on a message or a log line that follows an event at once.
+const PROMPTLY: Duration = Duration::from_secs(10);
+/// The prefix of a session's descriptor name.
+const SESSION: &str = "session-";
+
+/// Starts a worker as systemd would, with everything it keeps; returns it
+/// and the names passed in `$LISTEN_FDNAMES`, in order.
+fn start_worker(
+    systemd: &FakeSystemd,
+    listen: &str,
+    target: u16,
+) -> Result<(RelayProcess, Vec<String>)> {
+    let program = Path::new(env!("CARGO_BIN_EXE_resumeproxyd"));
+    let (command, names) = systemd.command(&[], program, &[])?;
+    let relay = RelayProcess::start_command(command, listen, target, &[])?;
+    systemd.started(relay.pid());
+    Ok((relay, names))
+}
+
+/// The distinct session names kept, and whether each is kept as two
+/// descriptors (its sshd connection and its record).
+fn kept_sessions(state: &State) -> Vec<(String, usize)> {
+    let mut names: Vec<String> = state
+        .names()
+        .into_iter()
+        .filter(|n| n.starts_with(SESSION))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|n| {
+            let count = state.count(&n);
+            (n, count)
+        })
+        .collect()
+}
+
+/// The store holds one TCP listener, one UDP socket and `sessions`
+/// sessions of two descriptors each.
+fn check_store(state: &State, sessions: usize) -> Result<()> {
+    ensure!(
+        state.count("listen-tcp") == 1 && state.count("listen-udp") == 1,
+        "the listeners are not kept once each: {:?}",
+        state.names()
+    );
+    let kept = kept_sessions(state);
+    ensure!(
+        kept.len() == sessions && kept.iter().all(|(_, n)| *n == 2),
+        "{sessions} sessions of two descriptors each should be kept: {kept:?}"
+    );
+    Ok(())
+}
+
+/// Every name handed to systemd follows its rules (and ours: not empty).
+fn check_names(state: &State) -> Result<()> {
+    for message in state.with_line("FDSTORE=1") {
+        let name = message
+            .field("FDNAME")
+            .with_context(|| format!("FDSTORE=1 without FDNAME=: {:?}", message.text))?;
+        ensure!(
+            !name.is_empty() && name.len() <= FDNAME_MAX && fdname_is_valid(name),
+            "{name:?} is not a name systemd accepts"
+        );
+        ensure!(
+            message.field("FDPOLL") == Some("0"),
+            "{name} kept without FDPOLL=0: systemd would close it when its peer hangs up"
+        );
+        let fds = if name.starts_with(SESSION) { 2 } else { 1 };
+        ensure!(
+            message.fds == fds,
+            "{name} came with {} descriptors, not {fds}",
+            message.fds
+        );
+    }
+    Ok(())
+}
+
+/// The status line sent right after the `n`th `READY=1` (1-based).
+fn status_after_ready(state: &State, n: usize) -> Option<String> {
+    let at = state
+        .messages
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.text.lines().any(|l| l == "READY=1"))
+        .nth(n - 1)?
+        .0;
+    state.messages[at..]
+        .iter()
+        .find_map(|m| m.field("STATUS").map(str::to_owned))
+}
+
+/// How long after the worker listened each session resumed (the relay's
+/// own timestamps).
+fn resume_times(relay: &RelayProcess) -> Result<Vec<Duration>> {
+    let listening = *relay
+        .log_times(LISTENING)
+        .first()
+        .context("no listening line")?;
+    Ok(relay
+        .log_times(RESUMED)
+        .iter()
+        .map(|t| t.duration_since(listening).unwrap_or_default())
+        .collect())
+}
+
+#[test]
+fn the_systemd_path_carries_transfers_through_worker_kills() -> Result<()> {
+    let store_max = unit_store_max()?;
+    let systemd = FakeSystemd::start(store_max)?;
+    let sshd = TestSshd::start()?;
+    let (first, names) = start_worker(&systemd, "127.0.0.1:0", sshd.port())?;
+    ensure!(names.is_empty(), "a first start got {names:?}");
+    ensure!(
+        first
+            .log()
+            .contains("sessions kept by systemd's descriptor store (0 restored)"),
+        "the worker does not know systemd keeps its sessions:\n{}",
+        first.log()
+    );
+    systemd.wait_for("READY=1", PROMPTLY, |s| s.with_line("READY=1").len() == 1)?;
+    check_store(&systemd.state(), 0)?;
+    let listen = first.addr().to_string();
+
+    let proxy = proxy_command(first.addr(), sshd.port(), CLIENT_FLAGS);
+    let dir = sshd.dir();
+    let (up_src, up_dst) = (dir.join("up.src"), dir.join("up.dst"));
+    let (down_src, down_dst) = (dir.join("down.src"), dir.join("down.dst"));
+    write_random_file(&up_src, SIZE, 11)?;
+    write_random_file(&down_src, SIZE, 12)?;
+    let mut up = Watched::spawn(
+        sshd.ssh_command(Some(&proxy), &format!("cat > {}", up_dst.display())),
+        Stdio::from(File::open(&up_src)?),
+        Stdio::null(),
+    )?;
+    let mut down = Watched::spawn(
+        sshd.ssh_command(Some(&proxy), &format!("cat {}", down_src.display())),
+        Stdio::null(),
+        Stdio::from(File::create(&down_dst)?),
+    )?;
+    systemd.wait_for("both sessions kept", PROMPTLY, |s| {
+        kept_sessions(s).len() == SESSIONS
+    })?;
+
+    let mut workers = vec![first];
+    let mut figures = Vec::new();
+    for kill in 1..=KILLS {
+        let mark = SIZE * kill as u64 / (KILLS as u64 + 1);
+        up.wait_for_bytes(&up_dst, mark, RUN_TIMEOUT)?;
+        down.wait_for_bytes(&down_dst, mark, RUN_TIMEOUT)?;
+        let killed = Instant::now();
+        // SIGKILL, and reaped.
+        workers.last_mut().context("a worker")?.kill();
+        systemd.exited();
+        check_store(&systemd.state(), SESSIONS).context("after the kill")?;
+        let readies = systemd.state().with_line("READY=1").len();
+        let (worker, names) = start_worker(&systemd, &listen, sshd.port())?;
+        let listening = killed.elapsed();
+        let sessions = names.iter().filter(|n| n.starts_with(SESSION)).count();
+        ensure!(
+            sessions == 2 * SESSIONS && names.len() == 2 * SESSIONS + 2,
+            "the new worker got {names:?}"
+        );
+        // systemd's order: the newest first, the listeners (kept first) last.
+        ensure!(
+            names[names.len() - 2..]
+                .iter()
+                .all(|n| n.starts_with("listen-")),
+            "not systemd's order: {names:?}"
+        );
+        let restored = format!(
+            "restored {SESSIONS} of {SESSIONS} sessions kept by systemd's descriptor store"
+        );
+        worker
+            .wait_for_log(&restored, PROMPTLY)
+            .with_context(|| format!("after kill {kill}"))?;
+        systemd.wait_for("READY=1 from the new worker", PROMPTLY, |s| {
+            status_after_ready(s, readies + 1).is_some()
+        })?;
+        let status = status_after_ready(&systemd.state(), readies + 1).unwrap_or_default();
+        ensure!(
+            status.starts_with(&format!("{SESSIONS} sessions"))
+                && status.contains(&format!("{SESSIONS} restored at start")),
+            "the new worker's status: {status:?}"
+        );
+        worker
+            .wait_for_count(RESUMED, SESSIONS, PROMPTLY)
+            .with_context(|| format!("after kill {kill}"))?;
+        let resumes = resume_times(&worker)?;
+        let worst = resumes.iter().max().copied().unwrap_or_default();
+        ensure!(
+            worst <= RESUME_WITHIN,
+            "after kill {kill} a client resumed {worst:?} after the worker listened"
+        );
+        figures.push((listening, resumes, status));
+        workers.push(worker);
+    }
+
+    for (name, ssh) in [("upload", &mut up), ("download", &mut down)] {
+        let (status, stderr) = ssh.finish(RUN_TIMEOUT, PROMPTLY)?;
+        ensure!(status.success(), "{name}: ssh {status}; stderr:\n{stderr}");
+        let resumed = stderr
+            .lines()
+            .filter(|l| l.contains(CLIENT_RESUMED))
+            .count();
+        ensure!(
+            resumed == KILLS,
+            "{name}: the client resumed {resumed} times for {KILLS} kills:\n{stderr}"
+        );
+    }
+    ensure!(
+        sha256_file(&up_src)? == sha256_file(&up_dst)?,
+        "upload sha256"
+    );
+    ensure!(
+        sha256_file(&down_src)? == sha256_file(&down_dst)?,
+        "download sha256"
+    );
+    // Ended sessions are taken out of the store (FDSTOREREMOVE=1).
+    systemd.wait_for("the ended sessions removed", PROMPTLY, |s| {
+        kept_sessions(s).is_empty()
+    })?;
+
+    let last = workers.last_mut().context("a worker")?;
+    ensure!(last.terminate(PROMPTLY)?, "the worker failed on SIGTERM");
+    systemd.exited();
+    let state = systemd.state();
+    check_names(&state)?;
+    ensure!(
+        !state.with_line("STOPPING=1").is_empty(),
+        "no STOPPING=1 on SIGTERM"
+    );
+    ensure!(
+        state.violations.is_empty() && state.hung_up.is_empty(),
+        "systemd would object: {:?}; dropped on hangup: {:?}",
+        state.violations,
+        state.hung_up
+    );
+    println!(
+        "{} messages, {} FDSTORE=1, {} FDSTOREREMOVE=1, {} descriptors offered twice; \
+         FileDescriptorStoreMax={store_max}",
+        state.messages.len(),
+        state.with_line("FDSTORE=1").len(),
+        state.with_line("FDSTOREREMOVE=1").len(),
+        state.duplicates
+    );
+    for (i, (listening, resumes, status)) in figures.iter().enumerate() {
+        let each: Vec<String> = resumes
+            .iter()
+            .map(|d| format!("{}ms", d.as_millis()))
+            .collect();
+        println!(
+            "kill {}: new worker listening {}ms after the SIGKILL, clients resumed [{}] after that; {status}",
+            i + 1,
+            listening.as_millis(),
+            each.join(" ")
+        );
+    }
+    Ok(())
+}
