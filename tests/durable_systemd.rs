@@ -17,14 +17,14 @@ mod support;
 
 use anyhow::{ensure, Context, Result};
 use std::fs::File;
-use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use support::durable::{CLIENT_RESUMED, LISTENING, RESUMED, RESUME_WITHIN};
 use support::process::Watched;
 use support::relay::{proxy_command, RelayProcess, CLIENT_FLAGS};
 use support::sshd::{sha256_file, write_random_file, TestSshd};
-use support::systemd::{fdname_is_valid, unit_store_max, FakeSystemd, State, FDNAME_MAX};
+use support::systemd::{fdname_is_valid, FakeSystemd, State, FDNAME_MAX};
+use support::unit::unit_store_max;
 
 /// Bytes each way.
 const SIZE: u64 = 64 << 20;
@@ -38,20 +38,6 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 const PROMPTLY: Duration = Duration::from_secs(10);
 /// The prefix of a session's descriptor name.
 const SESSION: &str = "session-";
-
-/// Starts a worker as systemd would, with everything it keeps; returns it
-/// and the names passed in `$LISTEN_FDNAMES`, in order.
-fn start_worker(
-    systemd: &FakeSystemd,
-    listen: &str,
-    target: u16,
-) -> Result<(RelayProcess, Vec<String>)> {
-    let program = Path::new(env!("CARGO_BIN_EXE_resumeproxyd"));
-    let (command, names) = systemd.command(&[], program, &[])?;
-    let relay = RelayProcess::start_command(command, listen, target, &[])?;
-    systemd.started(relay.pid());
-    Ok((relay, names))
-}
 
 /// The distinct session names kept, and whether each is kept as two
 /// descriptors (its sshd connection and its record).
@@ -145,7 +131,7 @@ fn the_systemd_path_carries_transfers_through_worker_kills() -> Result<()> {
     let store_max = unit_store_max()?;
     let systemd = FakeSystemd::start(store_max)?;
     let sshd = TestSshd::start()?;
-    let (first, names) = start_worker(&systemd, "127.0.0.1:0", sshd.port())?;
+    let (first, names) = systemd.start_relay(&[], "127.0.0.1:0", sshd.port())?;
     ensure!(names.is_empty(), "a first start got {names:?}");
     ensure!(
         first
@@ -190,7 +176,7 @@ fn the_systemd_path_carries_transfers_through_worker_kills() -> Result<()> {
         systemd.exited();
         check_store(&systemd.state(), SESSIONS).context("after the kill")?;
         let readies = systemd.state().with_line("READY=1").len();
-        let (worker, names) = start_worker(&systemd, &listen, sshd.port())?;
+        let (worker, names) = systemd.start_relay(&[], &listen, sshd.port())?;
         let listening = killed.elapsed();
         let sessions = names.iter().filter(|n| n.starts_with(SESSION)).count();
         ensure!(

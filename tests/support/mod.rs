@@ -13,7 +13,8 @@
 //! * [`durable`] — the durable relay's tests: a relay binary to upgrade,
 //!   worker kills, resume times.
 //! * [`systemd`] — systemd's side of the notify and descriptor store
-//!   protocol, and the relay's unit file.
+//!   protocol.
+//! * [`unit`] — the relay's systemd unit, read as systemd reads it.
 
 pub mod durable;
 pub mod faults;
@@ -24,3 +25,4 @@ pub mod relay;
 pub mod security;
 pub mod sshd;
 pub mod systemd;
+pub mod unit;

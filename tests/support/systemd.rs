@@ -29,6 +29,7 @@
 
 #![allow(dead_code)]
 
+use super::relay::RelayProcess;
 use anyhow::{bail, Context, Result};
 use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -582,6 +583,25 @@ impl FakeSystemd {
     }
 }
 
+impl FakeSystemd {
+    /// Starts `resumeproxyd` as the service's main process (see
+    /// [`command`](Self::command)), listening on `listen` (the kept
+    /// listener's address after the first start) and sending sessions to
+    /// `127.0.0.1:target`; returns it once it listens, and the names passed.
+    pub fn start_relay(
+        &self,
+        wrapper: &[&OsStr],
+        listen: &str,
+        target: u16,
+    ) -> Result<(RelayProcess, Vec<String>)> {
+        let program = Path::new(env!("CARGO_BIN_EXE_resumeproxyd"));
+        let (command, names) = self.command(wrapper, program, &[])?;
+        let relay = RelayProcess::start_command(command, listen, target, &[])?;
+        self.started(relay.pid());
+        Ok((relay, names))
+    }
+}
+
 impl Drop for FakeSystemd {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
@@ -634,45 +654,4 @@ fn bind_notify(path: &Path) -> Result<OwnedFd> {
         }
         Ok(socket)
     }
-}
-
-/// `FileDescriptorStoreMax=` of the relay's unit file (`systemd/`).
-pub fn unit_store_max() -> Result<usize> {
-    let text = unit_file()?;
-    let value = unit_values(&text, "FileDescriptorStoreMax")
-        .pop()
-        .context("no FileDescriptorStoreMax= in the unit")?;
-    value
-        .parse()
-        .with_context(|| format!("FileDescriptorStoreMax={value}"))
-}
-
-/// The relay's unit file, as the repository has it.
-pub fn unit_file() -> Result<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/resumeproxyd.service");
-    std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
-}
-
-/// Every value of `key=` in the unit's `[Service]` section, in order.
-pub fn unit_values(text: &str, key: &str) -> Vec<String> {
-    let mut section = "";
-    let mut values = Vec::new();
-    for line in text.lines().map(str::trim) {
-        if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
-            continue;
-        }
-        if line.starts_with('[') {
-            section = line;
-            continue;
-        }
-        if section != "[Service]" {
-            continue;
-        }
-        if let Some((k, v)) = line.split_once('=') {
-            if k.trim() == key {
-                values.push(v.trim().to_owned());
-            }
-        }
-    }
-    values
 }

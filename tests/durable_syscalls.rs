@@ -1,0 +1,348 @@
+//! Every system call the durable relay makes is one its unit allows.
+//!
+//! systemd cannot run units on the machines these tests run on, so the
+//! unit's sandbox is checked against what the worker does instead: the
+//! worker runs the way systemd runs it (the test plays systemd, see
+//! `support::systemd`) under `strace -f`, through the durable path — a
+//! start that binds and hands its listeners to the store, a session over
+//! TCP (a download) and one over QUIC (an echo) started and kept, the
+//! worker killed with SIGKILL mid-transfer, a new worker that takes
+//! everything back from `$LISTEN_FDS` and carries both sessions on, the
+//! sessions' ends (`FDSTOREREMOVE=1`), and a stop (SIGTERM). Then:
+//!
+//! * every call traced is allowed by the unit's `SystemCallFilter=` lines,
+//!   read from `systemd/resumeproxyd.service` and expanded with
+//!   `systemd-analyze syscall-filter` (an allow-list starts with
+//!   `@default`; a `~` line takes out of it, in order);
+//! * every socket family used is in `RestrictAddressFamilies=`;
+//! * nothing maps memory writable and executable at once, nor makes it
+//!   executable later (`MemoryDenyWriteExecute=yes`).
+//!
+//! Skipped, with the reason printed, without `strace` or `systemd-analyze`,
+//! or where `ptrace` is not allowed.
+
+mod support;
+
+use anyhow::{ensure, Context, Result};
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use support::durable::{MemDir, RESUMED};
+use support::process::Watched;
+use support::relay::{proxy_command, RelayProcess, CLIENT_FLAGS};
+use support::sshd::{sha256_file, write_random_file, TestSshd};
+use support::systemd::FakeSystemd;
+use support::unit::{unit_families, unit_file, unit_store_max, SyscallSets};
+
+/// Bytes of the download (traced, each call slowed down).
+const SIZE: u64 = 32 << 20;
+/// Bound on the download.
+const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+/// Bound on what follows an event at once (a traced worker is slow).
+const PROMPTLY: Duration = Duration::from_secs(30);
+
+/// `name` on `$PATH`, if it is there.
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Why the test cannot run here, if it cannot.
+fn missing(strace: Option<&Path>, analyze: Option<&Path>) -> Option<String> {
+    let Some(strace) = strace else {
+        return Some("no strace on $PATH".into());
+    };
+    if analyze.is_none() {
+        return Some("no systemd-analyze on $PATH".into());
+    }
+    let probe = Command::new(strace)
+        .args(["-qq", "-o", "/dev/null", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output();
+    match probe {
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(format!(
+            "strace cannot trace here: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Some(format!("strace does not run: {e}")),
+    }
+}
+
+/// The `strace` in front of one worker: its calls (and its threads'),
+/// written to `out`. `-D` keeps the worker the direct child, with the pid
+/// systemd gave it (`$LISTEN_PID`), and strace a detached grandchild.
+fn strace_wrapper<'a>(strace: &'a Path, out: &'a Path) -> Vec<&'a OsStr> {
+    let mut words: Vec<&OsStr> = vec![strace.as_os_str()];
+    words.extend(["-D", "-f", "-qq", "-o"].map(OsStr::new));
+    words.push(out.as_os_str());
+    words.push(OsStr::new("--"));
+    words
+}
+
+/// The tracer of process `pid` (from `/proc/PID/status`).
+fn tracer_of(pid: u32) -> Result<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let tracer = status
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))
+        .context("no TracerPid")?
+        .trim()
+        .parse()?;
+    ensure!(tracer != 0, "process {pid} is not traced");
+    Ok(tracer)
+}
+
+/// Waits until process `pid` has exited (gone, or a zombie nobody reaped):
+/// strace has written all it will.
+fn wait_gone(pid: u32, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+        if stat.is_empty() || state.starts_with('Z') || state.starts_with('X') {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "strace ({pid}) did not end");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// What one trace shows.
+#[derive(Default)]
+struct Trace {
+    /// Every system call's name.
+    calls: BTreeSet<String>,
+    /// Every socket family (`socket(2)`, `socketpair(2)`).
+    families: BTreeSet<String>,
+    /// Calls that map memory writable and executable, or make it executable.
+    write_exec: Vec<String>,
+}
+
+impl Trace {
+    /// Reads an `strace -f` output file.
+    fn read(path: &Path, into: &mut Trace) -> Result<()> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        ensure!(!text.is_empty(), "{} is empty", path.display());
+        for line in text.lines() {
+            // `PID call(args…) = result`, `PID <... call resumed>…`,
+            // `PID --- SIGNAL … ---`, `PID +++ … +++`.
+            let rest = line
+                .split_once(' ')
+                .map_or(line, |(pid, rest)| {
+                    if pid.bytes().all(|b| b.is_ascii_digit()) {
+                        rest
+                    } else {
+                        line
+                    }
+                })
+                .trim_start();
+            if rest.starts_with("<...") || rest.starts_with("---") || rest.starts_with("+++") {
+                continue;
+            }
+            let Some((name, args)) = rest.split_once('(') else {
+                continue;
+            };
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                continue;
+            }
+            into.calls.insert(name.to_owned());
+            if name == "socket" || name == "socketpair" {
+                let family = args.split([',', ')']).next().unwrap_or("").trim();
+                into.families.insert(family.to_owned());
+            }
+            let prot = |n: usize| args.split(", ").nth(n).unwrap_or("").to_owned();
+            let bad = match name {
+                "mmap" | "mmap2" => {
+                    let p = prot(2);
+                    p.contains("PROT_WRITE") && p.contains("PROT_EXEC")
+                }
+                "mprotect" | "pkey_mprotect" => prot(2).contains("PROT_EXEC"),
+                _ => false,
+            };
+            if bad {
+                into.write_exec.push(rest.to_owned());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An ssh session running `cat` over QUIC, its output lines in a channel.
+struct Echo {
+    ssh: Watched,
+    stdin: std::process::ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Echo {
+    fn start(sshd: &TestSshd, proxy: &str) -> Result<Echo> {
+        let mut ssh = Watched::spawn(
+            sshd.ssh_command(Some(proxy), "cat"),
+            Stdio::piped(),
+            Stdio::piped(),
+        )?;
+        let stdin = ssh.child.stdin.take().context("stdin")?;
+        let stdout = ssh.child.stdout.take().context("stdout")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Echo { ssh, stdin, lines })
+    }
+
+    /// Sends `line` and waits for it to come back.
+    fn echo(&mut self, line: &str) -> Result<()> {
+        writeln!(self.stdin, "{line}")?;
+        let back = self
+            .lines
+            .recv_timeout(PROMPTLY)
+            .with_context(|| format!("no echo of {line:?}:\n{}", self.ssh.stderr.text()))?;
+        ensure!(back == line, "sent {line:?}, got {back:?}");
+        Ok(())
+    }
+}
+
+#[test]
+fn the_durable_path_makes_only_calls_the_unit_allows() -> Result<()> {
+    let strace = on_path("strace");
+    let analyze = on_path("systemd-analyze");
+    if let Some(why) = missing(strace.as_deref(), analyze.as_deref()) {
+        println!("skipped: {why}");
+        return Ok(());
+    }
+    let (strace, analyze) = (strace.unwrap_or_default(), analyze.unwrap_or_default());
+    let unit = unit_file()?;
+    let mut sets = SyscallSets::new(&analyze);
+    let filter = sets.unit_filter(&unit)?;
+    let families = unit_families(&unit)?;
+
+    let traces = MemDir::new("strace")?;
+    let systemd = FakeSystemd::start(unit_store_max()?)?;
+    let sshd = TestSshd::start()?;
+    let first_trace = traces.path().join("first");
+    let (first, _) = systemd.start_relay(
+        &strace_wrapper(&strace, &first_trace),
+        "127.0.0.1:0",
+        sshd.port(),
+    )?;
+    let first_tracer = tracer_of(first.pid())?;
+    let listen = first.addr().to_string();
+
+    let down_src = sshd.dir().join("down.src");
+    let down_dst = sshd.dir().join("down.dst");
+    write_random_file(&down_src, SIZE, 21)?;
+    let tcp = proxy_command(first.addr(), sshd.port(), CLIENT_FLAGS);
+    let mut down = Watched::spawn(
+        sshd.ssh_command(Some(&tcp), &format!("cat {}", down_src.display())),
+        Stdio::null(),
+        Stdio::from(File::create(&down_dst)?),
+    )?;
+    let quic = proxy_command(
+        first.addr(),
+        sshd.port(),
+        &format!("--transport quic {CLIENT_FLAGS}"),
+    );
+    let mut echo = Echo::start(&sshd, &quic)?;
+    echo.echo("before the kill")?;
+    down.wait_for_bytes(&down_dst, SIZE / 4, RUN_TIMEOUT)?;
+
+    let mut workers: Vec<RelayProcess> = vec![first];
+    workers[0].kill();
+    systemd.exited();
+    wait_gone(first_tracer, PROMPTLY)?;
+    let second_trace = traces.path().join("second");
+    let (second, names) = systemd.start_relay(
+        &strace_wrapper(&strace, &second_trace),
+        &listen,
+        sshd.port(),
+    )?;
+    let second_tracer = tracer_of(second.pid())?;
+    ensure!(
+        names.iter().filter(|n| n.starts_with("session-")).count() == 4,
+        "the new worker got {names:?}"
+    );
+    second
+        .wait_for_log("restored 2 of 2 sessions", PROMPTLY)
+        .context("the restore")?;
+    second.wait_for_count(RESUMED, 2, PROMPTLY)?;
+    workers.push(second);
+    echo.echo("after the kill")?;
+    drop(echo.stdin);
+    let (status, stderr) = echo.ssh.finish(PROMPTLY, PROMPTLY)?;
+    ensure!(
+        status.success(),
+        "the QUIC session: ssh {status}:\n{stderr}"
+    );
+    let (status, stderr) = down.finish(RUN_TIMEOUT, PROMPTLY)?;
+    ensure!(status.success(), "the download: ssh {status}:\n{stderr}");
+    ensure!(
+        sha256_file(&down_src)? == sha256_file(&down_dst)?,
+        "download sha256"
+    );
+    systemd.wait_for("the ended sessions removed", PROMPTLY, |s| {
+        !s.names().iter().any(|n| n.starts_with("session-"))
+    })?;
+    ensure!(
+        workers[1].terminate(PROMPTLY)?,
+        "the worker failed on SIGTERM"
+    );
+    systemd.exited();
+    wait_gone(second_tracer, PROMPTLY)?;
+    let violations = systemd.state().violations.clone();
+    ensure!(
+        violations.is_empty(),
+        "systemd would object: {violations:?}"
+    );
+
+    let mut trace = Trace::default();
+    Trace::read(&first_trace, &mut trace)?;
+    Trace::read(&second_trace, &mut trace)?;
+    let denied: Vec<&String> = trace.calls.iter().filter(|c| !filter.allows(c)).collect();
+    let foreign: Vec<&String> = trace
+        .families
+        .iter()
+        .filter(|f| !families.allows(f))
+        .collect();
+    println!(
+        "{} system calls used: {}",
+        trace.calls.len(),
+        trace.calls.iter().cloned().collect::<Vec<_>>().join(" ")
+    );
+    println!(
+        "socket families used: {}; SystemCallFilter= allows {} calls",
+        trace.families.iter().cloned().collect::<Vec<_>>().join(" "),
+        filter.names.len()
+    );
+    ensure!(
+        denied.is_empty(),
+        "calls the unit's SystemCallFilter= denies: {denied:?}"
+    );
+    ensure!(
+        foreign.is_empty(),
+        "socket families RestrictAddressFamilies= denies: {foreign:?}"
+    );
+    ensure!(
+        trace.write_exec.is_empty(),
+        "MemoryDenyWriteExecute=yes refuses: {:?}",
+        trace.write_exec
+    );
+    Ok(())
+}
