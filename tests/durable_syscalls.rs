@@ -8,7 +8,9 @@
 //! TCP (a download) and one over QUIC (an echo) started and kept, the
 //! worker killed with SIGKILL mid-transfer, a new worker that takes
 //! everything back from `$LISTEN_FDS` and carries both sessions on, the
-//! sessions' ends (`FDSTOREREMOVE=1`), and a stop (SIGTERM). Then:
+//! sessions' ends (`FDSTOREREMOVE=1`), a reload (SIGHUP, `ExecReload=`)
+//! and a stop (SIGTERM); and `resumeproxyd check-config`
+//! (`ExecStartPre=`). Then:
 //!
 //! * every call traced is allowed by the unit's `SystemCallFilter=` lines,
 //!   read from `systemd/resumeproxyd.service` and expanded with
@@ -16,7 +18,11 @@
 //!   `@default`; a `~` line takes out of it, in order);
 //! * every socket family used is in `RestrictAddressFamilies=`;
 //! * nothing maps memory writable and executable at once, nor makes it
-//!   executable later (`MemoryDenyWriteExecute=yes`).
+//!   executable later (`MemoryDenyWriteExecute=yes`), makes a namespace
+//!   (`RestrictNamespaces=yes`), opens another process's `/proc` entries
+//!   (`ProcSubset=pid`) or opens a file for writing (`ProtectSystem=strict`;
+//!   only the key's first creation writes, in `StateDirectory=`, and this
+//!   run has a key).
 //!
 //! Skipped, with the reason printed, without `strace` or `systemd-analyze`,
 //! or where `ptrace` is not allowed.
@@ -33,11 +39,11 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use support::durable::{MemDir, RESUMED};
-use support::process::Watched;
-use support::relay::{proxy_command, RelayProcess, CLIENT_FLAGS};
+use support::process::{output_within, Watched};
+use support::relay::{proxy_command, test_key, RelayProcess, CLIENT_FLAGS};
 use support::sshd::{sha256_file, write_random_file, TestSshd};
 use support::systemd::FakeSystemd;
-use support::unit::{unit_families, unit_file, unit_store_max, SyscallSets};
+use support::unit::{unit_families, unit_file, unit_store_max, ListSetting, SyscallSets};
 
 /// Bytes of the download (traced, each call slowed down).
 const SIZE: u64 = 32 << 20;
@@ -123,8 +129,8 @@ struct Trace {
     calls: BTreeSet<String>,
     /// Every socket family (`socket(2)`, `socketpair(2)`).
     families: BTreeSet<String>,
-    /// Calls that map memory writable and executable, or make it executable.
-    write_exec: Vec<String>,
+    /// Calls another setting of the unit refuses: the setting, the call.
+    refused: Vec<(&'static str, String)>,
 }
 
 impl Trace {
@@ -164,20 +170,54 @@ impl Trace {
                 let family = args.split([',', ')']).next().unwrap_or("").trim();
                 into.families.insert(family.to_owned());
             }
-            let prot = |n: usize| args.split(", ").nth(n).unwrap_or("").to_owned();
-            let bad = match name {
-                "mmap" | "mmap2" => {
-                    let p = prot(2);
-                    p.contains("PROT_WRITE") && p.contains("PROT_EXEC")
-                }
-                "mprotect" | "pkey_mprotect" => prot(2).contains("PROT_EXEC"),
-                _ => false,
-            };
-            if bad {
-                into.write_exec.push(rest.to_owned());
+            if let Some(setting) = refused_by(name, args) {
+                into.refused.push((setting, rest.to_owned()));
             }
         }
         Ok(())
+    }
+}
+
+/// The unit's setting (other than the two lists) that refuses the call
+/// `name(args…`, if one does.
+fn refused_by(name: &str, args: &str) -> Option<&'static str> {
+    let arg = |n: usize| args.split(", ").nth(n).unwrap_or("");
+    match name {
+        // Memory writable and executable at once, or made executable later.
+        "mmap" | "mmap2" if arg(2).contains("PROT_WRITE") && arg(2).contains("PROT_EXEC") => {
+            Some("MemoryDenyWriteExecute=yes")
+        }
+        "mprotect" | "pkey_mprotect" if arg(2).contains("PROT_EXEC") => {
+            Some("MemoryDenyWriteExecute=yes")
+        }
+        "clone" | "clone3" | "unshare" | "setns" if args.contains("CLONE_NEW") => {
+            Some("RestrictNamespaces=yes")
+        }
+        "open" | "openat" | "openat2" => {
+            let path = args.split('"').nth(1).unwrap_or("");
+            let proc_ok = match path.strip_prefix("/proc/") {
+                None => true,
+                Some(rest) => {
+                    let first = rest.split('/').next().unwrap_or("");
+                    first == "self"
+                        || first == "thread-self"
+                        || (!first.is_empty() && first.bytes().all(|b| b.is_ascii_digit()))
+                }
+            };
+            let writes = ["O_WRONLY", "O_RDWR", "O_CREAT"]
+                .iter()
+                .any(|flag| args.contains(flag));
+            if !proc_ok {
+                Some("ProcSubset=pid")
+            } else if writes {
+                // Only the key's first creation writes (in StateDirectory=);
+                // this run has a key.
+                Some("ProtectSystem=strict")
+            } else {
+                None
+            }
+        }
+        _ => None,
     }
 }
 
@@ -237,6 +277,22 @@ fn the_durable_path_makes_only_calls_the_unit_allows() -> Result<()> {
     let traces = MemDir::new("strace")?;
     let systemd = FakeSystemd::start(unit_store_max()?)?;
     let sshd = TestSshd::start()?;
+    // ExecStartPre= runs under the same filter.
+    let check_trace = traces.path().join("check-config");
+    let (status, stderr, _) = output_within(
+        Command::new(&strace)
+            .args(["-f", "-qq", "-o"])
+            .arg(&check_trace)
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_resumeproxyd"))
+            .arg("check-config")
+            .arg("--key-file")
+            .arg(&test_key().0)
+            .arg("--target")
+            .arg(format!("127.0.0.1:{}", sshd.port())),
+        PROMPTLY,
+    )?;
+    ensure!(status.success(), "check-config: {status}: {stderr}");
     let first_trace = traces.path().join("first");
     let (first, _) = systemd.start_relay(
         &strace_wrapper(&strace, &first_trace),
@@ -300,6 +356,9 @@ fn the_durable_path_makes_only_calls_the_unit_allows() -> Result<()> {
     systemd.wait_for("the ended sessions removed", PROMPTLY, |s| {
         !s.names().iter().any(|n| n.starts_with("session-"))
     })?;
+    // ExecReload=: SIGHUP.
+    workers[1].signal(libc::SIGHUP)?;
+    workers[1].wait_for_log("configuration reloaded", PROMPTLY)?;
     ensure!(
         workers[1].terminate(PROMPTLY)?,
         "the worker failed on SIGTERM"
@@ -313,6 +372,7 @@ fn the_durable_path_makes_only_calls_the_unit_allows() -> Result<()> {
     );
 
     let mut trace = Trace::default();
+    Trace::read(&check_trace, &mut trace)?;
     Trace::read(&first_trace, &mut trace)?;
     Trace::read(&second_trace, &mut trace)?;
     let denied: Vec<&String> = trace.calls.iter().filter(|c| !filter.allows(c)).collect();
@@ -326,10 +386,13 @@ fn the_durable_path_makes_only_calls_the_unit_allows() -> Result<()> {
         trace.calls.len(),
         trace.calls.iter().cloned().collect::<Vec<_>>().join(" ")
     );
+    let version = Command::new(&analyze).arg("--version").output()?;
+    let version = String::from_utf8_lossy(&version.stdout);
     println!(
-        "socket families used: {}; SystemCallFilter= allows {} calls",
+        "socket families used: {}; SystemCallFilter= allows {} calls (sets of {})",
         trace.families.iter().cloned().collect::<Vec<_>>().join(" "),
-        filter.names.len()
+        filter.names.len(),
+        version.lines().next().unwrap_or("systemd-analyze")
     );
     ensure!(
         denied.is_empty(),
@@ -340,9 +403,38 @@ fn the_durable_path_makes_only_calls_the_unit_allows() -> Result<()> {
         "socket families RestrictAddressFamilies= denies: {foreign:?}"
     );
     ensure!(
-        trace.write_exec.is_empty(),
-        "MemoryDenyWriteExecute=yes refuses: {:?}",
-        trace.write_exec
+        trace.refused.is_empty(),
+        "the unit's sandbox refuses: {:?}",
+        trace.refused
     );
+    Ok(())
+}
+
+/// The unit's list settings merge as systemd's `load-fragment.c` merges
+/// them (the check above is only as good as this).
+#[test]
+fn list_settings_merge_as_systemd_merges_them() -> Result<()> {
+    let expand = |word: &str| -> Result<BTreeSet<String>> {
+        Ok(match word {
+            "@set" => ["a", "b", "c"].map(String::from).into(),
+            other => BTreeSet::from([other.to_owned()]),
+        })
+    };
+    let merge = |lines: &[&str]| -> Result<ListSetting> {
+        let lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        ListSetting::merge(&lines, expand, BTreeSet::from(["seed".to_owned()]))?
+            .context("no setting")
+    };
+    // An allow-list (with its seed); a `~` line takes out, `name:errno`
+    // names the call.
+    let allow = merge(&["@set", "~b", "~c:EPERM"])?;
+    ensure!(allow.allow && allow.allows("a") && allow.allows("seed"));
+    ensure!(!allow.allows("b") && !allow.allows("c") && !allow.allows("z"));
+    // A deny-list; a plain line takes out of it.
+    let deny = merge(&["~@set", "b"])?;
+    ensure!(!deny.allow && !deny.allows("a") && deny.allows("b") && deny.allows("z"));
+    // An empty value starts again.
+    let again = merge(&["~a", "", "b"])?;
+    ensure!(again.allow && again.allows("b") && !again.allows("a"));
     Ok(())
 }
