@@ -306,11 +306,14 @@ fn the_durable_path_makes_only_calls_the_unit_allows() -> Result<()> {
     let down_dst = sshd.dir().join("down.dst");
     write_random_file(&down_src, SIZE, 21)?;
     let tcp = proxy_command(first.addr(), sshd.port(), CLIENT_FLAGS);
+    // `cat FILE -`: the session goes on (with ssh's stdin) until the test
+    // ends it, so it is alive at the kill however fast the file went.
     let mut down = Watched::spawn(
-        sshd.ssh_command(Some(&tcp), &format!("cat {}", down_src.display())),
-        Stdio::null(),
+        sshd.ssh_command(Some(&tcp), &format!("cat {} -", down_src.display())),
+        Stdio::piped(),
         Stdio::from(File::create(&down_dst)?),
     )?;
+    let down_stdin = down.child.stdin.take().context("stdin")?;
     let quic = proxy_command(
         first.addr(),
         sshd.port(),
@@ -347,6 +350,7 @@ fn the_durable_path_makes_only_calls_the_unit_allows() -> Result<()> {
         status.success(),
         "the QUIC session: ssh {status}:\n{stderr}"
     );
+    drop(down_stdin);
     let (status, stderr) = down.finish(RUN_TIMEOUT, PROMPTLY)?;
     ensure!(status.success(), "the download: ssh {status}:\n{stderr}");
     ensure!(

@@ -9,14 +9,19 @@
 //! records whatever systemd would refuse or warn about.
 //!
 //! Real ssh and sshd, an upload and a download at once, the worker killed
-//! with SIGKILL twice while they run, a new worker started by "systemd"
-//! with the kept descriptors each time; both files arrive whole, ssh exits
-//! 0, and each client resumed once per kill.
+//! with SIGKILL twice while they run (neither can end before the last
+//! kill: the test holds back the upload's last MiB and the download's
+//! end), a new worker started by "systemd" with the kept descriptors each
+//! time; both files arrive whole, ssh exits 0, each client resumed once per
+//! kill, every new worker restored both sessions and said so (`READY=1`,
+//! then a `STATUS=` with the sessions), the ended sessions were taken out
+//! of the store, and systemd had nothing to object to.
 
 mod support;
 
 use anyhow::{ensure, Context, Result};
 use std::fs::File;
+use std::io::Read;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use support::durable::{CLIENT_RESUMED, LISTENING, RESUMED, RESUME_WITHIN};
@@ -28,6 +33,8 @@ use support::unit::unit_store_max;
 
 /// Bytes each way.
 const SIZE: u64 = 64 << 20;
+/// Bytes of the upload held back until the last kill.
+const HELD: u64 = 1 << 20;
 /// Worker kills during the transfers.
 const KILLS: usize = 2;
 /// Sessions (the upload and the download).
@@ -150,16 +157,31 @@ fn the_systemd_path_carries_transfers_through_worker_kills() -> Result<()> {
     let (down_src, down_dst) = (dir.join("down.src"), dir.join("down.dst"));
     write_random_file(&up_src, SIZE, 11)?;
     write_random_file(&down_src, SIZE, 12)?;
+    // Neither session can end before the last kill: the upload's last MiB
+    // and the end of the download (`cat FILE -` goes on with ssh's stdin)
+    // wait for the test.
     let mut up = Watched::spawn(
         sshd.ssh_command(Some(&proxy), &format!("cat > {}", up_dst.display())),
-        Stdio::from(File::open(&up_src)?),
+        Stdio::piped(),
         Stdio::null(),
     )?;
+    let (go, gate) = std::sync::mpsc::channel::<()>();
+    let feeder = {
+        let mut stdin = up.child.stdin.take().context("stdin")?;
+        let mut src = File::open(&up_src)?;
+        std::thread::spawn(move || -> std::io::Result<()> {
+            std::io::copy(&mut (&mut src).take(SIZE - HELD), &mut stdin)?;
+            let _ = gate.recv();
+            std::io::copy(&mut src, &mut stdin)?;
+            Ok(())
+        })
+    };
     let mut down = Watched::spawn(
-        sshd.ssh_command(Some(&proxy), &format!("cat {}", down_src.display())),
-        Stdio::null(),
+        sshd.ssh_command(Some(&proxy), &format!("cat {} -", down_src.display())),
+        Stdio::piped(),
         Stdio::from(File::create(&down_dst)?),
     )?;
+    let down_stdin = down.child.stdin.take().context("stdin")?;
     systemd.wait_for("both sessions kept", PROMPTLY, |s| {
         kept_sessions(s).len() == SESSIONS
     })?;
@@ -218,6 +240,12 @@ fn the_systemd_path_carries_transfers_through_worker_kills() -> Result<()> {
         workers.push(worker);
     }
 
+    let _ = go.send(());
+    drop(down_stdin);
+    feeder
+        .join()
+        .map_err(|_| anyhow::anyhow!("the feeder panicked"))?
+        .context("feeding the upload")?;
     for (name, ssh) in [("upload", &mut up), ("download", &mut down)] {
         let (status, stderr) = ssh.finish(RUN_TIMEOUT, PROMPTLY)?;
         ensure!(status.success(), "{name}: ssh {status}; stderr:\n{stderr}");
@@ -278,5 +306,60 @@ fn the_systemd_path_carries_transfers_through_worker_kills() -> Result<()> {
             each.join(" ")
         );
     }
+    Ok(())
+}
+
+/// The fake systemd keeps and objects where systemd does (the test above
+/// is only as good as it): a descriptor kept once however often it is
+/// offered, the newest first, no more than `FileDescriptorStoreMax=`,
+/// removed by name; a name systemd ignores, and a message from another
+/// process than the main one, are objections.
+#[test]
+fn the_fake_systemd_keeps_and_objects_as_systemd_does() -> Result<()> {
+    use resumeproxy::relay::durable::fd_store::Notifier;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixDatagram;
+    let systemd = FakeSystemd::start(3)?;
+    systemd.started(std::process::id());
+    let notifier = Notifier::connect(&systemd.socket_path().as_os_str().to_owned())?;
+    let raw = UnixDatagram::unbound()?;
+    let send = |text: &str| raw.send_to(text.as_bytes(), systemd.socket_path());
+    let fds: Vec<UnixDatagram> = (0..4)
+        .map(|_| UnixDatagram::unbound())
+        .collect::<std::io::Result<_>>()?;
+    notifier.store("first", &[fds[0].as_fd()])?;
+    notifier.store("second", &[fds[1].as_fd(), fds[2].as_fd()])?;
+    notifier.store("again", &[fds[0].as_fd()])?;
+    notifier.store("over", &[fds[3].as_fd()])?;
+    send("FDSTOREREMOVE=1\nFDNAME=bad:name")?;
+    send("READY=1")?;
+    systemd.wait_for("READY=1", PROMPTLY, |s| s.with_line("READY=1").len() == 1)?;
+    {
+        let state = systemd.state();
+        ensure!(
+            state.names() == ["second", "second", "first"],
+            "kept {:?}",
+            state.names()
+        );
+        ensure!(state.duplicates == 1, "{} duplicates", state.duplicates);
+        let objections = state.violations.join("\n");
+        ensure!(
+            state.violations.len() == 3
+                && objections.contains("FileDescriptorStoreMax=3")
+                && objections.contains("bad:name"),
+            "objections: {objections}"
+        );
+    }
+    notifier.remove("second")?;
+    send("READY=1")?;
+    systemd.wait_for("a second READY=1", PROMPTLY, |s| {
+        s.with_line("READY=1").len() == 2
+    })?;
+    ensure!(systemd.state().names() == ["first"], "FDSTOREREMOVE=1");
+    // Only the main process may speak (NotifyAccess=main).
+    systemd.started(1);
+    send("READY=1")?;
+    systemd.wait_for("the objection", PROMPTLY, |s| s.violations.len() == 4)?;
+    ensure!(systemd.state().with_line("READY=1").len() == 2);
     Ok(())
 }
