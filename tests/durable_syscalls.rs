@@ -69,7 +69,7 @@ fn missing(strace: Option<&Path>, analyze: Option<&Path>) -> Option<String> {
         return Some("no systemd-analyze on $PATH".into());
     }
     let probe = Command::new(strace)
-        .args(["-qq", "-o", "/dev/null", "true"])
+        .args(["-D", "-f", "-qq", "-o", "/dev/null", "true"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output();
@@ -223,12 +223,16 @@ fn refused_by(name: &str, args: &str) -> Option<&'static str> {
 
 /// An ssh session running `cat` over QUIC, its output lines in a channel.
 struct Echo {
+    /// ssh, its stderr collected.
     ssh: Watched,
+    /// What `cat` reads.
     stdin: std::process::ChildStdin,
+    /// What `cat` wrote, line by line.
     lines: mpsc::Receiver<String>,
 }
 
 impl Echo {
+    /// Starts ssh through `proxy` (a QUIC client) running `cat`.
     fn start(sshd: &TestSshd, proxy: &str) -> Result<Echo> {
         let mut ssh = Watched::spawn(
             sshd.ssh_command(Some(proxy), "cat"),
@@ -260,6 +264,8 @@ impl Echo {
     }
 }
 
+/// The durable path, traced, against the unit's sandbox (see the module's
+/// doc).
 #[test]
 fn the_durable_path_makes_only_calls_the_unit_allows() -> Result<()> {
     let strace = on_path("strace");

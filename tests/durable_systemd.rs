@@ -133,6 +133,8 @@ fn resume_times(relay: &RelayProcess) -> Result<Vec<Duration>> {
         .collect())
 }
 
+/// Transfers through two SIGKILLs of a worker run by "systemd" (see the
+/// module's doc).
 #[test]
 fn the_systemd_path_carries_transfers_through_worker_kills() -> Result<()> {
     let store_max = unit_store_max()?;

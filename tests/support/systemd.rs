@@ -270,10 +270,15 @@ fn same_fd(a: &OwnedFd, b: &OwnedFd) -> bool {
 /// One datagram as it came off the socket.
 #[derive(Debug)]
 struct Received {
+    /// The sender, from `SCM_CREDENTIALS`.
     pid: Option<u32>,
+    /// The message.
     payload: Vec<u8>,
+    /// The descriptors, from `SCM_RIGHTS`.
     fds: Vec<OwnedFd>,
+    /// The message or its control data was cut short.
     truncated: bool,
+    /// When it was received.
     at: Instant,
 }
 
@@ -345,10 +350,15 @@ fn receive(socket: &OwnedFd) -> Option<Received> {
 
 /// What the notify thread and the test share.
 struct Shared {
+    /// The notify socket.
     socket: OwnedFd,
+    /// What systemd knows.
     state: Mutex<State>,
+    /// Signalled whenever messages were handled.
     changed: Condvar,
+    /// Tells the thread to end.
     stop: AtomicBool,
+    /// `FileDescriptorStoreMax=`.
     store_max: usize,
 }
 
@@ -391,9 +401,13 @@ fn hung_up(fd: &OwnedFd) -> bool {
 /// socket is read by a thread of its own; dropping it stops the thread,
 /// closes every kept descriptor and removes its directory.
 pub struct FakeSystemd {
+    /// What the thread and the test share.
     shared: Arc<Shared>,
+    /// The thread that reads the socket.
     thread: Option<JoinHandle<()>>,
+    /// The directory of the socket.
     dir: PathBuf,
+    /// The socket's path.
     path: PathBuf,
 }
 
@@ -581,9 +595,7 @@ impl FakeSystemd {
         }
         Ok((command, names))
     }
-}
 
-impl FakeSystemd {
     /// Starts `resumeproxyd` as the service's main process (see
     /// [`command`](Self::command)), listening on `listen` (the kept
     /// listener's address after the first start) and sending sessions to
