@@ -20,9 +20,9 @@
 //! * nothing maps memory writable and executable at once, nor makes it
 //!   executable later (`MemoryDenyWriteExecute=yes`), makes a namespace
 //!   (`RestrictNamespaces=yes`), opens another process's `/proc` entries
-//!   (`ProcSubset=pid`) or opens a file for writing (`ProtectSystem=strict`;
-//!   only the key's first creation writes, in `StateDirectory=`, and this
-//!   run has a key).
+//!   (`ProcSubset=pid`) or opens a file for writing anywhere but in its
+//!   state directory (`ProtectSystem=strict`, `StateDirectory=`: the first
+//!   worker makes the relay's key there, as on a first start).
 //!
 //! Skipped, with the reason printed, without `strace` or `systemd-analyze`,
 //! or where `ptrace` is not allowed.
@@ -40,7 +40,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use support::durable::{MemDir, RESUMED};
 use support::process::{output_within, Watched};
-use support::relay::{proxy_command, test_key, RelayProcess, CLIENT_FLAGS};
+use support::relay::{proxy_command, RelayProcess, CLIENT_FLAGS};
 use support::sshd::{sha256_file, write_random_file, TestSshd};
 use support::systemd::FakeSystemd;
 use support::unit::{unit_families, unit_file, unit_store_max, ListSetting, SyscallSets};
@@ -134,8 +134,9 @@ struct Trace {
 }
 
 impl Trace {
-    /// Reads an `strace -f` output file.
-    fn read(path: &Path, into: &mut Trace) -> Result<()> {
+    /// Reads an `strace -f` output file; `writable` is the one directory
+    /// the unit lets the relay write in (`StateDirectory=`).
+    fn read(path: &Path, writable: &Path, into: &mut Trace) -> Result<()> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         ensure!(!text.is_empty(), "{} is empty", path.display());
@@ -170,7 +171,7 @@ impl Trace {
                 let family = args.split([',', ')']).next().unwrap_or("").trim();
                 into.families.insert(family.to_owned());
             }
-            if let Some(setting) = refused_by(name, args) {
+            if let Some(setting) = refused_by(name, args, writable) {
                 into.refused.push((setting, rest.to_owned()));
             }
         }
@@ -179,8 +180,9 @@ impl Trace {
 }
 
 /// The unit's setting (other than the two lists) that refuses the call
-/// `name(args…`, if one does.
-fn refused_by(name: &str, args: &str) -> Option<&'static str> {
+/// `name(args…`, if one does; `writable` is the one directory the relay
+/// may write in.
+fn refused_by(name: &str, args: &str, writable: &Path) -> Option<&'static str> {
     let arg = |n: usize| args.split(", ").nth(n).unwrap_or("");
     match name {
         // Memory writable and executable at once, or made executable later.
@@ -209,9 +211,7 @@ fn refused_by(name: &str, args: &str) -> Option<&'static str> {
                 .any(|flag| args.contains(flag));
             if !proc_ok {
                 Some("ProcSubset=pid")
-            } else if writes {
-                // Only the key's first creation writes (in StateDirectory=);
-                // this run has a key.
+            } else if writes && !Path::new(path).starts_with(writable) {
                 Some("ProtectSystem=strict")
             } else {
                 None
@@ -283,7 +283,13 @@ fn the_durable_path_makes_only_calls_the_unit_allows() -> Result<()> {
     let traces = MemDir::new("strace")?;
     let systemd = FakeSystemd::start(unit_store_max()?)?;
     let sshd = TestSshd::start()?;
-    // ExecStartPre= runs under the same filter.
+    // A new key, made by the first worker as on a first start under
+    // systemd (in StateDirectory=).
+    let state_dir = traces.path().join("state");
+    let key = state_dir.join("relay.key");
+    let key_text = key.to_string_lossy().into_owned();
+    let key_flags = ["--key-file", key_text.as_str()];
+    // ExecStartPre= runs under the same filter (here before any key).
     let check_trace = traces.path().join("check-config");
     let (status, stderr, _) = output_within(
         Command::new(&strace)
@@ -292,8 +298,7 @@ fn the_durable_path_makes_only_calls_the_unit_allows() -> Result<()> {
             .arg("--")
             .arg(env!("CARGO_BIN_EXE_resumeproxyd"))
             .arg("check-config")
-            .arg("--key-file")
-            .arg(&test_key().0)
+            .args(key_flags)
             .arg("--target")
             .arg(format!("127.0.0.1:{}", sshd.port())),
         PROMPTLY,
@@ -304,14 +309,28 @@ fn the_durable_path_makes_only_calls_the_unit_allows() -> Result<()> {
         &strace_wrapper(&strace, &first_trace),
         "127.0.0.1:0",
         sshd.port(),
+        &key_flags,
     )?;
     let first_tracer = tracer_of(first.pid())?;
     let listen = first.addr().to_string();
+    ensure!(
+        first.log().contains("created a new key"),
+        "the first worker did not make the key:\n{}",
+        first.log()
+    );
+    let (status, stderr, fingerprint) = output_within(
+        Command::new(env!("CARGO_BIN_EXE_resumeproxyd"))
+            .arg("fingerprint")
+            .args(key_flags),
+        PROMPTLY,
+    )?;
+    ensure!(status.success(), "fingerprint: {status}: {stderr}");
+    let client_flags = format!("--relay-fingerprint {} {CLIENT_FLAGS}", fingerprint.trim());
 
     let down_src = sshd.dir().join("down.src");
     let down_dst = sshd.dir().join("down.dst");
     write_random_file(&down_src, SIZE, 21)?;
-    let tcp = proxy_command(first.addr(), sshd.port(), CLIENT_FLAGS);
+    let tcp = proxy_command(first.addr(), sshd.port(), &client_flags);
     // `cat FILE -`: the session goes on (with ssh's stdin) until the test
     // ends it, so it is alive at the kill however fast the file went.
     let mut down = Watched::spawn(
@@ -323,7 +342,7 @@ fn the_durable_path_makes_only_calls_the_unit_allows() -> Result<()> {
     let quic = proxy_command(
         first.addr(),
         sshd.port(),
-        &format!("--transport quic {CLIENT_FLAGS}"),
+        &format!("--transport quic {client_flags}"),
     );
     let mut echo = Echo::start(&sshd, &quic)?;
     echo.echo("before the kill")?;
@@ -338,6 +357,7 @@ fn the_durable_path_makes_only_calls_the_unit_allows() -> Result<()> {
         &strace_wrapper(&strace, &second_trace),
         &listen,
         sshd.port(),
+        &key_flags,
     )?;
     let second_tracer = tracer_of(second.pid())?;
     ensure!(
@@ -382,9 +402,9 @@ fn the_durable_path_makes_only_calls_the_unit_allows() -> Result<()> {
     );
 
     let mut trace = Trace::default();
-    Trace::read(&check_trace, &mut trace)?;
-    Trace::read(&first_trace, &mut trace)?;
-    Trace::read(&second_trace, &mut trace)?;
+    for path in [&check_trace, &first_trace, &second_trace] {
+        Trace::read(path, &state_dir, &mut trace)?;
+    }
     let denied: Vec<&String> = trace.calls.iter().filter(|c| !filter.allows(c)).collect();
     let foreign: Vec<&String> = trace
         .families

@@ -140,7 +140,7 @@ fn the_systemd_path_carries_transfers_through_worker_kills() -> Result<()> {
     let store_max = unit_store_max()?;
     let systemd = FakeSystemd::start(store_max)?;
     let sshd = TestSshd::start()?;
-    let (first, names) = systemd.start_relay(&[], "127.0.0.1:0", sshd.port())?;
+    let (first, names) = systemd.start_relay(&[], "127.0.0.1:0", sshd.port(), &[])?;
     ensure!(names.is_empty(), "a first start got {names:?}");
     ensure!(
         first
@@ -200,7 +200,7 @@ fn the_systemd_path_carries_transfers_through_worker_kills() -> Result<()> {
         systemd.exited();
         check_store(&systemd.state(), SESSIONS).context("after the kill")?;
         let readies = systemd.state().with_line("READY=1").len();
-        let (worker, names) = systemd.start_relay(&[], &listen, sshd.port())?;
+        let (worker, names) = systemd.start_relay(&[], &listen, sshd.port(), &[])?;
         let listening = killed.elapsed();
         let sessions = names.iter().filter(|n| n.starts_with(SESSION)).count();
         ensure!(

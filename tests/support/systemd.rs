@@ -598,17 +598,19 @@ impl FakeSystemd {
 
     /// Starts `resumeproxyd` as the service's main process (see
     /// [`command`](Self::command)), listening on `listen` (the kept
-    /// listener's address after the first start) and sending sessions to
-    /// `127.0.0.1:target`; returns it once it listens, and the names passed.
+    /// listener's address after the first start), sending sessions to
+    /// `127.0.0.1:target`, with `extra` flags; returns it once it listens,
+    /// and the names passed.
     pub fn start_relay(
         &self,
         wrapper: &[&OsStr],
         listen: &str,
         target: u16,
+        extra: &[&str],
     ) -> Result<(RelayProcess, Vec<String>)> {
         let program = Path::new(env!("CARGO_BIN_EXE_resumeproxyd"));
         let (command, names) = self.command(wrapper, program, &[])?;
-        let relay = RelayProcess::start_command(command, listen, target, &[])?;
+        let relay = RelayProcess::start_command(command, listen, target, extra)?;
         self.started(relay.pid());
         Ok((relay, names))
     }
