@@ -26,7 +26,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 use support::durable::{CLIENT_RESUMED, LISTENING, RESUMED, RESUME_WITHIN};
 use support::process::Watched;
-use support::relay::{proxy_command, RelayProcess, CLIENT_FLAGS};
+use support::relay::{proxy_command, RelayProcess};
 use support::sshd::{sha256_file, write_random_file, TestSshd};
 use support::systemd::{fdname_is_valid, FakeSystemd, State, FDNAME_MAX};
 use support::unit::unit_store_max;
@@ -43,6 +43,8 @@ const SESSIONS: usize = 2;
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 /// Bound on a message or a log line that follows an event at once.
 const PROMPTLY: Duration = Duration::from_secs(10);
+/// The client's flags: a link is given up for dead after 5 s of silence.
+const CLIENT_FLAGS_SLOW_DEATH: &str = "--dead-after 5s";
 /// The prefix of a session's descriptor name.
 const SESSION: &str = "session-";
 
@@ -153,7 +155,10 @@ fn the_systemd_path_carries_transfers_through_worker_kills() -> Result<()> {
     check_store(&systemd.state(), 0)?;
     let listen = first.addr().to_string();
 
-    let proxy = proxy_command(first.addr(), sshd.port(), CLIENT_FLAGS);
+    // A kill ends the client's connection at once (the kernel closes the
+    // worker's sockets): a long --dead-after slows no resume, and spares
+    // the count of resumes a spurious one on a loaded machine.
+    let proxy = proxy_command(first.addr(), sshd.port(), CLIENT_FLAGS_SLOW_DEATH);
     let dir = sshd.dir();
     let (up_src, up_dst) = (dir.join("up.src"), dir.join("up.dst"));
     let (down_src, down_dst) = (dir.join("down.src"), dir.join("down.dst"));
