@@ -9,11 +9,12 @@
 //! records whatever systemd would refuse or warn about.
 //!
 //! Real ssh and sshd, an upload and a download at once, the worker killed
-//! with SIGKILL twice while they run (neither can end before the last
-//! kill: the test holds back the upload's last MiB and the download's
-//! end), a new worker started by "systemd" with the kept descriptors each
-//! time; both files arrive whole, ssh exits 0, each client resumed once per
-//! kill, every new worker restored both sessions and said so (`READY=1`,
+//! with SIGKILL twice and then stopped for a restart (SIGTERM, as
+//! `systemctl restart` does) while they run (neither can end before the
+//! last restart: the test holds back the upload's last MiB and the
+//! download's end), a new worker started by "systemd" with the kept
+//! descriptors each time; both files arrive whole, ssh exits 0, each client
+//! resumed once per restart, every new worker restored both sessions and said so (`READY=1`,
 //! then a `STATUS=` with the sessions), the ended sessions were taken out
 //! of the store, and systemd had nothing to object to.
 
@@ -33,10 +34,12 @@ use support::unit::unit_store_max;
 
 /// Bytes each way.
 const SIZE: u64 = 64 << 20;
-/// Bytes of the upload held back until the last kill.
+/// Bytes of the upload held back until the last restart.
 const HELD: u64 = 1 << 20;
-/// Worker kills during the transfers.
-const KILLS: usize = 2;
+/// How each worker in turn is made to go during the transfers: killed
+/// (SIGKILL, a crash) twice, then stopped for a restart (SIGTERM, as
+/// `systemctl restart` and a package upgrade do).
+const RESTARTS: [Restart; 3] = [Restart::Kill, Restart::Kill, Restart::Term];
 /// Sessions (the upload and the download).
 const SESSIONS: usize = 2;
 /// Bound on the transfers.
@@ -47,6 +50,15 @@ const PROMPTLY: Duration = Duration::from_secs(10);
 const CLIENT_FLAGS_SLOW_DEATH: &str = "--dead-after 5s";
 /// The prefix of a session's descriptor name.
 const SESSION: &str = "session-";
+
+/// How a worker is made to go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Restart {
+    /// SIGKILL.
+    Kill,
+    /// SIGTERM: it tells its clients and exits, keeping its sessions.
+    Term,
+}
 
 /// The distinct session names kept, each with how many descriptors it is
 /// kept as (two: its sshd connection and its record).
@@ -139,10 +151,10 @@ fn resume_times(relay: &RelayProcess) -> Result<Vec<Duration>> {
         .collect())
 }
 
-/// Transfers through two SIGKILLs of a worker run by "systemd" (see the
-/// module's doc).
+/// Transfers through two SIGKILLs and a SIGTERM of workers run by
+/// "systemd" (see the module's doc).
 #[test]
-fn the_systemd_path_carries_transfers_through_worker_kills() -> Result<()> {
+fn the_systemd_path_carries_transfers_through_worker_restarts() -> Result<()> {
     let store_max = unit_store_max()?;
     let systemd = FakeSystemd::start(store_max)?;
     let sshd = TestSshd::start()?;
@@ -160,15 +172,16 @@ fn the_systemd_path_carries_transfers_through_worker_kills() -> Result<()> {
     let listen = first.addr().to_string();
 
     // A kill ends the client's connection at once (the kernel closes the
-    // worker's sockets): a long --dead-after slows no resume, and spares
-    // the count of resumes a spurious one on a loaded machine.
+    // worker's sockets), and a stopping worker tells its clients: a long
+    // --dead-after slows no resume, and spares the count of resumes a
+    // spurious one on a loaded machine.
     let proxy = proxy_command(first.addr(), sshd.port(), CLIENT_FLAGS_SLOW_DEATH);
     let dir = sshd.dir();
     let (up_src, up_dst) = (dir.join("up.src"), dir.join("up.dst"));
     let (down_src, down_dst) = (dir.join("down.src"), dir.join("down.dst"));
     write_random_file(&up_src, SIZE, 11)?;
     write_random_file(&down_src, SIZE, 12)?;
-    // Neither session can end before the last kill: the upload's last MiB
+    // Neither session can end before the last restart: the upload's last MiB
     // and the end of the download (`cat FILE -` goes on with ssh's stdin)
     // wait for the test.
     let mut up = Watched::spawn(
@@ -199,18 +212,23 @@ fn the_systemd_path_carries_transfers_through_worker_kills() -> Result<()> {
 
     let mut workers = vec![first];
     let mut figures = Vec::new();
-    for kill in 1..=KILLS {
-        let mark = SIZE * kill as u64 / (KILLS as u64 + 1);
+    for (i, how) in RESTARTS.into_iter().enumerate() {
+        let restart = format!("{how:?} {}", i + 1);
+        let mark = SIZE * (i as u64 + 1) / (RESTARTS.len() as u64 + 1);
         up.wait_for_bytes(&up_dst, mark, RUN_TIMEOUT)?;
         down.wait_for_bytes(&down_dst, mark, RUN_TIMEOUT)?;
-        let killed = Instant::now();
-        // SIGKILL, and reaped.
-        workers.last_mut().context("a worker")?.kill();
+        let signalled = Instant::now();
+        let old = workers.last_mut().context("a worker")?;
+        match how {
+            // SIGKILL, and reaped.
+            Restart::Kill => old.kill(),
+            Restart::Term => ensure!(old.terminate(PROMPTLY)?, "{restart}: the worker failed"),
+        }
         systemd.exited();
-        check_store(&systemd.state(), SESSIONS).context("after the kill")?;
+        check_store(&systemd.state(), SESSIONS).with_context(|| format!("after {restart}"))?;
         let readies = systemd.state().with_line("READY=1").len();
         let (worker, names) = systemd.start_relay(&[], &listen, sshd.port(), &[])?;
-        let listening = killed.elapsed();
+        let listening = signalled.elapsed();
         let sessions = names.iter().filter(|n| n.starts_with(SESSION)).count();
         ensure!(
             sessions == 2 * SESSIONS && names.len() == 2 * SESSIONS + 2,
@@ -228,7 +246,7 @@ fn the_systemd_path_carries_transfers_through_worker_kills() -> Result<()> {
         );
         worker
             .wait_for_log(&restored, PROMPTLY)
-            .with_context(|| format!("after kill {kill}"))?;
+            .with_context(|| format!("after {restart}"))?;
         systemd.wait_for("READY=1 from the new worker", PROMPTLY, |s| {
             status_after_ready(s, readies + 1).is_some()
         })?;
@@ -240,14 +258,14 @@ fn the_systemd_path_carries_transfers_through_worker_kills() -> Result<()> {
         );
         worker
             .wait_for_count(RESUMED, SESSIONS, PROMPTLY)
-            .with_context(|| format!("after kill {kill}"))?;
+            .with_context(|| format!("after {restart}"))?;
         let resumes = resume_times(&worker)?;
         let worst = resumes.iter().max().copied().unwrap_or_default();
         ensure!(
             worst <= RESUME_WITHIN,
-            "after kill {kill} a client resumed {worst:?} after the worker listened"
+            "after {restart} a client resumed {worst:?} after the worker listened"
         );
-        figures.push((listening, resumes, status));
+        figures.push((restart, listening, resumes, status));
         workers.push(worker);
     }
 
@@ -265,8 +283,9 @@ fn the_systemd_path_carries_transfers_through_worker_kills() -> Result<()> {
             .filter(|l| l.contains(CLIENT_RESUMED))
             .count();
         ensure!(
-            resumed == KILLS,
-            "{name}: the client resumed {resumed} times for {KILLS} kills:\n{stderr}"
+            resumed == RESTARTS.len(),
+            "{name}: the client resumed {resumed} times for {} restarts:\n{stderr}",
+            RESTARTS.len()
         );
     }
     ensure!(
@@ -305,14 +324,13 @@ fn the_systemd_path_carries_transfers_through_worker_kills() -> Result<()> {
         state.with_line("FDSTOREREMOVE=1").len(),
         state.duplicates
     );
-    for (i, (listening, resumes, status)) in figures.iter().enumerate() {
+    for (restart, listening, resumes, status) in &figures {
         let each: Vec<String> = resumes
             .iter()
             .map(|d| format!("{}ms", d.as_millis()))
             .collect();
         println!(
-            "kill {}: new worker listening {}ms after the SIGKILL, clients resumed [{}] after that; {status}",
-            i + 1,
+            "{restart}: new worker listening {}ms after the signal, clients resumed [{}] after that; {status}",
             listening.as_millis(),
             each.join(" ")
         );
