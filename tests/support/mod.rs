@@ -10,6 +10,11 @@
 //! * [`faults`] — the fault suite's lab and workloads, on top of `netns`.
 //! * [`security`] — what the security tests share: a paced upload, hostile
 //!   connections, refusals.
+//! * [`durable`] — the durable relay's tests: a relay binary to upgrade,
+//!   worker kills, resume times.
+//! * [`systemd`] — systemd's side of the notify and descriptor store
+//!   protocol.
+//! * [`unit`] — the relay's systemd unit, read as systemd reads it.
 
 pub mod durable;
 pub mod faults;
@@ -19,3 +24,5 @@ pub mod process;
 pub mod relay;
 pub mod security;
 pub mod sshd;
+pub mod systemd;
+pub mod unit;
