@@ -14,9 +14,9 @@ use crate::link::handshake;
 use crate::link::{Outcome, Step};
 use crate::proto::reconnect::{refusal_may_pass, Next, Reconnect};
 use crate::proto::resume_auth;
-use crate::proto::wire::{Hello, Reply, SessionId, SECRET_LEN};
+use crate::proto::wire::{Code, Hello, Reply, SessionId, SECRET_LEN};
 use crate::transport::identity::Fingerprint;
-use crate::transport::Transport;
+use crate::transport::{Transport, TransportKind};
 use crate::units::format_duration;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU32, Ordering, Ordering as AtomicOrdering};
@@ -221,6 +221,18 @@ async fn reconnect(
         let jitter: f64 = rand::random();
         let next = match attempt {
             Attempt::Answered { transport, reply } => {
+                if let Reply::Refused {
+                    code: Code::OtherInstance,
+                    reason,
+                } = &reply
+                {
+                    if transport.kind == TransportKind::Quic {
+                        // A UDP balancer cannot route by name; TCP's can.
+                        tracing::debug!("attempt {attempts} over QUIC: {reason}");
+                        connector.quic_astray();
+                        continue;
+                    }
+                }
                 match &reply {
                     Reply::Refused { code, reason } if refusal_may_pass(*code) => {
                         tracing::debug!("attempt {attempts}: relay refused for now: {reason}");
