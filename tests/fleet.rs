@@ -426,12 +426,15 @@ fn quic_run(bench: &FleetBench, seed: u64, transport: &str) -> Result<Vec<(usize
 #[test]
 fn quic_reconnects_go_to_the_instance_address_or_over_tcp() -> Result<()> {
     let _serial = serial();
-    let Some(bench) =
-        FleetBench::start(&|i| vec!["--quic-address".into(), format!("{{server}}:{}", 7101 + i)])?
-    else {
+    let Some(bench) = FleetBench::start(&|_| Vec::new())? else {
         return Ok(());
     };
     udp_balancer(&bench, "-A")?;
+    // In the config files, not as flags (which a reload would not change).
+    let ip = bench.lab.server_addr();
+    for (i, instance) in bench.instances.iter().enumerate() {
+        instance.set_config(&format!("quic_address = \"{ip}:{}\"\n", 7101 + i))?;
+    }
     eprintln!("each instance gives its own QUIC address:");
     quic_run(&bench, 400, "quic")?;
     for instance in &bench.instances {
