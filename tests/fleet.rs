@@ -16,7 +16,9 @@
 //!   within seconds, the others finish.
 //! * QUIC: with a per-instance QUIC address, reconnects go to it (the
 //!   shared address no longer answers UDP); with `quic_address = none`,
-//!   `auto` resumes over TCP. New sessions open over QUIC through a UDP
+//!   `auto` resumes over TCP; with `direct`, a QUIC reconnect that the UDP
+//!   balancer sends to another instance is told so, and the session
+//!   resumes at home over TCP. New sessions open over QUIC through a UDP
 //!   "balancer" (DNAT in the server namespace).
 
 mod support;
@@ -443,5 +445,124 @@ fn quic_reconnects_go_to_the_instance_address_or_over_tcp() -> Result<()> {
     eprintln!("each instance gives none (quic_address = \"none\"):");
     quic_run(&bench, 500, "tls")?;
     bench.check_resumes_went_home()?;
+    for instance in &bench.instances {
+        instance.set_config("")?;
+    }
+    eprintln!("each instance gives direct (the default), and QUIC goes astray:");
+    direct_run(&bench, 600)?;
+    bench.check_resumes_went_home()?;
+    Ok(())
+}
+
+/// Where every new UDP flow to the balancer's port goes once the UDP
+/// "balancer" is replaced by [`udp_to_first`]: the first instance.
+const UDP_HOME: usize = 0;
+
+/// Sends every new UDP flow to the balancer's port to the first instance
+/// (flows conntrack already knows keep their instance).
+fn udp_to_first(bench: &FleetBench, op: &str) -> Result<()> {
+    let port = bench.balancer().port().to_string();
+    let to = format!("{}:{}", bench.lab.server_addr(), 7101 + UDP_HOME);
+    bench.lab.server_iptables(&[
+        "-t",
+        "nat",
+        op,
+        "PREROUTING",
+        "-p",
+        "udp",
+        "--dport",
+        &port,
+        "-j",
+        "DNAT",
+        "--to-destination",
+        &to,
+    ])
+}
+
+/// With `direct` (reconnects over QUIC go where the session was opened: the
+/// balancer's address), sessions open over QUIC through the UDP balancer;
+/// then the client's address changes, and every new flow goes to the first
+/// instance. Sessions of the first instance simply migrate; the others'
+/// QUIC paths reach an instance that does not hold them (reset), their
+/// QUIC reconnects are told `OtherInstance`, and they resume at home over
+/// TCP, routed by SNI.
+fn direct_run(bench: &FleetBench, seed: u64) -> Result<()> {
+    let proxy = bench.proxy("--dead-after 1s --transport auto");
+    let mut sessions = Vec::new();
+    for i in 0..QUIC_SESSIONS {
+        sessions.push(EchoSsh::spawn(
+            bench,
+            &proxy,
+            QUIC_BYTES,
+            seed + i as u64,
+            Some(QUIC_RATE),
+        )?);
+    }
+    let mut away = Vec::new();
+    for session in &mut sessions {
+        let port = session.wait_open()?;
+        let home = bench.wait_instance_of(port, Duration::from_secs(10))?;
+        if home != UDP_HOME {
+            away.push((home, port));
+        }
+    }
+    ensure!(
+        !away.is_empty(),
+        "every session opened on {}: the UDP balancer did not spread them",
+        bench.instances[UDP_HOME].name
+    );
+    let progress = || Ok(echoed(&sessions));
+    let mut running = || Ok(true);
+    wait_progress(
+        &progress,
+        &mut running,
+        QUIC_BYTES / 4 * QUIC_SESSIONS as u64,
+        RUN_TIMEOUT,
+    )?;
+    let astray_before = bench.instances[UDP_HOME].relay.count("which holds it");
+    let resumes: usize = bench.check_resumes_went_home()?.iter().sum();
+    udp_balancer(bench, "-D")?;
+    udp_to_first(bench, "-A")?;
+    let detail = bench.lab.apply(Fault::AddressChange)?;
+    let moved = Instant::now();
+    let deadline = moved + Duration::from_secs(20);
+    while bench.check_resumes_went_home()?.iter().sum::<usize>() < resumes + away.len() {
+        ensure!(
+            Instant::now() < deadline,
+            "not every session away from {} resumed",
+            bench.instances[UDP_HOME].name
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let resumed = moved.elapsed();
+    for session in sessions {
+        session.finish(RUN_TIMEOUT)?;
+    }
+    udp_to_first(bench, "-D")?;
+    udp_balancer(bench, "-A")?;
+    for (home, port) in &away {
+        let log = bench.instances[*home].relay.log();
+        for line in log
+            .lines()
+            .filter(|l| l.contains("session resumed") && l.contains(&format!("local_port={port} ")))
+        {
+            ensure!(
+                line.contains("transport=tls"),
+                "resumed over QUIC, which cannot reach its instance: {line}"
+            );
+        }
+    }
+    let astray = bench.instances[UDP_HOME].relay.count("which holds it") - astray_before;
+    ensure!(
+        astray > 0,
+        "no QUIC reconnect reached {} and was told it is another instance",
+        bench.instances[UDP_HOME].name
+    );
+    eprintln!(
+        "  {detail}: {} sessions away from {} resumed over tls within {resumed:.2?} \
+         ({astray} QUIC reconnects told OtherInstance there)",
+        away.len(),
+        bench.instances[UDP_HOME].name
+    );
     Ok(())
 }
