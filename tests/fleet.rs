@@ -14,6 +14,9 @@
 //!   new sessions go elsewhere. Then one instance killed for good (its
 //!   keeper SIGKILLed): its clients exit 255 with the session-gone line
 //!   within seconds, the others finish.
+//! * A key per instance, every one pinned for the bastion's name: the
+//!   clients of an instance killed for good meet another pinned key when
+//!   they reconnect, and exit 255 saying so (not the impostor's warning).
 //! * QUIC: with a per-instance QUIC address, reconnects go to it (the
 //!   shared address no longer answers UDP); with `quic_address = none`,
 //!   `auto` resumes over TCP; with `direct`, a QUIC reconnect that the UDP
@@ -24,6 +27,7 @@
 mod support;
 
 use anyhow::{ensure, Context, Result};
+use resumeproxy::transport::identity::RelayKey;
 use std::time::{Duration, Instant};
 use support::faults::serial;
 use support::fleet::{EchoSsh, FleetBench, INSTANCES};
@@ -291,6 +295,86 @@ fn a_drained_instance_keeps_its_sessions_and_a_dead_one_ends_its_own() -> Result
     eprintln!(
         "{dead_name} killed: HAProxy marked it down after {down:.2?}; its clients exited 255:"
     );
+    for (took, line) in &exits {
+        eprintln!("  after {took:.2?}: {line}");
+    }
+    Ok(())
+}
+
+/// Sessions of the run with a key per instance.
+const KEYED_SESSIONS: usize = 3;
+
+#[test]
+fn with_a_key_per_instance_a_dead_instances_clients_exit_and_say_why() -> Result<()> {
+    let _serial = serial();
+    let dir = std::env::temp_dir().join(format!("resumeproxy-fleet-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let keys: Vec<_> = (0..INSTANCES)
+        .map(|i| dir.join(format!("relay-{}.key", i + 1)))
+        .collect();
+    let mut pins = String::new();
+    for key in &keys {
+        let (key, _) = RelayKey::load_or_create(key)?;
+        pins.push_str(&format!("--relay-fingerprint {} ", key.fingerprint()));
+    }
+    let Some(bench) =
+        FleetBench::start(&|i| vec!["--key-file".into(), keys[i].display().to_string()])?
+    else {
+        return Ok(());
+    };
+    // Every instance's key pinned for the bastion's one name.
+    let proxy = bench.proxy(&format!("{pins}{CLIENT}"));
+    let mut sessions = Vec::new();
+    for i in 0..KEYED_SESSIONS {
+        sessions.push(EchoSsh::spawn(
+            &bench,
+            &proxy,
+            LONG_BYTES,
+            700 + i as u64,
+            Some(LONG_RATE),
+        )?);
+    }
+    let mut homes = Vec::new();
+    for session in &mut sessions {
+        let port = session.wait_open()?;
+        homes.push(bench.wait_instance_of(port, Duration::from_secs(10))?);
+    }
+    let dead = homes[0];
+    let dead_name = bench.instances[dead].name.clone();
+    let mut bench = bench;
+    bench.instances[dead].relay.kill();
+    let killed = Instant::now();
+    let mut exits = Vec::new();
+    let mut survivors = Vec::new();
+    for (session, at) in sessions.into_iter().zip(homes) {
+        if at != dead {
+            survivors.push(session);
+            continue;
+        }
+        let mut ssh = session.ssh;
+        let status = ssh.wait(GONE_WITHIN.saturating_sub(killed.elapsed()))?;
+        let took = killed.elapsed();
+        ensure!(
+            status.code() == Some(255),
+            "a client of {dead_name}: ssh {status}"
+        );
+        let line = ssh
+            .stderr
+            .wait_for(0, "another pinned key", Duration::from_secs(5))
+            .with_context(|| format!("its stderr:\n{}", ssh.stderr.text()))?;
+        ensure!(
+            !ssh.stderr.text().contains("IDENTIFICATION HAS CHANGED"),
+            "a trusted key met as an impostor's:\n{}",
+            ssh.stderr.text()
+        );
+        exits.push((took, line));
+    }
+    for session in survivors {
+        session.finish(RUN_TIMEOUT)?;
+    }
+    bench.check_resumes_went_home()?;
+    std::fs::remove_dir_all(&dir)?;
+    eprintln!("a key per instance, every key pinned; {dead_name} killed, its clients exited 255:");
     for (took, line) in &exits {
         eprintln!("  after {took:.2?}: {line}");
     }

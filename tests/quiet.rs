@@ -70,6 +70,8 @@ const GONE_REASONS: &[&str] = &[
     "the relay was unreachable for longer than its grace period",
     // A fleet's instance, reached by a reconnect of another's session.
     "this is instance ",
+    // The same, found by its key (a key per instance), or a rotated key.
+    "it reached another pinned key of the relay",
 ];
 
 /// How ssh's own lines begin (ssh reports its ProxyCommand's exit so).
@@ -140,6 +142,7 @@ fn the_documented_shapes_are_told_from_others() {
     for ours in [
         "resumeproxy: link to relay.example lost (connection reset by the relay or by something on the way), reconnecting…",
         "resumeproxy: session 0123456789abcdef is gone from relay bastion.example:7022: this is instance relay-3, not relay-2, which holds it: relay-2 is down or gone; the ssh connection is lost",
+        "resumeproxy: session 0123456789abcdef is gone from relay bastion.example:7022: it reached another pinned key of the relay (SHA256:a), not the one the session was opened with (SHA256:b): another instance of a fleet, its own being down or gone, or a rotated key; the ssh connection is lost",
         "resumeproxy: session 0123456789abcdef is gone from relay [2001:db8::1]:7022: no such session on this relay: it expired after its grace period, or the relay was restarted; the ssh connection is lost",
     ] {
         assert!(check_line(ours).is_ok(), "{ours}: {:?}", check_line(ours));

@@ -254,14 +254,20 @@ async fn reconnect(
                 }
             }
             Attempt::Failed(OpenError::KeyChanged(seen)) => {
+                let expectation = Expectation::for_relay(&config.trust, &addr).ok();
+                if expectation.as_ref().is_some_and(|e| e.pins_another(&seen)) {
+                    // A key the user trusts for this relay, not the
+                    // session's: nothing nasty, but no resume there.
+                    return Err(ClientError::SessionGone {
+                        addr,
+                        session,
+                        reason: other_pinned_key(&seen, &resume.relay_key),
+                    });
+                }
                 // Say where the key is pinned, as a new connection would:
-                // the user removes that line if the change is expected. If
-                // the trust source no longer refuses the new key (edited
-                // meanwhile), the refusal is that a session must meet the
-                // key it was opened with; never blame a --relay-fingerprint
-                // the user did not give.
-                let expectation = Expectation::for_relay(&config.trust, &addr)
-                    .ok()
+                // the user removes that line if the change is expected.
+                // Never blame a --relay-fingerprint the user did not give.
+                let expectation = expectation
                     .filter(|e| !e.is_first_use() && !e.accepts(&seen))
                     .unwrap_or_else(|| Expectation::exactly(resume.relay_key));
                 let changed = expectation.changed(&config.trust, &addr, seen);
@@ -334,6 +340,14 @@ async fn resume_once(config: &ClientConfig, connector: &Connector, resume: &Resu
         },
         Err(e) => Attempt::Failed(open::handshake_failure(&e)),
     }
+}
+
+/// Why a session is gone whose reconnect met `seen`, a key pinned for its
+/// relay, instead of `opened_with`, the key it was opened with.
+fn other_pinned_key(seen: &Fingerprint, opened_with: &Fingerprint) -> String {
+    format!(
+        "it reached another pinned key of the relay ({seen}), not the one the session was opened with ({opened_with}): another instance of a fleet, its own being down or gone, or a rotated key"
+    )
 }
 
 /// How a link ended, in words (for what should never happen).
