@@ -30,7 +30,7 @@ use anyhow::{ensure, Context, Result};
 use resumeproxy::transport::identity::RelayKey;
 use std::time::{Duration, Instant};
 use support::faults::serial;
-use support::fleet::{EchoSsh, FleetBench, INSTANCES};
+use support::fleet::{field, ports_of, EchoSsh, FleetBench, INSTANCES};
 use support::netns::Fault;
 use support::process::wait_progress;
 
@@ -47,6 +47,39 @@ const SESSION_BYTES: u64 = 12 << 20;
 /// The total echoed so far.
 fn echoed(sessions: &[EchoSsh]) -> u64 {
     sessions.iter().map(EchoSsh::received).sum()
+}
+
+/// Bound on a session's last exchange, from its last byte echoed to its
+/// end logged by its relay.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits until no session is in its last exchange: each has bytes still
+/// to come back, or its relay has logged its end. A fault in that exchange
+/// is one the design does not survive: ssh exits as soon as it has
+/// everything, and its client then has only `END_WAIT` (400 ms) to tell
+/// the relay, which otherwise keeps the session for its grace period
+/// (README, "Ending the client").
+fn wait_no_goodbye(bench: &FleetBench, sessions: &[EchoSsh]) -> Result<()> {
+    let deadline = Instant::now() + GOODBYE_TIMEOUT;
+    loop {
+        let ended: Vec<u16> = bench
+            .instances
+            .iter()
+            .flat_map(|i| ports_of(&i.relay.log(), "session ended"))
+            .collect();
+        let saying_goodbye = sessions
+            .iter()
+            .filter(|s| s.received() >= s.len && !ended.contains(&s.port))
+            .count();
+        if saying_goodbye == 0 {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{saying_goodbye} sessions had all their bytes back but did not end within {GOODBYE_TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]
@@ -85,6 +118,8 @@ fn thirty_sessions_resume_on_their_own_instance_through_faults() -> Result<()> {
         let mut running = || Ok(true);
         wait_progress(&progress, &mut running, at, RUN_TIMEOUT)
             .with_context(|| format!("before the {}", fault.name()))?;
+        wait_no_goodbye(&bench, &sessions)
+            .with_context(|| format!("before the {}", fault.name()))?;
         let resumes: usize = bench.check_resumes_went_home()?.iter().sum();
         let detail = bench.lab.apply(fault)?;
         let back = Instant::now();
@@ -113,7 +148,9 @@ fn thirty_sessions_resume_on_their_own_instance_through_faults() -> Result<()> {
         ));
     }
     let mut took = Vec::new();
+    let mut stderr = Vec::new();
     for session in sessions {
+        stderr.push((session.port, std::sync::Arc::clone(&session.ssh.stderr)));
         took.push(session.finish(RUN_TIMEOUT)?);
     }
     let wall = started.elapsed();
@@ -127,10 +164,28 @@ fn thirty_sessions_resume_on_their_own_instance_through_faults() -> Result<()> {
         .sum::<usize>()
         < SESSIONS
     {
-        ensure!(
-            Instant::now() < deadline,
-            "not every session ended on its relay"
-        );
+        if Instant::now() >= deadline {
+            let mut open = String::new();
+            for instance in &bench.instances {
+                let log = instance.relay.log();
+                let ended = ports_of(&log, "session ended");
+                for port in instance.started_ports() {
+                    if !ended.contains(&port) {
+                        let port_text = port.to_string();
+                        for line in log
+                            .lines()
+                            .filter(|l| field(l, "local_port") == Some(port_text.as_str()))
+                        {
+                            open.push_str(&format!("{}: {line}\n", instance.name));
+                        }
+                        for (_, lines) in stderr.iter().filter(|(p, _)| *p == port) {
+                            open.push_str(&format!("its client said:\n{}", lines.text()));
+                        }
+                    }
+                }
+            }
+            anyhow::bail!("not every session ended on its relay; those still open:\n{open}");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     eprintln!(
