@@ -210,7 +210,7 @@ impl Connector {
     fn quic_allowed(&self) -> bool {
         lock(&self.way)
             .as_ref()
-            .is_none_or(|way| way.quic.is_some())
+            .map_or(true, |way| way.quic.is_some())
     }
 
     /// The instance a connection names, once the session is open.

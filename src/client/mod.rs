@@ -398,7 +398,7 @@ where
             drop(transport);
             transport = match self.detached(reason).await {
                 AfterDetached::Ended(result) => return result,
-                AfterDetached::Resumed(transport) => transport,
+                AfterDetached::Resumed(transport) => *transport,
             };
         }
     }

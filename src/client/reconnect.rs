@@ -43,7 +43,7 @@ pub(super) enum AfterDetached {
     /// The client is done, well or badly.
     Ended(Result<ClientReport, ClientError>),
     /// The session resumed on this transport.
-    Resumed(Transport),
+    Resumed(Box<Transport>),
 }
 
 /// What ends a spell of the link running detached.
@@ -175,7 +175,7 @@ where
             attempts,
             replayed: self.link.session().stats().bytes_replayed - replayed_before,
         });
-        AfterDetached::Resumed(transport)
+        AfterDetached::Resumed(Box::new(transport))
     }
 }
 
