@@ -8,7 +8,9 @@
 //!   change, a 10 s silent partition and a reset storm: every resume lands
 //!   on the instance that holds its session (each relay's log names only
 //!   sessions it started, and none refused an unknown one), every ssh
-//!   exits 0. Prints sessions and throughput per instance.
+//!   exits 0, and every session ends on its relay — or, if a fault cut its
+//!   last exchange short, is held by it as README's "Ending the client"
+//!   says. Prints sessions and throughput per instance.
 //! * One instance drained (`draining = true`, reload): HAProxy sees it
 //!   drain through the agent-check, its sessions resume to it and finish,
 //!   new sessions go elsewhere. Then one instance killed for good (its
