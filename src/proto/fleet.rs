@@ -194,9 +194,15 @@ impl FromStr for QuicRoute {
         match text.trim() {
             DIRECT => Ok(QuicRoute::Direct),
             TCP_ONLY => Ok(QuicRoute::TcpOnly),
-            other => other.parse().map(QuicRoute::At).map_err(|_| {
-                format!("{text:?} is neither {DIRECT:?}, {TCP_ONLY:?} nor an ADDR:PORT")
-            }),
+            other => match other.parse::<SocketAddr>() {
+                Ok(addr) if addr.ip().is_unspecified() || addr.port() == 0 => Err(format!(
+                    "{text:?} is not an address clients can send QUIC to (no unspecified address, no port 0)"
+                )),
+                Ok(addr) => Ok(QuicRoute::At(addr)),
+                Err(_) => Err(format!(
+                    "{text:?} is neither {DIRECT:?}, {TCP_ONLY:?} nor an ADDR:PORT"
+                )),
+            },
         }
     }
 }
@@ -295,5 +301,9 @@ mod tests {
         }
         assert!("sometimes".parse::<QuicRoute>().is_err());
         assert!("192.0.2.7".parse::<QuicRoute>().is_err());
+        // What the wire refuses, the configuration refuses first.
+        for unreachable in ["0.0.0.0:7022", "[::]:7022", "192.0.2.7:0"] {
+            assert!(unreachable.parse::<QuicRoute>().is_err(), "{unreachable}");
+        }
     }
 }
