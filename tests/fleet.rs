@@ -62,12 +62,12 @@ fn held(relay_log: &str, port: u16, client_said: &str) -> bool {
     let port = port.to_string();
     let relay_last = relay_log
         .lines()
-        .filter(|l| field(l, "local_port") == Some(port.as_str()))
-        .last();
+        .rev()
+        .find(|l| field(l, "local_port") == Some(port.as_str()));
     let client_last = client_said
         .lines()
-        .filter(|l| l.starts_with("resumeproxy: "))
-        .last();
+        .rev()
+        .find(|l| l.starts_with("resumeproxy: "));
     relay_last.is_some_and(|l| l.contains("client lost"))
         && client_last.is_some_and(|l| l.ends_with("reconnecting…"))
 }
