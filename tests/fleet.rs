@@ -8,23 +8,31 @@
 //!   change, a 10 s silent partition and a reset storm: every resume lands
 //!   on the instance that holds its session (each relay's log names only
 //!   sessions it started, and none refused an unknown one), every ssh
-//!   exits 0. Prints sessions and throughput per instance.
+//!   exits 0, and every session ends on its relay — or, if a fault cut its
+//!   last exchange short, is held by it as README's "Ending the client"
+//!   says. Prints sessions and throughput per instance.
 //! * One instance drained (`draining = true`, reload): HAProxy sees it
 //!   drain through the agent-check, its sessions resume to it and finish,
 //!   new sessions go elsewhere. Then one instance killed for good (its
 //!   keeper SIGKILLed): its clients exit 255 with the session-gone line
 //!   within seconds, the others finish.
+//! * A key per instance, every one pinned for the bastion's name: the
+//!   clients of an instance killed for good meet another pinned key when
+//!   they reconnect, and exit 255 saying so (not the impostor's warning).
 //! * QUIC: with a per-instance QUIC address, reconnects go to it (the
 //!   shared address no longer answers UDP); with `quic_address = none`,
-//!   `auto` resumes over TCP. New sessions open over QUIC through a UDP
+//!   `auto` resumes over TCP; with `direct`, a QUIC reconnect that the UDP
+//!   balancer sends to another instance is told so, and the session
+//!   resumes at home over TCP. New sessions open over QUIC through a UDP
 //!   "balancer" (DNAT in the server namespace).
 
 mod support;
 
 use anyhow::{ensure, Context, Result};
-use std::time::{Duration, Instant};
+use resumeproxy::transport::identity::RelayKey;
+use std::time::{Duration, Instant, SystemTime};
 use support::faults::serial;
-use support::fleet::{EchoSsh, FleetBench, INSTANCES};
+use support::fleet::{field, ports_of, EchoSsh, FleetBench, INSTANCES};
 use support::netns::Fault;
 use support::process::wait_progress;
 
@@ -41,6 +49,37 @@ const SESSION_BYTES: u64 = 12 << 20;
 /// The total echoed so far.
 fn echoed(sessions: &[EchoSsh]) -> u64 {
     sessions.iter().map(EchoSsh::received).sum()
+}
+
+/// How long after a fault is lifted a relay may still notice the link it
+/// broke (the dead-peer interval, and some).
+const NOTICED_WITHIN: Duration = Duration::from_secs(2);
+
+/// Whether the session on `port`, whose ssh is done, was left to its relay
+/// by a fault in its last exchange: ssh had everything and exited, and its
+/// client could not tell the relay (it gets `END_WAIT`, 400 ms, for that).
+/// The relay keeps such a session for its grace period (README, "Ending the
+/// client"): its last line of it is `client lost`, logged while one of the
+/// `faults` (from, to) broke the link.
+fn held(relay_log: &str, port: u16, faults: &[(SystemTime, SystemTime)]) -> bool {
+    let port = port.to_string();
+    let Some(last) = relay_log
+        .lines()
+        .rev()
+        .find(|l| field(l, "local_port") == Some(port.as_str()))
+    else {
+        return false;
+    };
+    let at = last
+        .split_whitespace()
+        .next()
+        .and_then(|stamp| humantime::parse_rfc3339(stamp).ok());
+    last.contains("client lost")
+        && at.is_some_and(|at| {
+            faults
+                .iter()
+                .any(|&(from, to)| from <= at && at <= to + NOTICED_WITHIN)
+        })
 }
 
 #[test]
@@ -74,13 +113,16 @@ fn thirty_sessions_resume_on_their_own_instance_through_faults() -> Result<()> {
         (total / 2, Fault::ResetBurst(Duration::from_secs(1))),
     ];
     let mut report = Vec::new();
+    let mut fault_windows = Vec::new();
     for (at, fault) in faults {
         let progress = || Ok(echoed(&sessions));
         let mut running = || Ok(true);
         wait_progress(&progress, &mut running, at, RUN_TIMEOUT)
             .with_context(|| format!("before the {}", fault.name()))?;
         let resumes: usize = bench.check_resumes_went_home()?.iter().sum();
+        let from = SystemTime::now();
         let detail = bench.lab.apply(fault)?;
+        fault_windows.push((from, SystemTime::now()));
         let back = Instant::now();
         let at_lift = echoed(&sessions);
         // Every session still going resumes, and data flows again.
@@ -107,26 +149,51 @@ fn thirty_sessions_resume_on_their_own_instance_through_faults() -> Result<()> {
         ));
     }
     let mut took = Vec::new();
+    let mut stderr = Vec::new();
     for session in sessions {
+        stderr.push((session.port, std::sync::Arc::clone(&session.ssh.stderr)));
         took.push(session.finish(RUN_TIMEOUT)?);
     }
     let wall = started.elapsed();
     let resumes = bench.check_resumes_went_home()?;
-    // The relays log each end once the client has said goodbye.
+    // The relays log each end once the client has said goodbye; a
+    // session whose goodbye a fault cut short is held instead.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while bench
-        .instances
-        .iter()
-        .map(|i| i.carried().sessions)
-        .sum::<usize>()
-        < SESSIONS
-    {
+    let held_per_instance = loop {
+        let mut open = String::new();
+        let mut held_per_instance = vec![0; INSTANCES];
+        for (i, instance) in bench.instances.iter().enumerate() {
+            let log = instance.relay.log();
+            let ended = ports_of(&log, "session ended");
+            for port in instance.started_ports() {
+                if ended.contains(&port) {
+                    continue;
+                }
+                if held(&log, port, &fault_windows) {
+                    held_per_instance[i] += 1;
+                    continue;
+                }
+                let port_text = port.to_string();
+                for line in log
+                    .lines()
+                    .filter(|l| field(l, "local_port") == Some(port_text.as_str()))
+                {
+                    open.push_str(&format!("{}: {line}\n", instance.name));
+                }
+                for (_, lines) in stderr.iter().filter(|(p, _)| *p == port) {
+                    open.push_str(&format!("its client said:\n{}\n", lines.text()));
+                }
+            }
+        }
+        if open.is_empty() {
+            break held_per_instance;
+        }
         ensure!(
             Instant::now() < deadline,
-            "not every session ended on its relay"
+            "not every session ended on its relay; those still open:\n{open}"
         );
         std::thread::sleep(Duration::from_millis(20));
-    }
+    };
     eprintln!(
         "{SESSIONS} sessions of {} MiB each way through HAProxy, in {wall:.1?}:",
         SESSION_BYTES >> 20
@@ -138,18 +205,26 @@ fn thirty_sessions_resume_on_their_own_instance_through_faults() -> Result<()> {
     eprintln!("  |---|---|---|---|---|---|");
     for (i, instance) in bench.instances.iter().enumerate() {
         let carried = instance.carried();
+        let held = held_per_instance[i];
         ensure!(
-            carried.sessions == homes[i].len(),
-            "{} ended {} sessions, started {}",
+            carried.sessions + held == homes[i].len(),
+            "{} ended {} sessions and holds {held}, started {}",
             instance.name,
             carried.sessions,
             homes[i].len()
         );
         let mib = |b: u64| b as f64 / f64::from(1 << 20);
+        let sessions = match held {
+            0 => carried.sessions.to_string(),
+            held => format!(
+                "{} (+{held} held: a fault cut its goodbye)",
+                carried.sessions
+            ),
+        };
         eprintln!(
             "  | {} | {} | {} | {:.0} | {:.0} | {:.1} |",
             instance.name,
-            carried.sessions,
+            sessions,
             resumes[i],
             mib(carried.from_clients),
             mib(carried.to_clients),
@@ -295,6 +370,86 @@ fn a_drained_instance_keeps_its_sessions_and_a_dead_one_ends_its_own() -> Result
     Ok(())
 }
 
+/// Sessions of the run with a key per instance.
+const KEYED_SESSIONS: usize = 3;
+
+#[test]
+fn with_a_key_per_instance_a_dead_instances_clients_exit_and_say_why() -> Result<()> {
+    let _serial = serial();
+    let dir = std::env::temp_dir().join(format!("resumeproxy-fleet-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let keys: Vec<_> = (0..INSTANCES)
+        .map(|i| dir.join(format!("relay-{}.key", i + 1)))
+        .collect();
+    let mut pins = String::new();
+    for key in &keys {
+        let (key, _) = RelayKey::load_or_create(key)?;
+        pins.push_str(&format!("--relay-fingerprint {} ", key.fingerprint()));
+    }
+    let Some(bench) =
+        FleetBench::start(&|i| vec!["--key-file".into(), keys[i].display().to_string()])?
+    else {
+        return Ok(());
+    };
+    // Every instance's key pinned for the bastion's one name.
+    let proxy = bench.proxy(&format!("{pins}{CLIENT}"));
+    let mut sessions = Vec::new();
+    for i in 0..KEYED_SESSIONS {
+        sessions.push(EchoSsh::spawn(
+            &bench,
+            &proxy,
+            LONG_BYTES,
+            700 + i as u64,
+            Some(LONG_RATE),
+        )?);
+    }
+    let mut homes = Vec::new();
+    for session in &mut sessions {
+        let port = session.wait_open()?;
+        homes.push(bench.wait_instance_of(port, Duration::from_secs(10))?);
+    }
+    let dead = homes[0];
+    let dead_name = bench.instances[dead].name.clone();
+    let mut bench = bench;
+    bench.instances[dead].relay.kill();
+    let killed = Instant::now();
+    let mut exits = Vec::new();
+    let mut survivors = Vec::new();
+    for (session, at) in sessions.into_iter().zip(homes) {
+        if at != dead {
+            survivors.push(session);
+            continue;
+        }
+        let mut ssh = session.ssh;
+        let status = ssh.wait(GONE_WITHIN.saturating_sub(killed.elapsed()))?;
+        let took = killed.elapsed();
+        ensure!(
+            status.code() == Some(255),
+            "a client of {dead_name}: ssh {status}"
+        );
+        let line = ssh
+            .stderr
+            .wait_for(0, "another pinned key", Duration::from_secs(5))
+            .with_context(|| format!("its stderr:\n{}", ssh.stderr.text()))?;
+        ensure!(
+            !ssh.stderr.text().contains("IDENTIFICATION HAS CHANGED"),
+            "a trusted key met as an impostor's:\n{}",
+            ssh.stderr.text()
+        );
+        exits.push((took, line));
+    }
+    for session in survivors {
+        session.finish(RUN_TIMEOUT)?;
+    }
+    bench.check_resumes_went_home()?;
+    std::fs::remove_dir_all(&dir)?;
+    eprintln!("a key per instance, every key pinned; {dead_name} killed, its clients exited 255:");
+    for (took, line) in &exits {
+        eprintln!("  after {took:.2?}: {line}");
+    }
+    Ok(())
+}
+
 /// Sessions of each QUIC run, and what each echoes.
 const QUIC_SESSIONS: usize = 3;
 const QUIC_BYTES: u64 = 16 << 20;
@@ -426,12 +581,15 @@ fn quic_run(bench: &FleetBench, seed: u64, transport: &str) -> Result<Vec<(usize
 #[test]
 fn quic_reconnects_go_to_the_instance_address_or_over_tcp() -> Result<()> {
     let _serial = serial();
-    let Some(bench) =
-        FleetBench::start(&|i| vec!["--quic-address".into(), format!("{{server}}:{}", 7101 + i)])?
-    else {
+    let Some(bench) = FleetBench::start(&|_| Vec::new())? else {
         return Ok(());
     };
     udp_balancer(&bench, "-A")?;
+    // In the config files, not as flags (which a reload would not change).
+    let ip = bench.lab.server_addr();
+    for (i, instance) in bench.instances.iter().enumerate() {
+        instance.set_config(&format!("quic_address = \"{ip}:{}\"\n", 7101 + i))?;
+    }
     eprintln!("each instance gives its own QUIC address:");
     quic_run(&bench, 400, "quic")?;
     for instance in &bench.instances {
@@ -440,5 +598,124 @@ fn quic_reconnects_go_to_the_instance_address_or_over_tcp() -> Result<()> {
     eprintln!("each instance gives none (quic_address = \"none\"):");
     quic_run(&bench, 500, "tls")?;
     bench.check_resumes_went_home()?;
+    for instance in &bench.instances {
+        instance.set_config("")?;
+    }
+    eprintln!("each instance gives direct (the default), and QUIC goes astray:");
+    direct_run(&bench, 600)?;
+    bench.check_resumes_went_home()?;
+    Ok(())
+}
+
+/// Where every new UDP flow to the balancer's port goes once the UDP
+/// "balancer" is replaced by [`udp_to_first`]: the first instance.
+const UDP_HOME: usize = 0;
+
+/// Sends every new UDP flow to the balancer's port to the first instance
+/// (flows conntrack already knows keep their instance).
+fn udp_to_first(bench: &FleetBench, op: &str) -> Result<()> {
+    let port = bench.balancer().port().to_string();
+    let to = format!("{}:{}", bench.lab.server_addr(), 7101 + UDP_HOME);
+    bench.lab.server_iptables(&[
+        "-t",
+        "nat",
+        op,
+        "PREROUTING",
+        "-p",
+        "udp",
+        "--dport",
+        &port,
+        "-j",
+        "DNAT",
+        "--to-destination",
+        &to,
+    ])
+}
+
+/// With `direct` (reconnects over QUIC go where the session was opened: the
+/// balancer's address), sessions open over QUIC through the UDP balancer;
+/// then the client's address changes, and every new flow goes to the first
+/// instance. Sessions of the first instance simply migrate; the others'
+/// QUIC paths reach an instance that does not hold them (reset), their
+/// QUIC reconnects are told `OtherInstance`, and they resume at home over
+/// TCP, routed by SNI.
+fn direct_run(bench: &FleetBench, seed: u64) -> Result<()> {
+    let proxy = bench.proxy("--dead-after 1s --transport auto");
+    let mut sessions = Vec::new();
+    for i in 0..QUIC_SESSIONS {
+        sessions.push(EchoSsh::spawn(
+            bench,
+            &proxy,
+            QUIC_BYTES,
+            seed + i as u64,
+            Some(QUIC_RATE),
+        )?);
+    }
+    let mut away = Vec::new();
+    for session in &mut sessions {
+        let port = session.wait_open()?;
+        let home = bench.wait_instance_of(port, Duration::from_secs(10))?;
+        if home != UDP_HOME {
+            away.push((home, port));
+        }
+    }
+    ensure!(
+        !away.is_empty(),
+        "every session opened on {}: the UDP balancer did not spread them",
+        bench.instances[UDP_HOME].name
+    );
+    let progress = || Ok(echoed(&sessions));
+    let mut running = || Ok(true);
+    wait_progress(
+        &progress,
+        &mut running,
+        QUIC_BYTES / 4 * QUIC_SESSIONS as u64,
+        RUN_TIMEOUT,
+    )?;
+    let astray_before = bench.instances[UDP_HOME].relay.count("which holds it");
+    let resumes: usize = bench.check_resumes_went_home()?.iter().sum();
+    udp_balancer(bench, "-D")?;
+    udp_to_first(bench, "-A")?;
+    let detail = bench.lab.apply(Fault::AddressChange)?;
+    let moved = Instant::now();
+    let deadline = moved + Duration::from_secs(20);
+    while bench.check_resumes_went_home()?.iter().sum::<usize>() < resumes + away.len() {
+        ensure!(
+            Instant::now() < deadline,
+            "not every session away from {} resumed",
+            bench.instances[UDP_HOME].name
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let resumed = moved.elapsed();
+    for session in sessions {
+        session.finish(RUN_TIMEOUT)?;
+    }
+    udp_to_first(bench, "-D")?;
+    udp_balancer(bench, "-A")?;
+    for (home, port) in &away {
+        let log = bench.instances[*home].relay.log();
+        for line in log
+            .lines()
+            .filter(|l| l.contains("session resumed") && l.contains(&format!("local_port={port} ")))
+        {
+            ensure!(
+                line.contains("transport=tls"),
+                "resumed over QUIC, which cannot reach its instance: {line}"
+            );
+        }
+    }
+    let astray = bench.instances[UDP_HOME].relay.count("which holds it") - astray_before;
+    ensure!(
+        astray > 0,
+        "no QUIC reconnect reached {} and was told it is another instance",
+        bench.instances[UDP_HOME].name
+    );
+    eprintln!(
+        "  {detail}: {} sessions away from {} resumed over tls within {resumed:.2?} \
+         ({astray} QUIC reconnects told OtherInstance there)",
+        away.len(),
+        bench.instances[UDP_HOME].name
+    );
     Ok(())
 }

@@ -56,6 +56,24 @@ const REASONS: &[&str] = &[
     "TLS handshake failed: ",
 ];
 
+/// The line of a session the relay no longer holds, around its reason.
+const GONE: (&str, &str, &str) = (
+    "resumeproxy: session ",
+    " is gone from relay ",
+    "; the ssh connection is lost",
+);
+
+/// How the reasons for a session gone begin (README, Troubleshooting): the
+/// relay's own words, or the client's.
+const GONE_REASONS: &[&str] = &[
+    "no such session on this relay",
+    "the relay was unreachable for longer than its grace period",
+    // A fleet's instance, reached by a reconnect of another's session.
+    "this is instance ",
+    // The same, found by its key (a key per instance), or a rotated key.
+    "it reached another pinned key of the relay",
+];
+
 /// How ssh's own lines begin (ssh reports its ProxyCommand's exit so).
 const SSH_LINES: &[&str] = &["kex_exchange_identification: ", "Connection closed by "];
 
@@ -72,6 +90,23 @@ fn check_line(line: &str) -> Result<()> {
     }
     if line.starts_with("resumeproxy: relay at ") && line.ends_with(" not answering yet, retrying…")
     {
+        return Ok(());
+    }
+    if let Some(rest) = line.strip_prefix(GONE.0) {
+        let (_, rest) = rest
+            .split_once(GONE.1)
+            .ok_or_else(|| anyhow::anyhow!("{line:?}"))?;
+        let rest = rest
+            .strip_suffix(GONE.2)
+            .ok_or_else(|| anyhow::anyhow!("{line:?}"))?;
+        // After HOST:PORT, whose port is followed by ": ".
+        let Some((_, reason)) = rest.split_once(": ") else {
+            anyhow::bail!("no reason in {line:?}");
+        };
+        ensure!(
+            GONE_REASONS.iter().any(|r| reason.starts_with(r)),
+            "reason {reason:?} of {line:?} is not one of ours"
+        );
         return Ok(());
     }
     if let Some(rest) = line.strip_prefix("resumeproxy: resumed after ") {
@@ -99,6 +134,27 @@ fn check_line(line: &str) -> Result<()> {
         return Ok(());
     }
     anyhow::bail!("{line:?} has none of the documented shapes")
+}
+
+/// The check itself, on lines of every documented kind and a few others.
+#[test]
+fn the_documented_shapes_are_told_from_others() {
+    for ours in [
+        "resumeproxy: link to relay.example lost (connection reset by the relay or by something on the way), reconnecting…",
+        "resumeproxy: session 0123456789abcdef is gone from relay bastion.example:7022: this is instance relay-3, not relay-2, which holds it: relay-2 is down or gone; the ssh connection is lost",
+        "resumeproxy: session 0123456789abcdef is gone from relay bastion.example:7022: it reached another pinned key of the relay (SHA256:a), not the one the session was opened with (SHA256:b): another instance of a fleet, its own being down or gone, or a rotated key; the ssh connection is lost",
+        "resumeproxy: session 0123456789abcdef is gone from relay [2001:db8::1]:7022: no such session on this relay: it expired after its grace period, or the relay was restarted; the ssh connection is lost",
+    ] {
+        assert!(check_line(ours).is_ok(), "{ours}: {:?}", check_line(ours));
+    }
+    for other in [
+        "resumeproxy: session 0123 is gone from relay r:1: Os { code: 2 }; the ssh connection is lost",
+        "resumeproxy: session 0123 is gone from relay r:1: something else; the ssh connection is lost",
+        "resumeproxy: session 0123 is gone from relay r:1: this is instance relay-3",
+        "WARN quinn: sending failed",
+    ] {
+        assert!(check_line(other).is_err(), "{other}");
+    }
 }
 
 #[test]

@@ -116,6 +116,7 @@ async fn tap_one(
         relay.port(),
         Duration::from_secs(5),
         upstream,
+        None,
     )
     .await?;
     let hello = match hello {

@@ -9,6 +9,7 @@
 //! or a harness's input format, and commit the result.
 
 use bytes::BytesMut;
+use resumeproxy::proto::fleet::{Home, QuicRoute};
 use resumeproxy::proto::resume_auth;
 use resumeproxy::proto::wire::{
     Code, Frame, Hello, Preamble, Reply, SessionId, MAX_DATA_LEN, MIN_DATA_LEN, PREAMBLE_LEN,
@@ -161,6 +162,58 @@ fn replies() -> Vec<(&'static str, Reply)> {
                 secret: [3; 32],
                 grace_ms: 3_600_000,
                 max_data: MAX_DATA_LEN as u32,
+                home: Home {
+                    instance: "relay-1".parse().expect("an instance name"),
+                    quic: QuicRoute::Direct,
+                },
+            },
+        ),
+        (
+            "reply-created-fleet-v4",
+            Reply::Created {
+                session: SessionId([9; 16]),
+                secret: [3; 32],
+                grace_ms: 60_000,
+                max_data: MIN_DATA_LEN as u32,
+                home: Home {
+                    instance: "relay-2.bastion.example".parse().expect("an instance name"),
+                    quic: QuicRoute::At("203.0.113.12:7022".parse().expect("an address")),
+                },
+            },
+        ),
+        (
+            "reply-created-fleet-v6",
+            Reply::Created {
+                session: SessionId([9; 16]),
+                secret: [3; 32],
+                grace_ms: 60_000,
+                max_data: MIN_DATA_LEN as u32,
+                home: Home {
+                    instance: "relay-3".parse().expect("an instance name"),
+                    quic: QuicRoute::At("[2001:db8::13]:7022".parse().expect("an address")),
+                },
+            },
+        ),
+        (
+            "reply-created-tcp-only",
+            Reply::Created {
+                session: SessionId([9; 16]),
+                secret: [3; 32],
+                grace_ms: 60_000,
+                max_data: MIN_DATA_LEN as u32,
+                home: Home {
+                    instance: "relay-4".parse().expect("an instance name"),
+                    quic: QuicRoute::TcpOnly,
+                },
+            },
+        ),
+        (
+            "reply-refused-other-instance",
+            Reply::Refused {
+                code: Code::OtherInstance,
+                reason:
+                    "this is instance relay-3, not relay-2, which holds it: relay-2 is down or gone"
+                        .into(),
             },
         ),
         (

@@ -78,9 +78,10 @@ async fn status(json: bool) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     println!(
-        "{:<16} {:<22} {:<9} {:<34} {:>9} {:>10} {:>10} {:>5} {:>5} {:>9} {:>10}",
+        "{:<16} {:<22} {:<14} {:<9} {:<34} {:>9} {:>10} {:>10} {:>5} {:>5} {:>9} {:>10}",
         "ID",
         "RELAY",
+        "INSTANCE",
         "TRANSPORT",
         "STATE",
         "UPTIME",
@@ -103,9 +104,10 @@ async fn status(json: bool) -> ExitCode {
             .rtt_us
             .map_or("-".to_string(), |us| format!("{:.1}ms", us as f64 / 1000.0));
         println!(
-            "{:<16} {:<22} {:<9} {:<34} {:>9} {:>10} {:>10} {:>5} {:>5} {:>9} {:>10}",
+            "{:<16} {:<22} {:<14} {:<9} {:<34} {:>9} {:>10} {:>10} {:>5} {:>5} {:>9} {:>10}",
             r.id,
             r.relay,
+            r.instance,
             r.transport,
             state,
             format_duration(Duration::from_millis(r.uptime_ms)),

@@ -121,7 +121,8 @@ pub enum ClientCommand {
     /// through a relay on loopback while a fault injector breaks the link, and
     /// check that every byte arrived.
     Demo(DemoArgs),
-    /// List this user's live sessions: id, relay, transport, state
+    /// List this user's live sessions: id, relay, the relay's instance
+    /// holding it (in a fleet, the one every reconnect goes to), transport, state
     /// (connected, or reconnecting since when and how many attempts), uptime,
     /// bytes each way, reconnects, moves from TCP back onto QUIC, round-trip
     /// time, bytes waiting for acknowledgement.

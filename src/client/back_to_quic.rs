@@ -27,7 +27,7 @@ use super::trust::Expectation;
 use super::ClientConfig;
 use crate::link::handshake;
 use crate::proto::resume_auth;
-use crate::proto::wire::{Hello, Reply};
+use crate::proto::wire::{Code, Hello, Reply};
 use crate::transport::tls::{self, PinVerifier};
 use crate::transport::{ConnectError, QuicError, Transport};
 use std::future::Future;
@@ -148,18 +148,32 @@ pub(super) fn move_hello(
     }
 }
 
+/// Why the session did not move onto QUIC.
+pub(super) enum NotMoved {
+    /// QUIC reached another instance of the fleet than the session's:
+    /// the relay's words.
+    Astray(String),
+    /// Anything else, in words: another probe may work.
+    Failed(String),
+}
+
 /// Asks the relay to move the session onto `quic`, waiting at most
 /// `timeout`; the position it has received up to, if it did.
 pub(super) async fn ask_move(
     quic: &mut Transport,
     hello: &Hello,
     timeout: Duration,
-) -> Result<u64, String> {
+) -> Result<u64, NotMoved> {
+    let failed = |why: String| Err(NotMoved::Failed(why));
     match tokio::time::timeout(timeout, handshake::client(quic, hello)).await {
         Ok(Ok(Reply::Resumed { received, .. })) => Ok(received),
-        Ok(Ok(Reply::Refused { reason, .. })) => Err(format!("the relay refused: {reason}")),
-        Ok(Ok(Reply::Created { .. })) => Err("the relay answered with a new session".into()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("no answer in time".into()),
+        Ok(Ok(Reply::Refused {
+            code: Code::OtherInstance,
+            reason,
+        })) => Err(NotMoved::Astray(reason)),
+        Ok(Ok(Reply::Refused { reason, .. })) => failed(format!("the relay refused: {reason}")),
+        Ok(Ok(Reply::Created { .. })) => failed("the relay answered with a new session".into()),
+        Ok(Err(e)) => failed(e.to_string()),
+        Err(_) => failed("no answer in time".into()),
     }
 }

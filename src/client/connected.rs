@@ -6,7 +6,7 @@
 //! then the session, see [`super::ending`]), and `resumeproxy status` may ask
 //! how it goes.
 
-use super::back_to_quic::{self, MOVE_TIMEOUT};
+use super::back_to_quic::{self, NotMoved, MOVE_TIMEOUT};
 use super::ending::END_CLOSE_TIMEOUT;
 use super::waits::{Interrupt, Path};
 use super::{Client, ClientError, ClientEvent, ClientReport};
@@ -153,9 +153,15 @@ where
                 tracing::debug!("moved the session onto QUIC (relay had {peer_received})");
                 None
             }
-            Step::Other(Err(why)) => {
+            Step::Other(Err(NotMoved::Failed(why))) => {
                 tracing::debug!("moving onto QUIC failed: {why}; staying on TCP");
                 self.probe.later();
+                None
+            }
+            Step::Other(Err(NotMoved::Astray(why))) => {
+                tracing::debug!("moving onto QUIC failed: {why}; staying on TCP for good");
+                self.connector.quic_astray();
+                self.probe.stop();
                 None
             }
             // Without a transport only the dead-peer check can end the link.

@@ -11,9 +11,16 @@
 //! probe that hears nothing for [`UDP_PROBE_TIME`] while TCP works marks UDP
 //! as blocked on the way to this relay; QUIC is then not tried again for `UDP_RETRY_AFTER` — by this
 //! client, and by the next ones too (see [`crate::client::udp_memory`]).
+//!
+//! Once the session is open, the relay has said where it lives in its fleet
+//! ([`Home`]): every reconnect names that instance as TLS SNI (over TCP the
+//! balancer routes by it), and QUIC goes where the relay said — where the
+//! session was opened, the instance's own address, or nowhere (TCP only,
+//! whatever the choice).
 
 use super::udp_memory;
 use crate::locks::lock;
+use crate::proto::fleet::{Home, InstanceName};
 use crate::transport::quic::{self, QuicClient};
 use crate::transport::{ConnectError, QuicError, Transport};
 use crate::units::{format_duration, host_port};
@@ -70,9 +77,18 @@ pub(crate) enum Plan {
     Race,
 }
 
-/// The plan for an attempt at `now`, given the user's choice and when TCP
-/// last won a race (if it did).
-pub(crate) fn plan(choice: TransportChoice, udp_failed_at: Option<Instant>, now: Instant) -> Plan {
+/// The plan for an attempt at `now`, given the user's choice, when TCP
+/// last won a race (if it did), and whether the session may come back over
+/// QUIC at all (its relay may say it may not: see [`Home`]).
+pub(crate) fn plan(
+    choice: TransportChoice,
+    udp_failed_at: Option<Instant>,
+    now: Instant,
+    quic_allowed: bool,
+) -> Plan {
+    if !quic_allowed {
+        return Plan::Tcp;
+    }
     match choice {
         TransportChoice::Tcp => Plan::Tcp,
         TransportChoice::Quic => Plan::Quic,
@@ -81,6 +97,15 @@ pub(crate) fn plan(choice: TransportChoice, udp_failed_at: Option<Instant>, now:
             _ => Plan::Race,
         },
     }
+}
+
+/// Where an open session's reconnects go.
+#[derive(Debug, Clone)]
+struct Way {
+    /// The instance that holds the session: named as SNI.
+    instance: InstanceName,
+    /// Where QUIC reconnects go; `None`: over TCP only.
+    quic: Option<SocketAddr>,
 }
 
 /// Connects the client to its relay, again and again.
@@ -99,6 +124,8 @@ pub(crate) struct Connector {
     /// When the latest TCP connection attempt ended, and whether it was
     /// refused (nothing listens on the relay's port).
     last_tcp: Mutex<Option<(Instant, bool)>>,
+    /// Once the session is open: where its reconnects go.
+    way: Mutex<Option<Way>>,
 }
 
 impl Connector {
@@ -122,6 +149,7 @@ impl Connector {
             memory,
             quic: Mutex::new(None),
             last_tcp: Mutex::new(None),
+            way: Mutex::new(None),
         };
         if choice == TransportChoice::Auto {
             if let Some(path) = &connector.memory {
@@ -144,6 +172,48 @@ impl Connector {
             }
         }
         connector
+    }
+
+    /// The session is open at `home`, at the relay address `opened_at`:
+    /// from now on every connection names its instance, and QUIC goes
+    /// where its route says.
+    pub(crate) fn settle(&self, home: &Home, opened_at: SocketAddr) {
+        let quic = home.quic.reconnect_to(opened_at);
+        tracing::debug!(
+            "the session lives on instance {}; QUIC reconnects: {}",
+            home.instance,
+            quic.map_or_else(|| "none".to_owned(), |addr| addr.to_string())
+        );
+        *lock(&self.way) = Some(Way {
+            instance: home.instance.clone(),
+            quic,
+        });
+    }
+
+    /// A QUIC connection reached another instance than the session's (a
+    /// UDP balancer cannot route by name): from now on the session comes
+    /// back over TCP only, where the balancer can.
+    pub(crate) fn quic_astray(&self) {
+        if let Some(way) = lock(&self.way).as_mut() {
+            if way.quic.take().is_some() {
+                tracing::debug!(
+                    "QUIC reached another instance than {}: reconnecting over TCP only",
+                    way.instance
+                );
+            }
+        }
+    }
+
+    /// Whether the session may come back over QUIC (before it is open: yes).
+    fn quic_allowed(&self) -> bool {
+        lock(&self.way)
+            .as_ref()
+            .map_or(true, |way| way.quic.is_some())
+    }
+
+    /// The instance a connection names, once the session is open.
+    fn instance(&self) -> Option<InstanceName> {
+        lock(&self.way).as_ref().map(|way| way.instance.clone())
     }
 
     /// The relay as the memory file names it.
@@ -174,7 +244,7 @@ impl Connector {
     /// choice is `auto`; now if UDP is not known to be blocked, else when
     /// that knowledge expires.
     pub(crate) fn quic_probe_at(&self, now: Instant) -> Option<Instant> {
-        if self.choice != TransportChoice::Auto {
+        if self.choice != TransportChoice::Auto || !self.quic_allowed() {
             return None;
         }
         Some(match *lock(&self.udp_failed_at) {
@@ -239,7 +309,12 @@ impl Connector {
         tls: Arc<rustls::ClientConfig>,
     ) -> Result<Transport, ConnectError> {
         let udp_failed_at = *lock(&self.udp_failed_at);
-        match plan(self.choice, udp_failed_at, Instant::now()) {
+        match plan(
+            self.choice,
+            udp_failed_at,
+            Instant::now(),
+            self.quic_allowed(),
+        ) {
             Plan::Tcp => self.connect_tcp(timeout, tls).await,
             Plan::Quic => tokio::time::timeout(timeout, self.connect_quic(tls))
                 .await
@@ -253,7 +328,10 @@ impl Connector {
         timeout: Duration,
         tls: Arc<rustls::ClientConfig>,
     ) -> Result<Transport, ConnectError> {
-        let result = crate::transport::tls::connect(&self.host, self.port, timeout, tls).await;
+        let instance = self.instance();
+        let result =
+            crate::transport::tls::connect(&self.host, self.port, timeout, tls, instance.as_ref())
+                .await;
         let refused = matches!(
             &result,
             Err(ConnectError::Tcp(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
@@ -269,17 +347,26 @@ impl Connector {
         matches!(*lock(&self.last_tcp), Some((at, true)) if at >= since)
     }
 
+    /// A QUIC connection: to the relay's name at first, then where the
+    /// session's route says.
     async fn connect_quic(
         &self,
         tls: Arc<rustls::ClientConfig>,
     ) -> Result<Transport, ConnectError> {
-        let addr = tokio::net::lookup_host((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| ConnectError::Quic(QuicError::Lookup(e)))?
-            .next()
-            .ok_or_else(|| ConnectError::Quic(QuicError::NoAddress(self.host.clone())))?;
+        let way = lock(&self.way).clone();
+        let addr = match way.as_ref().and_then(|way| way.quic) {
+            Some(addr) => addr,
+            None => tokio::net::lookup_host((self.host.as_str(), self.port))
+                .await
+                .map_err(|e| ConnectError::Quic(QuicError::Lookup(e)))?
+                .next()
+                .ok_or_else(|| ConnectError::Quic(QuicError::NoAddress(self.host.clone())))?,
+        };
         let client = self.quic_client(addr)?;
-        client.connect(addr, tls, self.dead_after).await
+        let instance = way.map(|way| way.instance);
+        client
+            .connect(addr, tls, self.dead_after, instance.as_ref())
+            .await
     }
 
     /// The QUIC endpoint for `relay`, made (with its address follower) on
@@ -382,16 +469,65 @@ mod tests {
     #[test]
     fn auto_races_unless_tcp_won_recently() {
         let now = Instant::now();
-        assert_eq!(plan(TransportChoice::Auto, None, now), Plan::Race);
-        assert_eq!(plan(TransportChoice::Auto, Some(now), now), Plan::Tcp);
+        assert_eq!(plan(TransportChoice::Auto, None, now, true), Plan::Race);
+        assert_eq!(plan(TransportChoice::Auto, Some(now), now, true), Plan::Tcp);
         let later = now + UDP_RETRY_AFTER;
-        assert_eq!(plan(TransportChoice::Auto, Some(now), later), Plan::Race);
+        assert_eq!(
+            plan(TransportChoice::Auto, Some(now), later, true),
+            Plan::Race
+        );
     }
 
     #[test]
     fn explicit_choices_are_kept() {
         let now = Instant::now();
-        assert_eq!(plan(TransportChoice::Tcp, None, now), Plan::Tcp);
-        assert_eq!(plan(TransportChoice::Quic, Some(now), now), Plan::Quic);
+        assert_eq!(plan(TransportChoice::Tcp, None, now, true), Plan::Tcp);
+        assert_eq!(
+            plan(TransportChoice::Quic, Some(now), now, true),
+            Plan::Quic
+        );
+    }
+
+    #[test]
+    fn a_session_without_a_quic_route_comes_back_over_tcp_whatever_the_choice() {
+        let now = Instant::now();
+        for choice in [
+            TransportChoice::Tcp,
+            TransportChoice::Quic,
+            TransportChoice::Auto,
+        ] {
+            assert_eq!(plan(choice, None, now, false), Plan::Tcp, "{choice:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_relays_word_decides_where_reconnects_go() {
+        use crate::proto::fleet::QuicRoute;
+        let connector = Connector::new(
+            TransportChoice::Auto,
+            "bastion.example",
+            7022,
+            Duration::from_secs(5),
+            None,
+        );
+        let now = Instant::now();
+        assert!(connector.quic_allowed(), "before the session opens");
+        assert_eq!(connector.instance(), None);
+        assert_eq!(connector.quic_probe_at(now), Some(now));
+        let opened_at: SocketAddr = "192.0.2.1:7022".parse().unwrap();
+        let mut home = Home {
+            instance: "relay-2".parse().unwrap(),
+            quic: QuicRoute::TcpOnly,
+        };
+        connector.settle(&home, opened_at);
+        assert_eq!(connector.instance(), Some(home.instance.clone()));
+        assert!(!connector.quic_allowed());
+        assert_eq!(connector.quic_probe_at(now), None, "no probing");
+        home.quic = QuicRoute::Direct;
+        connector.settle(&home, opened_at);
+        assert!(connector.quic_allowed());
+        connector.quic_astray();
+        assert!(!connector.quic_allowed(), "QUIC reached another instance");
+        assert_eq!(connector.quic_probe_at(now), None);
     }
 }

@@ -31,6 +31,10 @@ pub struct StatusReport {
     pub pid: u32,
     /// The relay, `host:port`.
     pub relay: String,
+    /// The relay's instance that holds the session (its `instance`: in a
+    /// fleet, the one every reconnect names).
+    #[serde(default)]
+    pub instance: String,
     /// The target asked for (`host:port`, host empty for the relay's own).
     pub target: String,
     /// Transport kind (`tls`).
@@ -267,6 +271,7 @@ mod tests {
             id: "ab12".into(),
             pid,
             relay: "relay:7022".into(),
+            instance: "relay-1".into(),
             target: ":22".into(),
             transport: "tls".into(),
             link: LinkState::Reconnecting {

@@ -278,7 +278,10 @@ where
         grace,
         max_data,
         relay_key,
+        home,
     } = opened;
+    // Every reconnect goes to the instance that holds the session.
+    connector.settle(&home, transport.peer);
     on_event(ClientEvent::Connected {
         relay: transport.peer,
         transport: transport.kind,
@@ -297,6 +300,7 @@ where
     let vitals = Vitals {
         id: session_id,
         relay: addr.clone(),
+        instance: home.instance.to_string(),
         // Without --relay, the relay's own target: the host ssh was given.
         target: host_port(
             if config.target_host.is_empty() {
@@ -394,7 +398,7 @@ where
             drop(transport);
             transport = match self.detached(reason).await {
                 AfterDetached::Ended(result) => return result,
-                AfterDetached::Resumed(transport) => transport,
+                AfterDetached::Resumed(transport) => *transport,
             };
         }
     }

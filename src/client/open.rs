@@ -10,6 +10,7 @@ use super::trust::{self, Expectation};
 use super::{ClientConfig, ClientError, ClientEvent};
 use crate::link::handshake::{self, HandshakeError};
 use crate::proto::backoff::Backoff;
+use crate::proto::fleet::Home;
 use crate::proto::reconnect::refusal_may_pass;
 use crate::proto::wire::{Code, Hello, Reply, SessionId, SECRET_LEN};
 use crate::transport::identity::Fingerprint;
@@ -69,6 +70,8 @@ pub(super) struct Opened {
     pub(super) max_data: usize,
     /// The key the relay presented.
     pub(super) relay_key: Fingerprint,
+    /// Where the session lives in its fleet.
+    pub(super) home: Home,
 }
 
 /// Opens a new session within the connect timeout, checking the relay's key
@@ -279,6 +282,7 @@ async fn open(
             secret,
             grace_ms,
             max_data,
+            home,
         }) => Ok(Opened {
             transport,
             session,
@@ -286,6 +290,7 @@ async fn open(
             grace: Duration::from_millis(grace_ms),
             max_data: max_data as usize,
             relay_key,
+            home,
         }),
         Ok(Reply::Refused { code, reason }) => Err(OpenError::Refused(code, reason)),
         Ok(Reply::Resumed { .. }) => Err(OpenError::Unusable(

@@ -14,9 +14,9 @@ use crate::link::handshake;
 use crate::link::{Outcome, Step};
 use crate::proto::reconnect::{refusal_may_pass, Next, Reconnect};
 use crate::proto::resume_auth;
-use crate::proto::wire::{Hello, Reply, SessionId, SECRET_LEN};
+use crate::proto::wire::{Code, Hello, Reply, SessionId, SECRET_LEN};
 use crate::transport::identity::Fingerprint;
-use crate::transport::Transport;
+use crate::transport::{Transport, TransportKind};
 use crate::units::format_duration;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU32, Ordering, Ordering as AtomicOrdering};
@@ -43,7 +43,7 @@ pub(super) enum AfterDetached {
     /// The client is done, well or badly.
     Ended(Result<ClientReport, ClientError>),
     /// The session resumed on this transport.
-    Resumed(Transport),
+    Resumed(Box<Transport>),
 }
 
 /// What ends a spell of the link running detached.
@@ -180,7 +180,7 @@ where
             attempts,
             replayed: self.link.session().stats().bytes_replayed - replayed_before,
         });
-        AfterDetached::Resumed(transport)
+        AfterDetached::Resumed(Box::new(transport))
     }
 }
 
@@ -235,6 +235,18 @@ async fn reconnect(
         let jitter: f64 = rand::random();
         let next = match attempt {
             Attempt::Answered { transport, reply } => {
+                if let Reply::Refused {
+                    code: Code::OtherInstance,
+                    reason,
+                } = &reply
+                {
+                    if transport.kind == TransportKind::Quic {
+                        // A UDP balancer cannot route by name; TCP's can.
+                        tracing::debug!("attempt {attempts} over QUIC: {reason}");
+                        connector.quic_astray();
+                        continue;
+                    }
+                }
                 match &reply {
                     Reply::Refused { code, reason } if refusal_may_pass(*code) => {
                         tracing::debug!("attempt {attempts}: relay refused for now: {reason}");
@@ -256,14 +268,20 @@ async fn reconnect(
                 }
             }
             Attempt::Failed(OpenError::KeyChanged(seen)) => {
+                let expectation = Expectation::for_relay(&config.trust, &addr).ok();
+                if expectation.as_ref().is_some_and(|e| e.pins_another(&seen)) {
+                    // A key the user trusts for this relay, not the
+                    // session's: nothing nasty, but no resume there.
+                    return Err(ClientError::SessionGone {
+                        addr,
+                        session,
+                        reason: other_pinned_key(&seen, &resume.relay_key),
+                    });
+                }
                 // Say where the key is pinned, as a new connection would:
-                // the user removes that line if the change is expected. If
-                // the trust source no longer refuses the new key (edited
-                // meanwhile), the refusal is that a session must meet the
-                // key it was opened with; never blame a --relay-fingerprint
-                // the user did not give.
-                let expectation = Expectation::for_relay(&config.trust, &addr)
-                    .ok()
+                // the user removes that line if the change is expected.
+                // Never blame a --relay-fingerprint the user did not give.
+                let expectation = expectation
                     .filter(|e| !e.is_first_use() && !e.accepts(&seen))
                     .unwrap_or_else(|| Expectation::exactly(resume.relay_key));
                 let changed = expectation.changed(&config.trust, &addr, seen);
@@ -336,6 +354,14 @@ async fn resume_once(config: &ClientConfig, connector: &Connector, resume: &Resu
         },
         Err(e) => Attempt::Failed(open::handshake_failure(&e)),
     }
+}
+
+/// Why a session is gone whose reconnect met `seen`, a key pinned for its
+/// relay, instead of `opened_with`, the key it was opened with.
+fn other_pinned_key(seen: &Fingerprint, opened_with: &Fingerprint) -> String {
+    format!(
+        "it reached another pinned key of the relay ({seen}), not the one the session was opened with ({opened_with}): another instance of a fleet, its own being down or gone, or a rotated key"
+    )
 }
 
 /// How a link ended, in words (for what should never happen).

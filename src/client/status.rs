@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 pub(super) struct Vitals {
     pub(super) id: SessionId,
     pub(super) relay: String,
+    /// The relay's instance that holds the session.
+    pub(super) instance: String,
     pub(super) target: String,
     pub(super) transport: TransportKind,
     pub(super) opened: Instant,
@@ -35,6 +37,7 @@ impl Vitals {
             id: self.id.to_string(),
             pid: std::process::id(),
             relay: self.relay.clone(),
+            instance: self.instance.clone(),
             target: self.target.clone(),
             transport: self.transport.to_string(),
             link: match self.lost_at {

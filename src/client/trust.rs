@@ -80,6 +80,14 @@ impl Expectation {
         self.is_first_use() || self.accepted.contains(seen)
     }
 
+    /// Whether `seen` is pinned (not trusted on first use): a reconnect that
+    /// meets it where its session's key was expected has reached another
+    /// instance of a fleet whose keys are all pinned, or a relay whose key
+    /// was rotated — not an impostor.
+    pub fn pins_another(&self, seen: &Fingerprint) -> bool {
+        !self.is_first_use() && self.accepts(seen)
+    }
+
     /// The error for a relay that presented `seen` instead.
     pub fn changed(&self, source: &TrustSource, relay: &str, seen: Fingerprint) -> KeyChanged {
         KeyChanged {
@@ -234,5 +242,20 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("--relay-fingerprint"), "{text}");
+    }
+
+    #[test]
+    fn another_pinned_key_is_told_from_an_impostor() {
+        let [a, b, stranger] = [b"a", b"b", b"c"].map(|k| Fingerprint::of_spki(k));
+        let fleet = Expectation::for_relay(&TrustSource::Fingerprints(vec![a, b]), "r:7022")
+            .expect("an expectation");
+        assert!(fleet.pins_another(&b) && fleet.pins_another(&a));
+        assert!(!fleet.pins_another(&stranger));
+        let first_use = Expectation {
+            accepted: Vec::new(),
+            pins: Vec::new(),
+            session: false,
+        };
+        assert!(!first_use.pins_another(&stranger), "nothing is pinned yet");
     }
 }

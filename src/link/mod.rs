@@ -23,14 +23,14 @@ pub mod handshake;
 use crate::proto::connection::{Connection, ConnectionError, MAX_IO_SLICES};
 use crate::proto::session::Session;
 use crate::proto::wire::{Code, MAX_DATA_LEN};
-use crate::transport::{describe, Transport};
+use crate::transport::{describe, Transport, TransportKind};
 use crate::units::format_duration;
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::pin::{pin, Pin};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 use tokio_util::io::poll_read_buf;
 
@@ -317,8 +317,18 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
     }
 }
 
+/// Bytes read at a time, and dropped, while a closed TCP transport waits
+/// for its peer to close too.
+const LINGER_READ: usize = 4096;
+
 /// Sends a [`Frame::Close`](crate::proto::wire::Frame::Close) after whatever is queued, waiting at most
 /// `timeout`. Best effort: the transport is dropped after it either way.
+///
+/// On TCP it then reads, and drops, what the peer still sends until the
+/// peer closes too (a lingering close): a socket closed with bytes unread
+/// is reset, and a reset can overtake what was sent before it — a
+/// balancer between the ends (HAProxy) drops what it still holds for the
+/// other side, the close included.
 pub(crate) async fn close_transport(
     transport: &mut Transport,
     code: Code,
@@ -331,6 +341,10 @@ pub(crate) async fn close_transport(
         // the process may exit right after.
         if flush(transport).await.is_ok() {
             let _ = poll_fn(|cx| Pin::new(&mut transport.stream).poll_shutdown(cx)).await;
+            if transport.kind == TransportKind::Tls {
+                let mut scratch = [0u8; LINGER_READ];
+                while matches!(transport.stream.read(&mut scratch).await, Ok(n) if n > 0) {}
+            }
         }
     };
     let _ = tokio::time::timeout(timeout, delivered).await;

@@ -28,6 +28,7 @@
 //! header announces more; during the handshake the read buffer grows only by
 //! what the caller reads (see [`read_buf`](Connection::read_buf)).
 
+use crate::proto::fleet::Home;
 use crate::proto::session::{ProtocolError, Session};
 use crate::proto::wire::{
     split_message_within, Code, DecodeError, Frame, Hello, Preamble, Reply, SessionId,
@@ -352,19 +353,22 @@ impl Connection {
 
     /// Answers the hello with a new session, which the caller has made:
     /// its id and secret, how long the relay keeps it while the client is
-    /// away, and the largest data frame it carries. The connection is open.
+    /// away, the largest data frame it carries, and where it lives in its
+    /// fleet. The connection is open.
     pub fn accept_new(
         &mut self,
         session: SessionId,
         secret: [u8; SECRET_LEN],
         grace: Duration,
         max_data: usize,
+        home: Home,
     ) {
         let reply = Reply::Created {
             session,
             secret,
             grace_ms: millis(grace),
             max_data: u32::try_from(max_data).unwrap_or(u32::MAX),
+            home,
         };
         self.answer(&reply, State::Open);
     }

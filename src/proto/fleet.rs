@@ -135,6 +135,54 @@ pub enum QuicRoute {
     TcpOnly,
 }
 
+impl QuicRoute {
+    /// Where a QUIC reconnect of a session goes: `opened_at` is the
+    /// relay's address the session was opened at (over either transport).
+    /// `None`: not over QUIC at all.
+    pub fn reconnect_to(self, opened_at: SocketAddr) -> Option<SocketAddr> {
+        match self {
+            QuicRoute::Direct => Some(opened_at),
+            QuicRoute::At(addr) => Some(addr),
+            QuicRoute::TcpOnly => None,
+        }
+    }
+}
+
+/// Where a session lives in its fleet, as the relay that created it says
+/// (in `Reply::Created`): the instance that holds it, named as SNI by every
+/// reconnect, and how its reconnects come back over QUIC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Home {
+    /// The instance that holds the session.
+    pub instance: InstanceName,
+    /// How the session comes back over QUIC.
+    pub quic: QuicRoute,
+}
+
+/// A connection that reached an instance other than the one its session
+/// lives on: what the client named (as SNI), and which instance this is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("this is instance {here}, not {named}, which holds it: {named} is down or gone")]
+pub struct OtherInstance {
+    /// The instance the client named: the session's.
+    pub named: InstanceName,
+    /// The instance it reached.
+    pub here: InstanceName,
+}
+
+/// Whether a resume of a session this instance (`here`) does not hold went
+/// astray: its connection named another instance (`sni`, the TLS server
+/// name the client sent). A resume that names no instance, or this one,
+/// or something that is not an instance name, is not: it is refused as a
+/// session unknown here.
+pub fn astray(sni: Option<&str>, here: &InstanceName) -> Option<OtherInstance> {
+    let named: InstanceName = sni?.parse().ok()?;
+    (named != *here).then(|| OtherInstance {
+        named,
+        here: here.clone(),
+    })
+}
+
 /// The words of [`QuicRoute`]'s text form.
 const DIRECT: &str = "direct";
 const TCP_ONLY: &str = "none";
@@ -146,9 +194,15 @@ impl FromStr for QuicRoute {
         match text.trim() {
             DIRECT => Ok(QuicRoute::Direct),
             TCP_ONLY => Ok(QuicRoute::TcpOnly),
-            other => other.parse().map(QuicRoute::At).map_err(|_| {
-                format!("{text:?} is neither {DIRECT:?}, {TCP_ONLY:?} nor an ADDR:PORT")
-            }),
+            other => match other.parse::<SocketAddr>() {
+                Ok(addr) if addr.ip().is_unspecified() || addr.port() == 0 => Err(format!(
+                    "{text:?} is not an address clients can send QUIC to (no unspecified address, no port 0)"
+                )),
+                Ok(addr) => Ok(QuicRoute::At(addr)),
+                Err(_) => Err(format!(
+                    "{text:?} is neither {DIRECT:?}, {TCP_ONLY:?} nor an ADDR:PORT"
+                )),
+            },
         }
     }
 }
@@ -217,6 +271,29 @@ mod tests {
     }
 
     #[test]
+    fn quic_reconnects_go_where_the_route_says() {
+        let opened: SocketAddr = "192.0.2.1:7022".parse().unwrap();
+        let own: SocketAddr = "192.0.2.11:7022".parse().unwrap();
+        assert_eq!(QuicRoute::Direct.reconnect_to(opened), Some(opened));
+        assert_eq!(QuicRoute::At(own).reconnect_to(opened), Some(own));
+        assert_eq!(QuicRoute::TcpOnly.reconnect_to(opened), None);
+    }
+
+    #[test]
+    fn a_resume_is_astray_only_when_it_names_another_instance() {
+        let here: InstanceName = "relay-3".parse().unwrap();
+        assert_eq!(astray(None, &here), None);
+        assert_eq!(astray(Some("relay-3"), &here), None);
+        assert_eq!(astray(Some("RELAY-3"), &here), None, "SNI is case-blind");
+        assert_eq!(astray(Some("192.0.2.1"), &here), None);
+        let astray = astray(Some("relay-2"), &here).expect("astray");
+        assert_eq!(
+            astray.to_string(),
+            "this is instance relay-3, not relay-2, which holds it: relay-2 is down or gone"
+        );
+    }
+
+    #[test]
     fn quic_routes_read_back_as_written() {
         for text in ["direct", "none", "192.0.2.7:7022", "[2001:db8::1]:7022"] {
             let route: QuicRoute = text.parse().unwrap();
@@ -224,5 +301,9 @@ mod tests {
         }
         assert!("sometimes".parse::<QuicRoute>().is_err());
         assert!("192.0.2.7".parse::<QuicRoute>().is_err());
+        // What the wire refuses, the configuration refuses first.
+        for unreachable in ["0.0.0.0:7022", "[::]:7022", "192.0.2.7:0"] {
+            assert!(unreachable.parse::<QuicRoute>().is_err(), "{unreachable}");
+        }
     }
 }

@@ -96,7 +96,8 @@ pub enum Next {
 /// Why the client knows its session is gone.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Gone {
-    /// The relay said it does not know the session; its words.
+    /// The relay said it does not hold the session (it expired, or this is
+    /// another instance of a fleet than the one that holds it); its words.
     #[error("{0}")]
     Unknown(String),
     /// Nothing reached the relay for longer than its grace period (and the
@@ -197,7 +198,7 @@ impl Reconnect {
                 peer_received: received,
             },
             Reply::Refused {
-                code: Code::UnknownSession,
+                code: Code::UnknownSession | Code::OtherInstance,
                 reason,
             } => Next::Gone(Gone::Unknown(reason)),
             Reply::Refused { code, reason } if !refusal_may_pass(code) => {

@@ -18,6 +18,7 @@ use super::target_policy::Target;
 use super::{Shared, CLOSE_TIMEOUT, TARGET_CONNECT_TIMEOUT};
 use crate::link::flush;
 use crate::link::handshake::{self, HandshakeError, NOT_A_CLIENT_NOTICE};
+use crate::proto::fleet::{self, Home};
 use crate::proto::proxy_header;
 use crate::proto::resume_auth::{self, ResumeRefused, MAX_FAILURES};
 use crate::proto::session::{MAX_DEAD_AFTER, MIN_DEAD_AFTER};
@@ -208,6 +209,12 @@ async fn serve(
         } => {
             let ip = peer.ip();
             let found = shared.table.lookup(&session);
+            if found.is_none() {
+                let here = &shared.config().fleet.instance;
+                if let Some(astray) = fleet::astray(transport.server_name.as_deref(), here) {
+                    return refuse(&mut transport, Refusal::OtherInstance(astray)).await;
+                }
+            }
             let authorized = resume_auth::authorize(
                 &mut shared.failures(),
                 ip,
@@ -343,9 +350,13 @@ async fn open_session(
     };
     let (tx, rx) = mpsc::channel(ATTACH_QUEUE);
     shared.table.insert(session, Entry { secret, attach: tx });
+    let home = Home {
+        instance: config.fleet.instance.clone(),
+        quic: config.fleet.quic_route,
+    };
     transport
         .connection
-        .accept_new(session, secret, config.grace, max_data as usize);
+        .accept_new(session, secret, config.grace, max_data as usize, home);
     let answered = tokio::time::timeout(limits.handshake_timeout, flush(&mut transport))
         .await
         .unwrap_or_else(|elapsed| Err(io::Error::new(io::ErrorKind::TimedOut, elapsed)));

@@ -3,7 +3,7 @@
 //! client's user reads and the relay's log says.
 
 use super::target_policy::{Target, TargetRefused};
-use crate::proto::fleet::InstanceName;
+use crate::proto::fleet::{InstanceName, OtherInstance};
 use crate::proto::resume_auth::ResumeRefused;
 use crate::proto::session::ProtocolError;
 use crate::proto::wire::Code;
@@ -43,6 +43,10 @@ pub(super) enum Refusal {
     /// The resume was not authorized (throttled, unknown session, wrong proof).
     #[error("{0}")]
     Resume(#[from] ResumeRefused),
+    /// A resume named another instance of the fleet, which holds its
+    /// session (the balancer sent it here because that one is down).
+    #[error("{0}")]
+    OtherInstance(OtherInstance),
     /// The client's resume position is outside what the session holds.
     #[error("{0}")]
     ResumeOutOfRange(#[from] ProtocolError),
@@ -60,6 +64,7 @@ impl Refusal {
             | Refusal::NoRecord(_) => Code::Busy,
             Refusal::TargetUnreachable { .. } | Refusal::TargetSilent(_) => Code::TargetUnreachable,
             Refusal::Resume(refused) => refused.code(),
+            Refusal::OtherInstance(_) => Code::OtherInstance,
             Refusal::ResumeOutOfRange(_) => Code::Protocol,
         }
     }

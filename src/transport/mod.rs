@@ -101,6 +101,9 @@ pub struct Transport {
     pub kind: TransportKind,
     /// On the client: the key the relay presented on this very connection.
     pub relay_key: Option<Fingerprint>,
+    /// On the relay: the server name (TLS SNI) the client sent, if any —
+    /// a reconnect names the fleet instance that holds its session.
+    pub server_name: Option<String>,
     /// The connection's channel binding (see [`tls::channel_binding`]): what
     /// a resume proof is bound to.
     pub binding: [u8; BINDING_LEN],
@@ -209,6 +212,7 @@ impl Transport {
             peer,
             kind,
             relay_key: None,
+            server_name: None,
             binding,
             // Replaced when the handshake starts, as client or as relay.
             connection: Connection::default(),

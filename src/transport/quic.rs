@@ -20,8 +20,9 @@
 
 use super::addresses;
 use super::identity::Fingerprint;
-use super::tls::BINDING_LABEL;
+use super::tls::{self, BINDING_LABEL};
 use super::{ConnectError, NetworkPath, QuicError, Transport, TransportKind};
+use crate::proto::fleet::InstanceName;
 use crate::proto::resume_auth::BINDING_LEN;
 use crate::proto::session::MAX_DEAD_AFTER;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -316,7 +317,13 @@ pub fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
 pub async fn accept(incoming: quinn::Incoming) -> io::Result<Transport> {
     let connection = incoming.accept()?.await?;
     let (send, recv) = connection.accept_bi().await?;
-    transport(connection, send, recv)
+    let server_name = connection
+        .handshake_data()
+        .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|data| data.server_name);
+    let mut transport = transport(connection, send, recv)?;
+    transport.server_name = server_name;
+    Ok(transport)
 }
 
 fn transport(
@@ -393,14 +400,16 @@ impl QuicClient {
 
     /// Connects to the relay at `addr` and opens the session's stream; the
     /// caller bounds it with a timeout. The idle timeout is `dead_after`,
-    /// with keep-alives four times as often.
+    /// with keep-alives four times as often. A reconnect names the
+    /// `instance` that holds its session, as SNI.
     pub async fn connect(
         &self,
         addr: SocketAddr,
         tls: Arc<rustls::ClientConfig>,
         dead_after: Duration,
+        instance: Option<&InstanceName>,
     ) -> Result<Transport, ConnectError> {
-        let crypto = QuicClientConfig::try_from(tls)
+        let crypto = QuicClientConfig::try_from(tls::naming(&tls, instance))
             .map_err(|e| ConnectError::Quic(QuicError::Config(e)))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(transport_config(
@@ -408,8 +417,8 @@ impl QuicClient {
             dead_after,
             Some(dead_after / 4),
         )));
-        // The relay is identified by its pinned key, not by a name.
-        let name = addr.ip().to_string();
+        // The relay is identified by its pinned key, not by this name.
+        let name = instance.map_or_else(|| addr.ip().to_string(), |i| i.as_str().to_owned());
         let connecting = self
             .endpoint
             .connect_with(config, addr, &name)

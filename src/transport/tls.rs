@@ -11,6 +11,7 @@
 
 use super::identity::{Fingerprint, RelayKey};
 use super::{ConnectError, FixedPath, Transport, TransportKind};
+use crate::proto::fleet::InstanceName;
 use crate::proto::resume_auth::BINDING_LEN;
 use crate::units::format_duration;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -25,13 +26,17 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, Error, ServerConfig, SignatureScheme,
 };
 use std::io;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// ALPN protocol name: a TLS peer that is not a resumeproxy peer fails the
-/// handshake instead of exchanging data.
+/// handshake instead of exchanging data. It names the protocol, not its
+/// version, and stays as it is when the version changes: peers of two
+/// versions meet, and the preamble refuses the other version in words
+/// (`Code::Version`) where a changed ALPN would give a bare TLS alert.
 pub const ALPN: &[u8] = b"resumeproxy/2";
 /// Exporter label of the channel binding (RFC 8446 §7.5).
 pub(crate) const BINDING_LABEL: &[u8] = b"EXPORTER-resumeproxy-channel-binding";
@@ -70,6 +75,30 @@ pub fn client_config(verifier: Arc<PinVerifier>) -> Result<Arc<ClientConfig>, Er
     config.resumption = rustls::client::Resumption::disabled();
     config.enable_sni = false;
     Ok(Arc::new(config))
+}
+
+/// `tls` for a connection that names `instance` (the fleet instance that
+/// holds its session) in its hello: with SNI on, which the client's
+/// configuration otherwise leaves off. The relay is still checked by its
+/// pinned key, never by the name.
+pub fn naming(tls: &Arc<ClientConfig>, instance: Option<&InstanceName>) -> Arc<ClientConfig> {
+    match instance {
+        None => Arc::clone(tls),
+        Some(_) => {
+            let mut config = ClientConfig::clone(tls);
+            config.enable_sni = true;
+            Arc::new(config)
+        }
+    }
+}
+
+/// The server name of a connection to the relay at `peer`: the instance
+/// that holds the session, which travels as SNI (what a balancer routes
+/// by), or, for a new session, the relay's address, which TLS never sends.
+pub fn server_name(instance: Option<&InstanceName>, peer: IpAddr) -> ServerName<'static> {
+    instance
+        .and_then(|name| ServerName::try_from(name.as_str().to_owned()).ok())
+        .unwrap_or(ServerName::IpAddress(peer.into()))
 }
 
 /// Accepts a relay whose key matches one of the expected fingerprints, or,
@@ -165,12 +194,14 @@ pub fn channel_binding<D>(
 }
 
 /// Connects to the relay at `host:port` (trying each resolved address)
-/// and completes the TLS handshake, all within `timeout`.
+/// and completes the TLS handshake, all within `timeout`. A reconnect
+/// names the `instance` that holds its session, as SNI.
 pub async fn connect(
     host: &str,
     port: u16,
     timeout: Duration,
     tls: Arc<ClientConfig>,
+    instance: Option<&InstanceName>,
 ) -> Result<Transport, ConnectError> {
     let timed_out = || {
         io::Error::new(
@@ -186,8 +217,9 @@ pub async fn connect(
     tcp.set_nodelay(true).map_err(ConnectError::Tcp)?;
     let peer = tcp.peer_addr().map_err(ConnectError::Tcp)?;
     let local = tcp.local_addr().ok();
-    // The relay is identified by its pinned key, not by a name.
-    let name = ServerName::IpAddress(peer.ip().into());
+    // The relay is identified by its pinned key, not by this name.
+    let name = server_name(instance, peer.ip());
+    let tls = naming(&tls, instance);
     let stream = tokio::time::timeout_at(deadline, TlsConnector::from(tls).connect(name, tcp))
         .await
         .map_err(|_| ConnectError::Tls(timed_out()))?
@@ -273,12 +305,10 @@ pub async fn accept(tcp: TcpStream, tls: &TlsAcceptor) -> io::Result<Transport> 
         .into_stream(Arc::clone(tls.config()))
         .await?;
     let binding = channel_binding(stream.get_ref().1).map_err(io::Error::other)?;
-    Ok(Transport::new(
-        Box::new(stream),
-        peer,
-        TransportKind::Tls,
-        binding,
-    ))
+    let server_name = stream.get_ref().1.server_name().map(str::to_owned);
+    let mut transport = Transport::new(Box::new(stream), peer, TransportKind::Tls, binding);
+    transport.server_name = server_name;
+    Ok(transport)
 }
 
 /// A tokio socket as `std::io` for rustls, without waiting: a call that
@@ -298,5 +328,64 @@ impl io::Write for NonBlocking<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::identity::RelayKey;
+    use tokio::net::TcpListener;
+
+    #[test]
+    fn only_a_connection_that_names_an_instance_sends_sni() {
+        let peer: IpAddr = "192.0.2.1".parse().expect("an address");
+        let instance: InstanceName = "relay-2".parse().expect("a name");
+        assert_eq!(server_name(None, peer), ServerName::IpAddress(peer.into()));
+        assert_eq!(
+            server_name(Some(&instance), peer),
+            ServerName::try_from("relay-2").expect("a DNS name")
+        );
+        let tls = client_config(Arc::new(PinVerifier::new(Vec::new()))).expect("a config");
+        assert!(!tls.enable_sni);
+        assert!(Arc::ptr_eq(&naming(&tls, None), &tls));
+        let named = naming(&tls, Some(&instance));
+        assert!(named.enable_sni);
+        assert_eq!(named.alpn_protocols, tls.alpn_protocols);
+    }
+
+    /// What the relay reads as the client's server name, over a real TLS
+    /// handshake on loopback.
+    async fn sni_seen(instance: Option<&InstanceName>) -> Option<String> {
+        let key = RelayKey::generate().expect("a key");
+        let acceptor = TlsAcceptor::from(server_config(&key).expect("a config"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a listener");
+        let addr = listener.local_addr().expect("its address");
+        let relay = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("a connection");
+            accept(tcp, &acceptor)
+                .await
+                .expect("a handshake")
+                .server_name
+        });
+        let verifier = Arc::new(PinVerifier::new(vec![key.fingerprint()]));
+        let tls = client_config(verifier).expect("a config");
+        let timeout = Duration::from_secs(5);
+        let client = connect("127.0.0.1", addr.port(), timeout, tls, instance)
+            .await
+            .expect("connected");
+        let seen = tokio::time::timeout(timeout, relay)
+            .await
+            .expect("in time")
+            .expect("the relay's task");
+        drop(client);
+        seen
+    }
+
+    #[tokio::test]
+    async fn the_relay_reads_the_instance_a_reconnect_names() {
+        let instance: InstanceName = "relay-2".parse().expect("a name");
+        assert_eq!(sni_seen(Some(&instance)).await.as_deref(), Some("relay-2"));
+        assert_eq!(sni_seen(None).await, None);
     }
 }

@@ -8,6 +8,14 @@ use bytes::Bytes;
 
 const GRACE: Duration = Duration::from_secs(30);
 
+/// Where the tests' sessions live.
+fn home() -> Home {
+    Home {
+        instance: "relay-1".parse().unwrap(),
+        quic: crate::proto::fleet::QuicRoute::Direct,
+    }
+}
+
 fn new_hello() -> Hello {
     Hello::New {
         dead_after_ms: 1000,
@@ -37,14 +45,23 @@ fn opened(now: Instant) -> (Connection, Session, Connection, Session) {
         Ok(Some(Event::HelloReceived(new_hello())))
     );
     assert!(!relay.is_open(), "the relay decides first");
-    relay.accept_new(SessionId([1; 16]), [2; SECRET_LEN], GRACE, MAX_DATA_LEN);
+    relay.accept_new(
+        SessionId([1; 16]),
+        [2; SECRET_LEN],
+        GRACE,
+        MAX_DATA_LEN,
+        home(),
+    );
     assert!(relay.is_open());
     pass(&mut relay, &mut client, 5);
-    let Ok(Some(Event::ReplyReceived(Reply::Created { grace_ms, .. }))) = client.poll_event()
+    let Ok(Some(Event::ReplyReceived(Reply::Created {
+        grace_ms, home: h, ..
+    }))) = client.poll_event()
     else {
         panic!("the client reads the reply");
     };
     assert_eq!(grace_ms, 30_000);
+    assert_eq!(h, home());
     assert!(client.is_open());
     let mut a = Session::new(SessionConfig::default(), now);
     let mut b = Session::new(SessionConfig::default(), now);
@@ -87,7 +104,13 @@ fn frames_sent_right_after_the_reply_wait_for_the_session() {
     let mut relay = Connection::relay();
     pass(&mut client, &mut relay, usize::MAX);
     relay.poll_event().unwrap();
-    relay.accept_new(SessionId([1; 16]), [2; SECRET_LEN], GRACE, MAX_DATA_LEN);
+    relay.accept_new(
+        SessionId([1; 16]),
+        [2; SECRET_LEN],
+        GRACE,
+        MAX_DATA_LEN,
+        home(),
+    );
     let mut b = Session::new(SessionConfig::default(), now);
     b.attach(0, now).unwrap();
     b.push_local(Bytes::from_static(b"banner"));

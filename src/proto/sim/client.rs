@@ -253,7 +253,11 @@ impl Client {
                 secret,
                 grace_ms,
                 max_data,
+                home,
             } => {
+                if home.instance.as_str() != super::relay::INSTANCE {
+                    return Err(format!("client: opened at instance {}", home.instance));
+                }
                 self.config.max_data_len = max_data as usize;
                 let mut session = Session::new(self.config, clock.now());
                 session

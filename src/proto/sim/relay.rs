@@ -10,11 +10,15 @@ use super::local::Local;
 use super::net::{LinkId, Net, Side};
 use super::{Clock, Rng, Trace};
 use crate::proto::connection::Event;
+use crate::proto::fleet::{Home, InstanceName, QuicRoute};
 use crate::proto::reconnect::hold_for;
 use crate::proto::resume_auth::{self, FailureLimiter, ResumeRefused};
 use crate::proto::session::{Session, SessionConfig, MAX_DEAD_AFTER, MIN_DEAD_AFTER};
 use crate::proto::wire::{Code, Hello, SessionId, SECRET_LEN};
 use std::time::Duration;
+
+/// The simulated relay's instance name: a relay on its own.
+pub(super) const INSTANCE: &str = "sim-relay";
 
 /// How long a connection may take to say hello (the relay's default).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -205,7 +209,13 @@ impl Relay {
                 let id = SessionId(rng.bytes());
                 let secret = rng.bytes();
                 let conn = &mut net.links[link].relay.conn;
-                conn.accept_new(id, secret, self.grace, self.config.max_data_len);
+                let home = Home {
+                    instance: INSTANCE
+                        .parse::<InstanceName>()
+                        .map_err(|e| format!("relay: {e}"))?,
+                    quic: QuicRoute::Direct,
+                };
+                conn.accept_new(id, secret, self.grace, self.config.max_data_len, home);
                 let mut config = self.config;
                 config.dead_after = clamp_dead_after(dead_after_ms);
                 let mut session = Session::new(config, now);

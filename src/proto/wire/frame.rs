@@ -34,6 +34,10 @@ pub enum Code {
     /// The relay's process is restarting and keeps the session: reconnect
     /// at once and resume.
     Restarting,
+    /// The resume reached an instance of a fleet other than the one it
+    /// named, the one that holds the session (that one is down, and the
+    /// balancer sent the connection elsewhere).
+    OtherInstance,
     /// A code from a newer peer that this build does not know.
     Other(u8),
 }
@@ -52,6 +56,7 @@ impl Code {
             Code::Shutdown => 8,
             Code::TargetFailed => 9,
             Code::Restarting => 10,
+            Code::OtherInstance => 11,
             Code::Other(n) => n,
         }
     }
@@ -69,6 +74,7 @@ impl Code {
             8 => Code::Shutdown,
             9 => Code::TargetFailed,
             10 => Code::Restarting,
+            11 => Code::OtherInstance,
             n => Code::Other(n),
         }
     }

@@ -7,8 +7,10 @@ use super::{
     MAX_REASON_LEN, MIN_DATA_LEN, PREAMBLE_LEN, PROOF_LEN, PROTOCOL_VERSION, SECRET_LEN,
     SESSION_ID_LEN, T_CLOSE, T_HELLO, T_REPLY,
 };
+use crate::proto::fleet::{Home, InstanceName, QuicRoute, MAX_NAME_LEN};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// The protocol identification each side sends first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +125,8 @@ pub enum Reply {
         /// Largest data frame payload either side may send in this session
         /// (at least [`MIN_DATA_LEN`], at most [`MAX_DATA_LEN`]).
         max_data: u32,
+        /// The instance that holds it, and how it comes back over QUIC.
+        home: Home,
     },
     /// The session was resumed.
     Resumed {
@@ -145,6 +149,10 @@ const HELLO_RESUME: u8 = 1;
 const REPLY_CREATED: u8 = 0;
 const REPLY_RESUMED: u8 = 1;
 const REPLY_REFUSED: u8 = 2;
+const ROUTE_DIRECT: u8 = 0;
+const ROUTE_TCP_ONLY: u8 = 1;
+const ROUTE_V4: u8 = 4;
+const ROUTE_V6: u8 = 6;
 
 impl Hello {
     /// Appends the encoded message to `dst`. A host longer than
@@ -223,13 +231,42 @@ impl Reply {
                 secret,
                 grace_ms,
                 max_data,
+                home,
             } => {
-                put_header(dst, T_REPLY, 1 + SESSION_ID_LEN + SECRET_LEN + 8 + 4);
+                // An instance name is at most MAX_NAME_LEN bytes: its
+                // length fits a byte.
+                let name = home.instance.as_str().as_bytes();
+                let route_len = match home.quic {
+                    QuicRoute::Direct | QuicRoute::TcpOnly => 1,
+                    QuicRoute::At(SocketAddr::V4(_)) => 1 + 4 + 2,
+                    QuicRoute::At(SocketAddr::V6(_)) => 1 + 16 + 2,
+                };
+                put_header(
+                    dst,
+                    T_REPLY,
+                    1 + SESSION_ID_LEN + SECRET_LEN + 8 + 4 + 1 + name.len() + route_len,
+                );
                 dst.put_u8(REPLY_CREATED);
                 dst.put_slice(&session.0);
                 dst.put_slice(secret);
                 dst.put_u64(*grace_ms);
                 dst.put_u32(*max_data);
+                dst.put_u8(name.len() as u8);
+                dst.put_slice(name);
+                match home.quic {
+                    QuicRoute::Direct => dst.put_u8(ROUTE_DIRECT),
+                    QuicRoute::TcpOnly => dst.put_u8(ROUTE_TCP_ONLY),
+                    QuicRoute::At(SocketAddr::V4(addr)) => {
+                        dst.put_u8(ROUTE_V4);
+                        dst.put_slice(&addr.ip().octets());
+                        dst.put_u16(addr.port());
+                    }
+                    QuicRoute::At(SocketAddr::V6(addr)) => {
+                        dst.put_u8(ROUTE_V6);
+                        dst.put_slice(&addr.ip().octets());
+                        dst.put_u16(addr.port());
+                    }
+                }
             }
             Reply::Resumed { received, grace_ms } => {
                 put_header(dst, T_REPLY, 1 + 8 + 8);
@@ -271,11 +308,13 @@ impl Reply {
                 if !(MIN_DATA_LEN..=MAX_DATA_LEN).contains(&(max_data as usize)) {
                     return Err(DecodeError::BadField("reply max_data"));
                 }
+                let home = decode_home(&mut f)?;
                 Reply::Created {
                     session,
                     secret,
                     grace_ms,
                     max_data,
+                    home,
                 }
             }
             REPLY_RESUMED => Reply::Resumed {
@@ -293,4 +332,41 @@ impl Reply {
         f.finish()?;
         Ok(reply)
     }
+}
+
+/// Reads a [`Home`]: the instance's name (a length byte, then a DNS name
+/// in its canonical lower-case form, which is how a relay writes it), then
+/// the QUIC route (a kind byte, and for an address its IP and port, neither
+/// of them zero).
+fn decode_home(f: &mut Fields) -> Result<Home, DecodeError> {
+    let len = f.u8()? as usize;
+    let text = f.text(len, MAX_NAME_LEN)?;
+    let instance: InstanceName = text
+        .parse()
+        .map_err(|_| DecodeError::BadField("reply instance"))?;
+    if instance.as_str() != text {
+        return Err(DecodeError::BadField("reply instance"));
+    }
+    let quic = match f.u8()? {
+        ROUTE_DIRECT => QuicRoute::Direct,
+        ROUTE_TCP_ONLY => QuicRoute::TcpOnly,
+        ROUTE_V4 => {
+            let ip = IpAddr::V4(Ipv4Addr::from(f.array::<4>()?));
+            QuicRoute::At(route_addr(ip, f.u16()?)?)
+        }
+        ROUTE_V6 => {
+            let ip = IpAddr::V6(Ipv6Addr::from(f.array::<16>()?));
+            QuicRoute::At(route_addr(ip, f.u16()?)?)
+        }
+        _ => return Err(DecodeError::BadField("reply quic route")),
+    };
+    Ok(Home { instance, quic })
+}
+
+/// An address a client can send QUIC to: not unspecified, not port 0.
+fn route_addr(ip: IpAddr, port: u16) -> Result<SocketAddr, DecodeError> {
+    if ip.is_unspecified() || port == 0 {
+        return Err(DecodeError::BadField("reply quic address"));
+    }
+    Ok(SocketAddr::new(ip, port))
 }

@@ -36,8 +36,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// The first bytes each side sends: identifies the protocol.
 pub const MAGIC: [u8; 6] = *b"RSPRXY";
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// The protocol version this build speaks. 3: a new session's
+/// [`Reply::Created`] says where it lives in a fleet.
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Length of a [`Preamble`] on the wire.
 pub const PREAMBLE_LEN: usize = MAGIC.len() + 2;
 /// Length of every message header (type and payload length).

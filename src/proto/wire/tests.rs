@@ -2,8 +2,10 @@
 //! input makes a decoder panic or buffer past its limit.
 
 use super::*;
+use crate::proto::fleet::{Home, InstanceName, QuicRoute};
 use bytes::BufMut;
 use proptest::prelude::*;
+use std::net::SocketAddr;
 
 fn code() -> impl Strategy<Value = Code> {
     any::<u8>().prop_map(Code::from_u8)
@@ -51,20 +53,55 @@ fn hello() -> impl Strategy<Value = Hello> {
     ]
 }
 
+/// Instance names: labels of letters, digits and inner hyphens, the last
+/// one not a number, up to the longest a DNS name may be.
+fn instance() -> impl Strategy<Value = InstanceName> {
+    prop_oneof![
+        "[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?(\\.[a-z0-9]{1,5}){0,3}\\.[a-z][a-z0-9]{0,5}",
+        "[a-z]{1,10}",
+        Just(format!(
+            "{}.{}.{}.{}",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61)
+        )),
+    ]
+    .prop_map(|name| name.parse().expect("an instance name"))
+}
+
+fn route() -> impl Strategy<Value = QuicRoute> {
+    prop_oneof![
+        Just(QuicRoute::Direct),
+        Just(QuicRoute::TcpOnly),
+        (any::<[u8; 4]>(), 1..=u16::MAX)
+            .prop_filter("specified", |(ip, _)| *ip != [0; 4])
+            .prop_map(|(ip, port)| QuicRoute::At(SocketAddr::from((ip, port)))),
+        (any::<[u8; 16]>(), 1..=u16::MAX)
+            .prop_filter("specified", |(ip, _)| *ip != [0; 16])
+            .prop_map(|(ip, port)| QuicRoute::At(SocketAddr::from((ip, port)))),
+    ]
+}
+
 fn reply() -> impl Strategy<Value = Reply> {
     prop_oneof![
         (
             any::<[u8; 16]>(),
             any::<[u8; 32]>(),
             any::<u64>(),
-            MIN_DATA_LEN as u32..=MAX_DATA_LEN as u32
+            MIN_DATA_LEN as u32..=MAX_DATA_LEN as u32,
+            instance(),
+            route(),
         )
-            .prop_map(|(id, secret, grace_ms, max_data)| Reply::Created {
-                session: SessionId(id),
-                secret,
-                grace_ms,
-                max_data,
-            }),
+            .prop_map(
+                |(id, secret, grace_ms, max_data, instance, quic)| Reply::Created {
+                    session: SessionId(id),
+                    secret,
+                    grace_ms,
+                    max_data,
+                    home: Home { instance, quic },
+                }
+            ),
         (any::<u64>(), any::<u64>())
             .prop_map(|(received, grace_ms)| Reply::Resumed { received, grace_ms }),
         (code(), ".{0,100}").prop_map(|(code, reason)| Reply::Refused { code, reason }),
@@ -183,4 +220,71 @@ fn long_reasons_are_clipped_on_a_char_boundary() {
         Frame::Close { reason, .. } => assert_eq!(reason.len(), MAX_REASON_LEN),
         other => panic!("unexpected {other:?}"),
     }
+}
+
+/// A created session's reply with `name` as its instance's name (raw, as a
+/// hostile relay might send it) and `route` as its route's bytes.
+fn created_with(name: &[u8], route: &[u8]) -> (u8, Bytes) {
+    let mut payload = vec![0u8];
+    payload.extend_from_slice(&[1; SESSION_ID_LEN + SECRET_LEN]);
+    payload.extend_from_slice(&60_000u64.to_be_bytes());
+    payload.extend_from_slice(&(MIN_DATA_LEN as u32).to_be_bytes());
+    payload.push(name.len() as u8);
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(route);
+    (T_REPLY, Bytes::from(payload))
+}
+
+#[test]
+fn a_created_sessions_home_is_checked_as_hostile_input() {
+    let decode = |name: &[u8], route: &[u8]| {
+        let (kind, payload) = created_with(name, route);
+        Reply::decode(kind, payload)
+    };
+    match decode(b"relay-2", &[1]) {
+        Ok(Reply::Created { home, .. }) => {
+            assert_eq!(home.instance.as_str(), "relay-2");
+            assert_eq!(home.quic, QuicRoute::TcpOnly);
+        }
+        other => panic!("{other:?}"),
+    }
+    let bad_name = Err(DecodeError::BadField("reply instance"));
+    for name in [
+        &b""[..],
+        b"Relay-2",
+        b"relay_2",
+        b"10.0.0.1",
+        b"relay-2.",
+        b"-relay",
+        b"relay 2",
+        b"relay-2\0",
+    ] {
+        assert_eq!(decode(name, &[0]), bad_name, "{name:?}");
+    }
+    assert_eq!(decode(b"r\xc3", &[0]), Err(DecodeError::BadText("reply")));
+    // Longer than a DNS name: refused before it is read.
+    assert_eq!(
+        decode(&[b'a'; 254], &[0]),
+        Err(DecodeError::BadText("reply"))
+    );
+    let bad_address = Err(DecodeError::BadField("reply quic address"));
+    assert_eq!(decode(b"r", &[4, 0, 0, 0, 0, 0x1b, 0x6e]), bad_address);
+    assert_eq!(decode(b"r", &[4, 192, 0, 2, 1, 0, 0]), bad_address);
+    let mut v6 = vec![6];
+    v6.extend_from_slice(&[0; 16]);
+    v6.extend_from_slice(&[0x1b, 0x6e]);
+    assert_eq!(decode(b"r", &v6), bad_address);
+    assert_eq!(
+        decode(b"r", &[9]),
+        Err(DecodeError::BadField("reply quic route"))
+    );
+    assert_eq!(
+        decode(b"r", &[4, 192, 0]),
+        Err(DecodeError::Truncated("reply"))
+    );
+    assert_eq!(decode(b"r", &[]), Err(DecodeError::Truncated("reply")));
+    assert_eq!(
+        decode(b"r", &[0, 0]),
+        Err(DecodeError::TrailingBytes("reply"))
+    );
 }
