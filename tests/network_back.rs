@@ -10,12 +10,11 @@
 //! reconnects at once instead of after its backoff. The loss is timed from
 //! the start of the `ip` command (an upper bound: the kernel's event comes
 //! before `ip` has exited) to the client's line; the resume from the link
-//! carrying packets again — the kernel reporting it `state UP` (`ip
-//! monitor`), which on a loaded machine comes up to a second after `ip link
-//! set up`, since the kernel reports a carrier at most once a second, and
-//! until then the link drops what is sent — to the relay logging the
-//! resume. Both are printed and bounded. The download arrives whole
-//! (sha256).
+//! carrying packets again — the first reply of a UDP echo across it, probed
+//! every 5 ms (on a loaded machine the link drops what is sent for up to a
+//! second after `ip link set up`, until the kernel gets to its carrier) —
+//! to the relay's log line. Both are printed and bounded. The download
+//! arrives whole (sha256).
 
 mod support;
 
@@ -25,8 +24,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::faults::{Bench, PROGRESS_TIMEOUT};
-use support::netns::CLIENT_IF;
-use support::process::{output_within, Lines, Watched};
+use support::netns::{NetLab, CLIENT_IF};
+use support::process::{output_within, Watched};
 use support::relay::LOST;
 use support::sshd::{sha256_file, write_random_file};
 
@@ -46,46 +45,72 @@ fn set_link(bench: &Bench, state: &str) -> Result<()> {
     Ok(())
 }
 
-/// `ip monitor link` in the client's namespace, listening: the kernel's
-/// reports of the client's links, line by line.
-fn monitor_links(bench: &Bench) -> Result<(Watched, Arc<Lines>)> {
-    let mut ip = Command::new("ip");
-    // Time stamps in UTC, as the relay's log.
-    ip.env("TZ", "UTC")
-        .args(["-n", bench.lab.client_ns(), "-ts", "monitor", "link"]);
-    let mut monitor = Watched::spawn(ip, Stdio::null(), Stdio::piped())?;
-    let reports = Lines::collect(monitor.child.stdout.take().context("ip monitor's stdout")?);
-    // In step: a change of no consequence, repeated until the monitor
-    // reports one (then it listens).
-    for attempt in 0..50 {
-        let qlen = (1000 + attempt % 2).to_string();
-        let mut ip = Command::new("ip");
-        ip.args([
-            "-n",
-            bench.lab.client_ns(),
-            "link",
-            "set",
-            CLIENT_IF,
-            "txqueuelen",
-            &qlen,
-        ]);
-        let (status, stderr, _) = output_within(&mut ip, Duration::from_secs(20))?;
-        ensure!(status.success(), "ip link set txqueuelen: {stderr}");
-        if reports
-            .wait_for(0, CLIENT_IF, Duration::from_millis(200))
-            .is_ok()
-        {
-            return Ok((monitor, reports));
-        }
+/// When the path from the client's namespace to the server's carries
+/// packets again: a UDP echo in the server's namespace, and from the
+/// client's a datagram every 5 ms until one comes back (sends fail while
+/// the link is down). Started before the link is set up; returns the time
+/// of the first echo, as microseconds since 1970.
+struct PathProbe {
+    first_echo: std::thread::JoinHandle<Result<i64>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PathProbe {
+    fn start(bench: &Bench) -> Result<PathProbe> {
+        use std::net::UdpSocket;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let server_ns = bench.lab.server_ns().to_owned();
+        let client_ns = bench.lab.client_ns().to_owned();
+        let server_addr = bench.lab.server_addr();
+        let echo = NetLab::in_netns(&server_ns, || Ok(UdpSocket::bind((server_addr, 0))?))?;
+        let target = echo.local_addr()?;
+        let probe = NetLab::in_netns(&client_ns, || Ok(UdpSocket::bind(("0.0.0.0", 0))?))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        echo.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let echo_stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !echo_stop.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = echo.recv_from(&mut buf) {
+                    let _ = echo.send_to(&buf[..n], from);
+                }
+            }
+        });
+        probe.set_read_timeout(Some(Duration::from_millis(5)))?;
+        let probe_stop = Arc::clone(&stop);
+        let first_echo = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut buf = [0u8; 64];
+            while Instant::now() < deadline && !probe_stop.load(Ordering::Relaxed) {
+                // Fails while the link is down: then the wait is the pause.
+                if probe.send_to(b"probe", target).is_err() {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                if probe.recv_from(&mut buf).is_ok() {
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+                    return Ok(i64::try_from(now.as_micros())?);
+                }
+            }
+            bail!("no echo across the link within 10 s")
+        });
+        Ok(PathProbe { first_echo, stop })
     }
-    bail!("ip monitor reported nothing")
+
+    /// The time of the first echo (microseconds since 1970).
+    fn first_echo(self) -> Result<i64> {
+        let result = self
+            .first_echo
+            .join()
+            .map_err(|_| anyhow::anyhow!("the probe panicked"))?;
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        result
+    }
 }
 
 /// Microseconds since 1970 of a UTC time stamp that starts with
-/// `YYYY-MM-DDTHH:MM:SS.ffffff` (`ip -ts`, inside brackets, and the relay's
-/// log lines).
+/// `YYYY-MM-DDTHH:MM:SS.ffffff` (the relay's log lines).
 fn stamp_micros(stamp: &str) -> Option<i64> {
-    let stamp = stamp.trim_start_matches('[');
     let num = |range: std::ops::Range<usize>| stamp.get(range)?.parse::<i64>().ok();
     let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (h, min, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
@@ -105,28 +130,15 @@ fn stamp_micros(stamp: &str) -> Option<i64> {
     Some(((days * 24 + h) * 60 + min) * 60_000_000 + s * 1_000_000 + micros)
 }
 
-/// The time between two time stamps.
-fn between(from: &str, to: &str) -> Result<Duration> {
-    let (a, b) = (stamp_micros(from), stamp_micros(to));
-    let (Some(a), Some(b)) = (a, b) else {
-        bail!("no time stamps in {from:?} and {to:?}")
-    };
-    Ok(Duration::from_micros(u64::try_from(b - a).unwrap_or(0)))
-}
-
 #[test]
 fn stamps_are_read() {
-    assert_eq!(stamp_micros("[1970-01-01T00:00:01.5]"), Some(1_500_000));
+    assert_eq!(stamp_micros("1970-01-01T00:00:01.5Z"), Some(1_500_000));
     let relay = "2026-12-01T06:04:26.839083Z  INFO session resumed";
-    let ip = "[2026-12-01T06:04:26.606981] 2: c0@if3: <BROADCAST,UP> state UP";
-    assert_eq!(between(ip, relay).unwrap(), Duration::from_micros(232_102));
+    assert_eq!(stamp_micros(relay), Some(1_796_105_066_839_083));
+    let (feb, mar) = ("2026-02-28T23:59:59.999999Z", "2026-03-01T00:00:00.000000Z");
     assert_eq!(
-        between(
-            "[2026-02-28T23:59:59.999999]",
-            "2026-03-01T00:00:00.000000Z"
-        )
-        .unwrap(),
-        Duration::from_micros(1)
+        stamp_micros(mar).zip(stamp_micros(feb)).map(|(m, f)| m - f),
+        Some(1)
     );
 }
 
@@ -164,26 +176,22 @@ fn a_link_down_is_abandoned_at_once_and_a_link_up_reconnects_at_once() -> Result
             noticed <= NOTICED_WITHIN,
             "{transport}: noticed after {noticed:?}"
         );
-        let (_monitor, reports) = monitor_links(&bench)?;
-        let from = reports.len();
-        let up = std::time::SystemTime::now();
+        let probe = PathProbe::start(&bench)?;
+        let up = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+        let up = i64::try_from(up.as_micros())?;
         set_link(&bench, "up")?;
-        let running = reports.wait_for(from, "state UP", Duration::from_secs(10))?;
-        let carrier = stamp_micros(&running)
-            .and_then(|at| {
-                let up = up.duration_since(std::time::UNIX_EPOCH).ok()?;
-                u64::try_from(at - i64::try_from(up.as_micros()).ok()?).ok()
-            })
-            .map(Duration::from_micros)
-            .unwrap_or_default();
+        let carries = probe.first_echo()?;
         let resumed = bench
             .relay
             .wait_for_count("session resumed", 1, Duration::from_secs(10))?;
-        let back = between(&running, &resumed)?;
+        let resumed_at =
+            stamp_micros(&resumed).with_context(|| format!("no time stamp in {resumed:?}"))?;
+        let (back, carrier) = (resumed_at - carries, carries - up);
+        let (back_ms, carrier_ms) = (back as f64 / 1000.0, carrier as f64 / 1000.0);
         ensure!(
-            back <= RESUMED_WITHIN,
-            "{transport}: resumed only {back:?} after the link was up again \
-             ({carrier:?} after ip link set up): {resumed}\n{}",
+            back <= i64::try_from(RESUMED_WITHIN.as_micros())?,
+            "{transport}: resumed only {back_ms:.1} ms after the link carried packets again \
+             ({carrier_ms:.0} ms after ip link set up): {resumed}\n{}",
             ssh.stderr.text()
         );
         let exit = ssh.wait(Duration::from_secs(120))?;
@@ -199,8 +207,8 @@ fn a_link_down_is_abandoned_at_once_and_a_link_up_reconnects_at_once() -> Result
         );
         eprintln!(
             "{transport}: link down noticed after {noticed:.0?} ({lost}); \
-             resumed {back:.0?} after the link was up again ({carrier:.0?} \
-             after ip link set up)"
+             resumed {back_ms:+.1} ms from the link carrying packets again \
+             ({carrier_ms:.0} ms after ip link set up)"
         );
     }
     Ok(())
