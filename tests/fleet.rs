@@ -9,8 +9,8 @@
 //!   on the instance that holds its session (each relay's log names only
 //!   sessions it started, and none refused an unknown one), every ssh
 //!   exits 0, and every session ends on its relay — or, if a fault cut its
-//!   last exchange short, is held by it as README's "Ending the client"
-//!   says. Prints sessions and throughput per instance.
+//!   last exchange short, is held by it as "Ending the client" in
+//!   `docs/options.md` says. Prints sessions and throughput per instance.
 //! * One instance drained (`draining = true`, reload): HAProxy sees it
 //!   drain through the agent-check, its sessions resume to it and finish,
 //!   new sessions go elsewhere. Then one instance killed for good (its
@@ -58,7 +58,7 @@ const NOTICED_WITHIN: Duration = Duration::from_secs(2);
 /// Whether the session on `port`, whose ssh is done, was left to its relay
 /// by a fault in its last exchange: ssh had everything and exited, and its
 /// client could not tell the relay (it gets `END_WAIT`, 400 ms, for that).
-/// The relay keeps such a session for its grace period (README, "Ending the
+/// The relay keeps such a session for its grace period (docs/options.md, "Ending the
 /// client"): its last line of it is `client lost`, logged while one of the
 /// `faults` (from, to) broke the link.
 fn held(relay_log: &str, port: u16, faults: &[(SystemTime, SystemTime)]) -> bool {

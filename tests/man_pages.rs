@@ -3,9 +3,9 @@
 //! `src/cli/settings/`); this test fails when they are out of date.
 //! Regenerate with `UPDATE_MAN=1 cargo test --test man_pages`.
 //!
-//! README's option tables and the commented default config in `packaging/`
-//! are written by hand: the tests below check that they name every setting
-//! with its flag and its default.
+//! The option tables of `docs/options.md` and the commented default config
+//! in `packaging/` are written by hand: the tests below check that they name
+//! every setting with its flag and its default.
 
 use clap::CommandFactory;
 use resumeproxy::cli::settings::client::ClientTable;
@@ -80,9 +80,9 @@ fn every_setting() -> impl Iterator<Item = &'static dyn AnySetting> {
 }
 
 #[test]
-fn the_readme_tables_give_every_flag_with_its_default() {
-    let readme = read("README.md");
-    let rows: Vec<&str> = readme.lines().filter(|l| l.starts_with('|')).collect();
+fn the_options_tables_give_every_flag_with_its_default() {
+    let options = read("docs/options.md");
+    let rows: Vec<&str> = options.lines().filter(|l| l.starts_with('|')).collect();
     for setting in every_setting() {
         let Some(flag) = setting.flag() else { continue };
         let named: Vec<&str> = rows
@@ -90,7 +90,7 @@ fn the_readme_tables_give_every_flag_with_its_default() {
             .copied()
             .filter(|row| names_flag(row, &flag))
             .collect();
-        assert!(!named.is_empty(), "README's option tables lack {flag}");
+        assert!(!named.is_empty(), "docs/options.md's tables lack {flag}");
         if setting.computed_default() {
             continue;
         }
@@ -99,7 +99,7 @@ fn the_readme_tables_give_every_flag_with_its_default() {
             let bare = |text: &str| text.split_whitespace().collect::<String>();
             assert!(
                 named.iter().any(|row| bare(row).contains(&bare(&default))),
-                "README gives {flag} no row with its default {default}: {named:?}"
+                "docs/options.md gives {flag} no row with its default {default}: {named:?}"
             );
         }
     }

@@ -1,7 +1,7 @@
 //! The Debian package: built with cargo-deb, installed with dpkg, it puts the
-//! binaries, the systemd unit, the man pages and the default config in
-//! place; the installed relay validates its default config and carries a
-//! real ssh session; the unit passes `systemd-analyze verify`; removing the
+//! binaries, the systemd unit, the man pages, the default config and the
+//! documentation in place; the installed relay validates its default config
+//! and carries a real ssh session; the unit passes `systemd-analyze verify`; removing the
 //! package takes it all away again.
 //!
 //! Needs root, dpkg and cargo-deb (`.ci/run` installs it); otherwise it says
@@ -86,6 +86,10 @@ fn the_debian_package_installs_a_working_relay_and_removes_cleanly() -> Result<(
         "./usr/share/man/man8/resumeproxyd.8",
         "./usr/share/man/man5/resumeproxy.toml.5",
         "./etc/resumeproxy/resumeproxyd.toml",
+        "./usr/share/doc/resumeproxy/README.md",
+        "./usr/share/doc/resumeproxy/SECURITY.md",
+        "./usr/share/doc/resumeproxy/docs/operating.md",
+        "./usr/share/doc/resumeproxy/docs/troubleshooting.md",
     ] {
         assert!(
             listing.contains(file),

@@ -8,7 +8,7 @@
 //! permitted", which quinn logs as a warning), which a second download,
 //! over QUIC only, meets too; meanwhile a third client tries to start (over
 //! QUIC) during the partition and gives up. Every line on stderr must
-//! have one of the shapes README's Troubleshooting documents, with a reason
+//! have one of the shapes docs/troubleshooting.md documents, with a reason
 //! from our own vocabulary: no library logs, no `Debug` output, no URLs, no
 //! OS error numbers. The download arrives whole (sha256).
 
@@ -31,7 +31,7 @@ const SHAPES: &[(&str, &str)] = &[
     ("resumeproxy: cannot reach relay at ", ""),
 ];
 
-/// How the reasons the client gives begin (README, Troubleshooting).
+/// How the reasons the client gives begin (docs/troubleshooting.md).
 const REASONS: &[&str] = &[
     "nothing heard for ",
     "nothing heard over QUIC",
@@ -63,7 +63,7 @@ const GONE: (&str, &str, &str) = (
     "; the ssh connection is lost",
 );
 
-/// How the reasons for a session gone begin (README, Troubleshooting): the
+/// How the reasons for a session gone begin (docs/troubleshooting.md): the
 /// relay's own words, or the client's.
 const GONE_REASONS: &[&str] = &[
     "no such session on this relay",

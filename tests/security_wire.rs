@@ -5,7 +5,7 @@
 //! banner, its key-exchange algorithm names), nor the session's payload
 //! both ways, nor resumeproxy's own preamble, nor the relay's public key;
 //! the same recorder in front of bare sshd sees ssh's banner and algorithm
-//! names, so the check can tell. (README, "Security and the trust model";
+//! names, so the check can tell. (SECURITY.md;
 //! the other promises are in the other `security_*.rs`.)
 
 mod support;

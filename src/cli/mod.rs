@@ -4,8 +4,8 @@
 //! Every setting — a flag, a config-file key, a default — is defined once,
 //! in [`settings`]; the command lines of both programs ([`ClientCli`],
 //! [`RelayCli`]) take their flags from there and define the rest. `--help`,
-//! the man pages (`man/`, generated from these definitions) and the README
-//! follow them (`tests/man_pages.rs` checks). [`config`] reads the config
+//! the man pages (`man/`, generated from these definitions) and
+//! `docs/options.md` follow them (`tests/man_pages.rs` checks). [`config`] reads the config
 //! files and combines them with the flags; [`wrap`] runs a command through
 //! the client; [`init_logging`] sets up logging.
 

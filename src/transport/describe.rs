@@ -5,7 +5,7 @@
 //! `Connection reset by peer (os error 104)`, rustls `peer closed connection
 //! without sending TLS close_notify: https://docs.rs/…`, quinn `connection
 //! lost: timed out`. Everything a transport reports up goes through here
-//! first, so the client's lines (README, Troubleshooting) use one vocabulary.
+//! first, so the client's lines (docs/troubleshooting.md) use one vocabulary.
 
 use std::io;
 

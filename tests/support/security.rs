@@ -1,5 +1,5 @@
 //! What the security tests (`tests/security_*.rs`, one file per promise of
-//! README's "Security and the trust model") share: bounds, the hostile
+//! SECURITY.md) share: bounds, the hostile
 //! sources, a paced upload through a real ssh session, a TLS connection as
 //! anybody can open one, and the check of a refusal.
 

@@ -36,7 +36,7 @@ pub struct Setting<K: Kind> {
     pub flag: Flag,
     /// How its values are parsed and written.
     pub kind: K,
-    /// What it does: for `--help`, the man pages and README.
+    /// What it does: for `--help`, the man pages and `docs/options.md`.
     pub doc: &'static str,
     /// Its value when neither a flag nor the file gives one.
     pub default: Fallback<K::Value>,
@@ -101,7 +101,7 @@ pub trait AnySetting: Sync {
     fn form(&self) -> String;
     /// Its bounds, if it has any: `64KiB to 1GiB`.
     fn bounds(&self) -> Option<String>;
-    /// The default as `--help` and README show it (`8MiB`), if they show one.
+    /// The default as `--help` and `docs/options.md` show it (`8MiB`), if they show one.
     fn default_text(&self) -> Option<String>;
     /// The default as the config file writes it (`"8MiB"`), or the
     /// description of a computed one.
