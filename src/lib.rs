@@ -6,8 +6,8 @@
 //! over a reconnectable transport; after a break each side replays what the
 //! other has not acknowledged, so neither ssh nor sshd ever sees the drop.
 //!
-//! The five layers of the design (`DESIGN.md`) are five places, and imports
-//! point only downwards (`tests/layers.rs` checks it):
+//! The five layers of the design (`DESIGN.md` at the repository's root) are
+//! five places, and imports point only downwards (`tests/layers.rs` checks it):
 //!
 //! 1. [`proto`] — the protocol, pure and sans-IO: the wire codec, the session
 //!    state machine with its replay buffer, the write queue, backoff, and

@@ -1,8 +1,8 @@
 //! The source tree is the design's layers, and imports point only downwards
-//! (`src/lib.rs`, `DESIGN.md`): a module may name its own layer's modules and
-//! those of the layers below it, never one above. The client and the relay,
-//! the two programs' cores, do not name each other; what they share lives in
-//! `link/` or below.
+//! (`src/lib.rs`; `DESIGN.md`, "Layers"): a module may name its own layer's
+//! modules and those of the layers below it, never one above. The client
+//! and the relay, the two programs' cores, do not name each other; what
+//! they share lives in `link/` or below.
 //!
 //! This test reads every file under `src/` (the binaries in `src/bin/` are
 //! front ends and use the library by its name) and checks each path that
