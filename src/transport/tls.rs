@@ -38,8 +38,9 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 /// versions meet, and the preamble refuses the other version in words
 /// (`Code::Version`) where a changed ALPN would give a bare TLS alert.
 pub const ALPN: &[u8] = b"resumeproxy/2";
-/// Exporter label of the channel binding (RFC 8446 §7.5).
-pub(crate) const BINDING_LABEL: &[u8] = b"EXPORTER-resumeproxy-channel-binding";
+/// Exporter label of the channel binding (RFC 8446 §7.5), with no context:
+/// 32 bytes both ends of one connection derive (see `docs/protocol.md`).
+pub const BINDING_LABEL: &[u8] = b"EXPORTER-resumeproxy-channel-binding";
 
 /// The crypto provider both ends use.
 pub fn provider() -> Arc<CryptoProvider> {
