@@ -30,7 +30,7 @@ use std::io::{self, IoSlice};
 use std::pin::{pin, Pin};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::Sleep;
 use tokio_util::io::poll_read_buf;
 
@@ -225,19 +225,19 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
         }
         // Straight into the replay buffer: no copy, and (on the relay) no
         // instant at which a byte read is not kept.
-        let mut buf = ReadBuf::uninit(self.session.local_read_slot(room));
-        match Pin::new(&mut self.local_in).poll_read(cx, &mut buf) {
+        let local_in = &mut self.local_in;
+        let (polled, filled) = self.session.read_local(room, |buf| {
+            let polled = Pin::new(local_in).poll_read(cx, buf);
+            (polled, buf.filled().len())
+        });
+        match polled {
             Poll::Pending => false,
-            Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+            Poll::Ready(Ok(())) if filled == 0 => {
                 self.local_in_open = false;
                 self.session.local_eof();
                 true
             }
-            Poll::Ready(Ok(())) => {
-                let n = buf.filled().len();
-                self.session.commit_local(n);
-                true
-            }
+            Poll::Ready(Ok(())) => true,
             Poll::Ready(Err(e)) => {
                 tracing::debug!("reading the local end failed: {e}; ending the stream there");
                 self.local_in_open = false;

@@ -10,13 +10,17 @@
 //! the client's store; the relay keeps its bytes in a ring of memory that
 //! outlives its process ([`crate::proto::replay_ring`]). A session holds
 //! either ([`ReplayStore`]) and reads its local end straight into it
-//! ([`ReplayStore::read_slot`]).
+//! ([`ReplayStore::read_into`]): the reader fills a [`ReadBuf`] over the
+//! store's free memory, which says how much of it was initialised, and
+//! only that much is kept. (tokio's `ReadBuf` is a plain buffer type: no
+//! I/O comes with it.)
 
 use crate::proto::replay_ring::RingBuffer;
 use crate::proto::wire::MAX_DATA_LEN;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::mem::MaybeUninit;
+use tokio::io::ReadBuf;
 
 /// Bytes reserved at once for reads from the local end into a
 /// [`ReplayBuffer`] (one data frame's worth).
@@ -61,21 +65,18 @@ impl ReplayStore {
         }
     }
 
-    /// Memory to read up to `max` bytes from the local end into (possibly
-    /// fewer: a ring stops at its wrap). Fill a prefix, then
-    /// [`commit`](Self::commit) it.
-    pub fn read_slot(&mut self, max: usize) -> &mut [MaybeUninit<u8>] {
+    /// Reads bytes in: `read` gets a buffer over room for up to `max` bytes
+    /// (possibly fewer: a ring stops at its wrap) and fills what it can;
+    /// what it filled is kept. Returns `read`'s result and how many bytes
+    /// were kept.
+    pub fn read_into<T>(
+        &mut self,
+        max: usize,
+        read: impl FnOnce(&mut ReadBuf<'_>) -> T,
+    ) -> (T, usize) {
         match self {
-            ReplayStore::Heap(b) => b.read_slot(max),
-            ReplayStore::Ring(r) => r.read_slot(max),
-        }
-    }
-
-    /// The first `n` bytes of the last slot hold data.
-    pub fn commit(&mut self, n: usize) {
-        match self {
-            ReplayStore::Heap(b) => b.commit(n),
-            ReplayStore::Ring(r) => r.commit(n),
+            ReplayStore::Heap(b) => b.read_into(max, read),
+            ReplayStore::Ring(r) => r.read_into(max, read),
         }
     }
 
@@ -124,24 +125,29 @@ impl ReplayBuffer {
         }
     }
 
-    /// Memory for a read of up to `max` bytes (at most the room).
-    pub fn read_slot(&mut self, max: usize) -> &mut [MaybeUninit<u8>] {
+    /// Reads bytes in without a copy: `read` fills a buffer over memory for
+    /// up to `max` bytes (at most the room), and what it filled becomes a
+    /// chunk. Returns `read`'s result and the chunk's length.
+    pub fn read_into<T>(
+        &mut self,
+        max: usize,
+        read: impl FnOnce(&mut ReadBuf<'_>) -> T,
+    ) -> (T, usize) {
         let max = max.min(self.room());
         if self.pending.capacity() < max {
             self.pending.reserve(max.max(READ_RESERVE));
         }
-        &mut self.pending.spare_capacity_mut()[..max]
-    }
-
-    /// The first `n` bytes of the last [`read_slot`](Self::read_slot) hold
-    /// data: they become a chunk.
-    pub fn commit(&mut self, n: usize) {
-        let n = n.min(self.pending.capacity());
-        // SAFETY: the caller filled the first `n` bytes of the slot, which
-        // is the spare capacity of `pending` (empty: every commit splits it).
+        // `pending` is empty (every read splits off what it filled): its
+        // spare capacity is the slot.
+        let slot: &mut [MaybeUninit<u8>] = &mut self.pending.spare_capacity_mut()[..max];
+        let (result, n) = fill(slot, read);
+        // SAFETY: `fill` counts only bytes of the slot that the `ReadBuf`
+        // over it holds as filled, and a `ReadBuf` fills only initialised
+        // bytes; the slot is the start of `pending`'s spare capacity.
         unsafe { self.pending.set_len(n) };
         let chunk = self.pending.split().freeze();
         self.push(chunk);
+        (result, n)
     }
 
     /// Offset of the first unacknowledged byte.
@@ -222,10 +228,52 @@ impl ReplayBuffer {
     }
 }
 
+/// Lets `read` fill `slot` through a [`ReadBuf`]; returns its result and
+/// how many bytes at the start of `slot` it filled — and so initialised.
+/// Bytes are counted only while the `ReadBuf` is still the one over `slot`
+/// (`read` could swap in another): otherwise none are.
+pub(crate) fn fill<T>(
+    slot: &mut [MaybeUninit<u8>],
+    read: impl FnOnce(&mut ReadBuf<'_>) -> T,
+) -> (T, usize) {
+    let start = slot.as_ptr().cast::<u8>();
+    let len = slot.len();
+    let mut buf = ReadBuf::uninit(slot);
+    let result = read(&mut buf);
+    let filled = buf.filled();
+    let ours = filled.as_ptr() == start && buf.capacity() == len;
+    (result, if ours { filled.len() } else { 0 })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn only_what_the_reader_filled_is_kept() {
+        let mut r = ReplayBuffer::new(100);
+        let (_, n) = r.read_into(10, |buf| buf.put_slice(b"abc"));
+        assert_eq!(n, 3);
+        let (_, n) = r.read_into(10, |_| ());
+        assert_eq!(n, 0, "a reader that fills nothing adds nothing");
+        // A reader that puts another buffer in place of the slot's
+        // cannot make the slot count as filled.
+        let (_, n) = r.read_into(10, |buf| {
+            let other: &'static mut [u8] = Box::leak(Box::new([7u8; 10]));
+            let mut swapped = ReadBuf::new(other);
+            swapped.set_filled(10);
+            std::mem::swap(buf, &mut swapped);
+        });
+        assert_eq!(n, 0);
+        assert_eq!(r.len(), 3);
+        assert_eq!(&r.slice_from(0, 100)[..], b"abc");
+        let (_, n) = r.read_into(1000, |buf| {
+            assert_eq!(buf.remaining(), 97, "at most the room");
+            buf.put_slice(&[1; 97]);
+        });
+        assert_eq!((n, r.room()), (97, 0));
+    }
 
     #[test]
     fn slices_span_chunks_and_acks_trim_them() {

@@ -3,7 +3,7 @@
 //! The relay keeps the bytes it read from sshd, until the client has
 //! acknowledged them, in memory that outlives its process (a `memfd`
 //! mapping kept in the descriptor store): a worker that crashes loses none
-//! of them. Reads from sshd land straight in the ring ([`RingBuffer::read_slot`]),
+//! of them. Reads from sshd land straight in the ring ([`RingBuffer::read_into`]),
 //! so there is no instant at which a byte has left the kernel and is not in
 //! the ring; sends are slices of the ring itself ([`RingBuffer::slice_from`]),
 //! without a copy.
@@ -20,9 +20,11 @@
 //! current transport, which is dropped with the transport. A resume re-sends
 //! from the peer's position, never below it.
 
+use crate::proto::replay::fill;
 use bytes::Bytes;
 use std::mem::MaybeUninit;
 use std::sync::Arc;
+use tokio::io::ReadBuf;
 
 /// Bytes written to the ring since it was last drained after which, once it
 /// drains, its memory is given back ([`RingMemory::drained`]).
@@ -157,10 +159,22 @@ impl RingBuffer {
         self.memory.capacity()
     }
 
-    /// Where the next bytes go: up to `max` bytes of free ring, contiguous
-    /// (so possibly fewer than the room, at the wrap). Fill a prefix, then
-    /// [`commit`](Self::commit) it.
-    pub fn read_slot(&mut self, max: usize) -> &mut [MaybeUninit<u8>] {
+    /// Reads bytes in without a copy: `read` fills a buffer over up to
+    /// `max` bytes of free ring, contiguous (so possibly fewer than the
+    /// room, at the wrap), and what it filled is kept. Returns `read`'s
+    /// result and how many bytes were kept.
+    pub fn read_into<T>(
+        &mut self,
+        max: usize,
+        read: impl FnOnce(&mut ReadBuf<'_>) -> T,
+    ) -> (T, usize) {
+        let (result, n) = fill(self.read_slot(max), read);
+        self.commit(n);
+        (result, n)
+    }
+
+    /// Where the next bytes go: up to `max` bytes of free ring, contiguous.
+    fn read_slot(&mut self, max: usize) -> &mut [MaybeUninit<u8>] {
         let capacity = self.capacity();
         let at = (self.end % capacity as u64) as usize;
         let room = capacity - self.len();
@@ -177,8 +191,8 @@ impl RingBuffer {
     }
 
     /// The first `n` bytes of the last [`read_slot`](Self::read_slot) now
-    /// hold data.
-    pub fn commit(&mut self, n: usize) {
+    /// hold data (`n` is at most the slot's length).
+    fn commit(&mut self, n: usize) {
         debug_assert!(n <= self.capacity() - self.len(), "ring overfilled");
         self.end += n as u64;
         self.written_since_release += n;
@@ -262,15 +276,18 @@ mod tests {
 
     fn write(ring: &mut RingBuffer, mut data: &[u8]) {
         while !data.is_empty() {
-            let slot = ring.read_slot(data.len());
-            assert!(!slot.is_empty(), "no room for {} bytes", data.len());
-            let n = slot.len();
-            for (s, b) in slot.iter_mut().zip(data) {
-                s.write(*b);
-            }
-            ring.commit(n);
+            let ((), n) = ring.read_into(data.len(), |buf| {
+                let n = buf.remaining();
+                buf.put_slice(&data[..n]);
+            });
+            assert!(n > 0, "no room for {} bytes", data.len());
             data = &data[n..];
         }
+    }
+
+    /// How many bytes the ring would take in one read now.
+    fn slot_len(ring: &mut RingBuffer, max: usize) -> usize {
+        ring.read_into(max, |buf| buf.remaining()).0
     }
 
     #[test]
@@ -278,7 +295,7 @@ mod tests {
         let mut ring = RingBuffer::new(Arc::new(HeapMemory::new(8)), 0, 0).expect("ring");
         write(&mut ring, b"abcdef");
         ring.acknowledge(4);
-        assert_eq!(ring.read_slot(100).len(), 2, "up to the wrap");
+        assert_eq!(slot_len(&mut ring, 100), 2, "up to the wrap");
         write(&mut ring, b"ghij");
         assert_eq!((ring.start(), ring.end(), ring.len()), (4, 10, 6));
         assert_eq!(&ring.slice_from(4, 100)[..], b"efgh");
@@ -286,7 +303,7 @@ mod tests {
         assert_eq!(&ring.slice_from(5, 2)[..], b"fg");
         assert!(ring.slice_from(3, 100).is_empty());
         assert!(ring.slice_from(10, 100).is_empty());
-        assert_eq!(ring.read_slot(100).len(), 2, "room is capacity minus held");
+        assert_eq!(slot_len(&mut ring, 100), 2, "room is capacity minus held");
     }
 
     #[test]

@@ -39,8 +39,8 @@ use crate::proto::replay_ring::RingBuffer;
 use crate::proto::wire::{Code, Frame, DATA_PREFIX_LEN, MIN_DATA_LEN};
 use bytes::{Buf, Bytes};
 use std::collections::VecDeque;
-use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
+use tokio::io::ReadBuf;
 
 /// What one queued chunk for the local end costs besides its bytes, as
 /// counted against [`SessionConfig::deliver_capacity`]: a peer sending tiny
@@ -290,22 +290,15 @@ impl Session {
         }
     }
 
-    /// Memory to read up to `max` bytes of the local end into (at most
-    /// [`local_room`](Self::local_room); fewer at a ring's wrap): fill a
-    /// prefix, then [`commit_local`](Self::commit_local) it.
-    pub fn local_read_slot(&mut self, max: usize) -> &mut [MaybeUninit<u8>] {
+    /// Reads from the local end straight into the replay buffer: `read`
+    /// gets a buffer over room for up to `max` bytes (at most
+    /// [`local_room`](Self::local_room); fewer at a ring's wrap) and fills
+    /// what it can, and what it filled is kept. Returns `read`'s result.
+    pub fn read_local<T>(&mut self, max: usize, read: impl FnOnce(&mut ReadBuf<'_>) -> T) -> T {
         let max = max.min(self.local_room());
-        self.replay.read_slot(max)
-    }
-
-    /// The first `n` bytes of the last [`local_read_slot`](Self::local_read_slot)
-    /// were read from the local end.
-    pub fn commit_local(&mut self, n: usize) {
-        if self.local_eof || n == 0 {
-            return;
-        }
+        let (result, n) = self.replay.read_into(max, read);
         self.stats.bytes_read_local += n as u64;
-        self.replay.commit(n);
+        result
     }
 
     /// Bytes read from the local end (at most [`local_room`](Self::local_room)),
@@ -313,15 +306,14 @@ impl Session {
     pub fn push_local(&mut self, bytes: Bytes) {
         let mut rest = &bytes[..];
         while !rest.is_empty() {
-            let slot = self.local_read_slot(rest.len());
-            if slot.is_empty() {
+            let n = self.read_local(rest.len(), |buf| {
+                let n = buf.remaining();
+                buf.put_slice(&rest[..n]);
+                n
+            });
+            if n == 0 {
                 break;
             }
-            let n = slot.len();
-            for (to, from) in slot.iter_mut().zip(rest) {
-                to.write(*from);
-            }
-            self.commit_local(n);
             rest = &rest[n..];
         }
     }
