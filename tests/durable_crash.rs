@@ -3,7 +3,9 @@
 //!
 //! Each run starts `resumeproxyd` (keeper and worker) with
 //! `RESUMEPROXYD_CRASH_AT=POINT:N` (see `src/relay/durable/crash.rs`): the
-//! worker aborts the Nth time it passes POINT. The keeper hands the variable
+//! worker aborts the Nth time it passes POINT. (The binaries `cargo test`
+//! builds have the crash points: `Cargo.toml` turns their feature on for
+//! the tests only.) The keeper hands the variable
 //! to every worker it starts, so each new worker aborts again N passes
 //! later, and the run goes on through as many crashes as it takes. Two
 //! `resumeproxy` clients (ssh's ProxyCommand, here with their stdin and

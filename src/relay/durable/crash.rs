@@ -6,12 +6,19 @@
 //!
 //! Points are where a crash is most likely to lose something: right after
 //! bytes left a socket and before anything else happened to them.
-//! Without the variable, [`point`] is one relaxed load.
+//!
+//! Compiled in only with the `crash-points` feature, which only the tests
+//! turn on (`Cargo.toml`): in any other build [`point`] is empty and the
+//! variable means nothing. With the feature and without the variable,
+//! [`point`] is one relaxed load.
 
+#[cfg(feature = "crash-points")]
 use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(feature = "crash-points")]
 use std::sync::OnceLock;
 
 /// The environment variable that arms a crash point.
+#[cfg(feature = "crash-points")]
 pub const CRASH_ENV: &str = "RESUMEPROXYD_CRASH_AT";
 
 /// Places in the worker where a test may crash it.
@@ -27,6 +34,7 @@ pub enum Point {
     SessionPublished,
 }
 
+#[cfg(feature = "crash-points")]
 impl Point {
     fn name(self) -> &'static str {
         match self {
@@ -39,6 +47,7 @@ impl Point {
 }
 
 /// The armed point and count, if any.
+#[cfg(feature = "crash-points")]
 fn armed() -> Option<(&'static str, u64)> {
     static ARMED: OnceLock<Option<(&'static str, u64)>> = OnceLock::new();
     *ARMED.get_or_init(|| {
@@ -59,6 +68,7 @@ fn armed() -> Option<(&'static str, u64)> {
 
 /// Passes `point`: aborts the process if it is armed and this is the
 /// `N`th pass.
+#[cfg(feature = "crash-points")]
 pub fn point(point: Point) {
     static PASSES: AtomicU64 = AtomicU64::new(0);
     let Some((name, n)) = armed() else { return };
@@ -66,3 +76,8 @@ pub fn point(point: Point) {
         std::process::abort();
     }
 }
+
+/// Passes `point`: nothing, in a build without the crash points.
+#[cfg(not(feature = "crash-points"))]
+#[inline(always)]
+pub fn point(_point: Point) {}
