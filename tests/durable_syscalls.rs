@@ -271,7 +271,7 @@ fn the_durable_path_makes_only_calls_the_unit_allows() -> Result<()> {
     let strace = on_path("strace");
     let analyze = on_path("systemd-analyze");
     if let Some(why) = missing(strace.as_deref(), analyze.as_deref()) {
-        println!("skipped: {why}");
+        support::lab::cannot_run(&why);
         return Ok(());
     }
     let (strace, analyze) = (strace.unwrap_or_default(), analyze.unwrap_or_default());

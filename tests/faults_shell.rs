@@ -115,7 +115,7 @@ fn typed_input_is_echoed_exactly_once_after_each_break() -> Result<()> {
         .status()
         .is_ok_and(|s| s.success());
     if !tmux_ok {
-        eprintln!("skipping: tmux is not installed");
+        support::lab::cannot_run("tmux is not installed");
         return Ok(());
     }
     let dir = bench.sshd.dir();

@@ -142,7 +142,7 @@ fn rsync_of_many_files_and_a_large_one_survives_every_fault() -> Result<()> {
         return Ok(());
     };
     if !Path::new("/usr/bin/rsync").exists() {
-        eprintln!("skipping: rsync is not installed");
+        support::lab::cannot_run("rsync is not installed");
         return Ok(());
     }
     let src = bench.sshd.dir().join("tree");

@@ -63,7 +63,7 @@ fn skip_reason() -> Option<String> {
 #[test]
 fn the_debian_package_installs_a_working_relay_and_removes_cleanly() -> Result<()> {
     if let Some(why) = skip_reason() {
-        eprintln!("SKIP the_debian_package_installs_a_working_relay_and_removes_cleanly: {why}");
+        support::lab::cannot_run(&why);
         return Ok(());
     }
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -70,7 +70,7 @@ impl HaProxy {
             .map(PathBuf::from)
             .find(|p| p.is_file())
         else {
-            eprintln!("skipping: haproxy is not installed (apt-get install haproxy)");
+            super::lab::cannot_run("haproxy is not installed (apt-get install haproxy)");
             return Ok(None);
         };
         let shipped =

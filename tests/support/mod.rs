@@ -15,10 +15,13 @@
 //! * [`systemd`] — systemd's side of the notify and descriptor store
 //!   protocol.
 //! * [`unit`] — the relay's systemd unit, read as systemd reads it.
+//! * [`lab`] — tests that need root or a tool: skipped where they cannot
+//!   run, failed instead under `RESUMEPROXY_LAB=required`.
 
 pub mod durable;
 pub mod faults;
 pub mod fleet;
+pub mod lab;
 pub mod netns;
 pub mod process;
 pub mod relay;

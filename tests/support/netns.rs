@@ -93,7 +93,7 @@ impl NetLab {
     /// Creates a lab, or prints why this machine cannot and returns `None`.
     pub fn create() -> Result<Option<NetLab>> {
         if !resumeproxy::paths::is_root() {
-            eprintln!("skipping: network namespaces need root");
+            super::lab::cannot_run("network namespaces need root");
             return Ok(None);
         }
         let mut tools = Vec::new();
@@ -101,7 +101,7 @@ impl NetLab {
             match find_tool(name) {
                 Some(path) => tools.push(path),
                 None => {
-                    eprintln!("skipping: `{name}` is not installed");
+                    super::lab::cannot_run(&format!("`{name}` is not installed"));
                     return Ok(None);
                 }
             }
@@ -134,10 +134,10 @@ impl NetLab {
             .context("run ip netns add")?;
         let out = wait_output(probe, TOOL_TIMEOUT).context("ip netns add")?;
         if !out.0.success() {
-            eprintln!(
-                "skipping: cannot create a network namespace: {}",
+            super::lab::cannot_run(&format!(
+                "cannot create a network namespace: {}",
                 out.1.trim()
-            );
+            ));
             return Ok(None);
         }
         // From here on, Drop cleans up whatever exists.
