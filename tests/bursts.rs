@@ -30,8 +30,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::data::random_bytes;
 use support::relay::{test_key, RelayProcess};
-use support::sshd::random_bytes;
+use support::security::closed_by_peer;
 
 /// The tests of this file one at a time: the burst's hundred clients
 /// would otherwise slow the others' clients past what they measure.
@@ -407,19 +408,6 @@ fn silent_connections(relay: SocketAddr, n: usize) -> Result<Vec<std::net::TcpSt
         .collect()
 }
 
-/// Whether the relay has closed `stream` (read to its end: a turned-away
-/// connection gets a TLS alert first).
-fn closed_by_relay(mut stream: &std::net::TcpStream) -> bool {
-    let mut buf = [0u8; 64];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) => return e.kind() != std::io::ErrorKind::WouldBlock,
-        }
-    }
-}
-
 /// One session through the real client: some bytes to the echo target and
 /// back. Returns whether they came back, the client's stderr, and how long
 /// it took.
@@ -467,7 +455,7 @@ fn silent_connections_holding_a_sources_places_do_not_lock_it_out() -> Result<()
         "connection evicted: it sent nothing within 1.0s",
         EVENT_TIMEOUT,
     )?;
-    let closed = silent.iter().filter(|s| closed_by_relay(s)).count();
+    let closed = silent.iter().filter(|s| closed_by_peer(s)).count();
     ensure!(closed >= 1, "no silent connection was evicted");
     ensure!(
         relay.count("connection turned away") == 0,

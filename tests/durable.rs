@@ -9,10 +9,11 @@ use std::fs::File;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+use support::data::{sha256_file, write_random_file};
 use support::durable::{kill_worker, resumes_after_each_start, show_resumes};
 use support::process::{file_len, wait_progress, wait_timeout};
 use support::relay::{proxy_command, RelayProcess, CLIENT_FLAGS};
-use support::sshd::{sha256_file, write_random_file, TestSshd};
+use support::sshd::TestSshd;
 
 /// Bound on the whole transfer.
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);

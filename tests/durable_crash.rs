@@ -32,7 +32,7 @@
 
 mod support;
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -41,10 +41,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use support::data::{sha256_bytes, SplitMix64};
 use support::durable::{pattern_bytes, MemDir};
-use support::process::Watched;
+use support::process::{joined, Watched};
 use support::relay::{proxy_command, RelayProcess};
-use support::sshd::sha256_bytes;
 
 /// Runs in all, on [`THREADS`] threads at once.
 const RUNS: u64 = 24;
@@ -56,24 +56,6 @@ const CLIENTS: usize = 2;
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 /// The variable that arms a crash point (`src/relay/durable/crash.rs`).
 const CRASH_ENV: &str = "RESUMEPROXYD_CRASH_AT";
-
-/// splitmix64: the schedule's generator.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
 
 /// One run's schedule.
 #[derive(Debug, Clone)]
@@ -90,7 +72,7 @@ struct Plan {
 }
 
 impl Plan {
-    fn draw(rng: &mut Rng) -> Plan {
+    fn draw(rng: &mut SplitMix64) -> Plan {
         // Counts that crash a run a few times, not hundreds: a pass is a
         // read from or a write to the target (up to some tens of KiB), an
         // acknowledgement from a client, or a new session.
@@ -106,7 +88,7 @@ impl Plan {
             // worker before any session could start.
             _ => ("session-published", rng.range(2, CLIENTS as u64)),
         };
-        let mib = |rng: &mut Rng| (rng.range(2 << 20, 8 << 20)) as usize;
+        let mib = |rng: &mut SplitMix64| (rng.range(2 << 20, 8 << 20)) as usize;
         let transport = if rng.range(0, 1) == 0 { "tcp" } else { "quic" };
         Plan {
             point,
@@ -114,7 +96,7 @@ impl Plan {
             transport,
             down: mib(rng),
             up: (0..CLIENTS).map(|_| mib(rng)).collect(),
-            seed: rng.next(),
+            seed: rng.next_u64(),
         }
     }
 }
@@ -275,10 +257,6 @@ impl Client {
     }
 }
 
-fn joined<T>(handle: JoinHandle<Result<T>>) -> Result<T> {
-    handle.join().map_err(|_| anyhow!("a thread panicked"))?
-}
-
 /// What a run did.
 struct Outcome {
     crashes: usize,
@@ -390,7 +368,7 @@ fn crashes_at_random_points_lose_and_duplicate_nothing() -> Result<()> {
             .as_nanos() as u64,
     };
     eprintln!("crash schedule seed {seed} (RESUMEPROXY_CRASH_SEED={seed} runs it again)");
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64(seed);
     let mut plans: Vec<Plan> = (0..RUNS).map(|_| Plan::draw(&mut rng)).collect();
     // RESUMEPROXY_CRASH_RUN=<i>: only that run of the schedule.
     if let Ok(only) = std::env::var("RESUMEPROXY_CRASH_RUN") {

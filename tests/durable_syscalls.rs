@@ -38,10 +38,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use support::data::{sha256_file, write_random_file};
 use support::durable::{MemDir, RESUMED};
 use support::process::{output_within, Watched};
 use support::relay::{proxy_command, RelayProcess, CLIENT_FLAGS};
-use support::sshd::{sha256_file, write_random_file, TestSshd};
+use support::sshd::TestSshd;
 use support::systemd::FakeSystemd;
 use support::unit::{unit_families, unit_file, unit_store_max, ListSetting, SyscallSets};
 

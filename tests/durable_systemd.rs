@@ -25,10 +25,11 @@ use std::fs::File;
 use std::io::Read;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+use support::data::{sha256_file, write_random_file};
 use support::durable::{CLIENT_RESUMED, LISTENING, RESUMED, RESUME_WITHIN};
 use support::process::Watched;
 use support::relay::{proxy_command, RelayProcess};
-use support::sshd::{sha256_file, write_random_file, TestSshd};
+use support::sshd::TestSshd;
 use support::systemd::{fdname_is_valid, FakeSystemd, State, FDNAME_MAX};
 use support::unit::unit_store_max;
 

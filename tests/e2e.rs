@@ -14,11 +14,12 @@ use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::data::{sha256_file, write_random_file};
 use support::process::{exit_and_stderr, run_within, stderr_of};
 use support::relay::{
     proxy_command, proxy_command_with_status, wait_for_status, RelayProcess, CLIENT_FLAGS, RESUMED,
 };
-use support::sshd::{free_port, sha256_file, write_random_file, TestSshd};
+use support::sshd::{free_port, TestSshd};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;

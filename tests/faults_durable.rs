@@ -19,6 +19,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+use support::data::{hash_in_background, sha256_file};
 use support::durable::{
     kill_worker, resumes_after_each_start, show_resumes, upgrade, write_pattern_file, MemDir,
     RelayCopy, CLIENT_RESUMED,
@@ -26,8 +27,8 @@ use support::durable::{
 use support::faults::{
     connect_in, echo_server, free_port_in, serial, Bench, EchoStream, RUN_TIMEOUT,
 };
-use support::process::{wait_progress, Watched};
-use support::sshd::{sha256_file, write_random_file};
+use support::master::ControlMaster;
+use support::process::{joined, wait_progress, Watched};
 
 /// Each transfer's size.
 const SIZE: u64 = 1 << 30;
@@ -52,17 +53,6 @@ fn restart(bench: &Bench, copy: &RelayCopy, i: usize) -> Result<String> {
     Ok(format!(
         "{what}: a new worker listened {took:.0?} after the signal"
     ))
-}
-
-/// Hashes `path` on another thread.
-fn hash_in_background(path: &Path) -> std::thread::JoinHandle<Result<String>> {
-    let path = path.to_owned();
-    std::thread::spawn(move || sha256_file(&path))
-}
-
-fn joined(hash: std::thread::JoinHandle<Result<String>>) -> Result<String> {
-    hash.join()
-        .map_err(|_| anyhow::anyhow!("hashing panicked"))?
 }
 
 fn file_len(path: &Path) -> u64 {
@@ -257,72 +247,9 @@ fn control_master_streams_survive_worker_kills() -> Result<()> {
         return Ok(());
     };
     let dir = bench.sshd.dir();
-    let control = format!("ControlPath={}", dir.join("ctl").display());
-    let mut master = Watched::spawn(
-        bench.ssh(
-            false,
-            &[
-                "-o",
-                "ControlMaster=yes",
-                "-o",
-                &control,
-                "-o",
-                "ControlPersist=no",
-            ],
-            "cat > /dev/null",
-        ),
-        Stdio::piped(),
-        Stdio::null(),
-    )?;
-    // A multiplexed ssh: `extra` options, then the host and `remote`.
-    let mux = |extra: &[&str], remote: &str| {
-        let mut command = bench.client("ssh", true);
-        command
-            .args(["-o", "ControlMaster=no", "-o", &control])
-            .args(extra)
-            .arg("127.0.0.1");
-        if !remote.is_empty() {
-            command.arg(remote);
-        }
-        bench.in_client(&command)
-    };
-    let check = || -> Result<bool> {
-        let mut check = Watched::spawn(mux(&["-O", "check"], ""), Stdio::null(), Stdio::null())?;
-        Ok(check.wait(Duration::from_secs(10))?.success())
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check()? {
-        ensure!(
-            Instant::now() < deadline && master.running()?,
-            "the master never came up: {}",
-            master.stderr.text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-
+    let master = ControlMaster::start(&bench, &dir.join("ctl"))?;
     let size: u64 = 64 << 20;
-    let mut pairs = Vec::new();
-    for i in 0..4u64 {
-        let (src, dst) = (dir.join(format!("src{i}")), dir.join(format!("dst{i}")));
-        write_random_file(&src, size, 50 + i)?;
-        pairs.push((src, dst));
-    }
-    let mut commands = Vec::new();
-    for (i, (src, dst)) in pairs.iter().enumerate() {
-        commands.push(if i < 3 {
-            Watched::spawn(
-                mux(&[], &format!("cat {}", src.display())),
-                Stdio::null(),
-                Stdio::from(File::create(dst)?),
-            )?
-        } else {
-            Watched::spawn(
-                mux(&[], &format!("cat > {}", dst.display())),
-                Stdio::from(File::open(src)?),
-                Stdio::null(),
-            )?
-        });
-    }
+    let (pairs, mut commands) = master.four_copies(dir, size, 50)?;
     // An event after each eighth of all four: the upload is faster than
     // the downloads, and at every event at least two commands still run.
     let progress = || Ok(pairs.iter().map(|(_, dst)| file_len(dst)).sum());
@@ -341,7 +268,7 @@ fn control_master_streams_survive_worker_kills() -> Result<()> {
             step * (i as u64 + 1),
             PROGRESS_TIMEOUT,
         )
-        .with_context(|| format!("master's stderr:\n{}", master.stderr.text()))?;
+        .with_context(|| format!("master's stderr:\n{}", master.ssh.stderr.text()))?;
         let mut still = 0;
         for c in commands.iter_mut() {
             still += usize::from(c.running()?);
@@ -360,14 +287,7 @@ fn control_master_streams_survive_worker_kills() -> Result<()> {
     for (src, dst) in &pairs {
         assert_eq!(sha256_file(dst)?, sha256_file(src)?, "{}", dst.display());
     }
-    ensure!(check()?, "the master is gone: {}", master.stderr.text());
-    drop(master.child.stdin.take());
-    let status = master.wait(Duration::from_secs(20))?;
-    ensure!(
-        status.success(),
-        "master: {status}: {}",
-        master.stderr.text()
-    );
+    let master = master.finish()?;
     let resumes = resumes_after_each_start(&bench.relay, 1)?;
     ensure!(
         master.stderr.count(CLIENT_RESUMED) == KILLS + 1,

@@ -16,10 +16,10 @@ use anyhow::{bail, ensure, Result};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::data::write_random_file;
 use support::faults::Bench;
 use support::process::{output_within, Watched, IDLE};
 use support::relay::{proxy_command_with_status, wait_for_status, RelayProcess, CLIENT_FLAGS};
-use support::sshd::write_random_file;
 
 /// What the client says when its session is gone.
 const GONE: &str = "is gone from relay";

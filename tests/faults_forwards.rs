@@ -17,18 +17,18 @@
 mod support;
 
 use anyhow::{ensure, Context, Result};
-use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::Stdio;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
+use support::data::sha256_file;
 use support::faults::{
     connect_in, echo_server, free_port_in, inject_while_flowing, serial, side_by_side,
     socks5_connect, Bench, EchoStream, EVERY_FAULT, PARTITION, RESET_STORM, RUN_TIMEOUT,
 };
+use support::master::ControlMaster;
 use support::netns::Fault;
 use support::process::Watched;
-use support::sshd::{sha256_file, write_random_file};
 
 /// The veth's rate for the forwards, both ways.
 const RATE: &str = "400mbit";
@@ -145,77 +145,9 @@ fn control_master_with_multiplexed_commands_survives_every_fault() -> Result<()>
         return Ok(());
     };
     let dir = bench.sshd.dir();
-    let control = dir.join("ctl");
-    let control_opt = format!("ControlPath={}", control.display());
-    let mut master = Watched::spawn(
-        bench.ssh(
-            false,
-            &[
-                "-o",
-                "ControlMaster=yes",
-                "-o",
-                &control_opt,
-                "-o",
-                "ControlPersist=no",
-            ],
-            "cat > /dev/null",
-        ),
-        Stdio::piped(),
-        Stdio::null(),
-    )?;
-    // A multiplexed ssh: `extra` options, then the host and `remote`.
-    let mux = |extra: &[&str], remote: &str| {
-        let mut command = bench.client("ssh", true);
-        command
-            .args(["-o", "ControlMaster=no", "-o", &control_opt])
-            .args(extra)
-            .arg("127.0.0.1");
-        if !remote.is_empty() {
-            command.arg(remote);
-        }
-        bench.in_client(&command)
-    };
-    // The master is up when `-O check` says so.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let check = mux(&["-O", "check"], "");
-        let mut check = Watched::spawn(check, Stdio::null(), Stdio::null())?;
-        if check.wait(Duration::from_secs(10))?.success() {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline && master.running()?,
-            "the master never came up: {}",
-            master.stderr.text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-
+    let master = ControlMaster::start(&bench, &dir.join("ctl"))?;
     let size = 48 << 20;
-    // All files first, so that the commands start together.
-    let mut pairs = Vec::new();
-    for i in 0..4u64 {
-        let (src, dst) = (dir.join(format!("src{i}")), dir.join(format!("dst{i}")));
-        write_random_file(&src, size, 40 + i)?;
-        pairs.push((src, dst));
-    }
-    let mut commands = Vec::new();
-    for (i, (src, dst)) in pairs.iter().enumerate() {
-        // Three download, one uploads.
-        commands.push(if i < 3 {
-            Watched::spawn(
-                mux(&[], &format!("cat {}", src.display())),
-                Stdio::null(),
-                Stdio::from(File::create(dst)?),
-            )?
-        } else {
-            Watched::spawn(
-                mux(&[], &format!("cat > {}", dst.display())),
-                Stdio::from(File::open(src)?),
-                Stdio::null(),
-            )?
-        });
-    }
+    let (pairs, mut commands) = master.four_copies(dir, size, 40)?;
     let started = Instant::now();
     let progress = || {
         Ok(pairs
@@ -239,7 +171,7 @@ fn control_master_with_multiplexed_commands_survives_every_fault() -> Result<()>
             40 << 20,
             4 * size,
         )
-        .with_context(|| format!("master's stderr:\n{}", master.stderr.text()))?
+        .with_context(|| format!("master's stderr:\n{}", master.ssh.stderr.text()))?
     };
     for (i, c) in commands.iter_mut().enumerate() {
         let status = c.wait(RUN_TIMEOUT)?;
@@ -252,20 +184,7 @@ fn control_master_with_multiplexed_commands_survives_every_fault() -> Result<()>
     for (src, dst) in &pairs {
         assert_eq!(sha256_file(dst)?, sha256_file(src)?, "{}", dst.display());
     }
-    let check = mux(&["-O", "check"], "");
-    let mut check = Watched::spawn(check, Stdio::null(), Stdio::null())?;
-    ensure!(
-        check.wait(Duration::from_secs(10))?.success(),
-        "the master is gone after the faults: {}",
-        master.stderr.text()
-    );
-    drop(master.child.stdin.take());
-    let status = master.wait(Duration::from_secs(20))?;
-    ensure!(
-        status.success(),
-        "master: {status}: {}",
-        master.stderr.text()
-    );
+    master.finish().context("after the faults")?;
     eprintln!(
         "ControlMaster, 4 multiplexed commands of {} MiB: {:.1?}",
         size >> 20,

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
+use support::data::{sha256_file, write_random_file};
 use support::faults::{
     inject_while_flowing, serial, side_by_side, tree_bytes, Bench, Injected, EVERY_FAULT,
     PARTITION, RESET_STORM, RESUME_TIMEOUT, RUN_TIMEOUT,
@@ -29,7 +30,6 @@ use support::faults::{
 use support::netns::Fault;
 use support::process::Watched;
 use support::relay::RESUMED;
-use support::sshd::{sha256_file, write_random_file};
 
 /// The veth's rate for the transfers, both ways.
 const RATE: &str = "400mbit";

@@ -22,11 +22,12 @@ use anyhow::{ensure, Context, Result};
 use std::fs::File;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::data::{sha256_file, write_random_file};
 use support::faults::Bench;
 use support::netns::NetLab;
 use support::process::Watched as Ssh;
 use support::relay::{proxy_command, RelayProcess, CLIENT_FLAGS, LOST, RESUMED};
-use support::sshd::{sha256_file, write_random_file, SshdOptions, TestSshd};
+use support::sshd::{SshdOptions, TestSshd};
 
 /// The transfer in each direction.
 const SIZE: u64 = 400 << 20;

@@ -23,11 +23,11 @@ use std::fs::File;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::data::{sha256_file, write_random_file};
 use support::faults::{Bench, PROGRESS_TIMEOUT};
 use support::netns::{NetLab, CLIENT_IF};
 use support::process::{output_within, Watched};
 use support::relay::LOST;
-use support::sshd::{sha256_file, write_random_file};
 
 /// How soon a link gone down must be noticed (`--dead-after` is 30 s).
 const NOTICED_WITHIN: Duration = Duration::from_secs(1);

@@ -15,8 +15,9 @@ use resumeproxy::demo::fault::FaultInjector;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::data::{sha256_file, write_random_file};
 use support::relay::{proxy_command, test_key, RelayProcess};
-use support::sshd::{client_status as status, sha256_file, write_random_file, TestSshd};
+use support::sshd::{client_status as status, TestSshd};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Polls `status` until `pred` holds for the one session, within `timeout`.

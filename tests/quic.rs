@@ -29,11 +29,12 @@ use std::fs::File;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+use support::data::{hash_in_background, sha256_file, write_random_file};
 use support::faults::Bench;
-use support::process::Watched as Ssh;
+use support::process::{joined, Watched as Ssh};
 use support::relay::{proxy_command, RelayProcess, LOST, RESUMED};
 use support::sshd::client_status as status;
-use support::sshd::{sha256_file, write_random_file, TestSshd};
+use support::sshd::TestSshd;
 
 /// Rate limit of the lab's link, both ways.
 const RATE: &str = "400mbit";
@@ -57,17 +58,6 @@ fn download(bench: &Bench, src: &Path, dst: &Path) -> Result<Ssh> {
     )
 }
 
-/// Hashes `path` on another thread (400 MiB take a while in a debug build).
-fn hash_in_background(path: &Path) -> std::thread::JoinHandle<Result<String>> {
-    let path = path.to_owned();
-    std::thread::spawn(move || sha256_file(&path))
-}
-
-fn joined(hash: std::thread::JoinHandle<Result<String>>) -> Result<String> {
-    hash.join()
-        .map_err(|_| anyhow::anyhow!("hashing panicked"))?
-}
-
 #[test]
 fn ssh_runs_over_quic_on_loopback() -> Result<()> {
     let sshd = TestSshd::start()?;
@@ -84,7 +74,7 @@ fn ssh_runs_over_quic_on_loopback() -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        support::sshd::sha256_bytes(&out.stdout),
+        support::data::sha256_bytes(&out.stdout),
         sha256_file(&src)?,
         "sha256 of what arrived"
     );

@@ -18,10 +18,10 @@ use anyhow::{ensure, Result};
 use std::fs::File;
 use std::process::Stdio;
 use std::time::Duration;
+use support::data::{sha256_file, write_random_file};
 use support::faults::{Bench, PROGRESS_TIMEOUT, RESUME_TIMEOUT};
 use support::process::Watched;
 use support::relay::{proxy_command, RESUMED};
-use support::sshd::{sha256_file, write_random_file};
 
 /// The shapes of the client's lines: what comes before the reason, and
 /// after it.

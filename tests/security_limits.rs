@@ -24,17 +24,17 @@ use resumeproxy::link::handshake::{self, NOT_A_CLIENT_NOTICE};
 use resumeproxy::proto::wire::{split_message, Code, Hello, Preamble, Reply};
 use resumeproxy::relay::Limits;
 use resumeproxy::transport::tls::{self, PinVerifier};
-use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::data::random_bytes;
 use support::process::stderr_of;
 use support::relay::{proxy_command, RelayProcess, CLIENT_FLAGS};
 use support::security::{
-    assert_refused, connect_from, run, Stream, ATTACKER, ATTACKER_2, EVENT_TIMEOUT,
+    assert_refused, closed_by_peer, connect_from, run, Stream, ATTACKER, ATTACKER_2, EVENT_TIMEOUT,
 };
-use support::sshd::{random_bytes, TestSshd};
+use support::sshd::TestSshd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -90,20 +90,6 @@ fn tcp_from(relay: SocketAddr, source: IpAddr) -> Result<std::net::TcpStream> {
     socket.bind(&SocketAddr::new(source, 0).into())?;
     socket.connect_timeout(&relay.into(), Duration::from_secs(5))?;
     Ok(socket.into())
-}
-
-/// Whether the peer has closed `stream` (EOF or reset), reading past what
-/// it said first (a connection turned away gets a TLS alert); `stream` is
-/// non-blocking and never sent anything to.
-fn closed_by_peer(mut stream: &std::net::TcpStream) -> bool {
-    let mut buf = [0u8; 64];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) => return e.kind() != std::io::ErrorKind::WouldBlock,
-        }
-    }
 }
 
 /// Sends `bytes` on a fresh connection from `source` and returns all the

@@ -18,12 +18,13 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use support::data::{sha256_file, write_random_file};
 use support::process::stderr_of;
 use support::relay::{
     proxy_command_with_status, test_key, wait_for_status, RelayProcess, CLIENT_FLAGS,
 };
 use support::security::{contains, run};
-use support::sshd::{sha256_file, write_random_file, TestSshd};
+use support::sshd::TestSshd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;

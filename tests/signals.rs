@@ -26,9 +26,10 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::data::{random_bytes, sha256_bytes};
 use support::process::{children_named, signal as kill, Watched};
 use support::relay::{proxy_command, RelayProcess, CLIENT, LOST};
-use support::sshd::{random_bytes, sha256_bytes, TestSshd};
+use support::sshd::TestSshd;
 
 /// What the relay logs when a session is over, however it ended.
 const ENDED: &str = "session ended";

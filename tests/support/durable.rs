@@ -10,8 +10,8 @@
 
 #![allow(dead_code)]
 
+use super::data::random_bytes;
 use super::relay::RelayProcess;
-use super::sshd::random_bytes;
 use anyhow::{ensure, Context, Result};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

@@ -6,13 +6,12 @@
 
 #![allow(dead_code)]
 
+use super::data::{hash_while_reading, random_bytes, sha256_bytes};
 use super::netns::{Fault, NetLab};
 use super::process::wait_progress;
 use super::relay::{proxy_command, RelayProcess, CLIENT_FLAGS};
-use super::sshd::{random_bytes, sha256_bytes, SshdOptions, TestSshd};
+use super::sshd::{SshdOptions, TestSshd};
 use anyhow::{bail, ensure, Context, Result};
-use resumeproxy::units::hex;
-use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -330,7 +329,7 @@ impl EchoStream {
         stream.set_read_timeout(Some(stall))?;
         stream.set_write_timeout(Some(stall))?;
         let mut out = stream.try_clone()?;
-        let mut input = stream;
+        let input = stream;
         let writer = std::thread::spawn(move || -> Result<String> {
             let data = random_bytes(len, seed);
             for chunk in data.chunks(64 << 10) {
@@ -339,23 +338,7 @@ impl EchoStream {
             out.shutdown(Shutdown::Write)?;
             Ok(sha256_bytes(&data))
         });
-        let received = Arc::new(AtomicU64::new(0));
-        let count = Arc::clone(&received);
-        let reader = std::thread::spawn(move || -> Result<(u64, String)> {
-            let mut hasher = Sha256::new();
-            let mut buf = vec![0; 64 << 10];
-            let mut total = 0;
-            loop {
-                let n = input.read(&mut buf).context("reading the echo")?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                total += n as u64;
-                count.store(total, Ordering::SeqCst);
-            }
-            Ok((total, hex(&hasher.finalize())))
-        });
+        let (received, reader) = hash_while_reading(input, "the echo");
         Ok(EchoStream {
             received,
             writer,
@@ -464,8 +447,8 @@ pub fn side_by_side(
     stall_bound: Duration,
     fault: &dyn Fn() -> Result<String>,
 ) -> Result<(Verdict, Verdict, String)> {
+    use super::data::{sha256_file, write_random_file};
     use super::process::Watched;
-    use super::sshd::{sha256_file, write_random_file};
     use std::fs::File;
     use std::process::Stdio;
 

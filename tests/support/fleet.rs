@@ -13,6 +13,7 @@
 
 #![allow(dead_code)]
 
+use super::data::{hash_while_reading, SplitMix64};
 use super::netns::NetLab;
 use super::process::{Lines, Watched};
 use super::relay::{proxy_command, RelayProcess};
@@ -431,30 +432,6 @@ impl Instance {
     }
 }
 
-/// A pseudo-random stream made as it is written (nothing held in memory):
-/// splitmix64, as the other tests' data.
-pub struct Stream {
-    state: u64,
-}
-
-impl Stream {
-    pub fn new(seed: u64) -> Stream {
-        Stream { state: seed }
-    }
-
-    /// Fills `buf` (a multiple of 8 bytes long).
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
-        }
-    }
-}
-
 /// One ssh session through the fleet running `cat` remotely: `len` bytes
 /// written to it (at most `rate` bytes a second, if given), the same read
 /// back, both sides hashed.
@@ -506,9 +483,10 @@ impl EchoSsh {
         )?;
         let started = Instant::now();
         let mut input = ssh.child.stdin.take().context("ssh stdin")?;
-        let mut output = ssh.child.stdout.take().context("ssh stdout")?;
+        let output = ssh.child.stdout.take().context("ssh stdout")?;
         let writer = std::thread::spawn(move || -> Result<String> {
-            let mut stream = Stream::new(seed);
+            // Made as it is written (nothing held in memory).
+            let mut stream = SplitMix64(seed);
             let mut hasher = Sha256::new();
             let mut buf = vec![0u8; 64 << 10];
             let mut sent = 0u64;
@@ -530,23 +508,7 @@ impl EchoSsh {
             drop(input);
             Ok(hex(&hasher.finalize()))
         });
-        let received = Arc::new(AtomicU64::new(0));
-        let count = Arc::clone(&received);
-        let reader = std::thread::spawn(move || -> Result<(u64, String)> {
-            let mut hasher = Sha256::new();
-            let mut buf = vec![0u8; 64 << 10];
-            let mut total = 0u64;
-            loop {
-                let n = output.read(&mut buf).context("reading from ssh")?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                total += n as u64;
-                count.store(total, Ordering::SeqCst);
-            }
-            Ok((total, hex(&hasher.finalize())))
-        });
+        let (received, reader) = hash_while_reading(output, "from ssh");
         Ok(EchoSsh {
             ssh,
             port: 0,

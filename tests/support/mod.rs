@@ -2,8 +2,9 @@
 //!
 //! * [`process`] — child processes: bounded runs, stderr collected line by
 //!   line, waiting for progress, process trees and signals.
-//! * [`sshd`] — a private OpenSSH server, and test data (random files,
-//!   sha256).
+//! * [`sshd`] — a private OpenSSH server.
+//! * [`data`] — test data: seeded pseudo-random bytes and files
+//!   (splitmix64), sha256.
 //! * [`relay`] — the real `resumeproxyd`, and the `ProxyCommand`, flags and
 //!   lines of the real client.
 //! * [`netns`] — two network namespaces and the faults of a real network.
@@ -17,11 +18,15 @@
 //! * [`unit`] — the relay's systemd unit, read as systemd reads it.
 //! * [`lab`] — tests that need root or a tool: skipped where they cannot
 //!   run, failed instead under `RESUMEPROXY_LAB=required`.
+//! * [`master`] — an ssh ControlMaster in the fault lab, and commands
+//!   multiplexed over it.
 
+pub mod data;
 pub mod durable;
 pub mod faults;
 pub mod fleet;
 pub mod lab;
+pub mod master;
 pub mod netns;
 pub mod process;
 pub mod relay;

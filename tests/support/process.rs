@@ -477,3 +477,10 @@ pub fn kill_tree(child: &mut Child) {
     }
     let _ = child.wait();
 }
+
+/// What a thread returned; an error if it panicked.
+pub fn joined<T>(handle: std::thread::JoinHandle<Result<T>>) -> Result<T> {
+    handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("a thread panicked"))?
+}

@@ -5,8 +5,9 @@
 
 #![allow(dead_code)]
 
+use super::data::{random_bytes, sha256_file};
 use super::process::{file_len, run_within, stderr_of, wait_progress};
-use super::sshd::{random_bytes, sha256_file, TestSshd};
+use super::sshd::TestSshd;
 use anyhow::{ensure, Context, Result};
 use resumeproxy::proto::wire::{Code, Reply};
 use resumeproxy::transport::tls::{self, PinVerifier};
@@ -170,5 +171,19 @@ pub fn assert_refused(reply: &Reply, code: Code, why: &str) {
     match reply {
         Reply::Refused { code: c, reason } if *c == code && reason.contains(why) => {}
         other => panic!("expected a refusal ({code:?}, {why:?}), got {other:?}"),
+    }
+}
+
+/// Whether the peer has closed `stream` (EOF or reset), reading past what
+/// it said first (a connection turned away gets a TLS alert); `stream` is
+/// non-blocking and never sent anything to.
+pub fn closed_by_peer(mut stream: &std::net::TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    loop {
+        match std::io::Read::read(&mut stream, &mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) => return e.kind() != std::io::ErrorKind::WouldBlock,
+        }
     }
 }

@@ -27,7 +27,7 @@
 use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -37,8 +37,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::process::kill_tree;
 use anyhow::{Context, Result};
-use resumeproxy::units::hex;
-use sha2::{Digest, Sha256};
 
 /// Absolute path of the OpenSSH server (sshd re-executes itself and insists on an
 /// absolute path).
@@ -49,8 +47,6 @@ const READY_DEADLINE: Duration = Duration::from_secs(10);
 const READY_POLL: Duration = Duration::from_millis(20);
 /// How many times [`TestSshd::start`] tries a new port when sshd cannot bind.
 const START_ATTEMPTS: usize = 3;
-/// Block size used for file hashing and random file generation.
-const BLOCK: usize = 1 << 20;
 
 /// A private sshd instance on `127.0.0.1`, plus the keys and options needed to
 /// log into it as the current user.
@@ -313,89 +309,6 @@ impl Drop for TestSshd {
             );
         }
         kill_tree(&mut self.child);
-    }
-}
-
-/// sha256 of a file's contents, as lowercase hex.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = File::open(path).with_context(|| format!("open {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; BLOCK];
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
-        };
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex(&hasher.finalize()))
-}
-
-/// sha256 of `b`, as lowercase hex.
-pub fn sha256_bytes(b: &[u8]) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(b);
-    hex(&hasher.finalize())
-}
-
-/// Writes `len` bytes of deterministic pseudo-random data to `path` (created or
-/// truncated).
-///
-/// The data is the little-endian byte stream of a splitmix64 generator seeded
-/// with `seed`, truncated to `len`; identical to [`random_bytes`] with the same
-/// arguments. Fast (1 MiB blocks), not cryptographic.
-pub fn write_random_file(path: &Path, len: u64, seed: u64) -> Result<()> {
-    let mut file = File::create(path).with_context(|| format!("create {}", path.display()))?;
-    let mut rng = SplitMix64(seed);
-    let mut buf = vec![0u8; BLOCK];
-    let mut left = len;
-    while left > 0 {
-        let n = usize::try_from(left).map_or(BLOCK, |l| l.min(BLOCK));
-        rng.fill(&mut buf[..n]);
-        file.write_all(&buf[..n])
-            .with_context(|| format!("write {}", path.display()))?;
-        left -= n as u64;
-    }
-    file.flush()
-        .with_context(|| format!("flush {}", path.display()))?;
-    Ok(())
-}
-
-/// `len` bytes of the same deterministic stream [`write_random_file`] writes.
-pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut rng = SplitMix64(seed);
-    let mut out = vec![0u8; len];
-    for block in out.chunks_mut(BLOCK) {
-        rng.fill(block);
-    }
-    out
-}
-
-/// splitmix64; `fill` consumes whole u64s, so block sizes that are multiples of
-/// 8 (all but the final block) keep the stream independent of the block size.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) {
-        let mut chunks = buf.chunks_exact_mut(8);
-        for chunk in &mut chunks {
-            chunk.copy_from_slice(&self.next_u64().to_le_bytes());
-        }
-        let rest = chunks.into_remainder();
-        if !rest.is_empty() {
-            let bytes = self.next_u64().to_le_bytes();
-            rest.copy_from_slice(&bytes[..rest.len()]);
-        }
     }
 }
 
