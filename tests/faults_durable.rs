@@ -27,7 +27,7 @@ use support::durable::{
 use support::faults::{
     connect_in, echo_server, free_port_in, serial, Bench, EchoStream, RUN_TIMEOUT,
 };
-use support::master::ControlMaster;
+use support::master::{check_copies, copied, still_running, ControlMaster};
 use support::process::{joined, wait_progress, Watched};
 
 /// Each transfer's size.
@@ -252,16 +252,10 @@ fn control_master_streams_survive_worker_kills() -> Result<()> {
     let (pairs, mut commands) = master.four_copies(dir, size, 50)?;
     // An event after each eighth of all four: the upload is faster than
     // the downloads, and at every event at least two commands still run.
-    let progress = || Ok(pairs.iter().map(|(_, dst)| file_len(dst)).sum());
+    let progress = || Ok(copied(&pairs));
     let step = 4 * size / 8;
     for i in 0..=KILLS {
-        let mut running = || {
-            let mut any = false;
-            for c in commands.iter_mut() {
-                any |= c.running()?;
-            }
-            Ok(any)
-        };
+        let mut running = || Ok(still_running(&mut commands)? > 0);
         wait_progress(
             &progress,
             &mut running,
@@ -269,24 +263,11 @@ fn control_master_streams_survive_worker_kills() -> Result<()> {
             PROGRESS_TIMEOUT,
         )
         .with_context(|| format!("master's stderr:\n{}", master.ssh.stderr.text()))?;
-        let mut still = 0;
-        for c in commands.iter_mut() {
-            still += usize::from(c.running()?);
-        }
+        let still = still_running(&mut commands)?;
         ensure!(still >= 2, "only {still} commands still run at event {i}");
         restart(&bench, &copy, i)?;
     }
-    for (i, c) in commands.iter_mut().enumerate() {
-        let status = c.wait(RUN_TIMEOUT)?;
-        ensure!(
-            status.success(),
-            "command {i}: {status}: {}",
-            c.stderr.text()
-        );
-    }
-    for (src, dst) in &pairs {
-        assert_eq!(sha256_file(dst)?, sha256_file(src)?, "{}", dst.display());
-    }
+    check_copies(&mut commands, &pairs, RUN_TIMEOUT)?;
     let master = master.finish()?;
     let resumes = resumes_after_each_start(&bench.relay, 1)?;
     ensure!(

@@ -21,12 +21,11 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::Stdio;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
-use support::data::sha256_file;
 use support::faults::{
     connect_in, echo_server, free_port_in, inject_while_flowing, serial, side_by_side,
     socks5_connect, Bench, EchoStream, EVERY_FAULT, PARTITION, RESET_STORM, RUN_TIMEOUT,
 };
-use support::master::ControlMaster;
+use support::master::{check_copies, copied, still_running, ControlMaster};
 use support::netns::Fault;
 use support::process::Watched;
 
@@ -149,20 +148,9 @@ fn control_master_with_multiplexed_commands_survives_every_fault() -> Result<()>
     let size = 48 << 20;
     let (pairs, mut commands) = master.four_copies(dir, size, 40)?;
     let started = Instant::now();
-    let progress = || {
-        Ok(pairs
-            .iter()
-            .map(|(_, dst)| std::fs::metadata(dst).map_or(0, |m| m.len()))
-            .sum())
-    };
+    let progress = || Ok(copied(&pairs));
     let outcomes = {
-        let mut running = || {
-            let mut any = false;
-            for c in commands.iter_mut() {
-                any |= c.running()?;
-            }
-            Ok(any)
-        };
+        let mut running = || Ok(still_running(&mut commands)? > 0);
         inject_while_flowing(
             &bench,
             &progress,
@@ -173,17 +161,7 @@ fn control_master_with_multiplexed_commands_survives_every_fault() -> Result<()>
         )
         .with_context(|| format!("master's stderr:\n{}", master.ssh.stderr.text()))?
     };
-    for (i, c) in commands.iter_mut().enumerate() {
-        let status = c.wait(RUN_TIMEOUT)?;
-        ensure!(
-            status.success(),
-            "command {i}: {status}: {}",
-            c.stderr.text()
-        );
-    }
-    for (src, dst) in &pairs {
-        assert_eq!(sha256_file(dst)?, sha256_file(src)?, "{}", dst.display());
-    }
+    check_copies(&mut commands, &pairs, RUN_TIMEOUT)?;
     master.finish().context("after the faults")?;
     eprintln!(
         "ControlMaster, 4 multiplexed commands of {} MiB: {:.1?}",

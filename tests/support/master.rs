@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use super::data::write_random_file;
+use super::data::{sha256_file, write_random_file};
 use super::faults::Bench;
 use super::process::Watched;
 use anyhow::{ensure, Result};
@@ -134,4 +134,43 @@ impl<'a> ControlMaster<'a> {
         );
         Ok(self.ssh)
     }
+}
+
+/// Bytes at the copies' destinations so far.
+pub fn copied(pairs: &Pairs) -> u64 {
+    pairs
+        .iter()
+        .map(|(_, dst)| std::fs::metadata(dst).map_or(0, |m| m.len()))
+        .sum()
+}
+
+/// How many of `commands` still run.
+pub fn still_running(commands: &mut [Watched]) -> Result<usize> {
+    let mut running = 0;
+    for command in commands.iter_mut() {
+        running += usize::from(command.running()?);
+    }
+    Ok(running)
+}
+
+/// Waits for every command to exit 0 (each within `timeout`), then checks
+/// every destination's sha256 against its source's.
+pub fn check_copies(commands: &mut [Watched], pairs: &Pairs, timeout: Duration) -> Result<()> {
+    for (i, command) in commands.iter_mut().enumerate() {
+        let status = command.wait(timeout)?;
+        ensure!(
+            status.success(),
+            "command {i}: {status}: {}",
+            command.stderr.text()
+        );
+    }
+    for (src, dst) in pairs {
+        ensure!(
+            sha256_file(dst)? == sha256_file(src)?,
+            "{} differs from {}",
+            dst.display(),
+            src.display()
+        );
+    }
+    Ok(())
 }
