@@ -136,7 +136,7 @@ pub struct Fleet {
     pub agent_listen: Option<SocketAddr>,
     /// Taking no new sessions; those here go on.
     pub draining: bool,
-    /// Balancers whose TCP connections start with a PROXY protocol v2
+    /// Balancers whose TCP connections start with a PROXY protocol (v1 or v2)
     /// header naming the client.
     pub proxy_protocol_from: Vec<IpAddr>,
 }
