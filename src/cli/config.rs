@@ -462,7 +462,7 @@ mod tests {
             "{e}"
         );
         let e = resolve("syntax.toml", "grace = \"1h\"\nmax_sessions = = 3\n");
-        assert!(e.contains("line 2: "), "{e}");
+        assert!(e.contains("line 2, at `=`: "), "{e}");
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod udp_memory;
 mod waits;
 
 use crate::link::Link;
+use crate::proto::reconnect::NotServed;
 use crate::proto::session::{Session, SessionConfig, SessionStats};
 use crate::proto::wire::SessionId;
 use crate::transport::identity::Fingerprint;
@@ -145,6 +146,17 @@ fn unreachable_hint(reason: &str) -> &'static str {
     }
 }
 
+/// What a client that gave its relay up found, for `for_` every attempt.
+fn relay_gone_words(how: NotServed, for_: Duration) -> String {
+    match how {
+        NotServed::Refused => format!("connections refused for {}s", for_.as_secs()),
+        NotServed::ClosedAtOnce => format!(
+            "for {}s every connection was closed before its TLS handshake: a balancer with no relay behind it?",
+            for_.as_secs()
+        ),
+    }
+}
+
 /// How the client ended badly; every one means exit status 255 for ssh.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -174,14 +186,17 @@ pub enum ClientError {
         /// Why.
         reason: String,
     },
-    /// Every reconnect attempt was refused for [`RELAY_GONE_AFTER`]: nothing
-    /// listens on the relay's port, the relay was stopped for good.
-    #[error("relay at {addr} is not running (connections refused for {}s); the session is lost", .refused_for.as_secs())]
+    /// Every reconnect attempt for [`RELAY_GONE_AFTER`] found nothing
+    /// serving the relay's port (refused, or accepted and closed at once by
+    /// a balancer): the relay was stopped for good.
+    #[error("relay at {addr} is not running ({}); the session is lost", relay_gone_words(*.how, *.refused_for))]
     RelayGone {
         /// host:port
         addr: String,
         /// How long.
         refused_for: Duration,
+        /// How the last attempt found nothing there.
+        how: NotServed,
     },
     /// The relay ended the session.
     #[error("relay at {addr} closed the session: {reason}; the ssh connection is lost")]
