@@ -16,6 +16,7 @@ use super::settings::relay::{self, RelayTable};
 use super::settings::{Given, Resolver, Table};
 use super::{LinkOptions, ServeArgs};
 use crate::client::connector::TransportChoice;
+use crate::client::direct::Fallback;
 use crate::relay::target_policy::TargetPolicy;
 use crate::relay::{Fleet, Limits};
 use crate::units::format_bytes;
@@ -123,6 +124,8 @@ pub struct ClientSettings {
     pub known_relays: PathBuf,
     /// No lost/resumed lines.
     pub quiet: bool,
+    /// What to do when no relay answers at the start.
+    pub fallback: Fallback,
 }
 
 impl ClientSettings {
@@ -139,6 +142,7 @@ impl ClientSettings {
             dead_after: settings.get(&client::DEAD_AFTER),
             transport: settings.get(&client::TRANSPORT),
             connect_timeout: settings.get(&client::CONNECT_TIMEOUT),
+            fallback: settings.get(&client::FALLBACK),
             known_relays: settings.get(&client::KNOWN_RELAYS),
             // -v on the command line wins over `quiet` in the file.
             quiet: settings.get(&client::QUIET) && flags.verbose == 0,

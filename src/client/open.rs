@@ -6,6 +6,7 @@
 //! meets an [`Expectation`].
 
 use super::connector::Connector;
+use super::direct::Fallback;
 use super::trust::{self, Expectation};
 use super::{ClientConfig, ClientError, ClientEvent};
 use crate::link::handshake::{self, HandshakeError};
@@ -120,7 +121,7 @@ pub(super) async fn open_session(
                         format_duration(config.connect_timeout)
                     )
                 });
-                return Err(ClientError::Unreachable { addr, reason });
+                return Err(ClientError::NoRelay { addr, reason });
             }
         };
         match error {
@@ -132,6 +133,10 @@ pub(super) async fn open_session(
                 return Err(ClientError::KeyChanged(Box::new(changed)));
             }
             OpenError::Unusable(reason) => return Err(ClientError::Unreachable { addr, reason }),
+            // Nothing listens there: with a fallback, no use trying again.
+            OpenError::NotListening(reason) if config.fallback == Fallback::Direct => {
+                return Err(ClientError::NoRelay { addr, reason })
+            }
             error @ (OpenError::NotListening(_)
             | OpenError::ClosedAtOnce(_)
             | OpenError::Io(_)
@@ -146,7 +151,7 @@ pub(super) async fn open_session(
         let latest = deadline.checked_sub(LAST_ATTEMPT).unwrap_or(now);
         if now >= latest {
             let reason = notice.last.take().unwrap_or_default();
-            return Err(ClientError::Unreachable { addr, reason });
+            return Err(ClientError::NoRelay { addr, reason });
         }
         let next = (now + backoff.next_delay(rand::random())).min(latest);
         notice
