@@ -15,11 +15,15 @@
 //! * [`systemd`] — systemd's side of the notify and descriptor store
 //!   protocol.
 //! * [`unit`] — the relay's systemd unit, read as systemd reads it.
+//! * [`fleet`] — three relays behind a balancer in the lab: [`haproxy`] or
+//!   [`nginx`], each with its shipped configuration.
 
 pub mod durable;
 pub mod faults;
 pub mod fleet;
+pub mod haproxy;
 pub mod netns;
+pub mod nginx;
 pub mod process;
 pub mod relay;
 pub mod security;
