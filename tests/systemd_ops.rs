@@ -15,6 +15,10 @@
 //!   session resumes and carries data. Once the file is mended, a reload
 //!   applies it and keeps it instead. A first start with a broken file
 //!   fails with exit 78 (`RestartPreventExitStatus=`), naming the mistake.
+//! * Journal hygiene: the status line is told when it changes, never the
+//!   same twice in a row; a relay whose stderr is the stream
+//!   `$JOURNAL_STREAM` names (journald stamps each line) writes no
+//!   timestamps of its own, and one whose stderr is anything else does.
 
 mod support;
 
@@ -109,6 +113,15 @@ fn systemctl_stop_ends_every_session_at_once_in_words() -> Result<()> {
         state.violations.is_empty(),
         "systemd would object: {:?}",
         state.violations
+    );
+    let statuses: Vec<&str> = state
+        .messages
+        .iter()
+        .filter_map(|m| m.field("STATUS"))
+        .collect();
+    ensure!(
+        statuses.windows(2).all(|pair| pair[0] != pair[1]),
+        "the same status told twice in a row: {statuses:?}"
     );
     println!("systemctl stop: ssh exited 255 {took:?} after the signal: {stderr}");
     Ok(())
@@ -293,5 +306,77 @@ fn a_broken_config_file_fails_the_reload_and_a_restart_runs_on_the_last_good_one
         out.status
     );
     drop(relay);
+    Ok(())
+}
+
+/// A relay started by hand with its stderr on a pipe; `journal`: with
+/// `$JOURNAL_STREAM` naming that pipe, as systemd names the journal's
+/// stream. Returns its first log line.
+fn first_log_line(sshd: &TestSshd, journal: bool) -> Result<String> {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into `fds`.
+    ensure!(
+        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == 0,
+        "pipe2: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: both were just made, and are owned by nothing else.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: fstat writes one struct stat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    ensure!(unsafe { libc::fstat(write.as_raw_fd(), &mut st) } == 0);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_resumeproxyd"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--target"])
+        .arg(format!("127.0.0.1:{}", sshd.port()))
+        .arg("--key-file")
+        .arg(&support::relay::test_key().0)
+        .env("RESUMEPROXY_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(write));
+    if journal {
+        command.env("JOURNAL_STREAM", format!("{}:{}", st.st_dev, st.st_ino));
+    } else {
+        command.env_remove("JOURNAL_STREAM");
+    }
+    let mut child = command.spawn()?;
+    // Our copy of the write end went with the command.
+    drop(command);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut pipe = std::fs::File::from(read);
+        let mut text = Vec::new();
+        let mut byte = [0u8; 1];
+        while pipe.read(&mut byte).is_ok_and(|n| n == 1) && byte[0] != b'\n' {
+            text.push(byte[0]);
+        }
+        let _ = tx.send(String::from_utf8_lossy(&text).into_owned());
+    });
+    let line = rx.recv_timeout(PROMPTLY);
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(line?)
+}
+
+#[test]
+fn on_the_journal_the_relay_writes_no_timestamps_of_its_own() -> Result<()> {
+    let sshd = TestSshd::start()?;
+    let stamped = |line: &str| {
+        line.split_whitespace()
+            .next()
+            .is_some_and(|word| humantime::parse_rfc3339_weak(word).is_ok())
+    };
+    let journal = first_log_line(&sshd, true)?;
+    ensure!(
+        !journal.is_empty() && !stamped(&journal),
+        "on the journal: {journal:?}"
+    );
+    let pipe = first_log_line(&sshd, false)?;
+    ensure!(stamped(&pipe), "not on the journal: {pipe:?}");
+    println!("on the journal: {journal:?}; elsewhere: {pipe:?}");
     Ok(())
 }
