@@ -145,7 +145,8 @@ fn worker(flags: ServeArgs) -> ExitCode {
         }
     };
     let kept = store.take_config();
-    let resolved = match RelaySettings::resolve_or_kept(&flags, kept.as_deref()) {
+    let kept_text = kept.as_ref().ok().and_then(Option::as_deref);
+    let resolved = match RelaySettings::resolve_or_kept(&flags, kept_text) {
         Ok(resolved) => resolved,
         Err(e) => {
             eprintln!("resumeproxyd: {e}");
@@ -154,6 +155,9 @@ fn worker(flags: ServeArgs) -> ExitCode {
     };
     let settings = resolved.settings.clone();
     init_logging(&settings);
+    if let Err(e) = &kept {
+        tracing::warn!("the configuration an earlier worker kept cannot be read: {e}");
+    }
     let broken = resolved.broken.as_ref().map(|e| {
         tracing::error!("{}", broken_file(e));
         e.to_string()
@@ -233,7 +237,7 @@ fn worker(flags: ServeArgs) -> ExitCode {
             Err(e) => tracing::warn!("listening (address unknown: {e})"),
         }
         let handle = relay.handle();
-        if resolved.broken.is_none() && kept.as_deref() != Some(resolved.text.as_str()) {
+        if resolved.broken.is_none() && kept_text != Some(resolved.text.as_str()) {
             handle.keep_config(&resolved.text);
         }
         let status = status_line(&handle, broken.as_deref());

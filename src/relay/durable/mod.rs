@@ -148,10 +148,10 @@ impl Store {
     }
 
     /// The last good configuration file's text an earlier worker kept
-    /// (see [`kept_config`]), if there is one. The newest is taken; older
-    /// ones (a worker that died between keeping a new one and forgetting
-    /// the old) are forgotten.
-    pub fn take_config(&mut self) -> Option<String> {
+    /// (see [`kept_config`]), if there is one; an error if it cannot be
+    /// read. The newest is taken; older ones (a worker that died between
+    /// keeping a new one and forgetting the old) are forgotten.
+    pub fn take_config(&mut self) -> io::Result<Option<String>> {
         let mut kept: Vec<(u64, String)> = self
             .stored
             .fds
@@ -159,19 +159,17 @@ impl Store {
             .filter_map(|(name, _)| Some((kept_config::generation(name)?, name.clone())))
             .collect();
         kept.sort();
-        let (newest, name) = kept.pop()?;
+        let Some((newest, name)) = kept.pop() else {
+            return Ok(None);
+        };
         for (_, old) in kept {
             self.stored.take_all(&old);
             self.forget(&old);
         }
-        let fd = self.stored.take_all(&name).pop()?;
         *crate::locks::lock(&self.config) = Some(newest);
-        match kept_config::from_memfd(&fd) {
-            Ok(text) => Some(text),
-            Err(e) => {
-                tracing::warn!("the kept configuration cannot be read: {e}");
-                None
-            }
+        match self.stored.take_all(&name).pop() {
+            Some(fd) => kept_config::from_memfd(&fd).map(Some),
+            None => Ok(None),
         }
     }
 
