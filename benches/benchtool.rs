@@ -236,6 +236,7 @@ fn client_config(host: &str, port: u16, target: u16, fp: &str) -> Result<ClientC
         trust: TrustSource::Fingerprints(vec![fingerprint]),
         transport: TransportChoice::Tcp,
         udp_memory: None,
+        fallback: Default::default(),
     })
 }
 

@@ -17,6 +17,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 90s, 10m, 12h, 500ms)"))
 }
 
+/// `n` things in words: `1 session`, `2 sessions`, `0 sessions` (the
+/// plural is the word with an `s`).
+pub fn count(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
 /// Renders a duration for people: `12.4s`, `850ms`, `12h`.
 pub fn format_duration(d: Duration) -> String {
     let secs = d.as_secs_f64();
@@ -192,6 +202,13 @@ mod tests {
             Err("must be between 64KiB and 1GiB".into())
         );
         assert_eq!(hex(&[0, 0xab, 0x10]), "00ab10");
+    }
+
+    #[test]
+    fn counts_are_singular_for_one() {
+        assert_eq!(count(1, "session"), "1 session");
+        assert_eq!(count(0, "session"), "0 sessions");
+        assert_eq!(count(2, "handshake"), "2 handshakes");
     }
 
     #[test]

@@ -9,8 +9,8 @@
 //! worker killed with SIGKILL mid-transfer, a new worker that takes
 //! everything back from `$LISTEN_FDS` and carries both sessions on, the
 //! sessions' ends (`FDSTOREREMOVE=1`), a reload (SIGHUP, `ExecReload=`)
-//! and a stop (SIGTERM); and `resumeproxyd check-config`
-//! (`ExecStartPre=`). Then:
+//! and a stop (the unit's `KillSignal=`); and `resumeproxyd check-config
+//! --quiet` (`ExecReload=`). Then:
 //!
 //! * every call traced is allowed by the unit's `SystemCallFilter=` lines,
 //!   read from `systemd/resumeproxyd.service` and expanded with
@@ -44,7 +44,9 @@ use support::process::{output_within, Watched};
 use support::relay::{proxy_command, RelayProcess, CLIENT_FLAGS};
 use support::sshd::TestSshd;
 use support::systemd::FakeSystemd;
-use support::unit::{unit_families, unit_file, unit_store_max, ListSetting, SyscallSets};
+use support::unit::{
+    unit_families, unit_file, unit_signal, unit_store_max, ListSetting, SyscallSets,
+};
 
 /// Bytes of the download (traced, each call slowed down).
 const SIZE: u64 = 32 << 20;
@@ -290,7 +292,8 @@ fn the_durable_path_makes_only_calls_the_unit_allows() -> Result<()> {
     let key = state_dir.join("relay.key");
     let key_text = key.to_string_lossy().into_owned();
     let key_flags = ["--key-file", key_text.as_str()];
-    // ExecStartPre= runs under the same filter (here before any key).
+    // ExecReload= runs the check under the same filter (here before any
+    // key).
     let check_trace = traces.path().join("check-config");
     let (status, stderr, _) = output_within(
         Command::new(&strace)
@@ -298,7 +301,7 @@ fn the_durable_path_makes_only_calls_the_unit_allows() -> Result<()> {
             .arg(&check_trace)
             .arg("--")
             .arg(env!("CARGO_BIN_EXE_resumeproxyd"))
-            .arg("check-config")
+            .args(["check-config", "--quiet"])
             .args(key_flags)
             .arg("--target")
             .arg(format!("127.0.0.1:{}", sshd.port())),
@@ -390,9 +393,10 @@ fn the_durable_path_makes_only_calls_the_unit_allows() -> Result<()> {
     // ExecReload=: SIGHUP.
     workers[1].signal(libc::SIGHUP)?;
     workers[1].wait_for_log("configuration reloaded", PROMPTLY)?;
+    // systemctl stop.
     ensure!(
-        workers[1].terminate(PROMPTLY)?,
-        "the worker failed on SIGTERM"
+        workers[1].stop_with(unit_signal("KillSignal")?, PROMPTLY)?,
+        "the worker failed on its KillSignal="
     );
     systemd.exited();
     wait_gone(second_tracer, PROMPTLY)?;

@@ -9,8 +9,8 @@
 //! records whatever systemd would refuse or warn about.
 //!
 //! Real ssh and sshd, an upload and a download at once, the worker killed
-//! with SIGKILL twice and then stopped for a restart (SIGTERM, as
-//! `systemctl restart` does) while they run (neither can end before the
+//! with SIGKILL twice and then stopped for a restart (the unit's
+//! `RestartKillSignal=`, as `systemctl restart` sends it) while they run (neither can end before the
 //! last restart: the test holds back the upload's last MiB and the
 //! download's end), a new worker started by "systemd" with the kept
 //! descriptors each time; both files arrive whole, ssh exits 0, each client
@@ -31,7 +31,7 @@ use support::process::Watched;
 use support::relay::{proxy_command, RelayProcess};
 use support::sshd::TestSshd;
 use support::systemd::{fdname_is_valid, FakeSystemd, State, FDNAME_MAX};
-use support::unit::unit_store_max;
+use support::unit::{unit_signal, unit_store_max};
 
 /// Bytes each way.
 const SIZE: u64 = 64 << 20;
@@ -223,7 +223,10 @@ fn the_systemd_path_carries_transfers_through_worker_restarts() -> Result<()> {
         match how {
             // SIGKILL, and reaped.
             Restart::Kill => old.kill(),
-            Restart::Term => ensure!(old.terminate(PROMPTLY)?, "{restart}: the worker failed"),
+            Restart::Term => ensure!(
+                old.stop_with(unit_signal("RestartKillSignal")?, PROMPTLY)?,
+                "{restart}: the worker failed"
+            ),
         }
         systemd.exited();
         check_store(&systemd.state(), SESSIONS).with_context(|| format!("after {restart}"))?;
@@ -231,8 +234,11 @@ fn the_systemd_path_carries_transfers_through_worker_restarts() -> Result<()> {
         let (worker, names) = systemd.start_relay(&[], &listen, sshd.port(), &[])?;
         let listening = signalled.elapsed();
         let sessions = names.iter().filter(|n| n.starts_with(SESSION)).count();
+        // The sessions, the two listeners and the last good configuration.
         ensure!(
-            sessions == 2 * SESSIONS && names.len() == 2 * SESSIONS + 2,
+            sessions == 2 * SESSIONS
+                && names.len() == 2 * SESSIONS + 3
+                && names.iter().filter(|n| n.starts_with("config-")).count() == 1,
             "the new worker got {names:?}"
         );
         // systemd's order: the newest first, the listeners (kept first) last.

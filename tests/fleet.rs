@@ -284,11 +284,11 @@ fn a_drained_instance_keeps_its_sessions_and_a_dead_one_ends_its_own() -> Result
     let asked = Instant::now();
     bench.instances[drained].drain()?;
     let seen = bench
-        .haproxy
+        .haproxy()
         .wait_status("relays", &name, "DRAIN", Duration::from_secs(10))?;
     let drain_seen = asked.elapsed();
     ensure!(
-        bench.haproxy.status(&name, &name)?.starts_with("UP"),
+        bench.haproxy().status(&name, &name)?.starts_with("UP"),
         "the drained instance's own backend must stay up"
     );
     // Its sessions still resume to it.
@@ -335,7 +335,7 @@ fn a_drained_instance_keeps_its_sessions_and_a_dead_one_ends_its_own() -> Result
     let killed = Instant::now();
     let down =
         bench
-            .haproxy
+            .haproxy()
             .wait_status(&dead_name, &dead_name, "DOWN", Duration::from_secs(20))?;
     let mut exits = Vec::new();
     let mut survivors = Vec::new();

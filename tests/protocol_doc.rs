@@ -253,7 +253,8 @@ fn decodes_to(bytes: &[u8], like: &Message) -> bool {
 const PROOF_CONTEXT: &[u8] = b"resumeproxy resume proof v2";
 
 /// The PROXY protocol v2 header HAProxy writes for a client at
-/// 198.51.100.4:40110 reaching 10.0.0.11:7022, and its `LOCAL` health check.
+/// 198.51.100.4:40110 reaching 10.0.0.11:7022, its `LOCAL` health check,
+/// and the v1 line nginx writes for the same client.
 fn proxy_examples() -> Vec<(&'static str, Vec<u8>, Source)> {
     let mut v4 = proxy_header::SIGNATURE.to_vec();
     v4.extend_from_slice(&[0x21, 0x11, 0x00, 0x0c]);
@@ -269,6 +270,11 @@ fn proxy_examples() -> Vec<(&'static str, Vec<u8>, Source)> {
             Source::Client("198.51.100.4:40110".parse().expect("addr")),
         ),
         ("proxy-local", local, Source::Local),
+        (
+            "proxy-v1",
+            b"PROXY TCP4 198.51.100.4 10.0.0.11 40110 7022\r\n".to_vec(),
+            Source::Client("198.51.100.4:40110".parse().expect("addr")),
+        ),
     ]
 }
 
@@ -437,6 +443,7 @@ fn the_constants_table_is_the_codes() {
             "largest PROXY header body",
             proxy_header::MAX_VARIABLE_LEN as u64,
         ),
+        ("longest PROXY v1 line", proxy_header::V1_MAX_LEN as u64),
     ]
     .into_iter()
     .collect();

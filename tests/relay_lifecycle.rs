@@ -9,11 +9,17 @@
 //!   port any more): each client exits 255 with one clear line once every
 //!   attempt has been refused for `RELAY_GONE_AFTER`, not after the grace
 //!   period.
+//! * The same relay behind a balancer that accepts each connection and
+//!   closes it when it cannot reach the relay (as nginx's `stream` proxy
+//!   does): the clients see no refusal, but every attempt closed before its
+//!   TLS handshake; they exit 255 in words after `RELAY_GONE_AFTER` too,
+//!   within 40 s.
 
 mod support;
 
 use anyhow::{ensure, Result};
 use resumeproxy::client::RELAY_GONE_AFTER;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 use support::relay::{proxy_command, RelayProcess, CLIENT, RESUMED};
 use support::sshd::TestSshd;
@@ -96,6 +102,76 @@ fn a_relay_stopped_for_good_ends_its_clients_after_relay_gone_after() -> Result<
         );
         eprintln!(
             "{transport}: exit 255 {took:.1?} after the relay was killed: {}",
+            lines[1]
+        );
+    }
+    Ok(())
+}
+
+/// A TCP balancer on loopback in front of `relay`: each connection is
+/// passed on to it, or, when the relay cannot be reached, accepted and
+/// closed at once (nginx's `stream` proxy with its upstream down). Runs
+/// until the test ends.
+fn balancer(relay: SocketAddr) -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        for incoming in listener.incoming() {
+            let Ok(mut down) = incoming else { continue };
+            // Unreachable: `down` is dropped, closed.
+            let Ok(mut up) = TcpStream::connect(relay) else {
+                continue;
+            };
+            let (Ok(mut down2), Ok(mut up2)) = (down.try_clone(), up.try_clone()) else {
+                continue;
+            };
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut down2, &mut up2);
+                let _ = up2.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut up, &mut down);
+                let _ = down.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    Ok(addr)
+}
+
+#[test]
+fn behind_a_balancer_with_nothing_behind_it_clients_end_in_words() -> Result<()> {
+    let sshd = TestSshd::start()?;
+    let mut relay = RelayProcess::start(sshd.port(), &[])?;
+    let front = balancer(relay.addr())?;
+    let mut sessions = Vec::new();
+    for transport in ["tcp", "auto"] {
+        let flags = format!("--transport {transport} --dead-after 1s");
+        let proxy = proxy_command(front, sshd.port(), &flags);
+        sessions.push((transport, sshd.idle_session(&proxy)?));
+    }
+    let killed = Instant::now();
+    relay.kill();
+    let within = Duration::from_secs(40);
+    for (transport, ssh) in &mut sessions {
+        let exit = ssh.wait(within.saturating_sub(killed.elapsed()))?;
+        let took = killed.elapsed();
+        ensure!(exit.code() == Some(255), "{transport}: ssh {exit}");
+        ssh.stderr
+            .wait_for(0, "is not running", Duration::from_secs(5))?;
+        let lines = ssh.stderr.starting_with(CLIENT);
+        let want = format!(
+            "resumeproxy: relay at {front} is not running (for {}s every connection was closed \
+             before its TLS handshake: a balancer with no relay behind it?); the session is lost",
+            RELAY_GONE_AFTER.as_secs()
+        );
+        ensure!(lines.len() == 2, "{transport}: {lines:?}");
+        ensure!(lines[1] == want, "{transport}: {lines:?}");
+        ensure!(
+            took >= RELAY_GONE_AFTER && took < within,
+            "{transport}: exited {took:?} after the relay was killed"
+        );
+        eprintln!(
+            "{transport}: exit 255 {took:.1?} after the relay behind the balancer was killed: {}",
             lines[1]
         );
     }

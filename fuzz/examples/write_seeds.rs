@@ -10,6 +10,7 @@
 
 use bytes::BytesMut;
 use resumeproxy::proto::fleet::{Home, QuicRoute};
+use resumeproxy::proto::proxy_header::SIGNATURE;
 use resumeproxy::proto::resume_auth;
 use resumeproxy::proto::wire::{
     Code, Frame, Hello, Preamble, Reply, SessionId, MAX_DATA_LEN, MIN_DATA_LEN, PREAMBLE_LEN,
@@ -17,7 +18,7 @@ use resumeproxy::proto::wire::{
 };
 use resumeproxy_fuzz::handshake::{BINDING, SECRET};
 use resumeproxy_fuzz::session::{Op, PeerFrame, Pick, Setup};
-use resumeproxy_fuzz::{frames, session};
+use resumeproxy_fuzz::{frames, proxy_header, session};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -28,6 +29,7 @@ fn main() -> std::io::Result<()> {
         ("frames", frame_seeds()),
         ("handshake", handshake_seeds()),
         ("session", session_seeds()),
+        ("proxy_header", proxy_header_seeds()),
     ] {
         let dir = root.join(target);
         if dir.exists() {
@@ -465,4 +467,82 @@ fn session_seeds() -> Vec<(String, Vec<u8>)> {
         .into_iter()
         .map(|(name, setup, ops)| (name.to_owned(), session::seed(setup, &ops)))
         .collect()
+}
+
+/// A version 2 header: `ver_cmd`, `family`, then `body`.
+fn proxy_v2(ver_cmd: u8, family: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = SIGNATURE.to_vec();
+    out.extend_from_slice(&[ver_cmd, family]);
+    out.extend_from_slice(&u16::try_from(body.len()).expect("short").to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Headers of both versions as nginx and HAProxy send them, each followed
+/// by the start of a TLS ClientHello, whole and in small chunks; and what
+/// is not a header.
+fn proxy_header_seeds() -> Vec<(String, Vec<u8>)> {
+    let hello = [
+        0x16, 0x03, 0x01, 0x00, 0xf4, 0x01, 0x00, 0x00, 0xf0, 0x03, 0x03,
+    ];
+    let mut v6 = vec![0u8; 36];
+    v6[..16].copy_from_slice(
+        &"2001:db8::7"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
+    v6[32..34].copy_from_slice(&443u16.to_be_bytes());
+    let mut v6_tlvs = v6.clone();
+    v6_tlvs.extend_from_slice(&[0x04, 0x00, 0x02, 0xaa, 0xbb]);
+    let full = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff";
+    let headers: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "v1-tcp4",
+            b"PROXY TCP4 203.0.113.7 192.0.2.1 36496 7022\r\n".to_vec(),
+        ),
+        (
+            "v1-tcp6",
+            b"PROXY TCP6 2001:db8::7 2001:db8::1 443 7022\r\n".to_vec(),
+        ),
+        ("v1-unknown", b"PROXY UNKNOWN\r\n".to_vec()),
+        (
+            "v1-longest",
+            format!("PROXY UNKNOWN {full} {full} 65535 65535\r\n").into_bytes(),
+        ),
+        (
+            "v1-lf-only",
+            b"PROXY TCP4 203.0.113.7 192.0.2.1 36496 7022\n".to_vec(),
+        ),
+        (
+            "v1-bad-port",
+            b"PROXY TCP4 203.0.113.7 192.0.2.1 65536 7022\r\n".to_vec(),
+        ),
+        ("v1-no-end", [&b"PROXY TCP4 "[..], &[b'1'; 120]].concat()),
+        (
+            "v2-tcp4",
+            proxy_v2(
+                0x21,
+                0x11,
+                &[203, 0, 113, 7, 192, 0, 2, 1, 0x8e, 0x90, 0x1b, 0x6e],
+            ),
+        ),
+        ("v2-tcp6-tlvs", proxy_v2(0x21, 0x21, &v6_tlvs)),
+        ("v2-local", proxy_v2(0x20, 0x00, &[])),
+        ("v2-unspec", proxy_v2(0x21, 0x00, &[])),
+        ("v2-truncated", proxy_v2(0x21, 0x11, &[1, 2, 3])),
+        ("v2-bad-version", proxy_v2(0x11, 0x11, &[0; 12])),
+        ("tls-hello", Vec::new()),
+    ];
+    let mut seeds = Vec::new();
+    for (name, header) in headers {
+        let mut stream = header;
+        stream.extend_from_slice(&hello);
+        seeds.push((format!("{name}-whole"), proxy_header::seed(&[256], &stream)));
+        seeds.push((
+            format!("{name}-chunked"),
+            proxy_header::seed(&[1, 3, 7], &stream),
+        ));
+    }
+    seeds
 }

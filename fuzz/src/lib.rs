@@ -7,6 +7,8 @@
 //! * [`handshake`] — preambles, [`resumeproxy::proto::wire::Hello`] and
 //!   [`resumeproxy::proto::wire::Reply`], and what the relay does with a hello's
 //!   target before it connects anywhere.
+//! * [`proxy_header`] — the PROXY protocol header (v1 and v2) a balancer
+//!   writes first, read in any chunking as the relay reads it.
 //! * [`session`] — the sans-IO [`resumeproxy::proto::session::Session`] driven by a
 //!   hostile peer, against a model of what it must do.
 //!
@@ -19,4 +21,5 @@ pub mod alloc;
 pub mod frames;
 pub mod handshake;
 pub mod input;
+pub mod proxy_header;
 pub mod session;

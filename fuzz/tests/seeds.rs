@@ -28,6 +28,11 @@ fn handshake_seeds_pass() {
 }
 
 #[test]
+fn proxy_header_seeds_pass() {
+    replay("proxy_header", resumeproxy_fuzz::proxy_header::run);
+}
+
+#[test]
 fn session_seeds_pass() {
     replay("session", resumeproxy_fuzz::session::run);
 }

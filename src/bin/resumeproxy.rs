@@ -5,11 +5,12 @@ use clap::Parser;
 use resumeproxy::cli::config::ClientSettings;
 use resumeproxy::cli::{ClientCli, ClientCommand, ConnectArgs, LinkOptions};
 use resumeproxy::client::control::{self, ControlSocket, LinkState};
+use resumeproxy::client::direct::{self, Fallback};
 use resumeproxy::client::ending::EndSignal;
 use resumeproxy::client::trust::TrustSource;
-use resumeproxy::client::{self, ClientConfig, ClientEvent};
+use resumeproxy::client::{self, ClientConfig, ClientError, ClientEvent};
 use resumeproxy::proto::session::SessionConfig;
-use resumeproxy::units::{format_bytes, format_duration};
+use resumeproxy::units::{format_bytes, format_duration, host_port};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -262,6 +263,7 @@ async fn connect(args: ConnectArgs) -> ExitCode {
         trust,
         transport: settings.transport,
         udp_memory: resumeproxy::client::udp_memory::default_path(),
+        fallback: settings.fallback,
     };
     // ssh sends SIGHUP when it exits; programs closing their ProxyCommand
     // send SIGTERM; a user presses Ctrl-C. Each ends the session (on the
@@ -294,6 +296,8 @@ async fn connect(args: ConnectArgs) -> ExitCode {
         }
         match event {
             ClientEvent::Connected { .. } => {}
+            // With a fallback, the outcome gets the one line.
+            ClientEvent::StartSlow { .. } if settings.fallback == Fallback::Direct => {}
             ClientEvent::StartSlow { relay, reason } => match reason {
                 Some(reason) => say(&format!(
                     "relay at {relay} not answering yet ({reason}), retrying…"
@@ -347,6 +351,19 @@ async fn connect(args: ConnectArgs) -> ExitCode {
     .await;
     match result {
         Ok(_) => ExitCode::SUCCESS,
+        // No relay there: straight to the target, if asked for.
+        Err(ClientError::NoRelay { addr, reason })
+            if settings.fallback == Fallback::Direct && !ended.load(Ordering::SeqCst) =>
+        {
+            if !quiet {
+                say(&format!(
+                    "no relay at {addr} ({reason}); connecting straight to {}: this connection \
+                     will not survive a network break",
+                    host_port(&host, port)
+                ));
+            }
+            direct(&host, port, settings.connect_timeout, stdin, stdout).await
+        }
         Err(e) => {
             if ended.load(Ordering::SeqCst) {
                 tracing::debug!("after the signal: {e}");
@@ -355,6 +372,33 @@ async fn connect(args: ConnectArgs) -> ExitCode {
             }
             ExitCode::from(EXIT_CONNECTION_LOST)
         }
+    }
+}
+
+/// `--fallback direct`: a plain TCP connection to `host:port`, carried
+/// until both ends have closed it, or until a signal ends the client.
+async fn direct(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+    stdin: resumeproxy::client::stdio::Stdin,
+    stdout: resumeproxy::client::stdio::Stdout,
+) -> ExitCode {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).ok();
+    let mut terminate = signal(SignalKind::terminate()).ok();
+    let mut interrupt = signal(SignalKind::interrupt()).ok();
+    tokio::select! {
+        piped = direct::pipe(host, port, timeout, stdin, stdout) => match piped {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                say(&e.to_string());
+                ExitCode::from(EXIT_CONNECTION_LOST)
+            }
+        },
+        Some(()) = recv(&mut hangup) => ExitCode::from(EXIT_CONNECTION_LOST),
+        Some(()) = recv(&mut terminate) => ExitCode::from(EXIT_CONNECTION_LOST),
+        Some(()) = recv(&mut interrupt) => ExitCode::from(EXIT_CONNECTION_LOST),
     }
 }
 

@@ -1,7 +1,7 @@
 //! `resumeproxyd`: the relay. See `resumeproxyd --help` and `man resumeproxyd`.
 
 use clap::Parser;
-use resumeproxy::cli::config::RelaySettings;
+use resumeproxy::cli::config::{ConfigError, RelaySettings};
 use resumeproxy::cli::settings::relay::KEY_FILE;
 use resumeproxy::cli::{RelayCli, RelayCommand, ServeArgs};
 use resumeproxy::proto::fleet::QuicRoute;
@@ -10,19 +10,21 @@ use resumeproxy::relay::durable::keeper::{self, EXIT_CONFIG};
 use resumeproxy::relay::durable::{Keeper, Store};
 use resumeproxy::relay::{Relay, RelayConfig, RelayHandle, Stop};
 use resumeproxy::transport::identity::RelayKey;
+use resumeproxy::units::count;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often systemd's status line is refreshed.
+/// How often the counts in systemd's status line are looked at (the line
+/// is told when it changed).
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     let cli = RelayCli::parse();
     match cli.command {
         Some(RelayCommand::Fingerprint { key_file, config }) => fingerprint(key_file, config),
-        Some(RelayCommand::CheckConfig { serve }) => check_config(&serve),
+        Some(RelayCommand::CheckConfig { serve, quiet }) => check_config(&serve, quiet),
         None => serve(cli.serve),
     }
 }
@@ -59,10 +61,14 @@ fn fingerprint(key_file: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
     }
 }
 
-/// `resumeproxyd check-config`: validates and prints the effective settings.
-fn check_config(flags: &ServeArgs) -> ExitCode {
+/// `resumeproxyd check-config`: validates and prints the effective
+/// settings; with `--quiet`, only says what is wrong (`ExecReload=`).
+fn check_config(flags: &ServeArgs, quiet: bool) -> ExitCode {
     match RelaySettings::resolve(flags) {
         Ok(settings) => {
+            if quiet {
+                return ExitCode::SUCCESS;
+            }
             print!("{}", settings.to_toml());
             if let Err(e) = RelayKey::load(&settings.key_file) {
                 eprintln!("resumeproxyd: note: {e} (a missing key is made on first start)");
@@ -99,37 +105,63 @@ fn relay_config(
 }
 
 fn serve(flags: ServeArgs) -> ExitCode {
-    let settings = match RelaySettings::resolve(&flags) {
-        Ok(settings) => settings,
-        Err(e) => {
-            eprintln!("resumeproxyd: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let level = match settings.log_level.as_str() {
-        "debug" => "resumeproxy=debug,info",
-        other => other,
-    };
-    resumeproxy::cli::init_logging(level, true);
     // Started by hand (not by systemd, nor by a keeper): become the keeper,
     // which runs this program again as its worker and holds what must
     // outlive it.
     if keeper::wanted() {
+        let settings = match RelaySettings::resolve(&flags) {
+            Ok(settings) => settings,
+            Err(e) => {
+                eprintln!("resumeproxyd: {e}");
+                return ExitCode::from(EXIT_CONFIG as u8);
+            }
+        };
+        init_logging(&settings);
         return keeper::run(std::env::args_os().skip(1).collect());
     }
-    worker(flags, settings)
+    worker(flags)
+}
+
+/// Logs at the settings' level; journald stamps each line itself.
+fn init_logging(settings: &RelaySettings) {
+    let level = match settings.log_level.as_str() {
+        "debug" => "resumeproxy=debug,info",
+        other => other,
+    };
+    resumeproxy::cli::init_logging(level, !resumeproxy::cli::stderr_is_journal());
 }
 
 /// The relay's worker: serves clients, carrying on the sessions an earlier
-/// worker left in the store.
-fn worker(flags: ServeArgs, settings: RelaySettings) -> ExitCode {
-    let store = match Store::from_env() {
+/// worker left in the store — with the settings of the config file, or,
+/// if the file is broken and an earlier worker kept the file as it last
+/// read well, with those (a restart must not depend on a file being
+/// edited); a first start with a broken file fails.
+fn worker(flags: ServeArgs) -> ExitCode {
+    let mut store = match Store::from_env() {
         Ok(store) => store,
         Err(e) => {
             eprintln!("resumeproxyd: cannot take the kept descriptors: {e}");
             return ExitCode::FAILURE;
         }
     };
+    let kept = store.take_config();
+    let kept_text = kept.as_ref().ok().and_then(Option::as_deref);
+    let resolved = match RelaySettings::resolve_or_kept(&flags, kept_text) {
+        Ok(resolved) => resolved,
+        Err(e) => {
+            eprintln!("resumeproxyd: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    let settings = resolved.settings.clone();
+    init_logging(&settings);
+    if let Err(e) = &kept {
+        tracing::warn!("the configuration an earlier worker kept cannot be read: {e}");
+    }
+    let broken = resolved.broken.as_ref().map(|e| {
+        tracing::error!("{}", broken_file(e));
+        e.to_string()
+    });
     let key = match RelayKey::load_or_create(&settings.key_file) {
         Ok((key, created)) => {
             if created {
@@ -205,18 +237,36 @@ fn worker(flags: ServeArgs, settings: RelaySettings) -> ExitCode {
             Err(e) => tracing::warn!("listening (address unknown: {e})"),
         }
         let handle = relay.handle();
-        handle.notify("READY=1");
-        handle.notify(&status_line(&handle));
-        let watcher = tokio::spawn(watch(handle.clone(), flags, settings, tls, reset_key));
+        if resolved.broken.is_none() && kept_text != Some(resolved.text.as_str()) {
+            handle.keep_config(&resolved.text);
+        }
+        let status = status_line(&handle, broken.as_deref());
+        handle.notify_status(&format!("READY=1\n{status}"));
+        let watching = Watched {
+            flags,
+            settings,
+            text: resolved.text,
+            broken,
+            status,
+        };
+        let watcher = tokio::spawn(watch(handle.clone(), watching, tls, reset_key));
         relay.run(shutdown_signal()).await;
         watcher.abort();
-        handle.notify("STOPPING=1");
         ExitCode::SUCCESS
     })
 }
 
-/// systemd's (or the keeper's) status line.
-fn status_line(handle: &RelayHandle) -> String {
+/// What a relay running on its kept configuration says, loudly.
+fn broken_file(e: &ConfigError) -> String {
+    format!(
+        "THE CONFIG FILE IS BROKEN: {e}. Running with the settings of its last good version, \
+         kept from before; fix the file (`resumeproxyd check-config` checks it) and reload"
+    )
+}
+
+/// systemd's (or the keeper's) status line; `broken`, why the config file
+/// is not used, if it is not.
+fn status_line(handle: &RelayHandle, broken: Option<&str>) -> String {
     let c = handle.counts();
     let restored = if c.restored > 0 {
         format!("; {} restored at start", c.restored)
@@ -228,17 +278,36 @@ fn status_line(handle: &RelayHandle) -> String {
     } else {
         String::new()
     };
+    let broken = match broken {
+        Some(why) => format!("; CONFIG FILE BROKEN, running on its last good version: {why}"),
+        None => String::new(),
+    };
     format!(
-        "STATUS={} sessions ({} detached), {} handshakes in progress{waiting}{restored}",
-        c.sessions, c.detached, c.handshakes
+        "STATUS={} ({} detached), {} in progress{waiting}{restored}{broken}",
+        count(c.sessions, "session"),
+        c.detached,
+        count(c.handshakes, "handshake")
     )
 }
 
-/// Reloads on SIGHUP and keeps systemd's status line current.
+/// What the watcher of a running relay holds.
+struct Watched {
+    flags: ServeArgs,
+    /// The settings in force.
+    settings: RelaySettings,
+    /// The config file's text they came from (kept in the store).
+    text: String,
+    /// Why the config file is not in force, if it is not.
+    broken: Option<String>,
+    /// The status line last told.
+    status: String,
+}
+
+/// Reloads on SIGHUP and keeps systemd's status line current (told only
+/// when it changed).
 async fn watch(
     handle: RelayHandle,
-    flags: ServeArgs,
-    mut settings: RelaySettings,
+    mut watched: Watched,
     tls: Arc<rustls::ServerConfig>,
     reset_key: [u8; 32],
 ) {
@@ -252,44 +321,86 @@ async fn watch(
                 None => std::future::pending().await,
             }
         };
+        let mut state = String::new();
         tokio::select! {
-            _ = ticks.tick() => handle.notify(&status_line(&handle)),
+            _ = ticks.tick() => {}
             _ = hangup => {
                 handle.notify("RELOADING=1");
-                match RelaySettings::resolve(&flags) {
-                    Ok(new) => {
-                        if new.listen != settings.listen || new.key_file != settings.key_file {
-                            tracing::warn!("listen and key_file change only with a restart; kept {} and {}", settings.listen, settings.key_file.display());
-                        }
-                        if new.log_level != settings.log_level {
-                            tracing::warn!("log_level changes only with a restart");
-                        }
-                        let mut new = new;
-                        if new.fleet.instance != settings.fleet.instance || new.fleet.agent_listen != settings.fleet.agent_listen {
-                            tracing::warn!("instance and agent_listen change only with a restart; kept {}", settings.fleet.instance);
-                            new.fleet.instance = settings.fleet.instance.clone();
-                            new.fleet.agent_listen = settings.fleet.agent_listen;
-                        }
-                        match (settings.fleet.draining, new.fleet.draining) {
-                            (false, true) => tracing::info!("draining: new sessions are refused; the {} here go on", handle.counts().sessions),
-                            (true, false) => tracing::info!("no longer draining: new sessions are taken"),
-                            _ => {}
-                        }
-                        handle.reload(relay_config(&new, Arc::clone(&tls), reset_key));
-                        tracing::info!("configuration reloaded");
-                        settings = new;
-                    }
-                    Err(e) => tracing::error!("configuration not reloaded: {e}"),
-                }
-                handle.notify("READY=1");
+                reload(&handle, &mut watched, &tls, reset_key);
+                state.push_str("READY=1\n");
             }
+        }
+        let status = status_line(&handle, watched.broken.as_deref());
+        if status != watched.status || !state.is_empty() {
+            state.push_str(&status);
+            handle.notify_status(&state);
+            watched.status = status;
         }
     }
 }
 
-/// How the relay is asked to stop: SIGTERM (`systemctl restart`, an
-/// upgrade, the keeper restarting its worker) keeps every session for the
-/// next process; SIGINT (the keeper stopping for good, Ctrl-C) ends them.
+/// Rereads the config file and applies what may change while running; a
+/// broken file changes nothing and is said loudly.
+fn reload(
+    handle: &RelayHandle,
+    watched: &mut Watched,
+    tls: &Arc<rustls::ServerConfig>,
+    reset_key: [u8; 32],
+) {
+    let resolved = match RelaySettings::resolve_or_kept(&watched.flags, None) {
+        Ok(resolved) => resolved,
+        Err(e) => {
+            tracing::error!(
+                "configuration not reloaded: {e}; the settings in force stay as they were"
+            );
+            watched.broken = Some(e.to_string());
+            return;
+        }
+    };
+    let (settings, mut new) = (&watched.settings, resolved.settings);
+    if new.listen != settings.listen || new.key_file != settings.key_file {
+        tracing::warn!(
+            "listen and key_file change only with a restart; kept {} and {}",
+            settings.listen,
+            settings.key_file.display()
+        );
+    }
+    if new.log_level != settings.log_level {
+        tracing::warn!("log_level changes only with a restart");
+    }
+    if new.fleet.instance != settings.fleet.instance
+        || new.fleet.agent_listen != settings.fleet.agent_listen
+    {
+        tracing::warn!(
+            "instance and agent_listen change only with a restart; kept {}",
+            settings.fleet.instance
+        );
+        new.fleet.instance = settings.fleet.instance.clone();
+        new.fleet.agent_listen = settings.fleet.agent_listen;
+    }
+    match (settings.fleet.draining, new.fleet.draining) {
+        (false, true) => tracing::info!(
+            "draining: new sessions are refused; the {} here go on",
+            handle.counts().sessions
+        ),
+        (true, false) => tracing::info!("no longer draining: new sessions are taken"),
+        _ => {}
+    }
+    handle.reload(relay_config(&new, Arc::clone(tls), reset_key));
+    tracing::info!("configuration reloaded");
+    if resolved.text != watched.text {
+        handle.keep_config(&resolved.text);
+    }
+    watched.settings = new;
+    watched.text = resolved.text;
+    watched.broken = None;
+}
+
+/// How the relay is asked to stop: SIGTERM (`systemctl restart` and an
+/// upgrade, through the unit's `RestartKillSignal=`; the keeper restarting
+/// its worker) keeps every session for the next process; SIGINT
+/// (`systemctl stop`, through `KillSignal=`; the keeper stopping for good;
+/// Ctrl-C) ends them.
 async fn shutdown_signal() -> Stop {
     use tokio::signal::unix::{signal, SignalKind};
     match (

@@ -16,6 +16,7 @@ use super::settings::relay::{self, RelayTable};
 use super::settings::{Given, Resolver, Table};
 use super::{LinkOptions, ServeArgs};
 use crate::client::connector::TransportChoice;
+use crate::client::direct::Fallback;
 use crate::relay::target_policy::TargetPolicy;
 use crate::relay::{Fleet, Limits};
 use crate::units::format_bytes;
@@ -29,7 +30,7 @@ pub const RELAY_CONFIG_PATH: &str = "/etc/resumeproxy/resumeproxyd.toml";
 const MAX_FILE_LEN: u64 = 1 << 20;
 
 /// A config file that could not be used.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{path}: {reason}")]
 pub struct ConfigError {
     /// The file.
@@ -38,25 +39,74 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-/// Reads and checks the config file at `path`: nothing if it is the
+/// Reads the config file at `path`: its text, or `None` if it is the
 /// default file and missing.
-fn read<T: Table>(path: &Path, explicit: bool) -> Result<Given<T>, ConfigError> {
+fn read_text(path: &Path, explicit: bool) -> Result<Option<String>, ConfigError> {
     let error = |reason: String| ConfigError {
         path: path.display().to_string(),
         reason,
     };
-    let text = match std::fs::metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
-            return Ok(Given::default())
-        }
-        Err(e) => return Err(error(e.to_string())),
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(None),
+        Err(e) => Err(error(e.to_string())),
         Ok(meta) if meta.len() > MAX_FILE_LEN => {
-            return Err(error(format!("larger than {}", format_bytes(MAX_FILE_LEN))))
+            Err(error(format!("larger than {}", format_bytes(MAX_FILE_LEN))))
         }
-        Ok(_) => std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?,
+        Ok(_) => std::fs::read_to_string(path)
+            .map(Some)
+            .map_err(|e| error(e.to_string())),
+    }
+}
+
+/// Checks a config file's `text` (from `path`): its values, or what is
+/// wrong, with the line (`line 3: duplicate key `grace``).
+fn parse<T: Table>(path: &Path, text: &str) -> Result<Given<T>, ConfigError> {
+    let error = |reason: String| ConfigError {
+        path: path.display().to_string(),
+        reason,
     };
-    let table: toml::Table = toml::from_str(&text).map_err(|e| error(e.message().to_owned()))?;
-    Given::from_toml(table).map_err(error)
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
+        let Some(span) = e.span() else {
+            return error(e.message().to_owned());
+        };
+        let at = text.get(span.clone()).unwrap_or_default().trim();
+        let line = line_of(text, span.start);
+        let message = e.message();
+        if at.is_empty() || at.len() > 40 || at.contains('\n') {
+            error(format!("line {line}: {message}"))
+        } else if message.ends_with(" key") {
+            error(format!("line {line}: {message} `{at}`"))
+        } else {
+            error(format!("line {line}, at `{at}`: {message}"))
+        }
+    })?;
+    Given::from_toml(table).map_err(|(key, reason)| match key_line(text, &key) {
+        Some(line) => error(format!("line {line}: {reason}")),
+        None => error(reason),
+    })
+}
+
+/// The line (from 1) of the byte at `offset` of `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let before = text.get(..offset).unwrap_or(text);
+    before.matches('\n').count() + 1
+}
+
+/// The line where the top-level `key` of the TOML `text` is given.
+fn key_line(text: &str, key: &str) -> Option<usize> {
+    use std::collections::BTreeMap;
+    let keys: BTreeMap<toml::Spanned<String>, serde::de::IgnoredAny> = toml::from_str(text).ok()?;
+    let span = keys.keys().find(|k| k.get_ref() == key)?.span();
+    Some(line_of(text, span.start))
+}
+
+/// Reads and checks the config file at `path`: nothing if it is the
+/// default file and missing.
+fn read<T: Table>(path: &Path, explicit: bool) -> Result<Given<T>, ConfigError> {
+    match read_text(path, explicit)? {
+        Some(text) => parse(path, &text),
+        None => Ok(Given::default()),
+    }
 }
 
 /// What the client runs with.
@@ -74,6 +124,8 @@ pub struct ClientSettings {
     pub known_relays: PathBuf,
     /// No lost/resumed lines.
     pub quiet: bool,
+    /// What to do when no relay answers at the start.
+    pub fallback: Fallback,
 }
 
 impl ClientSettings {
@@ -90,6 +142,7 @@ impl ClientSettings {
             dead_after: settings.get(&client::DEAD_AFTER),
             transport: settings.get(&client::TRANSPORT),
             connect_timeout: settings.get(&client::CONNECT_TIMEOUT),
+            fallback: settings.get(&client::FALLBACK),
             known_relays: settings.get(&client::KNOWN_RELAYS),
             // -v on the command line wins over `quiet` in the file.
             quiet: settings.get(&client::QUIET) && flags.verbose == 0,
@@ -126,18 +179,54 @@ pub struct RelaySettings {
 impl RelaySettings {
     /// Flags over the config file over the defaults.
     pub fn resolve(flags: &ServeArgs) -> Result<RelaySettings, ConfigError> {
-        let path = flags
+        Ok(RelaySettings::resolve_or_kept(flags, None)?.settings)
+    }
+
+    /// The relay's config file: `--config`, or the default.
+    fn path(flags: &ServeArgs) -> PathBuf {
+        flags
             .config
             .clone()
-            .unwrap_or_else(|| PathBuf::from(RELAY_CONFIG_PATH));
-        let file = read::<RelayTable>(&path, flags.config.is_some())?;
+            .unwrap_or_else(|| PathBuf::from(RELAY_CONFIG_PATH))
+    }
+
+    /// Flags over the config file over the defaults — or, when the file
+    /// cannot be used and `kept` (the file's text as it last read well)
+    /// can, flags over `kept` over the defaults, with the file's error
+    /// beside them (to be said loudly): a running relay's restart does not
+    /// depend on a file being edited.
+    pub fn resolve_or_kept(flags: &ServeArgs, kept: Option<&str>) -> Result<Resolved, ConfigError> {
+        let path = RelaySettings::path(flags);
+        let read = read_text(&path, flags.config.is_some()).and_then(|text| {
+            let text = text.unwrap_or_default();
+            Ok((parse::<RelayTable>(&path, &text)?, text))
+        });
+        let (file, text, broken) = match (read, kept) {
+            (Ok((file, text)), _) => (file, text, None),
+            (Err(e), Some(kept)) => match parse::<RelayTable>(&path, kept) {
+                Ok(file) => (file, kept.to_owned(), Some(e)),
+                // What was kept no longer reads (an upgrade dropped a key):
+                // the file's own error stands.
+                Err(_) => return Err(e),
+            },
+            (Err(e), None) => return Err(e),
+        };
+        Ok(Resolved {
+            settings: RelaySettings::from_file(flags, file),
+            text,
+            broken,
+        })
+    }
+
+    /// Flags over the config file's values `file` over the defaults.
+    fn from_file(flags: &ServeArgs, file: Given<RelayTable>) -> RelaySettings {
         let mut settings = Resolver::new(&flags.settings, file);
         let verbose = match flags.verbose {
             0 => None,
             1 => Some("debug".to_owned()),
             _ => Some("trace".to_owned()),
         };
-        Ok(RelaySettings {
+        RelaySettings {
             listen: settings.get(&relay::LISTEN),
             targets: TargetPolicy {
                 default: settings.get(&relay::TARGET),
@@ -164,7 +253,7 @@ impl RelaySettings {
             max_frame: settings.get(&relay::MAX_FRAME),
             log_level: settings.get_or(&relay::LOG_LEVEL, verbose),
             written: settings.picked(),
-        })
+        }
     }
 
     /// The settings as a config file (what `check-config` prints): every
@@ -175,6 +264,19 @@ impl RelaySettings {
             .map(|(key, value)| format!("{key} = {value}\n"))
             .collect()
     }
+}
+
+/// The relay's settings, and where they came from.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The settings.
+    pub settings: RelaySettings,
+    /// The config file's text they were read from (empty without a file):
+    /// what the relay keeps as its last good configuration.
+    pub text: String,
+    /// Why the config file could not be used, when the settings come from
+    /// the kept text instead.
+    pub broken: Option<ConfigError>,
 }
 
 /// The config format's man page, `resumeproxy.toml(5)`, in roff, from the
@@ -336,6 +438,65 @@ mod tests {
         assert!(c.quiet);
         flags.verbose = 1;
         assert!(!ClientSettings::resolve(&flags).unwrap().quiet, "-v wins");
+    }
+
+    #[test]
+    fn mistakes_name_their_key_and_line() {
+        let resolve = |name: &str, text: &str| {
+            RelaySettings::resolve(&ServeArgs {
+                config: Some(write(name, text)),
+                ..ServeArgs::default()
+            })
+            .unwrap_err()
+            .to_string()
+        };
+        let e = resolve(
+            "dup.toml",
+            "# a relay\ngrace = \"1h\"\nmax_sessions = 10\ngrace = \"2h\"\n",
+        );
+        assert!(
+            e.ends_with("dup.toml: line 4: duplicate key `grace`"),
+            "{e}"
+        );
+        let e = resolve("typo2.toml", "grace = \"1h\"\n\n  grcae = \"1h\"\n");
+        assert!(e.contains("line 3: unknown key \"grcae\""), "{e}");
+        let e = resolve("value.toml", "grace = \"1h\"\nmax_sessions = 0\n");
+        assert!(
+            e.contains("line 2: max_sessions: must be at least 1"),
+            "{e}"
+        );
+        let e = resolve("syntax.toml", "grace = \"1h\"\nmax_sessions = = 3\n");
+        assert!(e.contains("line 2, at `=`: "), "{e}");
+    }
+
+    #[test]
+    fn a_broken_file_gives_way_to_the_kept_text_and_says_why() {
+        let path = write("kept.toml", "grace = \"1h\"\n");
+        let flags = ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        };
+        let good = RelaySettings::resolve_or_kept(&flags, None).unwrap();
+        assert_eq!(
+            (good.text.as_str(), good.broken.is_none()),
+            ("grace = \"1h\"\n", true)
+        );
+        // The file is being edited: a typo.
+        std::fs::write(&path, "grace = \"2h\"\ngrace = \"3h\"\n").unwrap();
+        assert!(RelaySettings::resolve_or_kept(&flags, None).is_err());
+        let kept = RelaySettings::resolve_or_kept(&flags, Some(&good.text)).unwrap();
+        assert_eq!(kept.settings, good.settings);
+        assert_eq!(kept.text, good.text);
+        let why = kept.broken.unwrap().to_string();
+        assert!(why.contains("line 2: duplicate key `grace`"), "{why}");
+        // A kept text that no longer reads: the file's error stands.
+        let e = RelaySettings::resolve_or_kept(&flags, Some("gone_key = 1\n")).unwrap_err();
+        assert!(e.to_string().contains("duplicate key"), "{e}");
+        // A good file wins over the kept text.
+        std::fs::write(&path, "grace = \"2h\"\n").unwrap();
+        let new = RelaySettings::resolve_or_kept(&flags, Some(&good.text)).unwrap();
+        assert_eq!(new.settings.grace, Duration::from_secs(7200));
+        assert!(new.broken.is_none());
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub mod settings;
 pub mod wrap;
 
 pub use client_flags::{ClientCli, ClientCommand, ConnectArgs, DemoArgs, LinkOptions};
-pub use logging::init_logging;
+pub use logging::{init_logging, stderr_is_journal};
 pub use relay_flags::{RelayCli, RelayCommand, ServeArgs};
 
 /// The relay's port when none is given.

@@ -31,12 +31,17 @@ sockets, every sshd connection, and each session's state (a memory file); under 
 (Type=notify, FileDescriptorStoreMax=) systemd's file descriptor store holds them and the keeper is \
 not used. When the worker dies (a crash, SIGKILL, the OOM killer) a new one carries every session on \
 and the clients resume, as after a network break. Signals: SIGTERM to the worker (systemctl \
-restart) tells connected clients the relay is restarting and exits, keeping every session; SIGUSR2 \
-to the keeper upgrades: the worker is restarted from the binary on disk; SIGHUP reloads (passed on \
-by the keeper); SIGTERM or SIGINT to the keeper stops for good: every client is told the relay is \
-shutting down (its ssh exits 255 with that reason), every sshd connection is closed, and the keeper \
-exits. Under systemd, `systemctl stop` ends the sessions: systemd closes what it kept, and clients \
-that find the relay's port refusing connections give up with exit 255.",
+restart: the unit's RestartKillSignal=) tells connected clients the relay is restarting and exits, \
+keeping every session; SIGINT to the worker (systemctl stop: the unit's KillSignal=) stops for \
+good; SIGUSR2 to the keeper upgrades: the worker is restarted from the binary on disk; SIGHUP \
+reloads (passed on by the keeper); SIGTERM or SIGINT to the keeper stops for good. A stop for good \
+tells every client at once that the relay is shutting down (its ssh exits 255 with that reason) \
+and closes every sshd connection.\n\n\
+A broken config file never stops a running relay. A reload with one changes nothing and says \
+what is wrong (`check-config` names the mistake and its line; the unit runs `check-config \
+--quiet` first, so `systemctl reload` fails). A restart with one (a crash, an upgrade) runs with \
+the settings of the file's last good version, kept with the sockets, and says loudly, in the log \
+and in systemd's status line, that the file is broken. Only a first start fails on it (exit 78).",
     after_long_help = "Environment:\n  RESUMEPROXY_LOG  log filter (tracing EnvFilter syntax, e.g. debug); overrides -v.\n\n\
 See also: resumeproxy(1), sshd(8).",
     args_conflicts_with_subcommands = true
@@ -64,11 +69,17 @@ pub enum RelayCommand {
         config: Option<PathBuf>,
     },
     /// Check the configuration (config file and flags) and print the
-    /// effective settings as a config file; exits non-zero if it is invalid.
+    /// effective settings as a config file; exits non-zero, naming the
+    /// mistake and its line, if it is invalid.
     CheckConfig {
         /// Options as for serving.
         #[command(flatten)]
         serve: ServeArgs,
+        /// Print nothing if the configuration is valid, only the mistake
+        /// if it is not (the unit's ExecReload= runs this before the reload,
+        /// so that `systemctl reload` fails on a broken file).
+        #[arg(short, long)]
+        quiet: bool,
     },
 }
 

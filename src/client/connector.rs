@@ -21,6 +21,7 @@
 use super::udp_memory;
 use crate::locks::lock;
 use crate::proto::fleet::{Home, InstanceName};
+use crate::proto::reconnect::NotServed;
 use crate::transport::quic::{self, QuicClient};
 use crate::transport::{ConnectError, QuicError, Transport};
 use crate::units::{format_duration, host_port};
@@ -121,9 +122,9 @@ pub(crate) struct Connector {
     /// The QUIC endpoint, made at the first QUIC attempt, and the task that
     /// moves it when the local address changes.
     quic: Mutex<Option<(QuicClient, SocketAddr, AbortHandle)>>,
-    /// When the latest TCP connection attempt ended, and whether it was
-    /// refused (nothing listens on the relay's port).
-    last_tcp: Mutex<Option<(Instant, bool)>>,
+    /// When the latest TCP connection attempt ended, and whether (and how)
+    /// it found nothing serving the relay's port.
+    last_tcp: Mutex<Option<(Instant, Option<NotServed>)>>,
     /// Once the session is open: where its reconnects go.
     way: Mutex<Option<Way>>,
 }
@@ -332,19 +333,19 @@ impl Connector {
         let result =
             crate::transport::tls::connect(&self.host, self.port, timeout, tls, instance.as_ref())
                 .await;
-        let refused = matches!(
-            &result,
-            Err(ConnectError::Tcp(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
-        );
-        *lock(&self.last_tcp) = Some((Instant::now(), refused));
+        let not_served = result.as_ref().err().and_then(super::open::not_served);
+        *lock(&self.last_tcp) = Some((Instant::now(), not_served));
         result
     }
 
-    /// Whether the latest TCP attempt, made since `since`, was refused:
-    /// nothing listens on the relay's port. (With `auto`, an attempt cut
+    /// Whether the latest TCP attempt, made since `since`, found nothing
+    /// serving the relay's port, and how. (With `auto`, an attempt cut
     /// short while QUIC was still given its chance knows this too.)
-    pub(crate) fn tcp_refused_since(&self, since: Instant) -> bool {
-        matches!(*lock(&self.last_tcp), Some((at, true)) if at >= since)
+    pub(crate) fn tcp_not_served_since(&self, since: Instant) -> Option<NotServed> {
+        match *lock(&self.last_tcp) {
+            Some((at, not_served)) if at >= since => not_served,
+            _ => None,
+        }
     }
 
     /// A QUIC connection: to the relay's name at first, then where the

@@ -12,12 +12,15 @@
 //! ([`udp_memory`]) where UDP is blocked; [`trust`] decides which relay keys
 //! to accept, pinning them in `known_relays.rs`; the [`control`] socket lets
 //! `resumeproxy status` and `resume` reach a running client (answered from
-//! its vitals, `status.rs`); [`stdio`] is ssh's end of the pipe.
+//! its vitals, `status.rs`); [`stdio`] is ssh's end of the pipe; [`direct`]
+//! connects straight to the target where no relay answers at the start
+//! (`--fallback direct`).
 
 mod back_to_quic;
 mod connected;
 pub mod connector;
 pub mod control;
+pub mod direct;
 pub mod ending;
 pub(crate) mod known_relays;
 mod open;
@@ -29,6 +32,7 @@ pub mod udp_memory;
 mod waits;
 
 use crate::link::Link;
+use crate::proto::reconnect::NotServed;
 use crate::proto::session::{Session, SessionConfig, SessionStats};
 use crate::proto::wire::SessionId;
 use crate::transport::identity::Fingerprint;
@@ -39,6 +43,7 @@ use back_to_quic::QuicProbe;
 use connected::AfterConnected;
 use connector::{Connector, TransportChoice};
 use control::Request;
+use direct::Fallback;
 use ending::{EndSignal, LocalInput};
 use open::Opened;
 pub use reconnect::RELAY_GONE_AFTER;
@@ -82,6 +87,11 @@ pub struct ClientConfig {
     /// Where clients remember relays UDP could not reach (see
     /// [`udp_memory`]); `None` to keep it to this process.
     pub udp_memory: Option<PathBuf>,
+    /// What the caller does when no relay answers at the start: with
+    /// [`Fallback::Direct`], a refusal ends the start at once (the caller
+    /// connects straight to the target) instead of being tried again until
+    /// the connect timeout.
+    pub fallback: Fallback,
 }
 
 impl ClientConfig {
@@ -145,12 +155,33 @@ fn unreachable_hint(reason: &str) -> &'static str {
     }
 }
 
+/// What a client that gave its relay up found, for `for_` every attempt.
+fn relay_gone_words(how: NotServed, for_: Duration) -> String {
+    match how {
+        NotServed::Refused => format!("connections refused for {}s", for_.as_secs()),
+        NotServed::ClosedAtOnce => format!(
+            "for {}s every connection was closed before its TLS handshake: a balancer with no relay behind it?",
+            for_.as_secs()
+        ),
+    }
+}
+
 /// How the client ended badly; every one means exit status 255 for ssh.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The relay could not be reached at the start.
+    /// What answered at the start is not a relay this client can use.
     #[error("cannot reach relay at {addr}: {reason}{}", unreachable_hint(reason))]
     Unreachable {
+        /// host:port
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// No relay answered at the start: refused, or nothing within the
+    /// connect timeout (resets and cuts included). Where
+    /// `--fallback direct` connects straight to the target.
+    #[error("cannot reach relay at {addr}: {reason}{}", unreachable_hint(reason))]
+    NoRelay {
         /// host:port
         addr: String,
         /// Why.
@@ -174,14 +205,17 @@ pub enum ClientError {
         /// Why.
         reason: String,
     },
-    /// Every reconnect attempt was refused for [`RELAY_GONE_AFTER`]: nothing
-    /// listens on the relay's port, the relay was stopped for good.
-    #[error("relay at {addr} is not running (connections refused for {}s); the session is lost", .refused_for.as_secs())]
+    /// Every reconnect attempt for [`RELAY_GONE_AFTER`] found nothing
+    /// serving the relay's port (refused, or accepted and closed at once by
+    /// a balancer): the relay was stopped for good.
+    #[error("relay at {addr} is not running ({}); the session is lost", relay_gone_words(*.how, *.refused_for))]
     RelayGone {
         /// host:port
         addr: String,
         /// How long.
         refused_for: Duration,
+        /// How the last attempt found nothing there.
+        how: NotServed,
     },
     /// The relay ended the session.
     #[error("relay at {addr} closed the session: {reason}; the ssh connection is lost")]

@@ -6,12 +6,13 @@
 //! meets an [`Expectation`].
 
 use super::connector::Connector;
+use super::direct::Fallback;
 use super::trust::{self, Expectation};
 use super::{ClientConfig, ClientError, ClientEvent};
 use crate::link::handshake::{self, HandshakeError};
 use crate::proto::backoff::Backoff;
 use crate::proto::fleet::Home;
-use crate::proto::reconnect::refusal_may_pass;
+use crate::proto::reconnect::{refusal_may_pass, NotServed};
 use crate::proto::wire::{Code, Hello, Reply, SessionId, SECRET_LEN};
 use crate::transport::identity::Fingerprint;
 use crate::transport::tls::{self, PinVerifier};
@@ -36,6 +37,10 @@ const LAST_ATTEMPT: Duration = Duration::from_millis(100);
 pub(super) enum OpenError {
     /// Nothing listens on the relay's port: the connection was refused.
     NotListening(String),
+    /// The connection was accepted, then closed before its TLS handshake
+    /// was done, with not a word (a balancer with no relay behind it):
+    /// another attempt may work.
+    ClosedAtOnce(String),
     /// The network or the handshake failed otherwise (a reset, a cut, no
     /// answer): another attempt may work.
     Io(String),
@@ -53,6 +58,7 @@ impl OpenError {
     pub(super) fn reason(&self) -> String {
         match self {
             OpenError::NotListening(reason)
+            | OpenError::ClosedAtOnce(reason)
             | OpenError::Io(reason)
             | OpenError::Unusable(reason)
             | OpenError::Refused(_, reason) => reason.clone(),
@@ -115,7 +121,7 @@ pub(super) async fn open_session(
                         format_duration(config.connect_timeout)
                     )
                 });
-                return Err(ClientError::Unreachable { addr, reason });
+                return Err(ClientError::NoRelay { addr, reason });
             }
         };
         match error {
@@ -127,7 +133,14 @@ pub(super) async fn open_session(
                 return Err(ClientError::KeyChanged(Box::new(changed)));
             }
             OpenError::Unusable(reason) => return Err(ClientError::Unreachable { addr, reason }),
-            error @ (OpenError::NotListening(_) | OpenError::Io(_) | OpenError::Refused(..)) => {
+            // Nothing listens there: with a fallback, no use trying again.
+            OpenError::NotListening(reason) if config.fallback == Fallback::Direct => {
+                return Err(ClientError::NoRelay { addr, reason })
+            }
+            error @ (OpenError::NotListening(_)
+            | OpenError::ClosedAtOnce(_)
+            | OpenError::Io(_)
+            | OpenError::Refused(..)) => {
                 let reason = error.reason();
                 tracing::debug!("start, attempt {attempts}: {reason}");
                 notice.failed(reason, on_event);
@@ -138,7 +151,7 @@ pub(super) async fn open_session(
         let latest = deadline.checked_sub(LAST_ATTEMPT).unwrap_or(now);
         if now >= latest {
             let reason = notice.last.take().unwrap_or_default();
-            return Err(ClientError::Unreachable { addr, reason });
+            return Err(ClientError::NoRelay { addr, reason });
         }
         let next = (now + backoff.next_delay(rand::random())).min(latest);
         notice
@@ -322,14 +335,34 @@ fn connect_failure(e: &ConnectError) -> OpenError {
         Some(other) => return OpenError::Unusable(describe::tls_error(other)),
         None => {}
     }
-    match e {
-        ConnectError::Tcp(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
-            OpenError::NotListening(NOT_LISTENING.into())
-        }
-        ConnectError::Tls(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => OpenError::Io(
-            "the relay closed the connection during the TLS handshake: it may be at a connection limit, see its log".into(),
+    match not_served(e) {
+        Some(NotServed::Refused) => OpenError::NotListening(NOT_LISTENING.into()),
+        Some(NotServed::ClosedAtOnce) => OpenError::ClosedAtOnce(
+            "the connection was closed before its TLS handshake was done: a balancer with no relay behind it, or the relay at a connection limit (see its log)".into(),
         ),
-        _ => OpenError::Io(e.to_string()),
+        None => OpenError::Io(e.to_string()),
+    }
+}
+
+/// Whether a connection that failed found nothing serving the relay's
+/// port, and how: refused, or accepted and then closed (or reset) before
+/// its TLS handshake was done, without a TLS alert.
+pub(super) fn not_served(e: &ConnectError) -> Option<NotServed> {
+    use std::io::ErrorKind;
+    match e {
+        ConnectError::Tcp(io) if io.kind() == ErrorKind::ConnectionRefused => {
+            Some(NotServed::Refused)
+        }
+        ConnectError::Tls(io)
+            if e.tls_error().is_none()
+                && matches!(
+                    io.kind(),
+                    ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset
+                ) =>
+        {
+            Some(NotServed::ClosedAtOnce)
+        }
+        _ => None,
     }
 }
 

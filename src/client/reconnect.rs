@@ -12,7 +12,7 @@ use super::waits::Interrupt;
 use super::{Client, ClientConfig, ClientError, ClientEvent, ClientReport};
 use crate::link::handshake;
 use crate::link::{Outcome, Step};
-use crate::proto::reconnect::{refusal_may_pass, Next, Reconnect};
+use crate::proto::reconnect::{refusal_may_pass, Next, NotServed, Reconnect};
 use crate::proto::resume_auth;
 use crate::proto::wire::{Code, Hello, Reply, SessionId, SECRET_LEN};
 use crate::transport::identity::Fingerprint;
@@ -288,12 +288,13 @@ async fn reconnect(
                 return Err(ClientError::KeyChanged(Box::new(changed)));
             }
             failed => {
-                // Refused: nothing listens on the relay's port (seen by the
-                // TCP part of an attempt, even one cut short while QUIC had
-                // its chance).
-                let refused = match &failed {
-                    Attempt::Failed(OpenError::NotListening(_)) => true,
-                    _ => connector.tcp_refused_since(attempt_started),
+                // Nothing serves the relay's port: refused, or accepted and
+                // closed at once (seen by the TCP part of an attempt, even
+                // one cut short while QUIC had its chance).
+                let not_served = match &failed {
+                    Attempt::Failed(OpenError::NotListening(_)) => Some(NotServed::Refused),
+                    Attempt::Failed(OpenError::ClosedAtOnce(_)) => Some(NotServed::ClosedAtOnce),
+                    _ => connector.tcp_not_served_since(attempt_started),
                 };
                 match &failed {
                     Attempt::Failed(error) => {
@@ -304,7 +305,7 @@ async fn reconnect(
                         format_duration(attempt_timeout)
                     ),
                 }
-                policy.failed(Instant::now(), jitter, refused)
+                policy.failed(Instant::now(), jitter, not_served)
             }
         };
         match next {
@@ -325,8 +326,12 @@ async fn reconnect(
                 })
             }
             Next::Refused { reason, .. } => return Err(ClientError::Refused { addr, reason }),
-            Next::RelayGone { refused_for } => {
-                return Err(ClientError::RelayGone { addr, refused_for })
+            Next::RelayGone { refused_for, how } => {
+                return Err(ClientError::RelayGone {
+                    addr,
+                    refused_for,
+                    how,
+                })
             }
             // Taken above, with the transport it came on.
             Next::Resume { .. } => {}

@@ -230,6 +230,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
         // The fault injector breaks TCP connections.
         transport: TransportChoice::Tcp,
         udp_memory: None,
+        fallback: Default::default(),
     };
     let started = Instant::now();
     let mut sink = HashingWriter::default();

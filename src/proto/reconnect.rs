@@ -5,8 +5,9 @@
 //! The client ([`Reconnect`]) attempts at once, then again after capped,
 //! jittered backoff; each attempt is bounded; a relay that is busy or
 //! restarting is tried again; a relay that no longer knows the session ends
-//! it, and so does a relay port where nothing has listened for
-//! [`RELAY_GONE_AFTER`]; otherwise it never gives up before the relay's
+//! it, and so does a relay port that nothing has served for
+//! [`RELAY_GONE_AFTER`] (refused, or accepted and closed at once by a
+//! balancer); otherwise it never gives up before the relay's
 //! grace period has certainly ended — counted from the client's loss, which
 //! is never later than the relay's, plus [`GRACE_MARGIN`]. The relay
 //! ([`hold_for`]) keeps a session for its grace period, or briefly once both
@@ -25,11 +26,13 @@ use std::time::{Duration, Instant};
 pub const MIN_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Extra wait past the relay's grace period before the client gives up.
 pub const GRACE_MARGIN: Duration = Duration::from_secs(5);
-/// How long every reconnect attempt must be refused (nothing listens on the
-/// relay's port) before the relay is taken to be stopped for good. A relay
+/// How long every reconnect attempt must find nothing serving the relay's
+/// port ([`NotServed`]: refused, or accepted and closed before the TLS
+/// handshake) before the relay is taken to be stopped for good. A relay
 /// that restarts keeps its listening socket (connections wait for the next
-/// worker), so only a relay that is gone refuses; a middlebox that rejects
-/// connections for a moment (a reset storm) is survived.
+/// worker), so only a relay that is gone refuses — or, behind a balancer,
+/// has the balancer accept and close; a middlebox that rejects connections
+/// for a moment (a reset storm) is survived.
 pub const RELAY_GONE_AFTER: Duration = Duration::from_secs(30);
 /// How long the relay holds a session whose streams have both ended and
 /// whose client is away: only the client's last acknowledgement is missing,
@@ -63,6 +66,18 @@ pub fn refusal_may_pass(code: Code) -> bool {
     matches!(code, Code::Busy | Code::Restarting)
 }
 
+/// How an attempt that got no answer found nothing serving the relay's
+/// port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotServed {
+    /// The connection was refused: nothing listens on the port.
+    Refused,
+    /// The connection was accepted, then closed before its TLS handshake
+    /// was done, with not a word: a balancer with no relay behind it
+    /// (nginx's `stream` proxy, whose upstream refused it).
+    ClosedAtOnce,
+}
+
 /// What the client does after a resume attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
@@ -85,11 +100,13 @@ pub enum Next {
         /// Why, for people.
         reason: String,
     },
-    /// Nothing has listened on the relay's port for this long: the relay
-    /// is stopped for good; the client ends.
+    /// Nothing has served the relay's port for this long: the relay is
+    /// stopped for good; the client ends.
     RelayGone {
         /// [`RELAY_GONE_AFTER`].
         refused_for: Duration,
+        /// How the latest attempt found nothing there.
+        how: NotServed,
     },
 }
 
@@ -114,9 +131,9 @@ pub struct Reconnect {
     grace: Duration,
     attempt_timeout: Duration,
     attempts: u32,
-    /// Since when every attempt was refused (nothing listening), if the
-    /// latest was.
-    refused_since: Option<Instant>,
+    /// Since when every attempt found nothing serving the port, if the
+    /// latest did.
+    unserved_since: Option<Instant>,
     /// The session's round trip, as last measured, if known.
     rtt: Option<Duration>,
     /// Quick retries left since the network came back, and the wait of the
@@ -142,7 +159,7 @@ impl Reconnect {
             grace,
             attempt_timeout: connect_timeout.min(dead_after.max(MIN_ATTEMPT_TIMEOUT)),
             attempts: 0,
-            refused_since: None,
+            unserved_since: None,
             rtt: None,
             quick: None,
         }
@@ -192,7 +209,7 @@ impl Reconnect {
     /// The relay answered the attempt with `reply`. `jitter` in `[0, 1)`
     /// picks the delay if another attempt is due.
     pub fn answered(&mut self, reply: Reply, now: Instant, jitter: f64) -> Next {
-        self.refused_since = None;
+        self.unserved_since = None;
         match reply {
             Reply::Resumed { received, .. } => Next::Resume {
                 peer_received: received,
@@ -212,18 +229,20 @@ impl Reconnect {
 
     /// The attempt brought no usable answer: the network, the handshake, or
     /// nothing within [`attempt_timeout`](Self::attempt_timeout).
-    /// `refused` says whether the relay's port refused the connection
-    /// (nothing listens there).
-    pub fn failed(&mut self, now: Instant, jitter: f64, refused: bool) -> Next {
-        if refused {
-            let since = *self.refused_since.get_or_insert(now);
-            if now.saturating_duration_since(since) >= RELAY_GONE_AFTER {
-                return Next::RelayGone {
-                    refused_for: RELAY_GONE_AFTER,
-                };
+    /// `not_served` says whether, and how, the attempt found nothing
+    /// serving the relay's port.
+    pub fn failed(&mut self, now: Instant, jitter: f64, not_served: Option<NotServed>) -> Next {
+        match not_served {
+            Some(how) => {
+                let since = *self.unserved_since.get_or_insert(now);
+                if now.saturating_duration_since(since) >= RELAY_GONE_AFTER {
+                    return Next::RelayGone {
+                        refused_for: RELAY_GONE_AFTER,
+                        how,
+                    };
+                }
             }
-        } else {
-            self.refused_since = None;
+            None => self.unserved_since = None,
         }
         self.retry(now, jitter)
     }
@@ -256,14 +275,14 @@ mod tests {
         assert_eq!(policy.attempt_timeout(), Duration::from_secs(2));
         assert_eq!(policy.begin(), 1);
         assert_eq!(
-            policy.failed(lost, 1.0, false),
+            policy.failed(lost, 1.0, None),
             Next::Retry {
                 after: BACKOFF_INITIAL
             }
         );
         let mut delays = Vec::new();
         for _ in 0..10 {
-            match policy.failed(lost + grace, 1.0, false) {
+            match policy.failed(lost + grace, 1.0, None) {
                 Next::Retry { after } => delays.push(after),
                 other => panic!("{other:?}"),
             }
@@ -271,13 +290,13 @@ mod tests {
         assert_eq!(delays.last(), Some(&BACKOFF_CAP));
         policy.try_now();
         assert_eq!(
-            policy.failed(lost + grace + GRACE_MARGIN, 1.0, false),
+            policy.failed(lost + grace + GRACE_MARGIN, 1.0, None),
             Next::Retry {
                 after: BACKOFF_INITIAL
             }
         );
         let late = lost + grace + GRACE_MARGIN + Duration::from_millis(1);
-        let gone = policy.failed(late, 0.5, false);
+        let gone = policy.failed(late, 0.5, None);
         assert_eq!(gone, Next::Gone(Gone::Unreachable(grace)));
         let Next::Gone(gone) = gone else { return };
         assert_eq!(
@@ -293,29 +312,53 @@ mod tests {
         let mut policy =
             Reconnect::new(lost, grace, Duration::from_secs(5), Duration::from_secs(5));
         let at = |s| lost + Duration::from_secs(s);
+        let refused = Some(NotServed::Refused);
+        let closed = Some(NotServed::ClosedAtOnce);
         assert!(matches!(
-            policy.failed(at(0), 0.0, true),
+            policy.failed(at(0), 0.0, refused),
             Next::Retry { .. }
         ));
-        // An attempt that was not refused starts the count again.
+        // An attempt that found something there starts the count again.
         assert!(matches!(
-            policy.failed(at(20), 0.0, false),
+            policy.failed(at(20), 0.0, None),
             Next::Retry { .. }
         ));
         assert!(matches!(
-            policy.failed(at(25), 0.0, true),
+            policy.failed(at(25), 0.0, refused),
+            Next::Retry { .. }
+        ));
+        // Accepted and closed at once counts as nothing there too.
+        assert!(matches!(
+            policy.failed(at(40), 0.0, closed),
             Next::Retry { .. }
         ));
         assert!(matches!(
-            policy.failed(at(54), 0.0, true),
+            policy.failed(at(54), 0.0, refused),
             Next::Retry { .. }
         ));
         assert_eq!(
-            policy.failed(at(55), 0.0, true),
+            policy.failed(at(55), 0.0, closed),
             Next::RelayGone {
-                refused_for: RELAY_GONE_AFTER
+                refused_for: RELAY_GONE_AFTER,
+                how: NotServed::ClosedAtOnce,
             }
         );
+        // So does an answer.
+        let mut policy =
+            Reconnect::new(lost, grace, Duration::from_secs(5), Duration::from_secs(5));
+        policy.failed(at(0), 0.0, closed);
+        let busy = Reply::Refused {
+            code: Code::Busy,
+            reason: "busy".into(),
+        };
+        assert!(matches!(
+            policy.answered(busy, at(20), 0.0),
+            Next::Retry { .. }
+        ));
+        assert!(matches!(
+            policy.failed(at(31), 0.0, closed),
+            Next::Retry { .. }
+        ));
     }
 
     #[test]

@@ -144,7 +144,7 @@ async fn accept_tls(
         turn_away(&stream);
         return Err(AcceptError::Evicted);
     }
-    if n > 0 && first[0] == proxy_header::SIGNATURE[0] {
+    if n > 0 && proxy_header::may_start_header(first[0]) {
         // A balancer's PROXY protocol header, from an address not trusted
         // to send one: the operator's to fix, the client's to hear nothing.
         return Err(AcceptError::UntrustedProxy);

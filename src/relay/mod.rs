@@ -46,7 +46,7 @@ use crate::proto::fleet::{InstanceName, QuicRoute};
 use crate::proto::resume_auth::FailureLimiter;
 use crate::proto::session::SessionConfig;
 use crate::transport::quic;
-use crate::units::format_duration;
+use crate::units::{count, format_duration};
 use accept::{AcceptError, Incoming};
 use admission::{Admission, Admit, Full, SILENT_AFTER};
 use durable::Store;
@@ -136,7 +136,7 @@ pub struct Fleet {
     pub agent_listen: Option<SocketAddr>,
     /// Taking no new sessions; those here go on.
     pub draining: bool,
-    /// Balancers whose TCP connections start with a PROXY protocol v2
+    /// Balancers whose TCP connections start with a PROXY protocol (v1 or v2)
     /// header naming the client.
     pub proxy_protocol_from: Vec<IpAddr>,
 }
@@ -201,6 +201,9 @@ struct Shared {
     stop_mode: std::sync::OnceLock<Stop>,
     /// Where what outlives the process is kept.
     store: Store,
+    /// Set when the relay told its supervisor it stops: no status line of
+    /// the running relay may follow.
+    status_stopped: Mutex<bool>,
     /// Every task the relay spawned, to wait for at shutdown.
     tasks: TaskTracker,
 }
@@ -258,6 +261,22 @@ impl RelayHandle {
     /// Tells the supervisor (systemd or the keeper) `state`.
     pub fn notify(&self, state: &str) {
         self.shared.store.notify(state);
+    }
+
+    /// Tells the supervisor the running relay's status (`STATUS=…`, with
+    /// `READY=1`), unless it has begun to stop: its last status stands.
+    pub fn notify_status(&self, state: &str) {
+        let stopped = locks::lock(&self.shared.status_stopped);
+        if !*stopped {
+            self.shared.store.notify(state);
+        }
+    }
+
+    /// Keeps `text`, the config file as it just read well, for the next
+    /// worker to run with should the file be broken by then (see
+    /// [`durable::kept_config`]).
+    pub fn keep_config(&self, text: &str) {
+        self.shared.store.keep_config(text);
     }
 
     /// Applies a new configuration without dropping anything: targets,
@@ -333,6 +352,7 @@ impl Relay {
             stop: CancellationToken::new(),
             stop_mode: std::sync::OnceLock::new(),
             store,
+            status_stopped: Mutex::new(false),
             tasks: TaskTracker::new(),
         });
         let restored = session_task::restore_all(sessions, &shared);
@@ -433,12 +453,21 @@ impl Relay {
         } else {
             Stop::EndAll
         };
-        match mode {
-            Stop::Restart => tracing::info!(
-                "restarting: {sessions} sessions are kept by {}",
+        // What the supervisor shows from now on (`systemctl status`): not
+        // the counts of a relay that no longer serves.
+        let status = match mode {
+            Stop::Restart => format!(
+                "restarting: {} kept by {}",
+                count(sessions, "session"),
                 self.shared.store.keeper()
             ),
-            Stop::EndAll => tracing::info!("shutting down: closing {sessions} sessions"),
+            Stop::EndAll => format!("stopped: {} ended", count(sessions, "session")),
+        };
+        match mode {
+            Stop::Restart => tracing::info!("{status}"),
+            Stop::EndAll => {
+                tracing::info!("shutting down: closing {}", count(sessions, "session"))
+            }
         }
         // For a restart, QUIC clients are told by their connections' own
         // close, at once, and the UDP socket is no longer read: their new
@@ -453,7 +482,15 @@ impl Relay {
             quic.close(0u32.into(), RESTART_REASON.as_bytes());
         }
         let _ = self.shared.stop_mode.set(mode);
-        self.shared.stop.cancel();
+        {
+            // The last status: none of the running relay's may follow it.
+            let mut stopped = locks::lock(&self.shared.status_stopped);
+            *stopped = true;
+            self.shared.stop.cancel();
+            self.shared
+                .store
+                .notify(&format!("STOPPING=1\nSTATUS={status}"));
+        }
         self.shared.tasks.close();
         if tokio::time::timeout(SHUTDOWN_TIMEOUT, self.shared.tasks.wait())
             .await

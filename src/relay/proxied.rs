@@ -1,5 +1,5 @@
-//! Connections from a balancer that speaks the PROXY protocol (v2, see
-//! [`proxy_header`]): the header it writes first says which client the
+//! Connections from a balancer that speaks the PROXY protocol (v1 or v2,
+//! see [`proxy_header`]): the header it writes first says which client the
 //! connection is for, and that address stands for the connection from
 //! then on — in admission's per-source places, the per-source session
 //! limit, the failed-resume limiter and the log. The header is read before
@@ -11,7 +11,7 @@
 
 use super::accept::Incoming;
 use super::Shared;
-use crate::proto::proxy_header::{self, Source, FIXED_LEN};
+use crate::proto::proxy_header::{self, Source};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,13 +60,29 @@ pub(super) fn spawn(stream: TcpStream, balancer: SocketAddr, shared: &Arc<Shared
 }
 
 /// Reads exactly the header, leaving what follows (the client's TLS hello)
-/// in the socket.
+/// in the socket: what has come is looked at without being taken, and
+/// taken only as far as it is header.
 async fn read_header(stream: &mut TcpStream) -> io::Result<Source> {
-    let mut fixed = [0u8; FIXED_LEN];
-    stream.read_exact(&mut fixed).await?;
-    let len = proxy_header::header_len(&fixed).map_err(io::Error::other)?;
-    let mut header = vec![0u8; len];
-    header[..FIXED_LEN].copy_from_slice(&fixed);
-    stream.read_exact(&mut header[FIXED_LEN..]).await?;
-    proxy_header::parse(&header).map_err(io::Error::other)
+    let mut header = Vec::with_capacity(64);
+    let mut peeked = vec![0u8; proxy_header::MAX_LEN];
+    loop {
+        let n = stream.peek(&mut peeked).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let taken = header.len();
+        header.extend_from_slice(&peeked[..n]);
+        match proxy_header::measure(&header).map_err(io::Error::other)? {
+            Some(len) => {
+                header.resize(len, 0);
+                stream.read_exact(&mut header[taken..]).await?;
+                return proxy_header::parse(&header).map_err(io::Error::other);
+            }
+            // All of it is header, and more is to come: take it, so that
+            // the next look waits for what follows.
+            None => {
+                stream.read_exact(&mut header[taken..]).await?;
+            }
+        }
+    }
 }

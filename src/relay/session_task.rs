@@ -34,7 +34,7 @@ use crate::proto::replay_ring::{RingBuffer, RingMemory};
 use crate::proto::session::{Session, SessionConfig};
 use crate::proto::wire::{Code, SessionId};
 use crate::transport::Transport;
-use crate::units::format_duration;
+use crate::units::{count, format_duration};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::ControlFlow;
 use std::os::fd::OwnedFd;
@@ -206,7 +206,8 @@ pub(super) fn restore_all(sessions: Vec<(String, Vec<OwnedFd>)>, shared: &Arc<Sh
     }
     if total > 0 {
         tracing::info!(
-            "restored {restored} of {total} sessions kept by {}",
+            "restored {restored} of {} kept by {}",
+            count(total, "session"),
             shared.store.keeper()
         );
     }

@@ -1,12 +1,10 @@
 //! A fleet in the namespace lab: three `resumeproxyd` instances (each its
-//! own process, on its own port, with its own config file) and HAProxy in
-//! front of them on one address, all in the server namespace beside sshd;
-//! the real OpenSSH client in the client namespace reaches sshd through
-//! `resumeproxy` and HAProxy.
-//!
-//! HAProxy runs the shipped `packaging/haproxy/resumeproxy.cfg` with only
-//! its addresses moved to the lab's (and a stats socket added, for the test
-//! to read what HAProxy thinks of each instance). Which instance holds a
+//! own process, on its own port, with its own config file) and a balancer
+//! in front of them on one address — HAProxy ([`super::haproxy`]) or nginx
+//! ([`super::nginx`]), each running its shipped configuration with only
+//! its addresses moved to the lab's — all in the server namespace beside
+//! sshd; the real OpenSSH client in the client namespace reaches sshd
+//! through `resumeproxy` and the balancer. Which instance holds a
 //! session is read from the relays' logs: the remote command prints
 //! `$SSH_CLIENT`, whose port is the relay's local port towards sshd, which
 //! the relay logs with every line of the session.
@@ -14,28 +12,28 @@
 #![allow(dead_code)]
 
 use super::data::{hash_while_reading, SplitMix64};
+use super::haproxy::HaProxy;
 use super::netns::NetLab;
-use super::process::{Lines, Watched};
+use super::nginx::Nginx;
+use super::process::Watched;
 use super::relay::{proxy_command, RelayProcess};
 use super::sshd::{SshdOptions, TestSshd};
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
+use resumeproxy::units::hex;
 use sha2::{Digest, Sha256};
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// How many instances the shipped configuration has.
+/// How many instances the shipped configurations have.
 pub const INSTANCES: usize = 3;
 /// The balancer's port, as shipped.
 pub const BALANCER_PORT: u16 = 7022;
-/// The shipped HAProxy configuration.
-pub const SHIPPED_CONFIG: &str = "packaging/haproxy/resumeproxy.cfg";
 
 /// Instance `i` (from 0) as the shipped configuration names it.
 pub fn instance_name(i: usize) -> String {
@@ -43,171 +41,13 @@ pub fn instance_name(i: usize) -> String {
 }
 
 /// Instance `i`'s relay port, as shipped.
-fn relay_port(i: usize) -> u16 {
+pub fn relay_port(i: usize) -> u16 {
     7101 + u16::try_from(i).expect("few")
 }
 
 /// Instance `i`'s agent-check port, as shipped.
-fn agent_port(i: usize) -> u16 {
+pub fn agent_port(i: usize) -> u16 {
     7111 + u16::try_from(i).expect("few")
-}
-
-/// HAProxy, in the server namespace; killed on drop.
-pub struct HaProxy {
-    child: Child,
-    /// What it logged (its traffic log and its notices).
-    pub log: Arc<Lines>,
-    /// Its stats socket.
-    socket: PathBuf,
-}
-
-impl HaProxy {
-    /// Starts HAProxy in `lab`'s server namespace with the shipped
-    /// configuration, its relays moved to `relay_ip`; `None` (and why) if
-    /// HAProxy is not installed.
-    pub fn start(lab: &NetLab, dir: &Path, relay_ip: Ipv4Addr) -> Result<Option<HaProxy>> {
-        let Some(haproxy) = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file())
-        else {
-            super::lab::cannot_run("haproxy is not installed (apt-get install haproxy)");
-            return Ok(None);
-        };
-        let shipped =
-            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(SHIPPED_CONFIG))
-                .context("reading the shipped HAProxy configuration")?;
-        let socket = dir.join("haproxy.sock");
-        let config = lab_config(&shipped, relay_ip, &socket)?;
-        let path = dir.join("haproxy.cfg");
-        std::fs::write(&path, &config)?;
-        let mut command = Command::new(haproxy);
-        command.arg("-db").arg("-f").arg(&path);
-        let mut child = lab
-            .in_server(&command)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting haproxy")?;
-        let log = Lines::collect(child.stdout.take().context("haproxy stdout")?);
-        let notices = Lines::collect(child.stderr.take().context("haproxy stderr")?);
-        let haproxy = HaProxy { child, log, socket };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while haproxy.stat().is_err() {
-            if Instant::now() >= deadline {
-                bail!("haproxy did not start; it said:\n{}", notices.text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Some(haproxy))
-    }
-
-    /// A command on the stats socket, and its answer.
-    pub fn command(&self, command: &str) -> Result<String> {
-        let mut stream = UnixStream::connect(&self.socket)
-            .with_context(|| format!("connecting to {}", self.socket.display()))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        stream.write_all(format!("{command}\n").as_bytes())?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer)?;
-        Ok(answer)
-    }
-
-    /// (backend, server, status) of every server, as `show stat` says.
-    pub fn stat(&self) -> Result<Vec<(String, String, String)>> {
-        let csv = self.command("show stat")?;
-        let mut rows = Vec::new();
-        for line in csv.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
-            let fields: Vec<&str> = line.split(',').collect();
-            ensure!(fields.len() > 17, "a short line of show stat: {line}");
-            if matches!(fields[1], "FRONTEND" | "BACKEND") {
-                continue;
-            }
-            rows.push((fields[0].into(), fields[1].into(), fields[17].into()));
-        }
-        Ok(rows)
-    }
-
-    /// The status of `server` in `backend` (`UP`, `DOWN`, `DRAIN`, …).
-    pub fn status(&self, backend: &str, server: &str) -> Result<String> {
-        self.stat()?
-            .into_iter()
-            .find(|(b, s, _)| b == backend && s == server)
-            .map(|(_, _, status)| status)
-            .with_context(|| format!("HAProxy has no server {backend}/{server}"))
-    }
-
-    /// Waits until `server` of `backend` has a status starting with
-    /// `status`; returns how long that took.
-    pub fn wait_status(
-        &self,
-        backend: &str,
-        server: &str,
-        status: &str,
-        timeout: Duration,
-    ) -> Result<Duration> {
-        let started = Instant::now();
-        loop {
-            let now = self.status(backend, server)?;
-            if now.starts_with(status) {
-                return Ok(started.elapsed());
-            }
-            if started.elapsed() >= timeout {
-                bail!("{backend}/{server} is {now}, not {status}, after {timeout:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for HaProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- haproxy log ---\n{}", self.log.text());
-        }
-    }
-}
-
-/// The shipped configuration with its relays on `relay_ip` instead of
-/// 127.0.0.1, and a stats socket at `socket`. Fails if the shipped file no
-/// longer has the shape this relies on.
-pub fn lab_config(shipped: &str, relay_ip: Ipv4Addr, socket: &Path) -> Result<String> {
-    let mut config = shipped.to_owned();
-    for i in 0..INSTANCES {
-        let name = instance_name(i);
-        let shipped_addr = format!("127.0.0.1:{}", relay_port(i));
-        let uses = config.matches(&shipped_addr).count();
-        ensure!(
-            uses == 2,
-            "{SHIPPED_CONFIG}: {name} at {shipped_addr} {uses} times, not twice"
-        );
-        for needle in [
-            format!("use_backend {name} if {{ req.ssl_sni -i {name} }}"),
-            format!("agent-port {}", agent_port(i)),
-            format!("backend {name}\n"),
-        ] {
-            ensure!(
-                config.contains(&needle),
-                "{SHIPPED_CONFIG} lacks {needle:?}"
-            );
-        }
-        config = config.replace(&shipped_addr, &format!("{relay_ip}:{}", relay_port(i)));
-    }
-    let bind = format!("bind :{BALANCER_PORT}");
-    ensure!(config.contains(&bind), "{SHIPPED_CONFIG} lacks {bind:?}");
-    let global = "global\n";
-    ensure!(
-        config.contains(global),
-        "{SHIPPED_CONFIG} lacks a global section"
-    );
-    let stats = format!(
-        "global\n    stats socket {} mode 600 level admin\n",
-        socket.display()
-    );
-    Ok(config.replacen(global, &stats, 1))
 }
 
 /// One relay of the fleet.
@@ -272,20 +112,49 @@ pub fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     line[at..].split_whitespace().next()
 }
 
-/// The lab, sshd, three relays and HAProxy.
+/// The balancer in front of the fleet.
+pub enum Balancer {
+    HaProxy(HaProxy),
+    Nginx(Nginx),
+}
+
+/// Which balancer a bench runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    HaProxy,
+    Nginx,
+}
+
+/// The lab, sshd, three relays and a balancer.
 pub struct FleetBench {
     // Dropped in this order.
-    pub haproxy: HaProxy,
+    pub balancer: Balancer,
     pub instances: Vec<Instance>,
     pub sshd: TestSshd,
     pub lab: NetLab,
 }
 
 impl FleetBench {
-    /// Sets it up, each relay with `extra(i)` flags besides its name, agent
-    /// and config file (`{server}` in them is the relays' address); `None`
-    /// (and why) if this machine cannot.
+    /// Sets it up behind HAProxy, each relay with `extra(i)` flags besides
+    /// its name, agent and config file (`{server}` in them is the relays'
+    /// address); `None` (and why) if this machine cannot.
     pub fn start(extra: &dyn Fn(usize) -> Vec<String>) -> Result<Option<FleetBench>> {
+        FleetBench::start_behind(Kind::HaProxy, extra)
+    }
+
+    /// HAProxy, which this bench runs (a test of HAProxy's own asks).
+    pub fn haproxy(&self) -> &HaProxy {
+        match &self.balancer {
+            Balancer::HaProxy(haproxy) => haproxy,
+            Balancer::Nginx(_) => panic!("this bench runs nginx, not HAProxy"),
+        }
+    }
+
+    /// Sets it up behind the balancer `kind` (see [`start`](Self::start)).
+    pub fn start_behind(
+        kind: Kind,
+        extra: &dyn Fn(usize) -> Vec<String>,
+    ) -> Result<Option<FleetBench>> {
         let Some(lab) = NetLab::create()? else {
             return Ok(None);
         };
@@ -328,20 +197,31 @@ impl FleetBench {
                 relay,
             });
         }
-        let Some(haproxy) = HaProxy::start(&lab, sshd.dir(), ip)? else {
-            return Ok(None);
+        let balancer = match kind {
+            Kind::HaProxy => {
+                let Some(haproxy) = HaProxy::start(&lab, sshd.dir(), ip)? else {
+                    return Ok(None);
+                };
+                for instance in &instances {
+                    haproxy.wait_status("relays", &instance.name, "UP", Duration::from_secs(10))?;
+                    haproxy.wait_status(
+                        &instance.name,
+                        &instance.name,
+                        "UP",
+                        Duration::from_secs(10),
+                    )?;
+                }
+                Balancer::HaProxy(haproxy)
+            }
+            Kind::Nginx => {
+                let Some(nginx) = Nginx::start(&lab, sshd.dir(), ip)? else {
+                    return Ok(None);
+                };
+                Balancer::Nginx(nginx)
+            }
         };
-        for instance in &instances {
-            haproxy.wait_status("relays", &instance.name, "UP", Duration::from_secs(10))?;
-            haproxy.wait_status(
-                &instance.name,
-                &instance.name,
-                "UP",
-                Duration::from_secs(10),
-            )?;
-        }
         Ok(Some(FleetBench {
-            haproxy,
+            balancer,
             instances,
             sshd,
             lab,
@@ -577,8 +457,4 @@ impl EchoSsh {
         );
         Ok(took)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -25,3 +25,14 @@ pub fn cannot_run(why: &str) {
     );
     eprintln!("skipping: {why} (set {LAB_ENV}=required to make this a failure)");
 }
+
+/// Part of a lab test cannot run here (`what` is not checked): prints it
+/// (the test goes on with the rest), or, when lab tests are [`required`],
+/// fails the test.
+pub fn cannot_check(what: &str) {
+    assert!(
+        !required(),
+        "part of this test cannot run here ({what}), and {LAB_ENV}=required"
+    );
+    eprintln!("not checked here: {what} (set {LAB_ENV}=required to make this a failure)");
+}

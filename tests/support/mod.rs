@@ -20,14 +20,18 @@
 //!   run, failed instead under `RESUMEPROXY_LAB=required`.
 //! * [`master`] — an ssh ControlMaster in the fault lab, and commands
 //!   multiplexed over it.
+//! * [`fleet`] — three relays behind a balancer in the lab: [`haproxy`] or
+//!   [`nginx`], each with its shipped configuration.
 
 pub mod data;
 pub mod durable;
 pub mod faults;
 pub mod fleet;
+pub mod haproxy;
 pub mod lab;
 pub mod master;
 pub mod netns;
+pub mod nginx;
 pub mod process;
 pub mod relay;
 pub mod security;

@@ -191,11 +191,20 @@ impl RelayProcess {
             .map_err(|e| anyhow::anyhow!("in the relay's log: {e}"))
     }
 
-    /// Stops the relay as systemd would (SIGTERM) and waits, at most
-    /// `timeout`, for it to exit; returns whether it exited successfully.
+    /// Stops the relay with SIGTERM (a keeper stops for good; a worker
+    /// run by systemd stops for a restart, as `systemctl restart` makes it)
+    /// and waits, at most `timeout`, for it to exit; returns whether it
+    /// exited successfully.
     pub fn terminate(&mut self, timeout: Duration) -> Result<bool> {
-        self.signal(libc::SIGTERM)?;
-        let status = wait_timeout(&mut self.child, timeout).context("the relay, after SIGTERM")?;
+        self.stop_with(libc::SIGTERM, timeout)
+    }
+
+    /// Sends `signal` and waits, at most `timeout`, for the relay to exit;
+    /// returns whether it exited successfully.
+    pub fn stop_with(&mut self, signal: libc::c_int, timeout: Duration) -> Result<bool> {
+        self.signal(signal)?;
+        let status = wait_timeout(&mut self.child, timeout)
+            .with_context(|| format!("the relay, after signal {signal}"))?;
         Ok(status.success())
     }
 

@@ -188,3 +188,39 @@ pub fn unit_families(unit: &str) -> Result<ListSetting> {
     )?
     .context("the unit has no RestrictAddressFamilies=")
 }
+
+/// The signal the unit's `key=` (`KillSignal`, `RestartKillSignal`) names,
+/// read as systemd reads it (`SIGINT` or `INT`, or a number); when the
+/// unit does not set it, systemd's default: `KillSignal=` is SIGTERM, and
+/// `RestartKillSignal=` is whatever `KillSignal=` is.
+pub fn unit_signal(key: &str) -> Result<libc::c_int> {
+    let text = unit_file()?;
+    let value = match service_values(&text, key).pop() {
+        Some(value) => value,
+        None if key == "RestartKillSignal" => return unit_signal("KillSignal"),
+        None => return Ok(libc::SIGTERM),
+    };
+    let name = value.strip_prefix("SIG").unwrap_or(&value);
+    Ok(match name {
+        "TERM" => libc::SIGTERM,
+        "INT" => libc::SIGINT,
+        "HUP" => libc::SIGHUP,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        other => other
+            .parse()
+            .with_context(|| format!("{key}={value}: a signal this test does not know"))?,
+    })
+}
+
+/// The unit's `ExecReload=` command lines, each as its words (systemd's
+/// prefixes and `$MAINPID` left as they are).
+pub fn unit_exec_reload() -> Result<Vec<Vec<String>>> {
+    let text = unit_file()?;
+    Ok(service_values(&text, "ExecReload")
+        .iter()
+        .map(|line| line.split_whitespace().map(str::to_owned).collect())
+        .collect())
+}

@@ -6,6 +6,7 @@ use super::kinds::{Choice, FilePath, Port, Span, Switch};
 use super::{AnySetting, Fallback, Flag, Setting, Table};
 use crate::cli::DEFAULT_RELAY_PORT;
 use crate::client::connector::TransportChoice;
+use crate::client::direct::Fallback as NoRelayFallback;
 use crate::client::DEFAULT_CONNECT_TIMEOUT;
 use crate::proto::session::{DEFAULT_DEAD_AFTER, MAX_DEAD_AFTER, MIN_DEAD_AFTER};
 
@@ -57,6 +58,20 @@ pub const CONNECT_TIMEOUT: Setting<Span> = Setting {
     reload: false,
 };
 
+/// `fallback`, `--fallback`.
+pub const FALLBACK: Setting<Choice<NoRelayFallback>> = Setting {
+    key: "fallback",
+    flag: Flag::Long("fallback"),
+    kind: Choice::new("MODE"),
+    doc: "When no relay answers at the start (its port refuses, or nothing answers within \
+          --connect-timeout): none (give up, exit 255), or direct (connect straight to HOST:PORT \
+          as ssh would without a ProxyCommand, and say so in one line; that connection does not \
+          survive a network break, and ssh still authenticates the host). Never once a session \
+          was opened through a relay. For `Host *` in ssh_config",
+    default: Fallback::Is(NoRelayFallback::default),
+    reload: false,
+};
+
 /// `known_relays`, `--known-relays`.
 pub const KNOWN_RELAYS: Setting<FilePath> = Setting {
     key: "known_relays",
@@ -91,6 +106,7 @@ impl Table for ClientTable {
             &DEAD_AFTER,
             &TRANSPORT,
             &CONNECT_TIMEOUT,
+            &FALLBACK,
             &KNOWN_RELAYS,
             &QUIET,
         ]

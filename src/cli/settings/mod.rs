@@ -302,22 +302,23 @@ impl<T: Table> Given<T> {
             .collect()
     }
 
-    /// The values of a config file; unknown keys and bad values are errors
-    /// that name the key.
-    pub fn from_toml(file: toml::Table) -> Result<Given<T>, String> {
+    /// The values of a config file; an unknown key or a bad value is an
+    /// error that names the key: `(key, what is wrong)`.
+    pub fn from_toml(file: toml::Table) -> Result<Given<T>, (String, String)> {
         let mut given = Given::default();
         for (key, value) in file {
-            let setting = T::all()
-                .iter()
-                .find(|setting| setting.key() == key)
-                .ok_or_else(|| {
-                    let keys: Vec<&str> = T::all().iter().map(|s| s.key()).collect();
-                    format!("unknown key {key:?} (the keys are {})", keys.join(", "))
-                })?;
-            let stored = setting
-                .read_toml(&value)
-                .map_err(|e| format!("{key}: {e}"))?;
-            given.values.insert(setting.key(), stored);
+            let Some(setting) = T::all().iter().find(|setting| setting.key() == key) else {
+                let keys: Vec<&str> = T::all().iter().map(|s| s.key()).collect();
+                let why = format!("unknown key {key:?} (the keys are {})", keys.join(", "));
+                return Err((key, why));
+            };
+            match setting.read_toml(&value) {
+                Ok(stored) => given.values.insert(setting.key(), stored),
+                Err(e) => {
+                    let why = format!("{key}: {e}");
+                    return Err((key, why));
+                }
+            };
         }
         Ok(given)
     }

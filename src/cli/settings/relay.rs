@@ -124,10 +124,10 @@ pub const PROXY_PROTOCOL_FROM: Setting<List<Parsed<IpAddr>>> = Setting {
     key: "proxy_protocol_from",
     flag: Flag::Long("proxy-protocol-from"),
     kind: List(Parsed::new("ADDR")),
-    doc: "A balancer that starts each TCP connection with a PROXY protocol v2 header (HAProxy's \
-          send-proxy-v2): the client address it gives counts for that connection in every \
-          per-source limit and in the log; its connections without one are closed. Repeatable, \
-          adds to the config file's list",
+    doc: "A balancer that starts each TCP connection with a PROXY protocol header, v1 or v2 \
+          (HAProxy's send-proxy-v2, nginx's proxy_protocol on): the client address it gives \
+          counts for that connection in every per-source limit and in the log; its connections \
+          without one are closed. Repeatable, adds to the config file's list",
     default: Fallback::Is(Vec::new),
     reload: true,
 };

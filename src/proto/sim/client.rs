@@ -373,7 +373,7 @@ impl Client {
                     deadline,
                 })
             }
-            Answer::None => policy.failed(clock.now(), rng.unit(), false),
+            Answer::None => policy.failed(clock.now(), rng.unit(), None),
         };
         let phase = match next {
             Next::Resume { peer_received } => {

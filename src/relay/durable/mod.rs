@@ -17,6 +17,7 @@
 pub mod crash;
 pub mod fd_store;
 pub mod keeper;
+pub mod kept_config;
 pub mod mapping;
 pub mod record;
 pub(crate) mod restore;
@@ -27,6 +28,7 @@ use crate::proto::wire::SessionId;
 use fd_store::{Notifier, Stored};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Mutex;
 
 /// The name the TCP listener is kept under.
 pub(crate) const TCP_LISTENER: &str = "listen-tcp";
@@ -65,6 +67,8 @@ pub struct Store {
     notifier: Option<Notifier>,
     keeper: Keeper,
     stored: Stored,
+    /// The number of the configuration kept now, if one is.
+    config: Mutex<Option<u64>>,
 }
 
 impl Store {
@@ -74,6 +78,7 @@ impl Store {
             notifier: None,
             keeper: Keeper::Nobody,
             stored: Stored::default(),
+            config: Mutex::new(None),
         }
     }
 
@@ -93,6 +98,7 @@ impl Store {
             notifier,
             keeper,
             stored,
+            config: Mutex::new(None),
         })
     }
 
@@ -139,6 +145,57 @@ impl Store {
             })
             .filter(|(_, fds)| !fds.is_empty())
             .collect()
+    }
+
+    /// The last good configuration file's text an earlier worker kept
+    /// (see [`kept_config`]), if there is one; an error if it cannot be
+    /// read. The newest is taken; older ones (a worker that died between
+    /// keeping a new one and forgetting the old) are forgotten.
+    pub fn take_config(&mut self) -> io::Result<Option<String>> {
+        let mut kept: Vec<(u64, String)> = self
+            .stored
+            .fds
+            .iter()
+            .filter_map(|(name, _)| Some((kept_config::generation(name)?, name.clone())))
+            .collect();
+        kept.sort();
+        let Some((newest, name)) = kept.pop() else {
+            return Ok(None);
+        };
+        for (_, old) in kept {
+            self.stored.take_all(&old);
+            self.forget(&old);
+        }
+        *crate::locks::lock(&self.config) = Some(newest);
+        match self.stored.take_all(&name).pop() {
+            Some(fd) => kept_config::from_memfd(&fd).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Keeps `text`, the config file as it just read well, as the last
+    /// good configuration, in place of the one kept before. Without a
+    /// supervisor, nothing.
+    pub fn keep_config(&self, text: &str) {
+        if self.notifier.is_none() {
+            return;
+        }
+        let mut kept = crate::locks::lock(&self.config);
+        let next = kept.map_or(1, |n| n + 1);
+        let stored =
+            kept_config::to_memfd(text).and_then(|fd| self.keep(&kept_config::name(next), &[&fd]));
+        match stored {
+            Ok(()) => {
+                // The new one first, then the old one goes: a crash in
+                // between leaves two, and the next worker takes the newer.
+                if let Some(old) = kept.replace(next) {
+                    self.forget(&kept_config::name(old));
+                }
+            }
+            Err(e) => tracing::warn!(
+                "the configuration could not be kept ({e}): a restart will need a good config file"
+            ),
+        }
     }
 
     /// Descriptors kept that nothing claimed (names of an older build):
