@@ -195,13 +195,16 @@ pub fn channel_binding<D>(
 
 /// Connects to the relay at `host:port` (trying each resolved address)
 /// and completes the TLS handshake, all within `timeout`. A reconnect
-/// names the `instance` that holds its session, as SNI.
+/// names the `instance` that holds its session, as SNI. With
+/// `max_segment`, TCP segments are at most that long both ways (see
+/// [`connect_tcp`]).
 pub async fn connect(
     host: &str,
     port: u16,
     timeout: Duration,
     tls: Arc<ClientConfig>,
     instance: Option<&InstanceName>,
+    max_segment: Option<u32>,
 ) -> Result<Transport, ConnectError> {
     let timed_out = || {
         io::Error::new(
@@ -210,7 +213,7 @@ pub async fn connect(
         )
     };
     let deadline = tokio::time::Instant::now() + timeout;
-    let tcp = tokio::time::timeout_at(deadline, TcpStream::connect((host, port)))
+    let tcp = tokio::time::timeout_at(deadline, connect_tcp(host, port, max_segment))
         .await
         .map_err(|_| ConnectError::Tcp(timed_out()))?
         .map_err(ConnectError::Tcp)?;
@@ -242,6 +245,52 @@ pub async fn connect(
         .with_path(FixedPath { peer, local });
     transport.relay_key = relay_key;
     Ok(transport)
+}
+
+/// A TCP connection to `host:port`, trying each resolved address in turn.
+///
+/// With `max_segment`, the socket's `TCP_MAXSEG` is set before it
+/// connects: its SYN announces that size, so the relay's side never sends
+/// larger segments either, and this side sends none larger (for a path
+/// that loses large packets, see [`crate::proto::segment_size`]). Where
+/// the option is not available the connection is made without it.
+async fn connect_tcp(host: &str, port: u16, max_segment: Option<u32>) -> io::Result<TcpStream> {
+    let Some(mss) = max_segment else {
+        return TcpStream::connect((host, port)).await;
+    };
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        limit_segments(&socket, mss);
+        match socket.connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{host} resolves to no address"),
+        )
+    }))
+}
+
+/// Sets `TCP_MAXSEG` on a socket not yet connected (best effort).
+#[cfg(unix)]
+fn limit_segments(socket: &tokio::net::TcpSocket, mss: u32) {
+    if let Err(e) = socket2::SockRef::from(socket).set_tcp_mss(mss) {
+        tracing::debug!("cannot limit TCP segments to {mss} bytes: {e}");
+    }
+}
+
+/// Not available here: the connection uses the system's segment size.
+#[cfg(not(unix))]
+fn limit_segments(_socket: &tokio::net::TcpSocket, mss: u32) {
+    tracing::debug!("cannot limit TCP segments to {mss} bytes on this system");
 }
 
 /// Whether a failed handshake is the relay's way of turning a connection
@@ -371,7 +420,7 @@ mod tests {
         let verifier = Arc::new(PinVerifier::new(vec![key.fingerprint()]));
         let tls = client_config(verifier).expect("a config");
         let timeout = Duration::from_secs(5);
-        let client = connect("127.0.0.1", addr.port(), timeout, tls, instance)
+        let client = connect("127.0.0.1", addr.port(), timeout, tls, instance, None)
             .await
             .expect("connected");
         let seen = tokio::time::timeout(timeout, relay)

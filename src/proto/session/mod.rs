@@ -26,13 +26,25 @@
 //! it. A relay session detached from its client drops what it had not
 //! delivered, so that the position it tells at the next resume is always
 //! one a restarted process could tell too.
+//!
+//! # Liveness
+//!
+//! A transport is dead when the peer is silent for the dead-peer interval,
+//! or when this side's data waits that long with no sign that the peer
+//! gets it while its heartbeats still arrive (a path that loses large
+//! packets); a resume is told only once the new transport carries data.
+//! See `liveness.rs`.
 
 mod config;
+mod liveness;
 
 pub use config::{
     SessionConfig, DEFAULT_DEAD_AFTER, DEFAULT_DELIVER_CAPACITY, DEFAULT_REPLAY_CAPACITY,
     MAX_DEAD_AFTER, MIN_DEAD_AFTER,
 };
+pub use liveness::Dead;
+
+use liveness::Liveness;
 
 use crate::proto::replay::{ReplayBuffer, ReplayStore};
 use crate::proto::replay_ring::RingBuffer;
@@ -172,8 +184,8 @@ pub struct Session {
     // Transport and liveness.
     /// A transport is attached.
     attached: bool,
-    /// When something last arrived from the peer (or silence stopped counting).
-    last_heard: Instant,
+    /// Whether it is alive and carries data.
+    live: Liveness,
     /// When something was last sent.
     last_sent: Instant,
     /// A ping to answer.
@@ -247,7 +259,7 @@ impl Session {
             delivered: 0,
             end_delivered: false,
             attached: false,
-            last_heard: now,
+            live: Liveness::new(now),
             last_sent: now,
             pong_due: None,
             ping_in_flight: None,
@@ -491,7 +503,7 @@ impl Session {
         // A close the peer sent over the old transport (a relay restarting)
         // does not carry over to the new one.
         self.peer_close = None;
-        self.last_heard = now;
+        self.live = Liveness::new(now);
         self.last_sent = now;
         self.pong_due = None;
         self.ping_in_flight = None;
@@ -502,12 +514,19 @@ impl Session {
     /// transport is alive. (On a slow link one large frame can take longer
     /// than the dead-peer interval to arrive.)
     pub fn heard(&mut self, now: Instant) {
-        self.last_heard = now;
+        self.live.heard(now);
+    }
+
+    /// Part of a data frame arrived from the peer: its data is coming, so
+    /// an ack (a keep-alive one, if nothing completed) goes out within the
+    /// heartbeat interval, and the transport carries data.
+    pub fn heard_data(&mut self, now: Instant) {
+        self.live.data_arrived(now);
     }
 
     /// A frame from the peer.
     pub fn handle_frame(&mut self, frame: Frame, now: Instant) -> Result<(), ProtocolError> {
-        self.last_heard = now;
+        self.live.heard(now);
         match frame {
             Frame::Data { offset, bytes } => {
                 if self.peer_end {
@@ -524,6 +543,7 @@ impl Session {
                 self.stats.bytes_received += bytes.len() as u64;
                 if !bytes.is_empty() {
                     self.ack_pending_since.get_or_insert(now);
+                    self.live.data_arrived(now);
                 }
                 if self.local_output_closed {
                     self.delivered = self.recv_next;
@@ -542,13 +562,16 @@ impl Session {
                 if position > sent {
                     return Err(ProtocolError::AckBeyondSent { position, sent });
                 }
+                let repeated = position <= self.acked_position();
                 self.replay.acknowledge(position);
                 if self.local_eof && position == self.replay.end() + 1 {
                     self.end_acked = true;
                 }
+                self.live.ack_arrived(repeated, now);
             }
             Frame::Ping { token } => self.pong_due = Some(token),
             Frame::Pong { token } => {
+                self.live.pong_arrived(token);
                 if let Some((sent_token, at)) = self.ping_in_flight {
                     if sent_token == token {
                         self.stats.rtt = Some(now.saturating_duration_since(at));
@@ -568,6 +591,7 @@ impl Session {
                     });
                 }
                 self.peer_end = true;
+                self.live.data_arrived(now);
                 if self.local_output_closed {
                     self.end_delivered = true;
                 }
@@ -595,6 +619,12 @@ impl Session {
     }
 
     fn next_frame(&mut self, now: Instant) -> Option<Frame> {
+        // First on every transport: the announcement (see `liveness.rs`).
+        if self.live.take_announcement(now) {
+            return Some(Frame::Ack {
+                position: self.ack_sent,
+            });
+        }
         if let Some(token) = self.pong_due.take() {
             return Some(Frame::Pong { token });
         }
@@ -602,9 +632,11 @@ impl Session {
         if position > self.ack_sent && self.ack_due(now) {
             self.ack_sent = position;
             self.ack_pending_since = None;
+            self.live.ack_sent(now);
             return Some(Frame::Ack { position });
         }
         if self.send_next < self.replay.end() {
+            self.live.data_sent(self.waiting(), now);
             let bytes = self
                 .replay
                 .slice_from(self.send_next, self.config.max_data_len);
@@ -614,19 +646,58 @@ impl Session {
             return Some(Frame::Data { offset, bytes });
         }
         if self.local_eof && !self.end_sent {
+            self.live.data_sent(self.waiting(), now);
             self.end_sent = true;
             self.sent_high = self.replay.end() + 1;
             return Some(Frame::End {
                 offset: self.replay.end(),
             });
         }
-        if now.saturating_duration_since(self.last_sent) >= self.config.heartbeat_interval() {
-            let token = self.next_ping;
-            self.next_ping += 1;
-            self.ping_in_flight = Some((token, now));
-            return Some(Frame::Ping { token });
+        // After what was queued: its pong confirms that data flows.
+        if self.live.take_probe(self.next_ping) {
+            return Some(self.ping(now));
+        }
+        let heartbeat = self.config.heartbeat_interval();
+        if self
+            .live
+            .keep_alive_at(self.holding_back(), heartbeat)
+            .is_some_and(|at| now >= at)
+        {
+            self.live.ack_sent(now);
+            return Some(Frame::Ack {
+                position: self.ack_sent,
+            });
+        }
+        if now.saturating_duration_since(self.last_sent) >= heartbeat {
+            return Some(self.ping(now));
         }
         None
+    }
+
+    fn ping(&mut self, now: Instant) -> Frame {
+        let token = self.next_ping;
+        self.next_ping += 1;
+        self.ping_in_flight = Some((token, now));
+        Frame::Ping { token }
+    }
+
+    /// The position the peer has acknowledged up to (the end marker counts
+    /// as one).
+    fn acked_position(&self) -> u64 {
+        self.replay.start() + u64::from(self.end_acked)
+    }
+
+    /// Whether data (or the end marker) sent on this transport waits for
+    /// the peer's acknowledgement.
+    fn waiting(&self) -> bool {
+        self.send_next + u64::from(self.end_sent) > self.acked_position()
+    }
+
+    /// Whether this side holds back some of the peer's data: it stopped
+    /// reading (its local end is slow), or it received bytes it does not
+    /// acknowledge yet (see [`SessionConfig::ack_delivered`]).
+    fn holding_back(&self) -> bool {
+        !self.wants_transport_read() || self.ack_position() < self.received_position()
     }
 
     /// Whether an ack of what was received should go now: enough bytes (or
@@ -652,29 +723,49 @@ impl Session {
         if !self.attached {
             return None;
         }
-        let dead = self.last_heard + self.config.dead_after;
+        let dead = self.live.dead_at(self.waiting(), self.config.dead_after);
         if !can_transmit {
             return Some(dead);
         }
-        let heartbeat = self.last_sent + self.config.heartbeat_interval();
+        let interval = self.config.heartbeat_interval();
+        let heartbeat = self.last_sent + interval;
         let ack = match self.ack_pending_since {
             Some(since) if self.ack_position() > self.ack_sent => since + ACK_DELAY,
             _ => heartbeat,
         };
-        Some(heartbeat.min(dead).min(ack))
+        let keep_alive = self
+            .live
+            .keep_alive_at(self.holding_back(), interval)
+            .unwrap_or(heartbeat);
+        Some(heartbeat.min(dead).min(ack).min(keep_alive))
     }
 
-    /// The clock advanced. Returns true when the attached transport is dead:
-    /// nothing arrived for the dead-peer interval. Silence does not count
+    /// The clock advanced. Returns why the attached transport is dead, if
+    /// it is: nothing arrived for the dead-peer interval ([`Dead::Silent`]),
+    /// or this side's data waited that long with no sign that the peer gets
+    /// it while its heartbeats arrived ([`Dead::Stalled`]). Neither counts
     /// while this side is not reading (its local end is slow).
-    pub fn handle_timeout(&mut self, now: Instant) -> bool {
+    pub fn handle_timeout(&mut self, now: Instant) -> Option<Dead> {
         if !self.attached {
-            return false;
+            return None;
         }
-        if !self.wants_transport_read() {
-            self.last_heard = now;
-        }
-        now.saturating_duration_since(self.last_heard) >= self.config.dead_after
+        let reading = self.wants_transport_read();
+        let waiting = self.waiting();
+        self.live
+            .check(now, reading, waiting, self.config.dead_after)
+    }
+
+    /// Whether the attached transport has carried data since it was
+    /// attached (the peer's data or acks arrived, or the answer to a ping
+    /// sent after this side's data): true once, the first time it is asked
+    /// after that happened. A resume is told to the user then.
+    pub fn take_flowing(&mut self) -> bool {
+        self.attached && self.live.take_flowing()
+    }
+
+    /// Whether the attached transport has carried data since it was attached.
+    pub fn is_flowing(&self) -> bool {
+        self.attached && self.live.is_flowing()
     }
 
     /// Both streams have ended and every received byte was handed to the
@@ -690,5 +781,7 @@ impl Session {
     }
 }
 
+#[cfg(test)]
+mod liveness_tests;
 #[cfg(test)]
 mod tests;
