@@ -36,22 +36,26 @@
 //! See `liveness.rs`.
 
 mod config;
+mod error;
 mod liveness;
+mod local_end;
+mod restore;
 
 pub use config::{
     SessionConfig, DEFAULT_DEAD_AFTER, DEFAULT_DELIVER_CAPACITY, DEFAULT_REPLAY_CAPACITY,
     MAX_DEAD_AFTER, MIN_DEAD_AFTER,
 };
+pub use error::ProtocolError;
 pub use liveness::Dead;
+pub use restore::Restored;
 
 use liveness::Liveness;
 
 use crate::proto::replay::{ReplayBuffer, ReplayStore};
 use crate::proto::replay_ring::RingBuffer;
 use crate::proto::wire::{Code, Frame, DATA_PREFIX_LEN, MIN_DATA_LEN};
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use std::collections::VecDeque;
-use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
 
 /// What one queued chunk for the local end costs besides its bytes, as
@@ -70,49 +74,6 @@ pub const ACK_EVERY: u64 = 16 * 1024;
 /// Longest an ack of fewer than [`ACK_EVERY`] bytes is held back.
 pub const ACK_DELAY: Duration = Duration::from_millis(5);
 
-/// The peer broke the session's rules; the session cannot go on on this
-/// transport. Each variant says what was expected and what arrived.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProtocolError {
-    /// A resume position outside what this side still holds.
-    #[error("protocol error: peer resumes from position {peer_received}, but this side holds {acked}..={sent_high}")]
-    ResumeOutOfRange {
-        /// The position the peer says it has received up to.
-        peer_received: u64,
-        /// What the peer had already acknowledged.
-        acked: u64,
-        /// The highest position ever sent.
-        sent_high: u64,
-    },
-    /// Data after the peer's end marker.
-    #[error("protocol error: data at offset {offset} after end")]
-    DataAfterEnd {
-        /// The data's offset.
-        offset: u64,
-    },
-    /// Data (or an end marker) not at the next offset.
-    #[error("protocol error: {what} at offset {offset}, expected {expected}")]
-    OutOfOrder {
-        /// `"data"` or `"end"`.
-        what: &'static str,
-        /// The offset it came at.
-        offset: u64,
-        /// The next offset.
-        expected: u64,
-    },
-    /// An acknowledgement of more than was sent.
-    #[error("protocol error: ack of position {position}, but only {sent} was sent")]
-    AckBeyondSent {
-        /// The position acknowledged.
-        position: u64,
-        /// The position sent up to.
-        sent: u64,
-    },
-    /// A second end marker.
-    #[error("protocol error: second end marker")]
-    SecondEnd,
-}
-
 /// Counters for status and the user's messages.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SessionStats {
@@ -124,20 +85,6 @@ pub struct SessionStats {
     pub bytes_replayed: u64,
     /// Latest heartbeat round-trip time.
     pub rtt: Option<Duration>,
-}
-
-/// What a new process knows of a session an earlier one ran (see
-/// [`Session::restore`]).
-#[derive(Debug)]
-pub struct Restored {
-    /// The unacknowledged bytes, as the ring kept them.
-    pub ring: RingBuffer,
-    /// The local end's stream has ended (after the ring's last byte).
-    pub local_eof: bool,
-    /// Bytes the local end took from the peer's stream.
-    pub received: u64,
-    /// The local end was told the peer's stream ended.
-    pub peer_end: bool,
 }
 
 /// One side of a resumable session (client and relay run the same machine).
@@ -214,30 +161,6 @@ impl Session {
         Session::with_store(config, ReplayStore::Ring(ring), now)
     }
 
-    /// A session carried on by a new process from what outlived the old
-    /// one: the ring of unacknowledged bytes, and positions read off the
-    /// kernel's counters. No transport is attached; the peer's resume says
-    /// where it is.
-    pub fn restore(config: SessionConfig, restored: Restored, now: Instant) -> Session {
-        let Restored {
-            ring,
-            local_eof,
-            received,
-            peer_end,
-        } = restored;
-        let mut session = Session::with_store(config, ReplayStore::Ring(ring), now);
-        session.local_eof = local_eof;
-        session.sent_high = session.replay.end() + u64::from(local_eof);
-        session.recv_next = received;
-        session.peer_end = peer_end;
-        session.delivered = received;
-        session.end_delivered = peer_end;
-        session.ack_sent = session.received_position();
-        session.stats.bytes_read_local = session.replay.end();
-        session.stats.bytes_received = received;
-        session
-    }
-
     fn with_store(config: SessionConfig, replay: ReplayStore, now: Instant) -> Session {
         let start = replay.start();
         let end = replay.end();
@@ -288,130 +211,6 @@ impl Session {
     /// Counters.
     pub fn stats(&self) -> SessionStats {
         self.stats
-    }
-
-    // ----- local end -----
-
-    /// How many bytes may be read from the local end now: zero when the
-    /// replay buffer is full (backpressure) or the local end has closed.
-    pub fn local_room(&self) -> usize {
-        if self.local_eof {
-            0
-        } else {
-            self.replay.room()
-        }
-    }
-
-    /// Memory to read up to `max` bytes of the local end into (at most
-    /// [`local_room`](Self::local_room); fewer at a ring's wrap): fill a
-    /// prefix, then [`commit_local`](Self::commit_local) it.
-    pub fn local_read_slot(&mut self, max: usize) -> &mut [MaybeUninit<u8>] {
-        let max = max.min(self.local_room());
-        self.replay.read_slot(max)
-    }
-
-    /// The first `n` bytes of the last [`local_read_slot`](Self::local_read_slot)
-    /// were read from the local end.
-    pub fn commit_local(&mut self, n: usize) {
-        if self.local_eof || n == 0 {
-            return;
-        }
-        self.stats.bytes_read_local += n as u64;
-        self.replay.commit(n);
-    }
-
-    /// Bytes read from the local end (at most [`local_room`](Self::local_room)),
-    /// copied in.
-    pub fn push_local(&mut self, bytes: Bytes) {
-        let mut rest = &bytes[..];
-        while !rest.is_empty() {
-            let slot = self.local_read_slot(rest.len());
-            if slot.is_empty() {
-                break;
-            }
-            let n = slot.len();
-            for (to, from) in slot.iter_mut().zip(rest) {
-                to.write(*from);
-            }
-            self.commit_local(n);
-            rest = &rest[n..];
-        }
-    }
-
-    /// The local end closed its output: an end marker follows the last byte.
-    pub fn local_eof(&mut self) {
-        self.local_eof = true;
-    }
-
-    /// Whether the local end has closed its output.
-    pub fn is_local_eof(&self) -> bool {
-        self.local_eof
-    }
-
-    /// Next received bytes for the local end, in order.
-    pub fn pop_deliver(&mut self) -> Option<Bytes> {
-        let bytes = self.deliver.pop_front()?;
-        self.deliver_len -= bytes.len() + DELIVER_ENTRY_COST;
-        self.delivered += bytes.len() as u64;
-        Some(bytes)
-    }
-
-    /// The received bytes the local end should take next, if any: write
-    /// them, then say how many it took with [`delivered`](Self::delivered).
-    pub fn pending_delivery(&self) -> Option<&Bytes> {
-        self.deliver.front()
-    }
-
-    /// The local end took the first `n` bytes of
-    /// [`pending_delivery`](Self::pending_delivery).
-    pub fn delivered(&mut self, n: usize) {
-        let Some(front) = self.deliver.front_mut() else {
-            return;
-        };
-        let n = n.min(front.len());
-        front.advance(n);
-        self.deliver_len -= n;
-        self.delivered += n as u64;
-        if front.is_empty() {
-            self.deliver.pop_front();
-            self.deliver_len -= DELIVER_ENTRY_COST;
-        }
-    }
-
-    /// The local end was told the peer's stream ended (its input was shut
-    /// down) after taking every byte.
-    pub fn local_output_shut(&mut self) {
-        if self.deliver_finished() {
-            self.end_delivered = true;
-        }
-    }
-
-    /// Whether bytes wait for the local end.
-    pub fn has_deliver(&self) -> bool {
-        !self.deliver.is_empty()
-    }
-
-    /// The peer's stream has ended and every byte of it was handed out by
-    /// [`pop_deliver`](Self::pop_deliver): the local end's input can be closed.
-    pub fn deliver_finished(&self) -> bool {
-        self.peer_end && self.deliver.is_empty()
-    }
-
-    /// The local end no longer accepts bytes (it closed or failed): drop what
-    /// waits and whatever arrives later. Those bytes still count as received,
-    /// so the peer's replay buffer keeps draining.
-    pub fn close_local_output(&mut self) {
-        self.local_output_closed = true;
-        self.deliver.clear();
-        self.deliver_len = 0;
-        self.delivered = self.recv_next;
-        self.end_delivered = self.peer_end;
-    }
-
-    /// Whether the driver should read frames from the transport: false while
-    /// the local end is slow and enough bytes wait for it (backpressure).
-    pub fn wants_transport_read(&self) -> bool {
-        self.deliver_len < self.config.deliver_capacity
     }
 
     // ----- transport -----
