@@ -116,7 +116,7 @@ where
                 }
                 Step::Link(Outcome::Flowing) => self.flowing(transport.kind),
                 Step::Link(Outcome::TransportLost(lost)) => {
-                    return AfterConnected::Lost(self.lost(&lost, transport.kind))
+                    return AfterConnected::Lost(self.lost(&lost, transport))
                 }
             }
         }
@@ -138,11 +138,19 @@ where
     }
 
     /// Why the transport was lost, in words. A TCP transport that carried
-    /// nothing while small packets passed (its data stalled while the
-    /// relay's heartbeats came; or, after a resume whose handshake passed,
-    /// nothing came at all) makes the next ones use smaller segments.
-    fn lost(&mut self, lost: &Lost, kind: TransportKind) -> String {
+    /// nothing while small packets passed makes the next ones use smaller
+    /// segments: its data stalled while the relay's heartbeats came; or
+    /// the relay's data stopped while its TCP still acknowledged this
+    /// side's heartbeats (the kernel says when it last did); or, after a
+    /// resume whose handshake passed, nothing came at all.
+    fn lost(&mut self, lost: &Lost, transport: &Transport) -> String {
+        let kind = transport.kind;
         let flowed = self.link.session().is_flowing();
+        let acks_pass = |after: Duration| {
+            transport
+                .since_peer_acked()
+                .is_some_and(|since| since < after / 2)
+        };
         let (carried_nothing, reason) = match lost {
             Lost::Stalled(_) => (true, lost.to_string()),
             Lost::Silent(after) if !flowed && self.untold.is_some() => (
@@ -152,6 +160,7 @@ where
                     format_duration(*after)
                 ),
             ),
+            Lost::Silent(after) if acks_pass(*after) => (true, Lost::Stalled(*after).to_string()),
             Lost::Silent(_) => (!flowed, lost.to_string()),
             _ => (false, lost.to_string()),
         };

@@ -10,7 +10,7 @@
 //! travels on by [`channel_binding`].
 
 use super::identity::{Fingerprint, RelayKey};
-use super::{ConnectError, FixedPath, Transport, TransportKind};
+use super::{ConnectError, FixedPath, NetworkPath, Transport, TransportKind};
 use crate::proto::fleet::InstanceName;
 use crate::proto::resume_auth::BINDING_LEN;
 use crate::units::format_duration;
@@ -26,7 +26,7 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, Error, ServerConfig, SignatureScheme,
 };
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -241,10 +241,69 @@ pub async fn connect(
         .peer_certificates()
         .and_then(|certs| certs.first())
         .map(|key| Fingerprint::of_spki(key.as_ref()));
-    let mut transport = Transport::new(Box::new(stream), peer, TransportKind::Tls, binding)
-        .with_path(FixedPath { peer, local });
+    let path = TcpPath::new(stream.get_ref().0, FixedPath { peer, local });
+    let mut transport =
+        Transport::new(Box::new(stream), peer, TransportKind::Tls, binding).with_path(path);
     transport.relay_key = relay_key;
     Ok(transport)
+}
+
+/// A client's TCP connection to the relay: its fixed addresses, and its
+/// socket, whose kernel counters tell what still passes.
+struct TcpPath {
+    fixed: FixedPath,
+    /// The socket under the transport's stream, which lives as long as
+    /// this path (both are the transport's).
+    #[cfg(target_os = "linux")]
+    socket: std::os::fd::RawFd,
+}
+
+impl TcpPath {
+    fn new(tcp: &TcpStream, fixed: FixedPath) -> TcpPath {
+        #[cfg(not(target_os = "linux"))]
+        let _ = tcp;
+        TcpPath {
+            fixed,
+            #[cfg(target_os = "linux")]
+            socket: std::os::fd::AsRawFd::as_raw_fd(tcp),
+        }
+    }
+}
+
+impl NetworkPath for TcpPath {
+    fn peer_now(&self) -> SocketAddr {
+        self.fixed.peer_now()
+    }
+
+    fn fixed_local(&self) -> Option<SocketAddr> {
+        self.fixed.fixed_local()
+    }
+
+    #[cfg(target_os = "linux")]
+    fn since_peer_acked(&self) -> Option<Duration> {
+        last_ack_received(self.socket)
+    }
+}
+
+/// `TCP_INFO`'s `tcpi_last_ack_recv`: how long ago the socket `fd` last
+/// received an acknowledgement.
+#[cfg(target_os = "linux")]
+fn last_ack_received(fd: std::os::fd::RawFd) -> Option<Duration> {
+    // SAFETY: tcp_info is plain old data; the kernel fills at most `len`.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` and `len` are valid for writes of their sizes; any fd
+    // number is safe to ask (a wrong one fails).
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then(|| Duration::from_millis(info.tcpi_last_ack_recv.into()))
 }
 
 /// A TCP connection to `host:port`, trying each resolved address in turn.
