@@ -58,6 +58,8 @@ const SMALLER: &str = "this session uses TCP segments of at most";
 /// How the black hole behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Hole {
+    /// There is none (for comparison).
+    Never,
     /// It comes and stays.
     Stays,
     /// It comes, goes and comes again, [`FLAP`] each, until the end.
@@ -66,6 +68,7 @@ enum Hole {
 
 /// What one download did.
 struct Download {
+    hole: Hole,
     /// Its run time, start to end (or to when it was given up).
     took: Duration,
     /// When the black hole came, from the start.
@@ -87,6 +90,10 @@ struct Download {
 impl std::fmt::Display for Download {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let at = |t: Option<Duration>| t.map_or_else(|| "never".into(), |t| format!("{t:.1?}"));
+        if self.hole == Hole::Never {
+            let all = if self.completed { "all" } else { "NOT all" };
+            return write!(f, "{all} of {} MiB in {:.1?}", SIZE >> 20, self.took);
+        }
         write!(
             f,
             "{} of {} MiB in {:.1?}; black hole at {:.1?}, data stopped at {}, flowing again at {}",
@@ -131,7 +138,10 @@ fn download(
     let mut ssh = Watched::spawn(command, Stdio::null(), Stdio::from(File::create(&dst)?))?;
     ssh.wait_for_bytes(&dst, BEFORE_HOLE, PROGRESS_TIMEOUT)?;
     let hole_at = started.elapsed();
-    let mut guard = Some(bench.lab.black_hole(from)?);
+    let mut guard = match hole {
+        Hole::Never => None,
+        Hole::Stays | Hole::ComesAndGoes => Some(bench.lab.black_hole(from)?),
+    };
     let mut toggled_at = Instant::now();
     let (mut last, mut last_change) = (file_len(&dst), Instant::now());
     let (mut stalled_at, mut flowing_at, mut stalled_len) = (None, None, 0);
@@ -186,6 +196,7 @@ fn download(
         ssh.stderr.wait_for_end(Duration::from_secs(2));
     }
     Ok(Download {
+        hole,
         took,
         hole_at,
         stalled_at,
@@ -285,6 +296,15 @@ fn a_quic_download_goes_on_through_a_black_hole_that_comes_and_goes() -> Result<
 #[test]
 fn an_auto_download_goes_on_through_a_black_hole_that_comes_and_goes() -> Result<()> {
     through_black_hole("auto", Hole::ComesAndGoes, HOLE_FROM).map(drop)
+}
+
+/// The same download without a black hole, for comparison.
+#[test]
+fn the_same_download_without_a_black_hole() -> Result<()> {
+    for transport in ["tcp", "quic"] {
+        through_black_hole(transport, Hole::Never, HOLE_FROM)?;
+    }
+    Ok(())
 }
 
 /// Through a narrower black hole, segments of 1200 bytes are lost too:
