@@ -20,6 +20,8 @@ pub mod describe;
 pub mod identity;
 pub mod net_events;
 pub(crate) mod quic;
+#[cfg(target_os = "linux")]
+pub mod tcp_info;
 pub mod tls;
 
 use crate::proto::connection::Connection;

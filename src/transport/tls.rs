@@ -289,21 +289,11 @@ impl NetworkPath for TcpPath {
 /// received an acknowledgement.
 #[cfg(target_os = "linux")]
 fn last_ack_received(fd: std::os::fd::RawFd) -> Option<Duration> {
-    // SAFETY: tcp_info is plain old data; the kernel fills at most `len`.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: `info` and `len` are valid for writes of their sizes; any fd
-    // number is safe to ask (a wrong one fails).
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then(|| Duration::from_millis(info.tcpi_last_ack_recv.into()))
+    // SAFETY: the socket under the transport's stream, open while the
+    // transport (which owns this path too) lives.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let (info, _) = super::tcp_info::of(fd).ok()?;
+    Some(Duration::from_millis(info.tcpi_last_ack_recv.into()))
 }
 
 /// A TCP connection to `host:port`, trying each resolved address in turn.
