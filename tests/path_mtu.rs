@@ -16,8 +16,11 @@
 //! by itself. Through a narrower black hole (from [`NARROW_FROM`] bytes)
 //! TCP steps down to 536-byte segments, and the reconnect in between,
 //! whose handshake passed but which carried nothing, is not told as a
-//! resume: the client says "resumed" only once data flows. Plain ssh is
-//! measured by the same harness, side by side (printed as `BASELINE`).
+//! resume: the client says "resumed" only once data flows. An upload over
+//! TCP meets the session's own rule: the client's data waits
+//! unacknowledged while the relay's heartbeats come, and it says so. Plain
+//! ssh is measured by the same harness, side by side (printed as
+//! `BASELINE`).
 //!
 //! Nothing else may get slower: over a 1 Mbit/s link, a 3 MiB upload and a
 //! 3 MiB download (the relay's replay buffer at its smallest, 64 KiB, so
@@ -301,6 +304,44 @@ fn a_quic_download_goes_on_through_a_black_hole_that_comes_and_goes() -> Result<
 #[test]
 fn an_auto_download_goes_on_through_a_black_hole_that_comes_and_goes() -> Result<()> {
     through_black_hole("auto", Hole::ComesAndGoes, HOLE_FROM).map(drop)
+}
+
+/// An upload over TCP through a black hole that stays: here the client's
+/// data stops while the relay's heartbeats (and acks of nothing) still
+/// come, and the client says so — the session layer's own rule, whatever
+/// the transport — and steps down.
+#[test]
+fn a_tcp_upload_goes_on_through_a_black_hole_that_stays() -> Result<()> {
+    let _serial = serial();
+    let Some(bench) = bench("--transport tcp")? else {
+        return Ok(());
+    };
+    let src = bench.sshd.dir().join("src");
+    let dst = bench.sshd.dir().join("up");
+    let command = bench.ssh(false, &[], &format!("cat > {}", dst.display()));
+    let started = Instant::now();
+    let mut ssh = Watched::spawn(command, Stdio::from(File::open(&src)?), Stdio::null())?;
+    ssh.wait_for_bytes(&dst, BEFORE_HOLE, PROGRESS_TIMEOUT)?;
+    let hole_at = started.elapsed();
+    let _hole = bench.lab.black_hole(HOLE_FROM)?;
+    let status = ssh.wait(WITHIN.saturating_sub(started.elapsed()))?;
+    let took = started.elapsed();
+    ssh.stderr.wait_for_end(Duration::from_secs(2));
+    ensure!(status.success(), "{status}: {}", ssh.stderr.text());
+    ensure!(
+        sha256_file(&dst)? == sha256_file(&src)?,
+        "sha256 of what arrived differs"
+    );
+    let text = ssh.stderr.text();
+    eprintln!(
+        "tcp upload, black hole that stays: all of {} MiB in {took:.1?}; black hole at {hole_at:.1?}\n{text}",
+        SIZE >> 20
+    );
+    ensure!(
+        text.contains("data stopped for") && text.matches(SMALLER).count() == 1,
+        "{text}"
+    );
+    Ok(())
 }
 
 /// The same download without a black hole, for comparison.
