@@ -34,6 +34,7 @@ const SHAPES: &[(&str, &str)] = &[
 /// How the reasons the client gives begin (docs/troubleshooting.md).
 const REASONS: &[&str] = &[
     "nothing heard for ",
+    "data stopped for ",
     "nothing heard over QUIC",
     "no answer",
     "connection closed",
@@ -74,6 +75,14 @@ const GONE_REASONS: &[&str] = &[
     "it reached another pinned key of the relay",
 ];
 
+/// The line of a session that takes smaller TCP segments, around the
+/// relay's host and the size.
+const SMALLER: (&str, &str, &str) = (
+    "resumeproxy: large packets to and from ",
+    " are lost while small ones pass (a smaller path MTU: a VPN or tunnel?); this session uses TCP segments of at most ",
+    " bytes from now on",
+);
+
 /// How ssh's own lines begin (ssh reports its ProxyCommand's exit so).
 const SSH_LINES: &[&str] = &["kex_exchange_identification: ", "Connection closed by "];
 
@@ -90,6 +99,16 @@ fn check_line(line: &str) -> Result<()> {
     }
     if line.starts_with("resumeproxy: relay at ") && line.ends_with(" not answering yet, retrying…")
     {
+        return Ok(());
+    }
+    if let Some(rest) = line.strip_prefix(SMALLER.0) {
+        let (_, rest) = rest
+            .split_once(SMALLER.1)
+            .ok_or_else(|| anyhow::anyhow!("{line:?}"))?;
+        let mss = rest
+            .strip_suffix(SMALLER.2)
+            .ok_or_else(|| anyhow::anyhow!("{line:?}"))?;
+        ensure!(mss.parse::<u32>().is_ok(), "{line:?}");
         return Ok(());
     }
     if let Some(rest) = line.strip_prefix(GONE.0) {
@@ -144,6 +163,9 @@ fn the_documented_shapes_are_told_from_others() {
         "resumeproxy: session 0123456789abcdef is gone from relay bastion.example:7022: this is instance relay-3, not relay-2, which holds it: relay-2 is down or gone; the ssh connection is lost",
         "resumeproxy: session 0123456789abcdef is gone from relay bastion.example:7022: it reached another pinned key of the relay (SHA256:a), not the one the session was opened with (SHA256:b): another instance of a fleet, its own being down or gone, or a rotated key; the ssh connection is lost",
         "resumeproxy: session 0123456789abcdef is gone from relay [2001:db8::1]:7022: no such session on this relay: it expired after its grace period, or the relay was restarted; the ssh connection is lost",
+        "resumeproxy: link to relay.example lost (data stopped for 5.0s while small packets still pass), reconnecting…",
+        "resumeproxy: link to relay.example lost (nothing heard for 5.0s on the new link, though its handshake passed), reconnecting…",
+        "resumeproxy: large packets to and from relay.example are lost while small ones pass (a smaller path MTU: a VPN or tunnel?); this session uses TCP segments of at most 1200 bytes from now on",
     ] {
         assert!(check_line(ours).is_ok(), "{ours}: {:?}", check_line(ours));
     }
@@ -152,6 +174,7 @@ fn the_documented_shapes_are_told_from_others() {
         "resumeproxy: session 0123 is gone from relay r:1: something else; the ssh connection is lost",
         "resumeproxy: session 0123 is gone from relay r:1: this is instance relay-3",
         "WARN quinn: sending failed",
+        "resumeproxy: large packets to and from relay.example are lost while small ones pass (a smaller path MTU: a VPN or tunnel?); this session uses TCP segments of at most many bytes from now on",
     ] {
         assert!(check_line(other).is_err(), "{other}");
     }

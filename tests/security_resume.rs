@@ -117,6 +117,7 @@ async fn tap_one(
         Duration::from_secs(5),
         upstream,
         None,
+        None,
     )
     .await?;
     let hello = match hello {

@@ -315,6 +315,9 @@ async fn connect(args: ConnectArgs) -> ExitCode {
             ClientEvent::Lost { reason } => {
                 eprintln!("resumeproxy: link to {host} lost ({reason}), reconnecting…")
             }
+            ClientEvent::SmallerSegments { mss } => eprintln!(
+                "resumeproxy: large packets to and from {host} are lost while small ones pass (a smaller path MTU: a VPN or tunnel?); this session uses TCP segments of at most {mss} bytes from now on"
+            ),
             ClientEvent::Resumed {
                 after, replayed, ..
             } => eprintln!(

@@ -10,9 +10,11 @@ use super::back_to_quic::{self, NotMoved, MOVE_TIMEOUT};
 use super::ending::END_CLOSE_TIMEOUT;
 use super::waits::{Interrupt, Path};
 use super::{Client, ClientError, ClientEvent, ClientReport};
-use crate::link::{close_transport, Outcome, Step};
+use crate::link::{close_transport, Lost, Outcome, Step};
+use crate::proto::segment_size::Stepped;
 use crate::proto::wire::Code;
-use crate::transport::{ConnectError, Transport};
+use crate::transport::{ConnectError, Transport, TransportKind};
+use crate::units::format_duration;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -112,11 +114,73 @@ where
                         reason,
                     }));
                 }
+                Step::Link(Outcome::Flowing) => self.flowing(transport.kind),
                 Step::Link(Outcome::TransportLost(lost)) => {
-                    return AfterConnected::Lost(lost.to_string())
+                    return AfterConnected::Lost(self.lost(&lost, transport))
                 }
             }
         }
+    }
+
+    /// The transport carries data: a resume not yet told is told now, and
+    /// a TCP segment size that carries is kept.
+    fn flowing(&mut self, kind: TransportKind) {
+        if kind == TransportKind::Tls {
+            self.segments.carried(Instant::now());
+        }
+        if let Some(untold) = self.untold.take() {
+            (self.on_event)(ClientEvent::Resumed {
+                after: untold.lost_at.elapsed(),
+                attempts: untold.attempts,
+                replayed: self.link.session().stats().bytes_replayed - untold.replayed_before,
+            });
+        }
+    }
+
+    /// Why the transport was lost, in words. A TCP transport that carried
+    /// nothing while small packets passed makes the next ones use smaller
+    /// segments: its data stalled while the relay's heartbeats came; or
+    /// the relay's data stopped while its TCP still acknowledged this
+    /// side's heartbeats (the kernel says when it last did); or, after a
+    /// resume whose handshake passed, nothing came at all.
+    fn lost(&mut self, lost: &Lost, transport: &Transport) -> String {
+        let kind = transport.kind;
+        let flowed = self.link.session().is_flowing();
+        let acks_pass = |after: Duration| {
+            transport
+                .since_peer_acked()
+                .is_some_and(|since| since < after / 2)
+        };
+        let (carried_nothing, reason) = match lost {
+            Lost::Stalled(_) => (true, lost.to_string()),
+            Lost::Silent(after) if !flowed && self.untold.is_some() => (
+                true,
+                format!(
+                    "nothing heard for {} on the new link, though its handshake passed",
+                    format_duration(*after)
+                ),
+            ),
+            Lost::Silent(after) if acks_pass(*after) => (true, Lost::Stalled(*after).to_string()),
+            Lost::Silent(_) => (!flowed, lost.to_string()),
+            _ => (false, lost.to_string()),
+        };
+        if carried_nothing && kind == TransportKind::Tls {
+            match self.segments.carried_nothing(Instant::now()) {
+                Stepped::Down { mss, first } => {
+                    tracing::debug!("reconnecting with TCP segments of at most {mss} bytes");
+                    if first {
+                        self.smaller = Some(mss);
+                    }
+                }
+                Stepped::Back(mss) => tracing::debug!(
+                    "full-size TCP segments carried nothing again: back to {mss} bytes"
+                ),
+                Stepped::Smallest => {
+                    tracing::debug!("already at the smallest TCP segments; reconnecting")
+                }
+            }
+        }
+        reason
     }
 
     /// Moves the session from `transport` (TCP) onto `quic`, which just

@@ -127,6 +127,9 @@ pub(crate) struct Connector {
     last_tcp: Mutex<Option<(Instant, Option<NotServed>)>>,
     /// Once the session is open: where its reconnects go.
     way: Mutex<Option<Way>>,
+    /// The largest TCP segment new connections ask for (see
+    /// [`crate::proto::segment_size`]); `None`: the system's own.
+    max_segment: Mutex<Option<u32>>,
 }
 
 impl Connector {
@@ -151,6 +154,7 @@ impl Connector {
             quic: Mutex::new(None),
             last_tcp: Mutex::new(None),
             way: Mutex::new(None),
+            max_segment: Mutex::new(None),
         };
         if choice == TransportChoice::Auto {
             if let Some(path) = &connector.memory {
@@ -189,6 +193,12 @@ impl Connector {
             instance: home.instance.clone(),
             quic,
         });
+    }
+
+    /// New TCP connections ask for segments of at most `mss` bytes (`None`:
+    /// the system's own size).
+    pub(crate) fn limit_segments(&self, mss: Option<u32>) {
+        *lock(&self.max_segment) = mss;
     }
 
     /// A QUIC connection reached another instance than the session's (a
@@ -330,9 +340,16 @@ impl Connector {
         tls: Arc<rustls::ClientConfig>,
     ) -> Result<Transport, ConnectError> {
         let instance = self.instance();
-        let result =
-            crate::transport::tls::connect(&self.host, self.port, timeout, tls, instance.as_ref())
-                .await;
+        let max_segment = *lock(&self.max_segment);
+        let result = crate::transport::tls::connect(
+            &self.host,
+            self.port,
+            timeout,
+            tls,
+            instance.as_ref(),
+            max_segment,
+        )
+        .await;
         let not_served = result.as_ref().err().and_then(super::open::not_served);
         *lock(&self.last_tcp) = Some((Instant::now(), not_served));
         result

@@ -33,6 +33,7 @@ mod waits;
 
 use crate::link::Link;
 use crate::proto::reconnect::NotServed;
+use crate::proto::segment_size::SegmentSize;
 use crate::proto::session::{Session, SessionConfig, SessionStats};
 use crate::proto::wire::SessionId;
 use crate::transport::identity::Fingerprint;
@@ -47,7 +48,7 @@ use direct::Fallback;
 use ending::{EndSignal, LocalInput};
 use open::Opened;
 pub use reconnect::RELAY_GONE_AFTER;
-use reconnect::{AfterDetached, Resume};
+use reconnect::{AfterDetached, Resume, Untold};
 use status::Vitals;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -133,7 +134,9 @@ pub enum ClientEvent {
         /// Why.
         reason: String,
     },
-    /// The session resumed on a new transport.
+    /// The session resumed on a new transport, and data flows on it (a
+    /// transport whose handshake passed but that carried nothing is not
+    /// told: it is lost again, and says so).
     Resumed {
         /// Time since the loss.
         after: Duration,
@@ -141,6 +144,13 @@ pub enum ClientEvent {
         attempts: u32,
         /// Bytes sent again.
         replayed: u64,
+    },
+    /// Data stopped on the link while small packets passed (a path that
+    /// loses large packets, as through a VPN or tunnel): TCP connections now
+    /// ask for segments of at most `mss` bytes. Told once per session.
+    SmallerSegments {
+        /// The segment size, in bytes.
+        mss: u32,
     },
 }
 
@@ -380,6 +390,9 @@ where
         grace,
         addr,
         config,
+        untold: None,
+        segments: SegmentSize::new(),
+        smaller: None,
         probe: QuicProbe::new(Arc::clone(&connector), relay_key),
         connector,
         on_event,
@@ -407,6 +420,12 @@ struct Client<R, W, E> {
     resume: Resume,
     /// How long the relay keeps the session while the client is away.
     grace: Duration,
+    /// A resume not yet told: its transport has not carried data yet.
+    untold: Option<Untold>,
+    /// The TCP segment size of reconnects.
+    segments: SegmentSize,
+    /// A smaller segment size to tell the user of, after the loss.
+    smaller: Option<u32>,
     on_event: E,
 }
 

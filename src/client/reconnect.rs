@@ -38,6 +38,19 @@ pub(super) struct Resume {
     pub(super) received: u64,
 }
 
+/// A resume not yet told to the user: its transport has not carried data
+/// yet. Told (as one resume, from the first loss) once it does; if it is
+/// lost first, the next resume carries it on.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Untold {
+    /// When the link was lost, before any transport carried data again.
+    pub(super) lost_at: Instant,
+    /// Attempts since then.
+    pub(super) attempts: u32,
+    /// The session's count of bytes replayed at that loss.
+    pub(super) replayed_before: u64,
+}
+
 /// How the detached phase ended.
 pub(super) enum AfterDetached {
     /// The client is done, well or badly.
@@ -84,11 +97,20 @@ where
     /// session resumes or the client is done. `reason` says why the last
     /// transport was lost.
     pub(super) async fn detached(&mut self, reason: String) -> AfterDetached {
-        let lost_at = Instant::now();
-        self.vitals.lost_at = Some(lost_at);
+        let now = Instant::now();
+        // A resume whose transport never carried data is not over yet.
+        let untold = self.untold.take().unwrap_or(Untold {
+            lost_at: now,
+            attempts: 0,
+            replayed_before: self.link.session().stats().bytes_replayed,
+        });
+        self.vitals.lost_at = Some(untold.lost_at);
         self.vitals.attempts.store(0, Ordering::Relaxed);
         (self.on_event)(ClientEvent::Lost { reason });
-        let replayed_before = self.link.session().stats().bytes_replayed;
+        if let Some(mss) = self.smaller.take() {
+            (self.on_event)(ClientEvent::SmallerSegments { mss });
+        }
+        self.connector.limit_segments(self.segments.for_next(now));
         self.resume.received = self.link.session().received_position();
         let try_now = Notify::new();
         let attempts = Arc::clone(&self.vitals.attempts);
@@ -97,7 +119,7 @@ where
             &self.connector,
             self.resume,
             Reconnect::new(
-                lost_at,
+                now,
                 self.grace,
                 self.config.connect_timeout,
                 self.config.session.dead_after,
@@ -175,10 +197,10 @@ where
         self.vitals.resumes += 1;
         self.vitals.lost_at = None;
         self.vitals.transport = transport.kind;
-        (self.on_event)(ClientEvent::Resumed {
-            after: lost_at.elapsed(),
-            attempts,
-            replayed: self.link.session().stats().bytes_replayed - replayed_before,
+        // Told once the transport carries data (see `connected.rs`).
+        self.untold = Some(Untold {
+            attempts: untold.attempts + attempts,
+            ..untold
         });
         AfterDetached::Resumed(Box::new(transport))
     }
@@ -376,5 +398,6 @@ fn outcome_words(outcome: &Outcome) -> String {
         Outcome::PeerClosed(_, reason) => format!("closed by the relay: {reason}"),
         Outcome::TransportLost(reason) => format!("lost: {reason}"),
         Outcome::Protocol(e) => e.to_string(),
+        Outcome::Flowing => "data flows".into(),
     }
 }

@@ -21,7 +21,7 @@
 pub mod handshake;
 
 use crate::proto::connection::{Connection, ConnectionError, MAX_IO_SLICES};
-use crate::proto::session::Session;
+use crate::proto::session::{Dead, Session};
 use crate::proto::wire::{Code, MAX_DATA_LEN};
 use crate::transport::{describe, Transport, TransportKind};
 use crate::units::format_duration;
@@ -48,6 +48,10 @@ pub(crate) enum Outcome {
     TransportLost(Lost),
     /// The peer broke the protocol.
     Protocol(ConnectionError),
+    /// The transport carries data, for the first time since it was
+    /// attached (see [`Session::take_flowing`]); the link goes on when run
+    /// again.
+    Flowing,
 }
 
 /// How a transport was lost.
@@ -62,6 +66,10 @@ pub(crate) enum Lost {
     /// Nothing arrived for the dead-peer interval.
     #[error("nothing heard for {}", format_duration(*.0))]
     Silent(Duration),
+    /// Data waited the dead-peer interval, unacknowledged, while the peer's
+    /// heartbeats arrived: small packets pass, large ones are lost.
+    #[error("data stopped for {} while small packets still pass", format_duration(*.0))]
+    Stalled(Duration),
 }
 
 /// What ended one call of [`Link::run`].
@@ -184,6 +192,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
                         }
                     }
                 }
+                if transport.is_some() && self.session.take_flowing() {
+                    return Poll::Ready(Outcome::Flowing);
+                }
                 if !progress {
                     break;
                 }
@@ -209,9 +220,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
                 return Poll::Pending;
             }
             self.timer_deadline = None;
-            if self.session.handle_timeout(Instant::now()) {
-                let silent = self.session.config().dead_after;
-                return Poll::Ready(Outcome::TransportLost(Lost::Silent(silent)));
+            if let Some(dead) = self.session.handle_timeout(Instant::now()) {
+                let after = self.session.config().dead_after;
+                let lost = match dead {
+                    Dead::Silent => Lost::Silent(after),
+                    Dead::Stalled => Lost::Stalled(after),
+                };
+                return Poll::Ready(Outcome::TransportLost(lost));
             }
             // A heartbeat may be due: go round again.
         }

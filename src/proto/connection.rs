@@ -31,8 +31,8 @@
 use crate::proto::fleet::Home;
 use crate::proto::session::{ProtocolError, Session};
 use crate::proto::wire::{
-    split_message_within, Code, DecodeError, Frame, Hello, Preamble, Reply, SessionId,
-    MAX_HANDSHAKE_LEN, PREAMBLE_LEN, SECRET_LEN,
+    begins_data_frame, split_message_within, Code, DecodeError, Frame, Hello, Preamble, Reply,
+    SessionId, MAX_HANDSHAKE_LEN, PREAMBLE_LEN, SECRET_LEN,
 };
 use crate::proto::write_queue::WriteQueue;
 use bytes::{Buf, BufMut, BytesMut};
@@ -311,7 +311,8 @@ impl Connection {
     /// Returns whether any frame was applied. Bytes that arrived since the
     /// last call tell the session that the peer is alive, whole frame or
     /// not: on a slow link one large frame can take longer than the
-    /// dead-peer interval.
+    /// dead-peer interval. Bytes of a data frame not yet complete tell it
+    /// that the peer's data is coming ([`Session::heard_data`]).
     pub fn handle_frames(
         &mut self,
         session: &mut Session,
@@ -328,7 +329,8 @@ impl Connection {
         now: Instant,
         mut inspect: impl FnMut(&Frame),
     ) -> Result<bool, ConnectionError> {
-        if self.read_buf.len() > self.seen {
+        let news = self.read_buf.len() > self.seen;
+        if news {
             session.heard(now);
         }
         let mut any = false;
@@ -343,6 +345,10 @@ impl Connection {
                 inspect(&frame);
                 session.handle_frame(frame, now)?;
                 any = true;
+            }
+            // What is left is part of one frame, and holds the newest bytes.
+            if news && begins_data_frame(&self.read_buf) {
+                session.heard_data(now);
             }
         }
         self.seen = self.read_buf.len();

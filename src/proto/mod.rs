@@ -21,6 +21,8 @@
 //!   instance that holds it, and how it comes back over QUIC.
 //! * [`proxy_header`] — the PROXY protocol v2 header a balancer in front
 //!   of the relay writes to say whose a connection is.
+//! * [`segment_size`] — how large the client's TCP segments may be, after a
+//!   path that lost large packets.
 //! * `sim/` (tests) — the whole protocol simulated: client and relay logic
 //!   over in-memory links with a virtual clock, thousands of seeded
 //!   schedules of faults, each checking the stream contract.
@@ -33,6 +35,7 @@ pub mod reconnect;
 pub(crate) mod replay;
 pub mod replay_ring;
 pub mod resume_auth;
+pub mod segment_size;
 pub mod session;
 #[cfg(test)]
 mod sim;

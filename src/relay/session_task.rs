@@ -362,6 +362,8 @@ impl SessionTask {
             Step::Other(Wake::Expired) => {
                 ControlFlow::Break(Ending::Ended("expired while attached (a bug)".to_string()))
             }
+            // The client's side tells the user; here the link goes on.
+            Step::Link(Outcome::Flowing) => ControlFlow::Continue(Some(transport)),
             Step::Link(Outcome::Finished) => {
                 close_transport(
                     &mut transport,

@@ -20,6 +20,8 @@ pub mod describe;
 pub mod identity;
 pub mod net_events;
 pub(crate) mod quic;
+#[cfg(target_os = "linux")]
+pub mod tcp_info;
 pub mod tls;
 
 use crate::proto::connection::Connection;
@@ -68,6 +70,13 @@ pub trait NetworkPath: Send + Sync {
     /// The path's round-trip time as the transport measures it, where it
     /// does (QUIC, always, from its acks); `None` where it does not.
     fn rtt(&self) -> Option<Duration> {
+        None
+    }
+    /// How long ago the peer's transport last acknowledged anything this
+    /// side sent, where the transport says (TCP, from the kernel's
+    /// `TCP_INFO`): when its data stopped arriving, whether small packets
+    /// — this side's heartbeats, their acknowledgements — still passed.
+    fn since_peer_acked(&self) -> Option<Duration> {
         None
     }
 }
@@ -240,6 +249,12 @@ impl Transport {
     /// (QUIC); see [`NetworkPath::rtt`].
     pub fn rtt(&self) -> Option<Duration> {
         self.path.rtt()
+    }
+
+    /// How long ago the peer's transport last acknowledged something, if it
+    /// says (TCP); see [`NetworkPath::since_peer_acked`].
+    pub fn since_peer_acked(&self) -> Option<Duration> {
+        self.path.since_peer_acked()
     }
 
     /// Lets the peer send at full speed: a QUIC connection starts with a

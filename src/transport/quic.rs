@@ -176,7 +176,43 @@ fn transport_config(
     // Durations this short always fit QUIC's idle timeout field.
     config.max_idle_timeout(IdleTimeout::try_from(idle).ok());
     config.keep_alive_interval(keep_alive);
+    path_size(&mut config);
     config
+}
+
+/// The datagram size every IPv4 and IPv6 path must carry for QUIC: where
+/// a connection starts, and what it falls back to.
+pub const BASE_DATAGRAM: u16 = 1200;
+/// The largest datagram tried: an Ethernet MTU of 1500 less the IPv4 and
+/// UDP headers (over IPv6 the path search finds its own).
+pub const MAX_DATAGRAM: u16 = 1452;
+/// How long after a black hole the larger sizes are tried again.
+pub const BLACK_HOLE_RETRY: Duration = Duration::from_secs(60);
+/// How often the path is searched for a larger size otherwise.
+pub const PATH_SEARCH_EVERY: Duration = Duration::from_secs(600);
+
+/// The path's datagram size (DPLPMTUD, RFC 8899): a connection starts at
+/// [`BASE_DATAGRAM`] and searches upwards with probes, up to
+/// [`MAX_DATAGRAM`]. When the path shrinks and large datagrams vanish
+/// without a word (a VPN or tunnel coming up, its ICMP filtered), quinn's
+/// black hole detection sees bursts of lost large packets while smaller
+/// ones arrive and, after four such bursts — within a second or two of
+/// bulk data — falls back to [`BASE_DATAGRAM`] and resends what was lost
+/// in datagrams of that size; it searches upwards again
+/// [`BLACK_HOLE_RETRY`] later (the probes are extra packets: their loss
+/// costs no data). A new connection over the shrunk path starts at the
+/// base size and stays there. Should all that not be enough, the session's
+/// own rule (data unacknowledged while heartbeats arrive) abandons the
+/// connection after the dead-peer interval.
+fn path_size(config: &mut quinn::TransportConfig) {
+    config.initial_mtu(BASE_DATAGRAM);
+    config.min_mtu(BASE_DATAGRAM);
+    let mut search = quinn::MtuDiscoveryConfig::default();
+    search
+        .upper_bound(MAX_DATAGRAM)
+        .black_hole_cooldown(BLACK_HOLE_RETRY)
+        .interval(PATH_SEARCH_EVERY);
+    config.mtu_discovery_config(Some(search));
 }
 
 /// Stops a relay endpoint's reading of its UDP socket, for good. The

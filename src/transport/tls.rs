@@ -10,7 +10,7 @@
 //! travels on by [`channel_binding`].
 
 use super::identity::{Fingerprint, RelayKey};
-use super::{ConnectError, FixedPath, Transport, TransportKind};
+use super::{ConnectError, FixedPath, NetworkPath, Transport, TransportKind};
 use crate::proto::fleet::InstanceName;
 use crate::proto::resume_auth::BINDING_LEN;
 use crate::units::format_duration;
@@ -26,7 +26,7 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, Error, ServerConfig, SignatureScheme,
 };
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -196,13 +196,16 @@ pub fn channel_binding<D>(
 
 /// Connects to the relay at `host:port` (trying each resolved address)
 /// and completes the TLS handshake, all within `timeout`. A reconnect
-/// names the `instance` that holds its session, as SNI.
+/// names the `instance` that holds its session, as SNI. With
+/// `max_segment`, TCP segments are at most that long both ways (see
+/// [`connect_tcp`]).
 pub async fn connect(
     host: &str,
     port: u16,
     timeout: Duration,
     tls: Arc<ClientConfig>,
     instance: Option<&InstanceName>,
+    max_segment: Option<u32>,
 ) -> Result<Transport, ConnectError> {
     let timed_out = || {
         io::Error::new(
@@ -211,7 +214,7 @@ pub async fn connect(
         )
     };
     let deadline = tokio::time::Instant::now() + timeout;
-    let tcp = tokio::time::timeout_at(deadline, TcpStream::connect((host, port)))
+    let tcp = tokio::time::timeout_at(deadline, connect_tcp(host, port, max_segment))
         .await
         .map_err(|_| ConnectError::Tcp(timed_out()))?
         .map_err(ConnectError::Tcp)?;
@@ -239,10 +242,105 @@ pub async fn connect(
         .peer_certificates()
         .and_then(|certs| certs.first())
         .map(|key| Fingerprint::of_spki(key.as_ref()));
-    let mut transport = Transport::new(Box::new(stream), peer, TransportKind::Tls, binding)
-        .with_path(FixedPath { peer, local });
+    let path = TcpPath::new(stream.get_ref().0, FixedPath { peer, local });
+    let mut transport =
+        Transport::new(Box::new(stream), peer, TransportKind::Tls, binding).with_path(path);
     transport.relay_key = relay_key;
     Ok(transport)
+}
+
+/// A client's TCP connection to the relay: its fixed addresses, and its
+/// socket, whose kernel counters tell what still passes.
+struct TcpPath {
+    fixed: FixedPath,
+    /// The socket under the transport's stream, which lives as long as
+    /// this path (both are the transport's).
+    #[cfg(target_os = "linux")]
+    socket: std::os::fd::RawFd,
+}
+
+impl TcpPath {
+    fn new(tcp: &TcpStream, fixed: FixedPath) -> TcpPath {
+        #[cfg(not(target_os = "linux"))]
+        let _ = tcp;
+        TcpPath {
+            fixed,
+            #[cfg(target_os = "linux")]
+            socket: std::os::fd::AsRawFd::as_raw_fd(tcp),
+        }
+    }
+}
+
+impl NetworkPath for TcpPath {
+    fn peer_now(&self) -> SocketAddr {
+        self.fixed.peer_now()
+    }
+
+    fn fixed_local(&self) -> Option<SocketAddr> {
+        self.fixed.fixed_local()
+    }
+
+    #[cfg(target_os = "linux")]
+    fn since_peer_acked(&self) -> Option<Duration> {
+        last_ack_received(self.socket)
+    }
+}
+
+/// `TCP_INFO`'s `tcpi_last_ack_recv`: how long ago the socket `fd` last
+/// received an acknowledgement.
+#[cfg(target_os = "linux")]
+fn last_ack_received(fd: std::os::fd::RawFd) -> Option<Duration> {
+    // SAFETY: the socket under the transport's stream, open while the
+    // transport (which owns this path too) lives.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let (info, _) = super::tcp_info::of(fd).ok()?;
+    Some(Duration::from_millis(info.tcpi_last_ack_recv.into()))
+}
+
+/// A TCP connection to `host:port`, trying each resolved address in turn.
+///
+/// With `max_segment`, the socket's `TCP_MAXSEG` is set before it
+/// connects: its SYN announces that size, so the relay's side never sends
+/// larger segments either, and this side sends none larger (for a path
+/// that loses large packets, see [`crate::proto::segment_size`]). Where
+/// the option is not available the connection is made without it.
+async fn connect_tcp(host: &str, port: u16, max_segment: Option<u32>) -> io::Result<TcpStream> {
+    let Some(mss) = max_segment else {
+        return TcpStream::connect((host, port)).await;
+    };
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        limit_segments(&socket, mss);
+        match socket.connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{host} resolves to no address"),
+        )
+    }))
+}
+
+/// Sets `TCP_MAXSEG` on a socket not yet connected (best effort).
+#[cfg(unix)]
+fn limit_segments(socket: &tokio::net::TcpSocket, mss: u32) {
+    if let Err(e) = socket2::SockRef::from(socket).set_tcp_mss(mss) {
+        tracing::debug!("cannot limit TCP segments to {mss} bytes: {e}");
+    }
+}
+
+/// Not available here: the connection uses the system's segment size.
+#[cfg(not(unix))]
+fn limit_segments(_socket: &tokio::net::TcpSocket, mss: u32) {
+    tracing::debug!("cannot limit TCP segments to {mss} bytes on this system");
 }
 
 /// Whether a failed handshake is the relay's way of turning a connection
@@ -372,7 +470,7 @@ mod tests {
         let verifier = Arc::new(PinVerifier::new(vec![key.fingerprint()]));
         let tls = client_config(verifier).expect("a config");
         let timeout = Duration::from_secs(5);
-        let client = connect("127.0.0.1", addr.port(), timeout, tls, instance)
+        let client = connect("127.0.0.1", addr.port(), timeout, tls, instance, None)
             .await
             .expect("connected");
         let seen = tokio::time::timeout(timeout, relay)

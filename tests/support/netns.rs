@@ -9,6 +9,10 @@
 //! * address change: the client gets a new address on its veth and loses the
 //!   old one (with `promote_secondaries`, so that the new one survives);
 //! * a rate limit (tc tbf) on both ends of the veth;
+//! * a path that shrinks: large packets dropped on both ends of the veth
+//!   while small ones pass, and no ICMP about it ([`NetLab::black_hole`];
+//!   the veth's offloads must be off for that to mean anything,
+//!   [`NetLab::offloads_off`]);
 //! * flapping: a break every so often for a while ([`NetLab::flap`]), in
 //!   turn each of the three faults above ([`Fault`], [`NetLab::apply`]).
 //!
@@ -32,6 +36,8 @@
 //! without failing.
 
 #![allow(dead_code)]
+
+mod path;
 
 use super::process::{signal, wait_output};
 use anyhow::{bail, Context, Result};
@@ -87,6 +93,8 @@ pub struct NetLab {
     iptables: PathBuf,
     iptables_restore: PathBuf,
     tc: PathBuf,
+    /// Not every machine has it; only [`NetLab::offloads_off`] needs it.
+    ethtool: Option<PathBuf>,
 }
 
 impl NetLab {
@@ -123,6 +131,7 @@ impl NetLab {
             iptables,
             iptables_restore,
             tc,
+            ethtool: find_tool("ethtool"),
         };
         // Namespaces may be forbidden even to root (an unprivileged container).
         let probe = Command::new(&lab.ip)
@@ -320,6 +329,14 @@ impl NetLab {
 
     /// Limits the veth to `rate` (tc syntax, e.g. `400mbit`) both ways.
     pub fn rate_limit(&self, rate: &str) -> Result<()> {
+        self.rate_limit_with_burst(rate, "256kb")
+    }
+
+    /// Like [`rate_limit`](Self::rate_limit), with a bucket of `burst`
+    /// (tc syntax): the queue holds that much more than 50 ms at the rate.
+    /// At 1 Mbit/s the usual 256 KiB is two seconds of queue, more than a
+    /// test's `--dead-after 1s` can wait for a retransmission behind it.
+    pub fn rate_limit_with_burst(&self, rate: &str, burst: &str) -> Result<()> {
         for (ns, dev) in [
             (self.server_ns.as_str(), SERVER_IF),
             (self.client_ns.as_str(), CLIENT_IF),
@@ -328,7 +345,7 @@ impl NetLab {
                 &self.tc,
                 &[
                     "-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst",
-                    "256kb", "latency", "50ms",
+                    burst, "latency", "50ms",
                 ],
             )?;
         }
@@ -370,13 +387,22 @@ impl NetLab {
 
     fn block(&self, rules: Vec<String>) -> Result<Blocked<'_>> {
         self.filter_batch("-I", &rules)?;
-        Ok(Blocked { lab: self, rules })
+        Ok(Blocked {
+            lab: self,
+            rules,
+            server_rules: Vec::new(),
+        })
     }
 
     /// Applies `op` (`-I` or `-D`) to all `rules` of the client's filter
     /// table in one transaction, so that both directions start and stop
     /// at the same instant.
     fn filter_batch(&self, op: &str, rules: &[String]) -> Result<()> {
+        self.filter_batch_in(&self.client_ns, op, rules)
+    }
+
+    /// Like [`filter_batch`](Self::filter_batch), in the namespace `ns`.
+    fn filter_batch_in(&self, ns: &str, op: &str, rules: &[String]) -> Result<()> {
         let mut batch = String::from("*filter\n");
         for rule in rules {
             batch.push_str(&format!("{op} {rule}\n"));
@@ -386,7 +412,7 @@ impl NetLab {
             .iptables_restore
             .to_str()
             .context("iptables-restore path")?;
-        let args = ["netns", "exec", &self.client_ns, restore, "-w", "--noflush"];
+        let args = ["netns", "exec", ns, restore, "-w", "--noflush"];
         self.run(&self.ip, &args, Some(&batch)).map(drop)
     }
 
@@ -512,11 +538,14 @@ impl Drop for NetLab {
     }
 }
 
-/// iptables rules in the client namespace, deleted when lifted or dropped.
+/// iptables rules in the client namespace (and perhaps the server's),
+/// deleted when lifted or dropped.
 pub struct Blocked<'a> {
     lab: &'a NetLab,
     /// Rule specifications (chain first); empty once deleted.
     rules: Vec<String>,
+    /// The same, in the server namespace.
+    server_rules: Vec<String>,
 }
 
 impl Blocked<'_> {
@@ -526,6 +555,11 @@ impl Blocked<'_> {
     }
 
     fn delete(&mut self) -> Result<()> {
+        let server_rules = std::mem::take(&mut self.server_rules);
+        if !server_rules.is_empty() {
+            self.lab
+                .filter_batch_in(&self.lab.server_ns, "-D", &server_rules)?;
+        }
         if self.rules.is_empty() {
             return Ok(());
         }
@@ -550,7 +584,7 @@ fn find_tool(name: &str) -> Option<PathBuf> {
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
         .filter(|candidate| {
-            let version = if name.starts_with("iptables") {
+            let version = if name.starts_with("iptables") || name == "ethtool" {
                 "--version"
             } else {
                 "-V"

@@ -26,21 +26,37 @@
 //! it. A relay session detached from its client drops what it had not
 //! delivered, so that the position it tells at the next resume is always
 //! one a restarted process could tell too.
+//!
+//! # Liveness
+//!
+//! A transport is dead when the peer is silent for the dead-peer interval,
+//! or when this side's data waits that long with no sign that the peer
+//! gets it while its heartbeats still arrive (a path that loses large
+//! packets); a resume is told only once the new transport carries data.
+//! See `liveness.rs`.
 
 mod config;
+mod error;
+mod liveness;
+mod local_end;
+mod restore;
 
 pub use config::{
     SessionConfig, DEFAULT_DEAD_AFTER, DEFAULT_DELIVER_CAPACITY, DEFAULT_REPLAY_CAPACITY,
     MAX_DEAD_AFTER, MIN_DEAD_AFTER,
 };
+pub use error::ProtocolError;
+pub use liveness::Dead;
+pub use restore::Restored;
+
+use liveness::Liveness;
 
 use crate::proto::replay::{ReplayBuffer, ReplayStore};
 use crate::proto::replay_ring::RingBuffer;
 use crate::proto::wire::{Code, Frame, DATA_PREFIX_LEN, MIN_DATA_LEN};
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
-use tokio::io::ReadBuf;
 
 /// What one queued chunk for the local end costs besides its bytes, as
 /// counted against [`SessionConfig::deliver_capacity`]: a peer sending tiny
@@ -58,49 +74,6 @@ pub const ACK_EVERY: u64 = 16 * 1024;
 /// Longest an ack of fewer than [`ACK_EVERY`] bytes is held back.
 pub const ACK_DELAY: Duration = Duration::from_millis(5);
 
-/// The peer broke the session's rules; the session cannot go on on this
-/// transport. Each variant says what was expected and what arrived.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProtocolError {
-    /// A resume position outside what this side still holds.
-    #[error("protocol error: peer resumes from position {peer_received}, but this side holds {acked}..={sent_high}")]
-    ResumeOutOfRange {
-        /// The position the peer says it has received up to.
-        peer_received: u64,
-        /// What the peer had already acknowledged.
-        acked: u64,
-        /// The highest position ever sent.
-        sent_high: u64,
-    },
-    /// Data after the peer's end marker.
-    #[error("protocol error: data at offset {offset} after end")]
-    DataAfterEnd {
-        /// The data's offset.
-        offset: u64,
-    },
-    /// Data (or an end marker) not at the next offset.
-    #[error("protocol error: {what} at offset {offset}, expected {expected}")]
-    OutOfOrder {
-        /// `"data"` or `"end"`.
-        what: &'static str,
-        /// The offset it came at.
-        offset: u64,
-        /// The next offset.
-        expected: u64,
-    },
-    /// An acknowledgement of more than was sent.
-    #[error("protocol error: ack of position {position}, but only {sent} was sent")]
-    AckBeyondSent {
-        /// The position acknowledged.
-        position: u64,
-        /// The position sent up to.
-        sent: u64,
-    },
-    /// A second end marker.
-    #[error("protocol error: second end marker")]
-    SecondEnd,
-}
-
 /// Counters for status and the user's messages.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SessionStats {
@@ -112,20 +85,6 @@ pub struct SessionStats {
     pub bytes_replayed: u64,
     /// Latest heartbeat round-trip time.
     pub rtt: Option<Duration>,
-}
-
-/// What a new process knows of a session an earlier one ran (see
-/// [`Session::restore`]).
-#[derive(Debug)]
-pub struct Restored {
-    /// The unacknowledged bytes, as the ring kept them.
-    pub ring: RingBuffer,
-    /// The local end's stream has ended (after the ring's last byte).
-    pub local_eof: bool,
-    /// Bytes the local end took from the peer's stream.
-    pub received: u64,
-    /// The local end was told the peer's stream ended.
-    pub peer_end: bool,
 }
 
 /// One side of a resumable session (client and relay run the same machine).
@@ -172,8 +131,8 @@ pub struct Session {
     // Transport and liveness.
     /// A transport is attached.
     attached: bool,
-    /// When something last arrived from the peer (or silence stopped counting).
-    last_heard: Instant,
+    /// Whether it is alive and carries data.
+    live: Liveness,
     /// When something was last sent.
     last_sent: Instant,
     /// A ping to answer.
@@ -202,30 +161,6 @@ impl Session {
         Session::with_store(config, ReplayStore::Ring(ring), now)
     }
 
-    /// A session carried on by a new process from what outlived the old
-    /// one: the ring of unacknowledged bytes, and positions read off the
-    /// kernel's counters. No transport is attached; the peer's resume says
-    /// where it is.
-    pub fn restore(config: SessionConfig, restored: Restored, now: Instant) -> Session {
-        let Restored {
-            ring,
-            local_eof,
-            received,
-            peer_end,
-        } = restored;
-        let mut session = Session::with_store(config, ReplayStore::Ring(ring), now);
-        session.local_eof = local_eof;
-        session.sent_high = session.replay.end() + u64::from(local_eof);
-        session.recv_next = received;
-        session.peer_end = peer_end;
-        session.delivered = received;
-        session.end_delivered = peer_end;
-        session.ack_sent = session.received_position();
-        session.stats.bytes_read_local = session.replay.end();
-        session.stats.bytes_received = received;
-        session
-    }
-
     fn with_store(config: SessionConfig, replay: ReplayStore, now: Instant) -> Session {
         let start = replay.start();
         let end = replay.end();
@@ -247,7 +182,7 @@ impl Session {
             delivered: 0,
             end_delivered: false,
             attached: false,
-            last_heard: now,
+            live: Liveness::new(now),
             last_sent: now,
             pong_due: None,
             ping_in_flight: None,
@@ -276,122 +211,6 @@ impl Session {
     /// Counters.
     pub fn stats(&self) -> SessionStats {
         self.stats
-    }
-
-    // ----- local end -----
-
-    /// How many bytes may be read from the local end now: zero when the
-    /// replay buffer is full (backpressure) or the local end has closed.
-    pub fn local_room(&self) -> usize {
-        if self.local_eof {
-            0
-        } else {
-            self.replay.room()
-        }
-    }
-
-    /// Reads from the local end straight into the replay buffer: `read`
-    /// gets a buffer over room for up to `max` bytes (at most
-    /// [`local_room`](Self::local_room); fewer at a ring's wrap) and fills
-    /// what it can, and what it filled is kept. Returns `read`'s result.
-    pub fn read_local<T>(&mut self, max: usize, read: impl FnOnce(&mut ReadBuf<'_>) -> T) -> T {
-        let max = max.min(self.local_room());
-        let (result, n) = self.replay.read_into(max, read);
-        self.stats.bytes_read_local += n as u64;
-        result
-    }
-
-    /// Bytes read from the local end (at most [`local_room`](Self::local_room)),
-    /// copied in.
-    pub fn push_local(&mut self, bytes: Bytes) {
-        let mut rest = &bytes[..];
-        while !rest.is_empty() {
-            let n = self.read_local(rest.len(), |buf| {
-                let n = buf.remaining();
-                buf.put_slice(&rest[..n]);
-                n
-            });
-            if n == 0 {
-                break;
-            }
-            rest = &rest[n..];
-        }
-    }
-
-    /// The local end closed its output: an end marker follows the last byte.
-    pub fn local_eof(&mut self) {
-        self.local_eof = true;
-    }
-
-    /// Whether the local end has closed its output.
-    pub fn is_local_eof(&self) -> bool {
-        self.local_eof
-    }
-
-    /// Next received bytes for the local end, in order.
-    pub fn pop_deliver(&mut self) -> Option<Bytes> {
-        let bytes = self.deliver.pop_front()?;
-        self.deliver_len -= bytes.len() + DELIVER_ENTRY_COST;
-        self.delivered += bytes.len() as u64;
-        Some(bytes)
-    }
-
-    /// The received bytes the local end should take next, if any: write
-    /// them, then say how many it took with [`delivered`](Self::delivered).
-    pub fn pending_delivery(&self) -> Option<&Bytes> {
-        self.deliver.front()
-    }
-
-    /// The local end took the first `n` bytes of
-    /// [`pending_delivery`](Self::pending_delivery).
-    pub fn delivered(&mut self, n: usize) {
-        let Some(front) = self.deliver.front_mut() else {
-            return;
-        };
-        let n = n.min(front.len());
-        front.advance(n);
-        self.deliver_len -= n;
-        self.delivered += n as u64;
-        if front.is_empty() {
-            self.deliver.pop_front();
-            self.deliver_len -= DELIVER_ENTRY_COST;
-        }
-    }
-
-    /// The local end was told the peer's stream ended (its input was shut
-    /// down) after taking every byte.
-    pub fn local_output_shut(&mut self) {
-        if self.deliver_finished() {
-            self.end_delivered = true;
-        }
-    }
-
-    /// Whether bytes wait for the local end.
-    pub fn has_deliver(&self) -> bool {
-        !self.deliver.is_empty()
-    }
-
-    /// The peer's stream has ended and every byte of it was handed out by
-    /// [`pop_deliver`](Self::pop_deliver): the local end's input can be closed.
-    pub fn deliver_finished(&self) -> bool {
-        self.peer_end && self.deliver.is_empty()
-    }
-
-    /// The local end no longer accepts bytes (it closed or failed): drop what
-    /// waits and whatever arrives later. Those bytes still count as received,
-    /// so the peer's replay buffer keeps draining.
-    pub fn close_local_output(&mut self) {
-        self.local_output_closed = true;
-        self.deliver.clear();
-        self.deliver_len = 0;
-        self.delivered = self.recv_next;
-        self.end_delivered = self.peer_end;
-    }
-
-    /// Whether the driver should read frames from the transport: false while
-    /// the local end is slow and enough bytes wait for it (backpressure).
-    pub fn wants_transport_read(&self) -> bool {
-        self.deliver_len < self.config.deliver_capacity
     }
 
     // ----- transport -----
@@ -483,7 +302,7 @@ impl Session {
         // A close the peer sent over the old transport (a relay restarting)
         // does not carry over to the new one.
         self.peer_close = None;
-        self.last_heard = now;
+        self.live = Liveness::new(now);
         self.last_sent = now;
         self.pong_due = None;
         self.ping_in_flight = None;
@@ -494,12 +313,19 @@ impl Session {
     /// transport is alive. (On a slow link one large frame can take longer
     /// than the dead-peer interval to arrive.)
     pub fn heard(&mut self, now: Instant) {
-        self.last_heard = now;
+        self.live.heard(now);
+    }
+
+    /// Part of a data frame arrived from the peer: its data is coming, so
+    /// an ack (a keep-alive one, if nothing completed) goes out within the
+    /// heartbeat interval, and the transport carries data.
+    pub fn heard_data(&mut self, now: Instant) {
+        self.live.data_arrived(now);
     }
 
     /// A frame from the peer.
     pub fn handle_frame(&mut self, frame: Frame, now: Instant) -> Result<(), ProtocolError> {
-        self.last_heard = now;
+        self.live.heard(now);
         match frame {
             Frame::Data { offset, bytes } => {
                 if self.peer_end {
@@ -516,6 +342,7 @@ impl Session {
                 self.stats.bytes_received += bytes.len() as u64;
                 if !bytes.is_empty() {
                     self.ack_pending_since.get_or_insert(now);
+                    self.live.data_arrived(now);
                 }
                 if self.local_output_closed {
                     self.delivered = self.recv_next;
@@ -534,13 +361,16 @@ impl Session {
                 if position > sent {
                     return Err(ProtocolError::AckBeyondSent { position, sent });
                 }
+                let repeated = position <= self.acked_position();
                 self.replay.acknowledge(position);
                 if self.local_eof && position == self.replay.end() + 1 {
                     self.end_acked = true;
                 }
+                self.live.ack_arrived(repeated, now);
             }
             Frame::Ping { token } => self.pong_due = Some(token),
             Frame::Pong { token } => {
+                self.live.pong_arrived(token);
                 if let Some((sent_token, at)) = self.ping_in_flight {
                     if sent_token == token {
                         self.stats.rtt = Some(now.saturating_duration_since(at));
@@ -560,6 +390,7 @@ impl Session {
                     });
                 }
                 self.peer_end = true;
+                self.live.data_arrived(now);
                 if self.local_output_closed {
                     self.end_delivered = true;
                 }
@@ -587,6 +418,12 @@ impl Session {
     }
 
     fn next_frame(&mut self, now: Instant) -> Option<Frame> {
+        // First on every transport: the announcement (see `liveness.rs`).
+        if self.live.take_announcement(now) {
+            return Some(Frame::Ack {
+                position: self.ack_sent,
+            });
+        }
         if let Some(token) = self.pong_due.take() {
             return Some(Frame::Pong { token });
         }
@@ -594,9 +431,11 @@ impl Session {
         if position > self.ack_sent && self.ack_due(now) {
             self.ack_sent = position;
             self.ack_pending_since = None;
+            self.live.ack_sent(now);
             return Some(Frame::Ack { position });
         }
         if self.send_next < self.replay.end() {
+            self.live.data_sent(self.waiting(), now);
             let bytes = self
                 .replay
                 .slice_from(self.send_next, self.config.max_data_len);
@@ -606,19 +445,58 @@ impl Session {
             return Some(Frame::Data { offset, bytes });
         }
         if self.local_eof && !self.end_sent {
+            self.live.data_sent(self.waiting(), now);
             self.end_sent = true;
             self.sent_high = self.replay.end() + 1;
             return Some(Frame::End {
                 offset: self.replay.end(),
             });
         }
-        if now.saturating_duration_since(self.last_sent) >= self.config.heartbeat_interval() {
-            let token = self.next_ping;
-            self.next_ping += 1;
-            self.ping_in_flight = Some((token, now));
-            return Some(Frame::Ping { token });
+        // After what was queued: its pong confirms that data flows.
+        if self.live.take_probe(self.next_ping) {
+            return Some(self.ping(now));
+        }
+        let heartbeat = self.config.heartbeat_interval();
+        if self
+            .live
+            .keep_alive_at(self.holding_back(), heartbeat)
+            .is_some_and(|at| now >= at)
+        {
+            self.live.ack_sent(now);
+            return Some(Frame::Ack {
+                position: self.ack_sent,
+            });
+        }
+        if now.saturating_duration_since(self.last_sent) >= heartbeat {
+            return Some(self.ping(now));
         }
         None
+    }
+
+    fn ping(&mut self, now: Instant) -> Frame {
+        let token = self.next_ping;
+        self.next_ping += 1;
+        self.ping_in_flight = Some((token, now));
+        Frame::Ping { token }
+    }
+
+    /// The position the peer has acknowledged up to (the end marker counts
+    /// as one).
+    fn acked_position(&self) -> u64 {
+        self.replay.start() + u64::from(self.end_acked)
+    }
+
+    /// Whether data (or the end marker) sent on this transport waits for
+    /// the peer's acknowledgement.
+    fn waiting(&self) -> bool {
+        self.send_next + u64::from(self.end_sent) > self.acked_position()
+    }
+
+    /// Whether this side holds back some of the peer's data: it stopped
+    /// reading (its local end is slow), or it received bytes it does not
+    /// acknowledge yet (see [`SessionConfig::ack_delivered`]).
+    fn holding_back(&self) -> bool {
+        !self.wants_transport_read() || self.ack_position() < self.received_position()
     }
 
     /// Whether an ack of what was received should go now: enough bytes (or
@@ -644,29 +522,49 @@ impl Session {
         if !self.attached {
             return None;
         }
-        let dead = self.last_heard + self.config.dead_after;
+        let dead = self.live.dead_at(self.waiting(), self.config.dead_after);
         if !can_transmit {
             return Some(dead);
         }
-        let heartbeat = self.last_sent + self.config.heartbeat_interval();
+        let interval = self.config.heartbeat_interval();
+        let heartbeat = self.last_sent + interval;
         let ack = match self.ack_pending_since {
             Some(since) if self.ack_position() > self.ack_sent => since + ACK_DELAY,
             _ => heartbeat,
         };
-        Some(heartbeat.min(dead).min(ack))
+        let keep_alive = self
+            .live
+            .keep_alive_at(self.holding_back(), interval)
+            .unwrap_or(heartbeat);
+        Some(heartbeat.min(dead).min(ack).min(keep_alive))
     }
 
-    /// The clock advanced. Returns true when the attached transport is dead:
-    /// nothing arrived for the dead-peer interval. Silence does not count
+    /// The clock advanced. Returns why the attached transport is dead, if
+    /// it is: nothing arrived for the dead-peer interval ([`Dead::Silent`]),
+    /// or this side's data waited that long with no sign that the peer gets
+    /// it while its heartbeats arrived ([`Dead::Stalled`]). Neither counts
     /// while this side is not reading (its local end is slow).
-    pub fn handle_timeout(&mut self, now: Instant) -> bool {
+    pub fn handle_timeout(&mut self, now: Instant) -> Option<Dead> {
         if !self.attached {
-            return false;
+            return None;
         }
-        if !self.wants_transport_read() {
-            self.last_heard = now;
-        }
-        now.saturating_duration_since(self.last_heard) >= self.config.dead_after
+        let reading = self.wants_transport_read();
+        let waiting = self.waiting();
+        self.live
+            .check(now, reading, waiting, self.config.dead_after)
+    }
+
+    /// Whether the attached transport has carried data since it was
+    /// attached (the peer's data or acks arrived, or the answer to a ping
+    /// sent after this side's data): true once, the first time it is asked
+    /// after that happened. A resume is told to the user then.
+    pub fn take_flowing(&mut self) -> bool {
+        self.attached && self.live.take_flowing()
+    }
+
+    /// Whether the attached transport has carried data since it was attached.
+    pub fn is_flowing(&self) -> bool {
+        self.attached && self.live.is_flowing()
     }
 
     /// Both streams have ended and every received byte was handed to the
@@ -682,5 +580,7 @@ impl Session {
     }
 }
 
+#[cfg(test)]
+mod liveness_tests;
 #[cfg(test)]
 mod tests;

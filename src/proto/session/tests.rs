@@ -274,7 +274,7 @@ impl World {
                 let now = self.now;
                 let dead_a = self.a.session.handle_timeout(now);
                 let dead_b = self.b.session.handle_timeout(now);
-                if dead_a || dead_b {
+                if dead_a.is_some() || dead_b.is_some() {
                     self.break_link();
                 }
             }
@@ -381,6 +381,11 @@ fn resume_outside_the_held_range_is_a_protocol_error() {
         "peer cannot have less than it acknowledged"
     );
     s.attach(4, now).unwrap();
+    assert_eq!(
+        s.poll_transmit(now),
+        Some(Frame::Ack { position: 0 }),
+        "the announcement"
+    );
     match s.poll_transmit(now) {
         Some(Frame::Data { offset, bytes }) => {
             assert_eq!(offset, 4);
@@ -417,12 +422,16 @@ fn silence_kills_the_transport_unless_the_local_end_is_slow() {
     };
     let mut s = Session::new(config, start);
     s.attach(0, start).unwrap();
+    opening(&mut s, start);
     // A heartbeat goes out after a quarter of the interval.
     assert_eq!(s.poll_transmit(start), None);
     let t1 = start + Duration::from_secs(1);
     assert!(matches!(s.poll_transmit(t1), Some(Frame::Ping { .. })));
-    assert!(!s.handle_timeout(start + Duration::from_millis(3999)));
-    assert!(s.handle_timeout(start + Duration::from_secs(4)));
+    assert_eq!(s.handle_timeout(start + Duration::from_millis(3999)), None);
+    assert_eq!(
+        s.handle_timeout(start + Duration::from_secs(4)),
+        Some(Dead::Silent)
+    );
 
     // With bytes waiting for a slow local end, silence does not count.
     let mut s = Session::new(config, start);
@@ -436,7 +445,7 @@ fn silence_kills_the_transport_unless_the_local_end_is_slow() {
     )
     .unwrap();
     assert!(!s.wants_transport_read());
-    assert!(!s.handle_timeout(start + Duration::from_secs(60)));
+    assert_eq!(s.handle_timeout(start + Duration::from_secs(60)), None);
 }
 
 #[test]
@@ -453,8 +462,11 @@ fn bytes_of_an_incomplete_frame_keep_the_transport_alive() {
     for second in 1..=10 {
         s.heard(start + Duration::from_secs(second));
     }
-    assert!(!s.handle_timeout(start + Duration::from_secs(10)));
-    assert!(s.handle_timeout(start + Duration::from_secs(14)));
+    assert_eq!(s.handle_timeout(start + Duration::from_secs(10)), None);
+    assert_eq!(
+        s.handle_timeout(start + Duration::from_secs(14)),
+        Some(Dead::Silent)
+    );
 }
 
 #[test]
@@ -475,6 +487,7 @@ fn pong_measures_round_trip_time() {
     let start = Instant::now();
     let mut s = Session::new(SessionConfig::default(), start);
     s.attach(0, start).unwrap();
+    opening(&mut s, start);
     let later = start + s.config().heartbeat_interval();
     let token = match s.poll_transmit(later) {
         Some(Frame::Ping { token }) => token,
@@ -510,6 +523,20 @@ fn tiny_frames_fill_the_local_queue_by_count() {
     assert!(s.wants_transport_read());
 }
 
+/// Takes the frames a session sends first on a new transport, when it has
+/// no data to send: the announcement (an ack repeating its position) and
+/// the probe ping.
+pub(super) fn opening(s: &mut Session, now: Instant) {
+    assert!(
+        matches!(s.poll_transmit(now), Some(Frame::Ack { .. })),
+        "the announcement"
+    );
+    assert!(
+        matches!(s.poll_transmit(now), Some(Frame::Ping { .. })),
+        "the probe"
+    );
+}
+
 /// Sends everything `from` has for `to` and lets `to` read it.
 fn exchange(from: &mut Session, to: &mut Session, now: Instant) -> Vec<Frame> {
     let mut frames = Vec::new();
@@ -527,6 +554,9 @@ fn small_acks_ride_on_the_reply_or_wait_for_the_delay() {
     let mut b = Session::new(SessionConfig::default(), t0);
     a.attach(0, t0).unwrap();
     b.attach(0, t0).unwrap();
+    exchange(&mut a, &mut b, t0);
+    exchange(&mut b, &mut a, t0);
+    exchange(&mut a, &mut b, t0);
     let is_ack = |f: &Frame| matches!(f, Frame::Ack { .. });
 
     // A keystroke: b does not ack it on its own at once…

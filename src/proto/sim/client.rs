@@ -9,7 +9,7 @@ use super::{Clock, Rng, Trace};
 use crate::proto::connection::{Connection, Event};
 use crate::proto::reconnect::{Gone, Next, Reconnect};
 use crate::proto::resume_auth;
-use crate::proto::session::{Session, SessionConfig};
+use crate::proto::session::{Dead, Session, SessionConfig};
 use crate::proto::wire::{Code, Hello, Reply, SessionId, SECRET_LEN};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
@@ -67,8 +67,8 @@ pub(super) struct Client {
     pub(super) local: Local,
     opened: Option<Opened>,
     config: SessionConfig,
-    /// Transports lost, by how: reset, closed, silent.
-    pub(super) lost: [u32; 3],
+    /// Transports lost, by how: reset, closed, silent, stalled.
+    pub(super) lost: [u32; 4],
     /// Resumes that worked.
     pub(super) resumes: u32,
     /// Resume attempts that did not.
@@ -86,7 +86,7 @@ impl Client {
             local,
             opened: None,
             config,
-            lost: [0; 3],
+            lost: [0; 4],
             resumes: 0,
             failed_attempts: 0,
             received_at_end: 0,
@@ -319,13 +319,19 @@ impl Client {
             return Ok(self.lose(link, 1, "closed by the other end", net, clock, trace));
         }
         let due = session.poll_timeout(end.conn.can_transmit());
-        if due.is_some_and(|due| now >= due) && session.handle_timeout(now) {
-            return Ok(self.lose(link, 2, "silent", net, clock, trace));
+        match due
+            .filter(|&due| now >= due)
+            .and_then(|_| session.handle_timeout(now))
+        {
+            Some(Dead::Silent) => return Ok(self.lose(link, 2, "silent", net, clock, trace)),
+            Some(Dead::Stalled) => return Ok(self.lose(link, 3, "stalled", net, clock, trace)),
+            None => {}
         }
         Ok(Phase::Connected { link })
     }
 
-    /// The transport is lost (`how`: 0 reset, 1 closed, 2 silent): detach,
+    /// The transport is lost (`how`: 0 reset, 1 closed, 2 silent, 3
+    /// stalled): detach,
     /// and attempt to resume at once.
     fn lose(
         &mut self,

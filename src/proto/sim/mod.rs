@@ -148,10 +148,10 @@ pub(super) struct Tally {
     /// refused, never opened, gone (the relay had completed the session).
     endings: [u64; 6],
     /// Faults injected: partitions, client-side resets, relay-side resets,
-    /// stalls.
-    faults: [u64; 4],
-    /// Transports the client lost: reset, closed, silent.
-    client_lost: [u64; 3],
+    /// stalls, paths that lose large writes.
+    faults: [u64; 5],
+    /// Transports the client lost: reset, closed, silent, stalled.
+    client_lost: [u64; 4],
     resumes: u64,
     failed_attempts: u64,
     relay: RelayCounts,
@@ -263,6 +263,11 @@ fn every_schedule_keeps_the_stream_contract() {
             t.client_lost[2] > 0,
         ),
         ("transports found silent by the relay", t.relay.lost[2] > 0),
+        ("paths losing large writes", t.faults[4] > 0),
+        (
+            "transports found stalled (data unacknowledged, heartbeats heard)",
+            t.client_lost[3] + u64::from(t.relay.lost[3]) > 0,
+        ),
         ("resumes", t.resumes > 0),
         ("attempts that failed and backed off", t.failed_attempts > 0),
         (

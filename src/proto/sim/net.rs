@@ -46,7 +46,13 @@ impl End {
 struct Pipe {
     bytes: BytesMut,
     fin: bool,
+    /// A large write was lost on a shrunk link: nothing more gets through.
+    stuck: bool,
 }
+
+/// The most a sender may have queued for its write to pass a shrunk link
+/// (see [`Net::shrink`]): a few control frames, never a data frame's worth.
+const SMALL_WRITE: usize = 64;
 
 /// One transport between the client (or an attacker) and the relay.
 pub(super) struct Link {
@@ -60,6 +66,8 @@ pub(super) struct Link {
     to_client: Pipe,
     /// Nothing gets through any more, and neither end is told.
     blackholed: bool,
+    /// Large writes are lost, small ones pass (see [`Net::shrink`]).
+    shrunk: bool,
 }
 
 impl Link {
@@ -112,6 +120,7 @@ impl Net {
             to_relay: Pipe::default(),
             to_client: Pipe::default(),
             blackholed: now < self.down_until,
+            shrunk: false,
         });
         self.links.len() - 1
     }
@@ -126,12 +135,17 @@ impl Net {
     /// many. On a blackholed link they are lost.
     pub(super) fn send(&mut self, id: LinkId, side: Side, max: usize) -> usize {
         let link = &mut self.links[id];
-        let blackholed = link.blackholed;
+        let (blackholed, shrunk) = (link.blackholed, link.shrunk);
         let (from, pipe, _) = link.sending(side);
         if from.dropped || from.reset {
             return 0;
         }
-        if blackholed {
+        if shrunk && from.conn.queued() > SMALL_WRITE {
+            // A full-sized segment vanished: as over TCP, nothing after it
+            // gets through either.
+            pipe.stuck = true;
+        }
+        if blackholed || pipe.stuck {
             return from.conn.write_to(&mut BytesMut::new(), max);
         }
         from.conn.write_to(&mut pipe.bytes, max)
@@ -162,7 +176,7 @@ impl Net {
     }
 
     /// The owner of `side` closes its end: what it queued goes out, then
-    /// its close (unless the link is blackholed).
+    /// its close (unless the link is blackholed, or stuck that way).
     pub(super) fn close(&mut self, id: LinkId, side: Side) {
         let link = &mut self.links[id];
         let blackholed = link.blackholed;
@@ -170,7 +184,7 @@ impl Net {
         if from.dropped {
             return;
         }
-        if !blackholed && !from.reset {
+        if !blackholed && !from.reset && !pipe.stuck {
             from.conn.write_to(&mut pipe.bytes, usize::MAX);
             pipe.fin = true;
         }
@@ -184,6 +198,16 @@ impl Net {
         link.blackholed = true;
         link.to_relay = Pipe::default();
         link.to_client = Pipe::default();
+    }
+
+    /// Link `id` comes to lose large writes: from now on, a side that sends
+    /// while more than [`SMALL_WRITE`] bytes wait in its queue (a full
+    /// segment, as a bulk sender's) loses them and everything after them,
+    /// while a side that sends only small frames (acks, heartbeats) still
+    /// gets through — a path whose MTU shrank, with no word of it. What was
+    /// in flight arrives.
+    pub(super) fn shrink(&mut self, id: LinkId) {
+        self.links[id].shrunk = true;
     }
 
     /// `side` of link `id` sees an error at once; the other end hears

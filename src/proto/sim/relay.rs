@@ -13,7 +13,7 @@ use crate::proto::connection::Event;
 use crate::proto::fleet::{Home, InstanceName, QuicRoute};
 use crate::proto::reconnect::hold_for;
 use crate::proto::resume_auth::{self, FailureLimiter, ResumeRefused};
-use crate::proto::session::{Session, SessionConfig, MAX_DEAD_AFTER, MIN_DEAD_AFTER};
+use crate::proto::session::{Dead, Session, SessionConfig, MAX_DEAD_AFTER, MIN_DEAD_AFTER};
 use crate::proto::wire::{Code, Hello, SessionId, SECRET_LEN};
 use std::time::Duration;
 
@@ -58,8 +58,8 @@ impl Held {
 pub(super) struct RelayCounts {
     /// A resume won over a transport the relay still thought alive.
     pub(super) replaced: u32,
-    /// Transports lost: reset, closed, silent.
-    pub(super) lost: [u32; 3],
+    /// Transports lost: reset, closed, silent, stalled.
+    pub(super) lost: [u32; 4],
     /// Resumes refused: unknown session, wrong proof, throttled.
     pub(super) refused: [u32; 3],
     /// Sessions dropped after their grace period.
@@ -342,10 +342,15 @@ impl Relay {
             let due = session.poll_timeout(end.conn.can_transmit());
             if end.eof {
                 Some(1)
-            } else if due.is_some_and(|due| now >= due) && session.handle_timeout(now) {
-                Some(2)
             } else {
-                None
+                match due
+                    .filter(|&due| now >= due)
+                    .and_then(|_| session.handle_timeout(now))
+                {
+                    Some(Dead::Silent) => Some(2),
+                    Some(Dead::Stalled) => Some(3),
+                    None => None,
+                }
             }
         };
         if let Some(how) = lost {

@@ -350,7 +350,7 @@ impl World {
         self.faults_left -= 1;
         let grace = self.grace.as_millis() as u64;
         let dead = self.dead_after.as_millis() as u64;
-        let kind = self.rng.range(0, 3) as usize;
+        let kind = self.rng.range(0, 4) as usize;
         let client_link = self.client.link();
         let relay_link = self.relay.link();
         let what = match kind {
@@ -377,10 +377,17 @@ impl World {
                 }
                 None => return,
             },
-            _ => match client_link {
+            3 => match client_link {
                 Some(link) => {
                     self.net.blackhole(link);
                     format!("link {link} stalls")
+                }
+                None => return,
+            },
+            _ => match client_link {
+                Some(link) => {
+                    self.net.shrink(link);
+                    format!("link {link} loses large writes from now on")
                 }
                 None => return,
             },

@@ -90,7 +90,12 @@ pub enum Frame {
         /// The bytes, at most [`MAX_DATA_LEN`].
         bytes: Bytes,
     },
-    /// Cumulative acknowledgement: everything before this position was received.
+    /// Cumulative acknowledgement: everything before this position was
+    /// received. One that repeats the position last acknowledged is a
+    /// keep-alive (the sender's data arrives, or is held back by a slow
+    /// local end) or, as the first frame on a transport, the announcement
+    /// that keep-alives will come (see the session's `liveness.rs`);
+    /// peers of earlier releases take it as the no-op it is.
     Ack {
         /// Stream position received up to (the end marker counts as one position).
         position: u64,

@@ -126,6 +126,13 @@ pub fn split_message(buf: &mut BytesMut) -> Result<Option<(u8, Bytes)>, DecodeEr
     split_message_within(buf, MAX_PAYLOAD_LEN)
 }
 
+/// Whether `buf`, bytes of a message not yet complete (what is left after
+/// [`split_message`] took the complete ones), begins a [`Frame::Data`]: the
+/// peer's data is arriving, one frame slower than the link.
+pub fn begins_data_frame(buf: &[u8]) -> bool {
+    buf.first() == Some(&T_DATA)
+}
+
 /// Like [`split_message`], with a lower bound on the payload: `max_payload`
 /// (at most [`MAX_PAYLOAD_LEN`]).
 pub fn split_message_within(

@@ -73,25 +73,10 @@ impl TcpCounters {
     /// Reads the counters of the TCP socket `fd`.
     pub fn of(fd: BorrowedFd<'_>) -> io::Result<TcpCounters> {
         let raw = fd.as_raw_fd();
-        // SAFETY: tcp_info is plain old data; the kernel fills at most `len`.
-        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        // SAFETY: `info` and `len` are valid for writes of their sizes.
-        let rc = unsafe {
-            libc::getsockopt(
-                raw,
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                (&mut info as *mut libc::tcp_info).cast(),
-                &mut len,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let (info, len) = crate::transport::tcp_info::of(fd)?;
         let needed =
             std::mem::offset_of!(libc::tcp_info, tcpi_bytes_received) + std::mem::size_of::<u64>();
-        if (len as usize) < needed {
+        if len < needed {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "this kernel's TCP_INFO has no byte counters (Linux 4.1 or later is needed)",
