@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        #[cfg(target_os = "linux")]
         Some(ClientCommand::Demo(args)) => {
             init_logging(0, false);
             match runtime.block_on(resumeproxy::demo::run(&args)) {

@@ -12,12 +12,14 @@
 mod client_flags;
 pub mod config;
 mod logging;
+#[cfg(target_os = "linux")]
 mod relay_flags;
 pub mod settings;
 pub mod wrap;
 
 pub use client_flags::{ClientCli, ClientCommand, ConnectArgs, DemoArgs, LinkOptions};
 pub use logging::init_logging;
+#[cfg(target_os = "linux")]
 pub use relay_flags::{RelayCli, RelayCommand, ServeArgs};
 
 /// The relay's port when none is given.

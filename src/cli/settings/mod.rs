@@ -17,6 +17,7 @@
 
 pub mod client;
 pub mod kinds;
+#[cfg(target_os = "linux")]
 pub mod relay;
 
 use clap::parser::ValueSource;
