@@ -17,6 +17,7 @@
 
 pub(crate) mod addresses;
 pub mod describe;
+mod errno;
 pub mod identity;
 pub mod net_events;
 // The relay's half of QUIC (its endpoint, accept) is used on Linux only.
