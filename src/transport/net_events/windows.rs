@@ -17,11 +17,11 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 use windows_sys::Win32::Foundation::HANDLE;
 use windows_sys::Win32::NetworkManagement::IpHelper::{
-    CancelMibChangeNotify2, FreeMibTable, GetIpInterfaceEntry, GetUnicastIpAddressTable,
-    InitializeIpInterfaceEntry, NotifyIpInterfaceChange, NotifyRouteChange2,
-    NotifyUnicastIpAddressChange, MIB_IPFORWARD_ROW2, MIB_IPINTERFACE_ROW,
-    MIB_UNICASTIPADDRESS_ROW, MIB_UNICASTIPADDRESS_TABLE,
+    CancelMibChangeNotify2, FreeMibTable, GetIfEntry2, GetUnicastIpAddressTable,
+    NotifyIpInterfaceChange, NotifyRouteChange2, NotifyUnicastIpAddressChange, MIB_IF_ROW2,
+    MIB_IPFORWARD_ROW2, MIB_IPINTERFACE_ROW, MIB_UNICASTIPADDRESS_ROW, MIB_UNICASTIPADDRESS_TABLE,
 };
+use windows_sys::Win32::NetworkManagement::Ndis::IfOperStatusUp;
 use windows_sys::Win32::Networking::WinSock::{AF_INET, AF_INET6, AF_UNSPEC, SOCKADDR_INET};
 
 /// Reports queued at most between two reads.
@@ -226,18 +226,21 @@ pub(super) fn interface_of(addr: IpAddr) -> Option<Interface> {
     let found = rows
         .iter()
         .find(|row| ip_of(&row.Address) == Some(addr))
-        .map(|row| (row.InterfaceIndex, unsafe { row.Address.si_family }));
+        .map(|row| row.InterfaceIndex);
     // SAFETY: allocated by GetUnicastIpAddressTable, freed once; `rows` is
     // not used after.
     unsafe { FreeMibTable(table.cast()) };
-    let (index, family) = found?;
-    // SAFETY: a zeroed row is what InitializeIpInterfaceEntry expects; the
-    // call fills the one it is given.
-    let mut row: MIB_IPINTERFACE_ROW = unsafe { std::mem::zeroed() };
-    unsafe { InitializeIpInterfaceEntry(&mut row) };
-    row.Family = family;
+    let index = found?;
+    // SAFETY: the row is plain data; all zeroes is valid.
+    let mut row: MIB_IF_ROW2 = unsafe { std::mem::zeroed() };
     row.InterfaceIndex = index;
-    // SAFETY: as above.
-    let up = unsafe { GetIpInterfaceEntry(&mut row) } == 0 && row.Connected;
-    Some(Interface { index, up })
+    // SAFETY: a row keyed by its index, as the call expects, filled by it.
+    let status = unsafe { GetIfEntry2(&mut row) };
+    // An interface whose state cannot be read is taken to be up: a wrong
+    // "down" would abandon a working transport, a wrong "up" only leaves
+    // its loss to --dead-after.
+    Some(Interface {
+        index,
+        up: status != 0 || row.OperStatus == IfOperStatusUp,
+    })
 }
