@@ -221,7 +221,7 @@ mod tests {
     /// A netlink message: header, fixed part, attributes (type, data).
     fn message(ty: u16, fixed: &[u8], attrs: &[(u16, &[u8])]) -> Vec<u8> {
         let mut body = fixed.to_vec();
-        while body.len() % 4 != 0 {
+        while !body.len().is_multiple_of(4) {
             body.push(0);
         }
         for (kind, data) in attrs {
@@ -229,7 +229,7 @@ mod tests {
             body.extend_from_slice(&len.to_ne_bytes());
             body.extend_from_slice(&kind.to_ne_bytes());
             body.extend_from_slice(data);
-            while body.len() % 4 != 0 {
+            while !body.len().is_multiple_of(4) {
                 body.push(0);
             }
         }
