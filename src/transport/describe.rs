@@ -72,7 +72,7 @@ fn os_error(code: i32) -> Option<&'static str> {
         ECONNRESET => "connection reset by the relay or by something on the way",
         EPIPE => "connection broken: the other end has gone",
         ETIMEDOUT => "no answer in time",
-        _ => return None,
+        _ => return platform_words(code),
     })
 }
 

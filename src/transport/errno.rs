@@ -13,6 +13,12 @@ pub(crate) use libc::{
 #[cfg(windows)]
 pub(crate) use windows::*;
 
+/// Words for the codes only this platform reports to the client.
+#[cfg(unix)]
+pub(crate) fn platform_words(_code: i32) -> Option<&'static str> {
+    None
+}
+
 #[cfg(windows)]
 mod windows {
     use windows_sys::Win32::Foundation::{ERROR_ACCESS_DENIED, ERROR_BROKEN_PIPE};
@@ -28,4 +34,14 @@ mod windows {
     pub(crate) const ECONNRESET: i32 = WinSock::WSAECONNRESET;
     pub(crate) const EPIPE: i32 = ERROR_BROKEN_PIPE as i32;
     pub(crate) const ETIMEDOUT: i32 = WinSock::WSAETIMEDOUT;
+
+    /// Words for the codes only Windows reports to the client: WinSock
+    /// refusing a kind of socket (as Wine does QUIC's UDP socket).
+    pub(crate) fn platform_words(code: i32) -> Option<&'static str> {
+        match code {
+            WinSock::WSAEOPNOTSUPP => Some("not supported by this system's network stack"),
+            WinSock::WSAEAFNOSUPPORT => Some("this system has no network of that address family"),
+            _ => None,
+        }
+    }
 }
