@@ -229,7 +229,8 @@ pub fn man_page() -> String {
     out
 }
 
-#[cfg(test)]
+// The tests check the relay's side too, which is built on Linux only.
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 

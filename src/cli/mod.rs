@@ -25,7 +25,8 @@ pub use relay_flags::{RelayCli, RelayCommand, ServeArgs};
 /// The relay's port when none is given.
 pub(crate) const DEFAULT_RELAY_PORT: u16 = 7022;
 
-#[cfg(test)]
+// The tests check the relay's side too, which is built on Linux only.
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::settings::{client, relay};
     use super::*;

@@ -97,3 +97,47 @@ pub fn private_dir(dir: &Path) -> io::Result<()> {
 pub fn append_private(path: &Path) -> io::Result<File> {
     imp::append_private(path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn a_private_directory_and_file_are_made_used_and_kept() {
+        let root = std::env::temp_dir().join(format!("resumeproxy-paths-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = root.join("a").join("b");
+        private_dir(&dir).expect("made private");
+        // Again: it exists, and is still private.
+        private_dir(&dir).expect("kept private");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for made in [root.join("a"), dir.clone()] {
+                let mode = std::fs::metadata(&made).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o700, "{}", made.display());
+            }
+        }
+        let file = dir.join("pins");
+        append_private(&file).unwrap().write_all(b"one\n").unwrap();
+        append_private(&file).unwrap().write_all(b"two\n").unwrap();
+        let mut text = String::new();
+        std::fs::File::open(&file)
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text, "one\ntwo\n");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+            // One that others can enter is refused, with the fix.
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let refused = private_dir(&dir).unwrap_err().to_string();
+            assert!(refused.contains("chmod 700"), "{refused}");
+        }
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

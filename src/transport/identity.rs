@@ -255,6 +255,7 @@ mod tests {
         assert!("SHA256:abc".parse::<Fingerprint>().is_err());
     }
 
+    #[cfg(unix)]
     #[test]
     fn a_key_is_made_once_private_and_then_reused() {
         let dir = std::env::temp_dir().join(format!("resumeproxy-key-test-{}", std::process::id()));
