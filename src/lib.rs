@@ -24,6 +24,11 @@
 //!    [`demo`] (with the fault injector the tests use too), and the binaries
 //!    in `src/bin/`.
 //!
+//! The relay, and with it the demo, is a Linux program (`relay::durable`
+//! keeps its sessions in memfds and systemd's descriptor store); the rest
+//! builds wherever the client runs: Linux, macOS, FreeBSD and Windows, with
+//! the platform's own code in small modules at the edges.
+//!
 //! [`units`] (durations, sizes, `host:port`, hex), [`paths`] (per-user
 //! directories, whether we are root) and [`locks`] (locks that outlive a
 //! panic) are small helpers every layer may use.
@@ -32,11 +37,13 @@
 
 pub mod cli;
 pub mod client;
+#[cfg(target_os = "linux")]
 pub mod demo;
 pub mod link;
 pub mod locks;
 pub mod paths;
 pub mod proto;
+#[cfg(target_os = "linux")]
 pub mod relay;
 pub mod transport;
 pub mod units;

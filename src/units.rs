@@ -53,7 +53,7 @@ pub fn format_duration_exact(d: Duration) -> String {
     let nanos = d.as_nanos();
     let (unit, scale) = UNITS
         .into_iter()
-        .find(|(_, scale)| nanos % scale == 0)
+        .find(|(_, scale)| nanos.is_multiple_of(*scale))
         .unwrap_or(("ns", 1));
     format!("{}{unit}", nanos / scale)
 }

@@ -34,10 +34,9 @@ fn document() -> String {
 /// cells of each, trimmed, without the backticks of code spans.
 fn table(doc: &str, first_column: &str) -> Vec<Vec<String>> {
     let mut lines = doc.lines().skip_while(|line| {
-        !line
-            .split('|')
+        line.split('|')
             .nth(1)
-            .is_some_and(|cell| cell.trim() == first_column)
+            .is_none_or(|cell| cell.trim() != first_column)
     });
     assert!(
         lines.next().is_some(),

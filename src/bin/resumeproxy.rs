@@ -6,12 +6,10 @@ use resumeproxy::cli::config::ClientSettings;
 use resumeproxy::cli::{ClientCli, ClientCommand, ConnectArgs, LinkOptions};
 use resumeproxy::client::control::{self, ControlSocket, LinkState};
 use resumeproxy::client::direct::{self, Fallback};
-use resumeproxy::client::ending::EndSignal;
 use resumeproxy::client::trust::TrustSource;
 use resumeproxy::client::{self, ClientConfig, ClientError, ClientEvent};
 use resumeproxy::proto::session::SessionConfig;
 use resumeproxy::units::{format_bytes, format_duration, host_port};
-use std::os::unix::process::ExitStatusExt;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,6 +31,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        #[cfg(target_os = "linux")]
         Some(ClientCommand::Demo(args)) => {
             init_logging(0, false);
             match runtime.block_on(resumeproxy::demo::run(&args)) {
@@ -167,12 +166,7 @@ fn wrap(options: &LinkOptions, command: &[String]) -> ExitCode {
         Ok(status) => match status.code() {
             Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
             // Killed by a signal: the shell's convention.
-            None => ExitCode::from(
-                128 + status
-                    .signal()
-                    .and_then(|s| u8::try_from(s).ok())
-                    .unwrap_or(0),
-            ),
+            None => ExitCode::from(128 + killed_by(&status)),
         },
         Err(e) => {
             say(&format!("wrap: cannot run {}: {e}", wrapped.program));
@@ -266,24 +260,17 @@ async fn connect(args: ConnectArgs) -> ExitCode {
         fallback: settings.fallback,
     };
     // ssh sends SIGHUP when it exits; programs closing their ProxyCommand
-    // send SIGTERM; a user presses Ctrl-C. Each ends the session (on the
-    // relay too), and from then on the client says nothing more: ssh has
-    // gone, or whoever asked is not waiting for words. The handlers are in
-    // place before the first connection.
+    // send SIGTERM; a user presses Ctrl-C (on Windows also: Ctrl-Break, the
+    // console closing, logoff). Each ends the session (on the relay too),
+    // and from then on the client says nothing more: ssh has gone, or
+    // whoever asked is not waiting for words. The handlers are in place
+    // before the first connection.
     let ended = Arc::new(AtomicBool::new(false));
     let end_request = {
-        use tokio::signal::unix::{signal, SignalKind};
         let ended = Arc::clone(&ended);
-        let mut hangup = signal(SignalKind::hangup()).ok();
-        let mut terminate = signal(SignalKind::terminate()).ok();
-        let mut interrupt = signal(SignalKind::interrupt()).ok();
+        let signal = resumeproxy::client::ending::end_requested();
         async move {
-            let signal = tokio::select! {
-                Some(()) = recv(&mut hangup) => EndSignal::HangUp,
-                Some(()) = recv(&mut terminate) => EndSignal::Terminate,
-                Some(()) = recv(&mut interrupt) => EndSignal::Interrupt,
-                else => std::future::pending::<EndSignal>().await,
-            };
+            let signal = signal.await;
             ended.store(true, Ordering::SeqCst);
             signal
         }
@@ -379,7 +366,8 @@ async fn connect(args: ConnectArgs) -> ExitCode {
 }
 
 /// `--fallback direct`: a plain TCP connection to `host:port`, carried
-/// until both ends have closed it, or until a signal ends the client.
+/// until both ends have closed it, or until a request to end (a signal, or
+/// on Windows a console event) ends the client.
 async fn direct(
     host: &str,
     port: u16,
@@ -387,10 +375,7 @@ async fn direct(
     stdin: resumeproxy::client::stdio::Stdin,
     stdout: resumeproxy::client::stdio::Stdout,
 ) -> ExitCode {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangup = signal(SignalKind::hangup()).ok();
-    let mut terminate = signal(SignalKind::terminate()).ok();
-    let mut interrupt = signal(SignalKind::interrupt()).ok();
+    let end_request = resumeproxy::client::ending::end_requested();
     tokio::select! {
         piped = direct::pipe(host, port, timeout, stdin, stdout) => match piped {
             Ok(()) => ExitCode::SUCCESS,
@@ -399,19 +384,24 @@ async fn direct(
                 ExitCode::from(EXIT_CONNECTION_LOST)
             }
         },
-        Some(()) = recv(&mut hangup) => ExitCode::from(EXIT_CONNECTION_LOST),
-        Some(()) = recv(&mut terminate) => ExitCode::from(EXIT_CONNECTION_LOST),
-        Some(()) = recv(&mut interrupt) => ExitCode::from(EXIT_CONNECTION_LOST),
+        _ = end_request => ExitCode::from(EXIT_CONNECTION_LOST),
     }
 }
 
-/// The next signal from `signals`, if its handler could be installed (else
-/// never).
-async fn recv(signals: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
-    match signals {
-        Some(signals) => signals.recv().await,
-        None => std::future::pending().await,
-    }
+/// The signal that ended a process that has no exit code (Unix only).
+#[cfg(unix)]
+fn killed_by(status: &std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .signal()
+        .and_then(|s| u8::try_from(s).ok())
+        .unwrap_or(0)
+}
+
+/// Windows processes always have an exit code.
+#[cfg(not(unix))]
+fn killed_by(_status: &std::process::ExitStatus) -> u8 {
+    0
 }
 
 /// Writes one line to stderr in one write, so that it does not interleave

@@ -120,6 +120,7 @@ pub enum ClientCommand {
     /// Show what it does, with nothing but this binary: push a stream both ways
     /// through a relay on loopback while a fault injector breaks the link, and
     /// check that every byte arrived.
+    #[cfg(target_os = "linux")]
     Demo(DemoArgs),
     /// List this user's live sessions: id, relay, the relay's instance
     /// holding it (in a fleet, the one every reconnect goes to), transport, state

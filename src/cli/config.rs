@@ -12,19 +12,27 @@
 //! `resumeproxy.toml(5)`, is generated from there ([`man_page`]).
 
 use super::settings::client::{self, ClientTable};
-use super::settings::relay::{self, RelayTable};
 use super::settings::{Given, Resolver, Table};
-use super::{LinkOptions, ServeArgs};
+use super::LinkOptions;
 use crate::client::connector::TransportChoice;
 use crate::client::direct::Fallback;
-use crate::relay::target_policy::TargetPolicy;
-use crate::relay::{Fleet, Limits};
 use crate::units::format_bytes;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+// The relay's side: Linux only, like the relay.
+#[cfg(target_os = "linux")]
+use super::settings::relay::{self, RelayTable};
+#[cfg(target_os = "linux")]
+use super::ServeArgs;
+#[cfg(target_os = "linux")]
+use crate::relay::target_policy::TargetPolicy;
+#[cfg(target_os = "linux")]
+use crate::relay::{Fleet, Limits};
+#[cfg(target_os = "linux")]
+use std::net::SocketAddr;
 
 /// The relay's config file unless `--config` says otherwise.
+#[cfg(target_os = "linux")]
 pub const RELAY_CONFIG_PATH: &str = "/etc/resumeproxy/resumeproxyd.toml";
 /// Longest config file read.
 const MAX_FILE_LEN: u64 = 1 << 20;
@@ -150,6 +158,7 @@ impl ClientSettings {
     }
 }
 
+#[cfg(target_os = "linux")]
 /// What the relay runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelaySettings {
@@ -176,6 +185,7 @@ pub struct RelaySettings {
     written: Vec<(&'static str, String)>,
 }
 
+#[cfg(target_os = "linux")]
 impl RelaySettings {
     /// Flags over the config file over the defaults.
     pub fn resolve(flags: &ServeArgs) -> Result<RelaySettings, ConfigError> {
@@ -266,6 +276,7 @@ impl RelaySettings {
     }
 }
 
+#[cfg(target_os = "linux")]
 /// The relay's settings, and where they came from.
 #[derive(Debug, Clone)]
 pub struct Resolved {
@@ -279,6 +290,7 @@ pub struct Resolved {
     pub broken: Option<ConfigError>,
 }
 
+#[cfg(target_os = "linux")]
 /// The config format's man page, `resumeproxy.toml(5)`, in roff, from the
 /// definitions of the settings.
 pub fn man_page() -> String {
@@ -320,7 +332,8 @@ pub fn man_page() -> String {
     out
 }
 
-#[cfg(test)]
+// The tests check the relay's side too, which is built on Linux only.
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 

@@ -12,18 +12,21 @@
 mod client_flags;
 pub mod config;
 mod logging;
+#[cfg(target_os = "linux")]
 mod relay_flags;
 pub mod settings;
 pub mod wrap;
 
 pub use client_flags::{ClientCli, ClientCommand, ConnectArgs, DemoArgs, LinkOptions};
 pub use logging::{init_logging, stderr_is_journal};
+#[cfg(target_os = "linux")]
 pub use relay_flags::{RelayCli, RelayCommand, ServeArgs};
 
 /// The relay's port when none is given.
 pub(crate) const DEFAULT_RELAY_PORT: u16 = 7022;
 
-#[cfg(test)]
+// The tests check the relay's side too, which is built on Linux only.
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::settings::{client, relay};
     use super::*;

@@ -14,7 +14,8 @@ use std::path::PathBuf;
     name = "resumeproxyd",
     version,
     about = "Relay daemon for resumeproxy: keeps ssh sessions alive while their clients are away",
-    long_about = "Runs beside sshd. Accepts resumeproxy clients, connects each new session to its \
+    long_about = "Runs beside sshd, on Linux (the client, resumeproxy, also runs on macOS, FreeBSD and \
+Windows). Accepts resumeproxy clients, connects each new session to its \
 target (by default the local sshd), and holds that connection open while the client is away, for up \
 to the grace period. A client that comes back resumes exactly where it was.\n\n\
 Clients connect with TLS 1.3 over TCP or with QUIC over UDP, both on the --listen port (open both in the firewall); the relay proves its identity with a key made on first start (--key-file, \

@@ -13,7 +13,7 @@ use super::{Client, ClientError, ClientEvent, ClientReport};
 use crate::link::{close_transport, Lost, Outcome, Step};
 use crate::proto::segment_size::Stepped;
 use crate::proto::wire::Code;
-use crate::transport::{ConnectError, Transport, TransportKind};
+use crate::transport::{tls, ConnectError, Transport, TransportKind};
 use crate::units::format_duration;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -141,8 +141,9 @@ where
     /// nothing while small packets passed makes the next ones use smaller
     /// segments: its data stalled while the relay's heartbeats came; or
     /// the relay's data stopped while its TCP still acknowledged this
-    /// side's heartbeats (the kernel says when it last did); or, after a
-    /// resume whose handshake passed, nothing came at all.
+    /// side's heartbeats (the kernel says when it last did, on Linux); or,
+    /// after a resume whose handshake passed, nothing came at all. Where
+    /// segments cannot be made smaller (Windows), the size stays.
     fn lost(&mut self, lost: &Lost, transport: &Transport) -> String {
         let kind = transport.kind;
         let flowed = self.link.session().is_flowing();
@@ -164,7 +165,7 @@ where
             Lost::Silent(_) => (!flowed, lost.to_string()),
             _ => (false, lost.to_string()),
         };
-        if carried_nothing && kind == TransportKind::Tls {
+        if carried_nothing && kind == TransportKind::Tls && tls::CAN_LIMIT_SEGMENTS {
             match self.segments.carried_nothing(Instant::now()) {
                 Stepped::Down { mss, first } => {
                     tracing::debug!("reconnecting with TCP segments of at most {mss} bytes");

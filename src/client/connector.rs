@@ -219,7 +219,7 @@ impl Connector {
     fn quic_allowed(&self) -> bool {
         lock(&self.way)
             .as_ref()
-            .map_or(true, |way| way.quic.is_some())
+            .is_none_or(|way| way.quic.is_some())
     }
 
     /// The instance a connection names, once the session is open.

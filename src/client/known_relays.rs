@@ -11,7 +11,6 @@
 use crate::transport::identity::Fingerprint;
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// File name inside the configuration directory.
@@ -107,20 +106,13 @@ impl KnownRelays {
     }
 }
 
-/// Adds a pin to the end of `path`, creating the file (mode 0600) and its
-/// directory (0700) if needed.
+/// Adds a pin to the end of `path`, creating the file and its directory
+/// private to this user (modes 0600 and 0700 on Unix) if needed.
 pub fn append(path: &Path, relay: &str, fingerprint: &Fingerprint) -> io::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
+        crate::paths::create_private_dir(dir)?;
     }
-    let mut file = fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut file = crate::paths::append_private(path)?;
     // One write, so that two clients pinning at once do not interleave.
     file.write_all(format!("{relay} {fingerprint}\n").as_bytes())
 }
@@ -155,6 +147,7 @@ mod tests {
         assert_eq!(known.lookup("relay.example:7023"), Lookup::Unknown);
     }
 
+    #[cfg(unix)]
     #[test]
     fn appending_creates_a_private_file_and_reads_back() {
         use std::os::unix::fs::PermissionsExt;

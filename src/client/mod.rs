@@ -147,7 +147,9 @@ pub enum ClientEvent {
     },
     /// Data stopped on the link while small packets passed (a path that
     /// loses large packets, as through a VPN or tunnel): TCP connections now
-    /// ask for segments of at most `mss` bytes. Told once per session.
+    /// ask for segments of at most `mss` bytes. Told once per session; never
+    /// where segments cannot be limited (Windows, see
+    /// [`CAN_LIMIT_SEGMENTS`](crate::transport::tls::CAN_LIMIT_SEGMENTS)).
     SmallerSegments {
         /// The segment size, in bytes.
         mss: u32,

@@ -17,7 +17,7 @@ const MAX_FILE_LEN: u64 = 64 * 1024;
 /// The default file; `None` without a home directory to put it in (the
 /// memory then stays within the process).
 pub fn default_path() -> Option<PathBuf> {
-    let state = crate::paths::xdg_dir("XDG_STATE_HOME", ".local/state");
+    let state = crate::paths::state_home();
     state
         .is_absolute()
         .then(|| state.join("resumeproxy").join("udp-failed"))

@@ -204,7 +204,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<bool> {
             loop {
                 tokio::time::sleep(every).await;
                 n += 1;
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     injector.set_partitioned(true);
                     partitions.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(DEMO_PARTITION).await;

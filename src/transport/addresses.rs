@@ -36,7 +36,7 @@ pub fn is_local(ip: IpAddr) -> bool {
         Ok(_) => true,
         // Only "not an address of ours" counts: any other failure (out of
         // descriptors, say) says nothing about the address.
-        Err(e) => e.raw_os_error() != Some(libc::EADDRNOTAVAIL),
+        Err(e) => e.raw_os_error() != Some(super::errno::EADDRNOTAVAIL),
     }
 }
 

@@ -58,21 +58,21 @@ pub fn io_error(e: &io::Error) -> String {
 }
 
 /// Errors the OS reports by number, where its own words are obscure or
-/// its kind is not yet stable in Rust.
+/// its kind is not yet stable in Rust: `errno` on Unix, WinSock's codes on
+/// Windows ([`errno`](super::errno)).
 fn os_error(code: i32) -> Option<&'static str> {
+    use super::errno::*;
     Some(match code {
-        libc::EPERM | libc::EACCES => "sending is not permitted: a local firewall refuses it",
-        libc::ENETUNREACH => "network unreachable: no route to the relay",
-        libc::EHOSTUNREACH => "host unreachable: no route to the relay",
-        libc::ENETDOWN => "network down",
-        libc::EADDRNOTAVAIL => {
-            "this machine no longer has the address the connection was made from"
-        }
-        libc::ECONNREFUSED => "connection refused: nothing listens on its port",
-        libc::ECONNRESET => "connection reset by the relay or by something on the way",
-        libc::EPIPE => "connection broken: the other end has gone",
-        libc::ETIMEDOUT => "no answer in time",
-        _ => return None,
+        EPERM | EACCES => "sending is not permitted: a local firewall refuses it",
+        ENETUNREACH => "network unreachable: no route to the relay",
+        EHOSTUNREACH => "host unreachable: no route to the relay",
+        ENETDOWN => "network down",
+        EADDRNOTAVAIL => "this machine no longer has the address the connection was made from",
+        ECONNREFUSED => "connection refused: nothing listens on its port",
+        ECONNRESET => "connection reset by the relay or by something on the way",
+        EPIPE => "connection broken: the other end has gone",
+        ETIMEDOUT => "no answer in time",
+        _ => return platform_words(code),
     })
 }
 
@@ -156,12 +156,12 @@ mod tests {
             io_error(&eof),
             "connection closed by the relay or by something on the way"
         );
-        let reset = io::Error::from_raw_os_error(libc::ECONNRESET);
+        let reset = io::Error::from_raw_os_error(crate::transport::errno::ECONNRESET);
         assert_eq!(
             io_error(&reset),
             "connection reset by the relay or by something on the way"
         );
-        let denied = io::Error::from_raw_os_error(libc::EPERM);
+        let denied = io::Error::from_raw_os_error(crate::transport::errno::EPERM);
         assert_eq!(
             io_error(&denied),
             "sending is not permitted: a local firewall refuses it"

@@ -10,11 +10,18 @@
 use base64::Engine;
 use sha2::{Digest, Sha256};
 use std::fmt;
-use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::PathBuf;
 use std::str::FromStr;
+// The key's file, with Unix permissions: the relay's, which runs on Linux.
+#[cfg(unix)]
+use std::fs;
+#[cfg(unix)]
+use std::io::Write;
+#[cfg(unix)]
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+#[cfg(unix)]
+use std::path::Path;
 
 /// File name of the key inside its directory.
 pub const KEY_FILE_NAME: &str = "relay.key";
@@ -109,6 +116,7 @@ impl RelayKey {
         Ok(RelayKey { key_pair })
     }
 
+    #[cfg(unix)]
     /// Reads the key at `path`, or makes one there (mode 0600, its directory
     /// 0700 if new) if there is none. Returns the key and whether it is new.
     pub fn load_or_create(path: &Path) -> Result<(RelayKey, bool), KeyError> {
@@ -158,6 +166,7 @@ impl RelayKey {
         Ok((key, true))
     }
 
+    #[cfg(unix)]
     /// Reads the key at `path`, refusing a file others can read.
     pub fn load(path: &Path) -> Result<RelayKey, KeyError> {
         let io_error = |source| KeyError::Io {
@@ -206,6 +215,7 @@ impl RelayKey {
     }
 }
 
+#[cfg(unix)]
 /// Where the relay keeps its key unless told otherwise: systemd's
 /// `$STATE_DIRECTORY`, else `/var/lib/resumeproxy` for root, else
 /// `$XDG_STATE_HOME/resumeproxy` (default `~/.local/state/resumeproxy`).
@@ -222,7 +232,7 @@ pub fn default_key_path() -> PathBuf {
     } else if crate::paths::is_root() {
         PathBuf::from(SYSTEM_KEY_DIR)
     } else {
-        crate::paths::xdg_dir("XDG_STATE_HOME", ".local/state").join("resumeproxy")
+        crate::paths::state_home().join("resumeproxy")
     };
     dir.join(KEY_FILE_NAME)
 }
@@ -245,6 +255,7 @@ mod tests {
         assert!("SHA256:abc".parse::<Fingerprint>().is_err());
     }
 
+    #[cfg(unix)]
     #[test]
     fn a_key_is_made_once_private_and_then_reused() {
         let dir = std::env::temp_dir().join(format!("resumeproxy-key-test-{}", std::process::id()));

@@ -17,8 +17,11 @@
 
 pub(crate) mod addresses;
 pub mod describe;
+mod errno;
 pub mod identity;
 pub mod net_events;
+// The relay's half of QUIC (its endpoint, accept) is used on Linux only.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) mod quic;
 #[cfg(target_os = "linux")]
 pub mod tcp_info;

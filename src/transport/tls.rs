@@ -329,6 +329,14 @@ async fn connect_tcp(host: &str, port: u16, max_segment: Option<u32>) -> io::Res
     }))
 }
 
+/// Whether a connection here can ask for smaller TCP segments
+/// (`TCP_MAXSEG` set before it connects, see [`connect`]): on Linux,
+/// macOS and FreeBSD. Windows has no such option (its `TCP_MAXSEG` is
+/// read-only); a client there keeps the system's size, and a path that
+/// loses large packets is left to QUIC (`--transport auto`, the default,
+/// or `quic`), which finds the path's size by itself.
+pub const CAN_LIMIT_SEGMENTS: bool = cfg!(unix);
+
 /// Sets `TCP_MAXSEG` on a socket not yet connected (best effort).
 #[cfg(unix)]
 fn limit_segments(socket: &tokio::net::TcpSocket, mss: u32) {
@@ -337,7 +345,8 @@ fn limit_segments(socket: &tokio::net::TcpSocket, mss: u32) {
     }
 }
 
-/// Not available here: the connection uses the system's segment size.
+/// Not available here ([`CAN_LIMIT_SEGMENTS`]): the connection uses the
+/// system's segment size.
 #[cfg(not(unix))]
 fn limit_segments(_socket: &tokio::net::TcpSocket, mss: u32) {
     tracing::debug!("cannot limit TCP segments to {mss} bytes on this system");

@@ -17,6 +17,7 @@
 
 pub mod client;
 pub mod kinds;
+#[cfg(target_os = "linux")]
 pub mod relay;
 
 use clap::parser::ValueSource;
@@ -405,7 +406,8 @@ impl<'a, T: Table> Resolver<'a, T> {
     }
 }
 
-#[cfg(test)]
+// The tests check the relay's side too, which is built on Linux only.
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::client::ClientTable;
     use super::relay::RelayTable;

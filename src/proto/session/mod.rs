@@ -508,9 +508,9 @@ impl Session {
             || self.send_next < self.replay.end()
             || (self.local_eof && !self.end_sent)
             || now.saturating_duration_since(self.last_sent) >= self.config.heartbeat_interval()
-            || self.ack_pending_since.map_or(true, |since| {
-                now.saturating_duration_since(since) >= ACK_DELAY
-            })
+            || self
+                .ack_pending_since
+                .is_none_or(|since| now.saturating_duration_since(since) >= ACK_DELAY)
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.

@@ -110,7 +110,7 @@ pub fn run(args: Vec<OsString>) -> ExitCode {
 /// Whether this process should become the keeper: nobody supervises it yet
 /// (no `$NOTIFY_SOCKET`).
 pub fn wanted() -> bool {
-    std::env::var_os("NOTIFY_SOCKET").map_or(true, |s| s.is_empty())
+    std::env::var_os("NOTIFY_SOCKET").is_none_or(|s| s.is_empty())
 }
 
 impl Keeper {

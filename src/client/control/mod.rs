@@ -7,15 +7,28 @@
 //! their clients). One request line, one reply line: `status` is answered
 //! with a JSON [`StatusReport`], `resume` with `ok`. A socket nobody answers
 //! on belongs to a client that died: listing removes it.
+//!
+//! On Windows the channel is a named pipe that only the user may open, and
+//! the directory (`%LOCALAPPDATA%\resumeproxy\run`, private to the user)
+//! holds a `<pid>.pipe` file with its name (`windows.rs`); everything else
+//! is the same. The platform's part is the endpoint: how one is bound,
+//! accepted on and connected to (`unix.rs`, `windows.rs`).
 
 use serde::{Deserialize, Serialize};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
+
+#[cfg(unix)]
+mod unix;
+#[cfg(unix)]
+use unix as imp;
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+use windows as imp;
 
 /// Longest request or reply line.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -92,27 +105,6 @@ pub fn runtime_dir() -> PathBuf {
     }
 }
 
-/// Makes `dir` (mode 0700) if missing, and refuses one others can enter.
-fn private_dir(dir: &Path) -> io::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let mode = std::fs::metadata(dir)?.permissions().mode();
-    if mode & 0o077 != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "{} is open to other users (mode {:o}); run `chmod 700 {}`",
-                dir.display(),
-                mode & 0o7777,
-                dir.display()
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// A served control socket; removed when dropped.
 #[derive(Debug)]
 pub struct ControlSocket {
@@ -123,10 +115,11 @@ impl ControlSocket {
     /// Serves this process's socket in `dir`; requests arrive on the returned
     /// channel. The accept loop runs as a task until the runtime ends.
     pub fn serve(dir: &Path) -> io::Result<(ControlSocket, mpsc::Receiver<Request>)> {
-        private_dir(dir)?;
-        let path = dir.join(format!("{}.sock", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path)?;
+        // Made if missing; refused (Unix) or made private (Windows) if
+        // others can enter it.
+        crate::paths::private_dir(dir)?;
+        let path = entry(dir, std::process::id());
+        let listener = imp::Listener::bind(&path)?;
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(accept_loop(listener, tx));
         Ok((ControlSocket { path }, rx))
@@ -144,9 +137,14 @@ impl Drop for ControlSocket {
     }
 }
 
-async fn accept_loop(listener: UnixListener, requests: mpsc::Sender<Request>) {
+/// Where the client with process id `pid` serves, in `dir`.
+fn entry(dir: &Path, pid: u32) -> PathBuf {
+    dir.join(format!("{pid}.{}", imp::EXTENSION))
+}
+
+async fn accept_loop(mut listener: imp::Listener, requests: mpsc::Sender<Request>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok(stream) = listener.accept().await else {
             // Out of descriptors: wait rather than spin.
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
@@ -159,8 +157,11 @@ async fn accept_loop(listener: UnixListener, requests: mpsc::Sender<Request>) {
 }
 
 /// Reads one request line and writes the answer.
-async fn answer(stream: UnixStream, requests: mpsc::Sender<Request>) -> io::Result<()> {
-    let (read, mut write) = stream.into_split();
+async fn answer<S>(stream: S, requests: mpsc::Sender<Request>) -> io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    let (read, mut write) = tokio::io::split(stream);
     let mut line = String::new();
     BufReader::new(read.take(MAX_LINE as u64))
         .read_line(&mut line)
@@ -191,8 +192,8 @@ async fn answer(stream: UnixStream, requests: mpsc::Sender<Request>) -> io::Resu
 /// Sends one request line to the socket at `path` and reads the reply line.
 async fn ask(path: &Path, request: &str) -> io::Result<String> {
     let exchange = async {
-        let stream = UnixStream::connect(path).await?;
-        let (read, mut write) = stream.into_split();
+        let stream = imp::connect(path).await?;
+        let (read, mut write) = tokio::io::split(stream);
         write.write_all(format!("{request}\n").as_bytes()).await?;
         let mut line = String::new();
         BufReader::new(read.take(MAX_LINE as u64))
@@ -205,14 +206,14 @@ async fn ask(path: &Path, request: &str) -> io::Result<String> {
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer"))?
 }
 
-/// The sockets in `dir`.
+/// The sockets (or on Windows, the files naming pipes) in `dir`.
 fn sockets(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+        .filter(|p| p.extension().is_some_and(|x| x == imp::EXTENSION))
         .collect();
     paths.sort();
     paths
@@ -252,7 +253,7 @@ pub async fn resume(dir: &Path, id: Option<&str>) -> Vec<String> {
         if id.is_some_and(|id| !report.id.starts_with(id)) {
             continue;
         }
-        let path = dir.join(format!("{}.sock", report.pid));
+        let path = entry(dir, report.pid);
         match ask(&path, "resume").await {
             Ok(reply) if reply == "ok" => asked.push(report.id),
             Ok(reply) => tracing::warn!("{}: {reply}", path.display()),
@@ -293,11 +294,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("resumeproxy-control-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let (socket, mut requests) = ControlSocket::serve(&dir).unwrap();
-        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o700);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700);
+        }
         // A socket left by a client that died.
-        let stale = dir.join("999999999.sock");
-        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        let stale = entry(&dir, 999_999_999);
+        imp::leave_stale(&stale);
 
         let me = std::process::id();
         let client = tokio::spawn(async move {

@@ -19,8 +19,14 @@
 //! the signal comes keeps trying to resume for [`END_WAIT`] only; so the
 //! relay hears of the end, or the client has given up on telling it, within
 //! `END_WAIT + END_CLOSE_TIMEOUT` of the signal, under a second.
+//!
+//! [`end_requested`] listens for the platform's signals (`unix.rs`,
+//! `windows.rs`). On Windows a console's Ctrl-C and Ctrl-Break, its window
+//! being closed, and the user logging off or the machine shutting down end
+//! the session as SIGINT, SIGHUP and SIGTERM do on Unix.
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +50,12 @@ pub enum EndSignal {
     Terminate,
     /// SIGINT: Ctrl-C.
     Interrupt,
+    /// Windows: Ctrl-Break.
+    Break,
+    /// Windows: the console window was closed (as SIGHUP).
+    ConsoleClosed,
+    /// Windows: the user logs off or the machine shuts down (as SIGTERM).
+    Shutdown,
 }
 
 impl fmt::Display for EndSignal {
@@ -52,8 +64,27 @@ impl fmt::Display for EndSignal {
             EndSignal::HangUp => "SIGHUP",
             EndSignal::Terminate => "SIGTERM",
             EndSignal::Interrupt => "SIGINT",
+            EndSignal::Break => "Ctrl-Break",
+            EndSignal::ConsoleClosed => "the console's closing",
+            EndSignal::Shutdown => "logoff or shutdown",
         })
     }
+}
+
+#[cfg(unix)]
+mod unix;
+#[cfg(unix)]
+use unix as imp;
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+use windows as imp;
+
+/// The first request to end, from the platform's signals. The handlers are
+/// in place when this returns (before the first connection); one that
+/// cannot be installed is left out, and with none the future never ends.
+pub fn end_requested() -> impl Future<Output = EndSignal> + Send + 'static {
+    imp::end_requested()
 }
 
 /// The local end's input, which can be told to end once it has nothing more

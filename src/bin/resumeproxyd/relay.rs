@@ -1,4 +1,4 @@
-//! `resumeproxyd`: the relay. See `resumeproxyd --help` and `man resumeproxyd`.
+//! The relay's program on Linux, where it runs.
 
 use clap::Parser;
 use resumeproxy::cli::config::{ConfigError, RelaySettings};
@@ -20,7 +20,8 @@ use std::time::Duration;
 /// is told when it changed).
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 
-fn main() -> ExitCode {
+/// `resumeproxyd`'s `main`.
+pub(crate) fn main() -> ExitCode {
     let cli = RelayCli::parse();
     match cli.command {
         Some(RelayCommand::Fingerprint { key_file, config }) => fingerprint(key_file, config),

@@ -1,17 +1,15 @@
-//! The client's local end: its own stdin and stdout, as ssh hands them over.
+//! ssh's pipes on Unix: driven by the reactor, not a thread pool.
 //!
-//! ssh runs a ProxyCommand with pipes. tokio's own stdin and stdout go through
-//! a thread pool (one hand-off per read); instead, pipes, sockets and
-//! terminals are put in non-blocking mode and driven by the reactor directly.
-//! Anything the reactor cannot watch (a regular file, /dev/null) falls back to
-//! tokio's blocking-pool handles. The original file status flags are put back
-//! when the handle is dropped, so a terminal shared with the shell is left as
-//! it was.
+//! tokio's own stdin and stdout go through a thread pool (one hand-off per
+//! read); instead, pipes, sockets and terminals are put in non-blocking
+//! mode and driven by the reactor directly. Anything the reactor cannot
+//! watch (a regular file, /dev/null) falls back to tokio's blocking-pool
+//! handles. The original file status flags are put back when the handle is
+//! dropped, so a terminal shared with the shell is left as it was.
 //!
-//! Dropping (or shutting down) the writer closes the pipe behind fd 1: that is
-//! how ssh learns that the stream from sshd has ended. The descriptor number
-//! itself stays taken (by /dev/null), so a socket opened later can never land
-//! on fd 1 and receive what was meant for ssh.
+//! The descriptor number of a closed stdout stays taken (by /dev/null), so
+//! a socket opened later can never land on fd 1 and receive what was meant
+//! for ssh.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
