@@ -22,11 +22,12 @@ use super::udp_memory;
 use crate::locks::lock;
 use crate::proto::fleet::{Home, InstanceName};
 use crate::transport::quic::{self, QuicClient};
-use crate::transport::{ConnectError, QuicError, Transport};
+use crate::transport::{ConnectError, QuicError, Transport, TransportKind};
 use crate::units::{format_duration, host_port};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::AbortHandle;
@@ -126,6 +127,9 @@ pub(crate) struct Connector {
     last_tcp: Mutex<Option<(Instant, bool)>>,
     /// Once the session is open: where its reconnects go.
     way: Mutex<Option<Way>>,
+    /// The session's last word went out over QUIC without the relay
+    /// acknowledging it in time (see [`Connector::linger`]).
+    close_unconfirmed: AtomicBool,
 }
 
 impl Connector {
@@ -150,6 +154,7 @@ impl Connector {
             quic: Mutex::new(None),
             last_tcp: Mutex::new(None),
             way: Mutex::new(None),
+            close_unconfirmed: AtomicBool::new(false),
         };
         if choice == TransportChoice::Auto {
             if let Some(path) = &connector.memory {
@@ -446,6 +451,33 @@ impl Connector {
                     return Err(tcp_failed.unwrap_or_else(|| quic_timed_out(timeout)));
                 }
             }
+        }
+    }
+}
+
+impl Connector {
+    /// The session was closed over `transport`; `acknowledged` says whether
+    /// the relay acknowledged the close in time.
+    pub(crate) fn closed(&self, transport: &Transport, acknowledged: bool) {
+        if transport.kind == TransportKind::Quic && !acknowledged {
+            self.close_unconfirmed.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Before the process exits: if a close over QUIC went unacknowledged,
+    /// keeps the QUIC endpoint for up to [`quic::CLIENT_LINGER`], which
+    /// sends the close again to every packet the relay still sends (as a
+    /// TCP socket's close goes on in the kernel after its process exited).
+    pub(crate) async fn linger(&self) {
+        if !self.close_unconfirmed.load(Ordering::Relaxed) {
+            return;
+        }
+        let client = lock(&self.quic)
+            .as_ref()
+            .map(|(client, _, _)| client.clone());
+        if let Some(client) = client {
+            tracing::debug!("the relay did not acknowledge the close yet: lingering");
+            client.linger(quic::CLIENT_LINGER).await;
         }
     }
 }

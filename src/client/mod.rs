@@ -347,10 +347,12 @@ where
         addr,
         config,
         probe: QuicProbe::new(Arc::clone(&connector), relay_key),
-        connector,
+        connector: Arc::clone(&connector),
         on_event,
     };
-    client.serve(transport).await
+    let result = client.serve(transport).await;
+    connector.linger().await;
+    result
 }
 
 /// A client with an open session: what its phases share.

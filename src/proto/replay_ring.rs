@@ -27,6 +27,11 @@ use std::sync::Arc;
 /// Bytes written to the ring since it was last drained after which, once it
 /// drains, its memory is given back ([`RingMemory::drained`]).
 pub const RELEASE_AFTER: usize = 16 * 1024;
+/// Acknowledged bytes after which their memory is given back even though
+/// the ring does not drain ([`RingMemory::release`]): a ring that a busy
+/// transfer keeps partly full holds about what is unacknowledged, not its
+/// whole capacity.
+pub const RELEASE_EVERY: u64 = 256 * 1024;
 
 /// The memory a [`RingBuffer`] lives in.
 ///
@@ -45,6 +50,10 @@ pub unsafe trait RingMemory: Send + Sync + 'static {
     /// The ring holds nothing: the memory's pages may be given back. Their
     /// contents are not needed again.
     fn drained(&self) {}
+    /// The bytes at `at..at + len` of the ring were acknowledged: the
+    /// pages wholly inside may be given back (the ring writes them again
+    /// only once it wraps around to them).
+    fn release(&self, _at: usize, _len: usize) {}
 }
 
 /// Memory on the heap, for a ring nothing has to outlive.
@@ -84,6 +93,8 @@ pub struct RingBuffer {
     end: u64,
     /// Bytes written since the memory was last given back.
     written_since_release: usize,
+    /// Offset before which the memory was given back.
+    released_to: u64,
 }
 
 impl std::fmt::Debug for RingBuffer {
@@ -129,6 +140,7 @@ impl RingBuffer {
             start,
             end,
             written_since_release: 0,
+            released_to: start,
         })
     }
 
@@ -196,7 +208,25 @@ impl RingBuffer {
         if self.start == self.end && self.written_since_release >= RELEASE_AFTER {
             self.memory.drained();
             self.written_since_release = 0;
+            self.released_to = self.start;
+        } else if self.start - self.released_to >= RELEASE_EVERY {
+            self.release_acknowledged();
         }
+    }
+
+    /// Gives back the memory of what was acknowledged since the last time.
+    fn release_acknowledged(&mut self) {
+        let capacity = self.capacity() as u64;
+        // Never more than the ring: the rest was written again since.
+        let from = self.released_to.max(self.start.saturating_sub(capacity));
+        let at = (from % capacity) as usize;
+        let len = (self.start - from) as usize;
+        let first = len.min(self.capacity() - at);
+        self.memory.release(at, first);
+        if len > first {
+            self.memory.release(0, len - first);
+        }
+        self.released_to = self.start;
     }
 
     /// Up to `max` bytes starting at `offset`, without copying (never past
@@ -242,6 +272,7 @@ mod tests {
         heap: HeapMemory,
         acked: AtomicU64,
         drained: AtomicUsize,
+        released: std::sync::Mutex<Vec<(usize, usize)>>,
     }
 
     // SAFETY: delegates to the heap memory.
@@ -257,6 +288,9 @@ mod tests {
         }
         fn drained(&self) {
             self.drained.fetch_add(1, Ordering::Relaxed);
+        }
+        fn release(&self, at: usize, len: usize) {
+            self.released.lock().expect("lock").push((at, len));
         }
     }
 
@@ -295,6 +329,7 @@ mod tests {
             heap: HeapMemory::new(64 * 1024),
             acked: AtomicU64::new(0),
             drained: AtomicUsize::new(0),
+            released: std::sync::Mutex::default(),
         });
         let mut ring =
             RingBuffer::new(Arc::clone(&memory) as Arc<dyn RingMemory>, 0, 0).expect("ring");
@@ -315,6 +350,35 @@ mod tests {
         );
         ring.acknowledge(ring.end());
         assert_eq!(memory.drained.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_ring_that_never_drains_gives_back_what_was_acknowledged() {
+        let capacity = 3 * RELEASE_EVERY as usize;
+        let memory = Arc::new(Watched {
+            heap: HeapMemory::new(capacity),
+            acked: AtomicU64::new(0),
+            drained: AtomicUsize::new(0),
+            released: std::sync::Mutex::default(),
+        });
+        let mut ring =
+            RingBuffer::new(Arc::clone(&memory) as Arc<dyn RingMemory>, 0, 0).expect("ring");
+        let chunk = vec![3; RELEASE_EVERY as usize];
+        write(&mut ring, &chunk);
+        write(&mut ring, &chunk);
+        ring.acknowledge(RELEASE_EVERY - 1);
+        assert!(memory.released.lock().expect("lock").is_empty());
+        ring.acknowledge(RELEASE_EVERY + 10);
+        write(&mut ring, &chunk);
+        write(&mut ring, &chunk[..RELEASE_EVERY as usize / 2]);
+        // Across the wrap: the end of the ring, then its start.
+        ring.acknowledge(3 * RELEASE_EVERY + 100);
+        let chunk = RELEASE_EVERY as usize;
+        assert_eq!(
+            *memory.released.lock().expect("lock"),
+            [(0, chunk + 10), (chunk + 10, 2 * chunk - 10), (0, 100)]
+        );
+        assert_eq!(memory.drained.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod tls;
 
 use crate::proto::connection::Connection;
 use crate::proto::resume_auth::BINDING_LEN;
+use crate::proto::wire::Code;
 use crate::units::format_duration;
 use identity::Fingerprint;
 use std::fmt;
@@ -68,6 +69,17 @@ pub trait NetworkPath: Send + Sync {
     /// The path's round-trip time as the transport measures it, where it
     /// does (QUIC, always, from its acks); `None` where it does not.
     fn rtt(&self) -> Option<Duration> {
+        None
+    }
+    /// Puts the session's last word (`code`, `reason`) in the transport's
+    /// own close too, where it has one (QUIC's `CONNECTION_CLOSE`, which
+    /// its stack sends again to every packet the peer still sends): the
+    /// peer learns it even when the stream's last frames were lost. The
+    /// transport is closed from then on.
+    fn close(&self, _code: Code, _reason: &str) {}
+    /// The last word the peer put in the transport's own close, if it
+    /// closed it with one (see [`close`](Self::close)).
+    fn goodbye(&self) -> Option<(Code, String)> {
         None
     }
 }
@@ -240,6 +252,18 @@ impl Transport {
     /// (QUIC); see [`NetworkPath::rtt`].
     pub fn rtt(&self) -> Option<Duration> {
         self.path.rtt()
+    }
+
+    /// Ends the transport with the session's last word in its own close,
+    /// where it has one (see [`NetworkPath::close`]).
+    pub fn close(&self, code: Code, reason: &str) {
+        self.path.close(code, reason);
+    }
+
+    /// The peer's last word, if it closed the transport with one (see
+    /// [`NetworkPath::goodbye`]).
+    pub fn goodbye(&self) -> Option<(Code, String)> {
+        self.path.goodbye()
     }
 
     /// Lets the peer send at full speed: a QUIC connection starts with a

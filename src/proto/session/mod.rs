@@ -55,6 +55,11 @@ pub const DELIVER_COPY_BELOW: usize = 4096;
 /// anyway: an interactive reply, a heartbeat. A quarter of the smallest
 /// replay buffer a relay may have (64 KiB), so no sender waits on the delay.
 pub const ACK_EVERY: u64 = 16 * 1024;
+/// While a transport is attached, most bytes read from the local end and
+/// not yet framed for it: enough to keep it busy, not so many that a
+/// transport slower than the local end fills the replay buffer with bytes
+/// it has not even sent (its memory is what the transport has in flight).
+pub const READ_AHEAD: u64 = 256 * 1024;
 /// Longest an ack of fewer than [`ACK_EVERY`] bytes is held back.
 pub const ACK_DELAY: Duration = Duration::from_millis(5);
 
@@ -281,13 +286,20 @@ impl Session {
     // ----- local end -----
 
     /// How many bytes may be read from the local end now: zero when the
-    /// replay buffer is full (backpressure) or the local end has closed.
+    /// replay buffer is full (backpressure) or the local end has closed,
+    /// and, while a transport is attached, no more than keeps
+    /// [`READ_AHEAD`] bytes waiting for it (what the transport cannot take
+    /// yet stays in the local end's own buffers, not in the replay buffer).
     pub fn local_room(&self) -> usize {
         if self.local_eof {
-            0
-        } else {
-            self.replay.room()
+            return 0;
         }
+        let room = self.replay.room();
+        if !self.attached {
+            return room;
+        }
+        let waiting = self.replay.end().saturating_sub(self.send_next);
+        room.min(usize::try_from(READ_AHEAD.saturating_sub(waiting)).unwrap_or(0))
     }
 
     /// Memory to read up to `max` bytes of the local end into (at most
