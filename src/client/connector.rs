@@ -352,6 +352,15 @@ impl Connector {
         matches!(*lock(&self.last_tcp), Some((at, true)) if at >= since)
     }
 
+    /// Since when the relay's host has said that nothing listens on its UDP
+    /// port, with nothing heard from it since (see
+    /// [`PortEvidence`](crate::proto::reconnect::PortEvidence)).
+    pub(crate) fn udp_unreachable_since(&self) -> Option<Instant> {
+        lock(&self.quic)
+            .as_ref()
+            .and_then(|(client, _, _)| client.heard().unreachable_since())
+    }
+
     /// A QUIC connection: to the relay's name at first, then where the
     /// session's route says.
     async fn connect_quic(

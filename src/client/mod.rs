@@ -29,6 +29,7 @@ pub mod udp_memory;
 mod waits;
 
 use crate::link::Link;
+pub use crate::proto::reconnect::{GoneBy, UDP_GONE_AFTER};
 use crate::proto::session::{Session, SessionConfig, SessionStats};
 use crate::proto::wire::SessionId;
 use crate::transport::identity::Fingerprint;
@@ -174,14 +175,16 @@ pub enum ClientError {
         /// Why.
         reason: String,
     },
-    /// Every reconnect attempt was refused for [`RELAY_GONE_AFTER`]: nothing
-    /// listens on the relay's port, the relay was stopped for good.
-    #[error("relay at {addr} is not running (connections refused for {}s); the session is lost", .refused_for.as_secs())]
+    /// Nothing has listened on the relay's port for a while: every
+    /// reconnect attempt was refused for [`RELAY_GONE_AFTER`], or the
+    /// relay's host said for [`UDP_GONE_AFTER`] that nothing listens on its
+    /// UDP port. The relay was stopped for good.
+    #[error("relay at {addr} is not running ({by}); the session is lost")]
     RelayGone {
         /// host:port
         addr: String,
-        /// How long.
-        refused_for: Duration,
+        /// How the client knows.
+        by: GoneBy,
     },
     /// The relay ended the session.
     #[error("relay at {addr} closed the session: {reason}; the ssh connection is lost")]

@@ -12,7 +12,7 @@ use super::waits::Interrupt;
 use super::{Client, ClientConfig, ClientError, ClientEvent, ClientReport};
 use crate::link::handshake;
 use crate::link::{Outcome, Step};
-use crate::proto::reconnect::{refusal_may_pass, Next, Reconnect};
+use crate::proto::reconnect::{refusal_may_pass, Next, PortEvidence, Reconnect};
 use crate::proto::resume_auth;
 use crate::proto::wire::{Code, Hello, Reply, SessionId, SECRET_LEN};
 use crate::transport::identity::Fingerprint;
@@ -288,12 +288,15 @@ async fn reconnect(
                 return Err(ClientError::KeyChanged(Box::new(changed)));
             }
             failed => {
-                // Refused: nothing listens on the relay's port (seen by the
-                // TCP part of an attempt, even one cut short while QUIC had
-                // its chance).
-                let refused = match &failed {
-                    Attempt::Failed(OpenError::NotListening(_)) => true,
-                    _ => connector.tcp_refused_since(attempt_started),
+                // Nothing listens on the relay's port: TCP was refused (even
+                // in an attempt cut short while QUIC had its chance), or the
+                // relay's host says so of its UDP port.
+                let evidence = PortEvidence {
+                    tcp_refused: match &failed {
+                        Attempt::Failed(OpenError::NotListening(_)) => true,
+                        _ => connector.tcp_refused_since(attempt_started),
+                    },
+                    udp_unreachable_since: connector.udp_unreachable_since(),
                 };
                 match &failed {
                     Attempt::Failed(error) => {
@@ -304,7 +307,7 @@ async fn reconnect(
                         format_duration(attempt_timeout)
                     ),
                 }
-                policy.failed(Instant::now(), jitter, refused)
+                policy.failed(Instant::now(), jitter, evidence)
             }
         };
         match next {
@@ -325,9 +328,7 @@ async fn reconnect(
                 })
             }
             Next::Refused { reason, .. } => return Err(ClientError::Refused { addr, reason }),
-            Next::RelayGone { refused_for } => {
-                return Err(ClientError::RelayGone { addr, refused_for })
-            }
+            Next::RelayGone(by) => return Err(ClientError::RelayGone { addr, by }),
             // Taken above, with the transport it came on.
             Next::Resume { .. } => {}
         }

@@ -130,6 +130,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
         other: F,
     ) -> Step<F::Output> {
         let mut other = pin!(other);
+        if let Some(t) = transport.as_deref() {
+            self.session.set_heartbeats(t.heartbeats());
+        }
         poll_fn(|cx| {
             if let Poll::Ready(value) = other.as_mut().poll(cx) {
                 return Poll::Ready(Step::Other(value));
@@ -212,6 +215,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
                 return Poll::Pending;
             }
             self.timer_deadline = None;
+            // What the transport heard that carried no frame (on QUIC, an
+            // acknowledgement while the peer's data waits to be resent).
+            if let Some(at) = transport.as_deref().and_then(Transport::last_heard) {
+                self.session.heard(at);
+            }
             if self.session.handle_timeout(Instant::now()) {
                 let silent = self.session.config().dead_after;
                 return Poll::Ready(Outcome::TransportLost(Lost::Silent(silent)));

@@ -31,6 +31,13 @@ pub const GRACE_MARGIN: Duration = Duration::from_secs(5);
 /// worker), so only a relay that is gone refuses; a middlebox that rejects
 /// connections for a moment (a reset storm) is survived.
 pub const RELAY_GONE_AFTER: Duration = Duration::from_secs(30);
+/// How long the relay's host must have said that nothing listens on its
+/// UDP port (ICMP port unreachable, with nothing heard from it since)
+/// before the relay is taken to be stopped for good. Shorter than
+/// [`RELAY_GONE_AFTER`]: a relay that restarts keeps its UDP socket too, so
+/// the answer never comes from a restart, and a QUIC client has nothing
+/// else to tell a stopped relay from a silent network.
+pub const UDP_GONE_AFTER: Duration = Duration::from_secs(10);
 /// How long the relay holds a session whose streams have both ended and
 /// whose client is away: only the client's last acknowledgement is missing,
 /// and the client has most likely exited.
@@ -85,12 +92,30 @@ pub enum Next {
         /// Why, for people.
         reason: String,
     },
-    /// Nothing has listened on the relay's port for this long: the relay
-    /// is stopped for good; the client ends.
-    RelayGone {
-        /// [`RELAY_GONE_AFTER`].
-        refused_for: Duration,
-    },
+    /// Nothing has listened on the relay's port for a while: the relay is
+    /// stopped for good; the client ends.
+    RelayGone(GoneBy),
+}
+
+/// What a failed attempt learned about the relay's port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortEvidence {
+    /// A TCP connection to it was refused.
+    pub tcp_refused: bool,
+    /// Since when the relay's host has said that nothing listens on its
+    /// UDP port, with nothing heard from it since.
+    pub udp_unreachable_since: Option<Instant>,
+}
+
+/// How the client knows nothing listens on the relay's port any more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum GoneBy {
+    /// Every TCP connection was refused for this long.
+    #[error("connections refused for {}s", .0.as_secs())]
+    Refused(Duration),
+    /// Its host said, for this long, that nothing listens on its UDP port.
+    #[error("its host says nothing listens on its UDP port, for {}s", .0.as_secs())]
+    Unreachable(Duration),
 }
 
 /// Why the client knows its session is gone.
@@ -212,15 +237,17 @@ impl Reconnect {
 
     /// The attempt brought no usable answer: the network, the handshake, or
     /// nothing within [`attempt_timeout`](Self::attempt_timeout).
-    /// `refused` says whether the relay's port refused the connection
-    /// (nothing listens there).
-    pub fn failed(&mut self, now: Instant, jitter: f64, refused: bool) -> Next {
-        if refused {
+    /// `evidence` says whether nothing listens on the relay's port.
+    pub fn failed(&mut self, now: Instant, jitter: f64, evidence: PortEvidence) -> Next {
+        if let Some(since) = evidence.udp_unreachable_since {
+            if now.saturating_duration_since(since) >= UDP_GONE_AFTER {
+                return Next::RelayGone(GoneBy::Unreachable(UDP_GONE_AFTER));
+            }
+        }
+        if evidence.tcp_refused {
             let since = *self.refused_since.get_or_insert(now);
             if now.saturating_duration_since(since) >= RELAY_GONE_AFTER {
-                return Next::RelayGone {
-                    refused_for: RELAY_GONE_AFTER,
-                };
+                return Next::RelayGone(GoneBy::Refused(RELAY_GONE_AFTER));
             }
         } else {
             self.refused_since = None;
@@ -247,6 +274,15 @@ mod tests {
     use crate::proto::session::SessionConfig;
     use crate::proto::wire::Frame;
 
+    const NONE: PortEvidence = PortEvidence {
+        tcp_refused: false,
+        udp_unreachable_since: None,
+    };
+    const REFUSED: PortEvidence = PortEvidence {
+        tcp_refused: true,
+        udp_unreachable_since: None,
+    };
+
     #[test]
     fn failed_attempts_back_off_until_the_grace_period_has_certainly_passed() {
         let lost = Instant::now();
@@ -256,14 +292,14 @@ mod tests {
         assert_eq!(policy.attempt_timeout(), Duration::from_secs(2));
         assert_eq!(policy.begin(), 1);
         assert_eq!(
-            policy.failed(lost, 1.0, false),
+            policy.failed(lost, 1.0, NONE),
             Next::Retry {
                 after: BACKOFF_INITIAL
             }
         );
         let mut delays = Vec::new();
         for _ in 0..10 {
-            match policy.failed(lost + grace, 1.0, false) {
+            match policy.failed(lost + grace, 1.0, NONE) {
                 Next::Retry { after } => delays.push(after),
                 other => panic!("{other:?}"),
             }
@@ -271,13 +307,13 @@ mod tests {
         assert_eq!(delays.last(), Some(&BACKOFF_CAP));
         policy.try_now();
         assert_eq!(
-            policy.failed(lost + grace + GRACE_MARGIN, 1.0, false),
+            policy.failed(lost + grace + GRACE_MARGIN, 1.0, NONE),
             Next::Retry {
                 after: BACKOFF_INITIAL
             }
         );
         let late = lost + grace + GRACE_MARGIN + Duration::from_millis(1);
-        let gone = policy.failed(late, 0.5, false);
+        let gone = policy.failed(late, 0.5, NONE);
         assert_eq!(gone, Next::Gone(Gone::Unreachable(grace)));
         let Next::Gone(gone) = gone else { return };
         assert_eq!(
@@ -294,28 +330,61 @@ mod tests {
             Reconnect::new(lost, grace, Duration::from_secs(5), Duration::from_secs(5));
         let at = |s| lost + Duration::from_secs(s);
         assert!(matches!(
-            policy.failed(at(0), 0.0, true),
+            policy.failed(at(0), 0.0, REFUSED),
             Next::Retry { .. }
         ));
         // An attempt that was not refused starts the count again.
         assert!(matches!(
-            policy.failed(at(20), 0.0, false),
+            policy.failed(at(20), 0.0, NONE),
             Next::Retry { .. }
         ));
         assert!(matches!(
-            policy.failed(at(25), 0.0, true),
+            policy.failed(at(25), 0.0, REFUSED),
             Next::Retry { .. }
         ));
         assert!(matches!(
-            policy.failed(at(54), 0.0, true),
+            policy.failed(at(54), 0.0, REFUSED),
             Next::Retry { .. }
         ));
         assert_eq!(
-            policy.failed(at(55), 0.0, true),
-            Next::RelayGone {
-                refused_for: RELAY_GONE_AFTER
-            }
+            policy.failed(at(55), 0.0, REFUSED),
+            Next::RelayGone(GoneBy::Refused(RELAY_GONE_AFTER))
         );
+    }
+
+    #[test]
+    fn a_udp_port_said_unreachable_for_long_means_the_relay_is_gone() {
+        let lost = Instant::now();
+        let grace = Duration::from_secs(3600);
+        let mut policy =
+            Reconnect::new(lost, grace, Duration::from_secs(5), Duration::from_secs(5));
+        let at = |s| lost + Duration::from_secs(s);
+        let since = |s| PortEvidence {
+            tcp_refused: false,
+            udp_unreachable_since: Some(at(s)),
+        };
+        assert!(matches!(
+            policy.failed(at(5), 0.0, since(1)),
+            Next::Retry { .. }
+        ));
+        assert!(matches!(
+            policy.failed(at(10), 0.0, since(1)),
+            Next::Retry { .. }
+        ));
+        // A datagram from the relay's side in between starts it again.
+        assert!(matches!(
+            policy.failed(at(12), 0.0, since(8)),
+            Next::Retry { .. }
+        ));
+        assert_eq!(
+            policy.failed(at(18), 0.0, since(8)),
+            Next::RelayGone(GoneBy::Unreachable(UDP_GONE_AFTER))
+        );
+        // A silent network says nothing: the grace period is waited out.
+        assert!(matches!(
+            policy.failed(at(600), 0.0, NONE),
+            Next::Retry { .. }
+        ));
     }
 
     #[test]

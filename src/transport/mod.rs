@@ -30,7 +30,7 @@ use identity::Fingerprint;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Any byte stream a session can run over.
@@ -69,6 +69,17 @@ pub trait NetworkPath: Send + Sync {
     /// The path's round-trip time as the transport measures it, where it
     /// does (QUIC, always, from its acks); `None` where it does not.
     fn rtt(&self) -> Option<Duration> {
+        None
+    }
+    /// How many heartbeats the session sends per dead-peer interval while
+    /// idle.
+    fn heartbeats(&self) -> u32 {
+        crate::proto::session::HEARTBEATS
+    }
+    /// When the path last carried anything from the peer, where the
+    /// transport knows more than the session's frames tell (QUIC's
+    /// acknowledgements, on the client).
+    fn last_heard(&self) -> Option<Instant> {
         None
     }
     /// Puts the session's last word (`code`, `reason`) in the transport's
@@ -162,6 +173,10 @@ pub enum QuicError {
     /// a close.
     #[error("{}", describe::quic_error(.0))]
     Connection(quinn::ConnectionError),
+    /// The relay's host said that nothing listens on its UDP port (ICMP
+    /// port unreachable).
+    #[error("nothing listens on the relay's UDP port (its host says so)")]
+    PortUnreachable,
     /// Nothing came back within the attempt's time.
     #[error("no answer over QUIC within {}: is UDP blocked on the way?", format_duration(*.0))]
     TimedOut(Duration),
@@ -252,6 +267,17 @@ impl Transport {
     /// (QUIC); see [`NetworkPath::rtt`].
     pub fn rtt(&self) -> Option<Duration> {
         self.path.rtt()
+    }
+
+    /// Heartbeats per dead-peer interval (see [`NetworkPath::heartbeats`]).
+    pub fn heartbeats(&self) -> u32 {
+        self.path.heartbeats()
+    }
+
+    /// When the path last carried anything from the peer, if the
+    /// transport knows (see [`NetworkPath::last_heard`]).
+    pub fn last_heard(&self) -> Option<Instant> {
+        self.path.last_heard()
     }
 
     /// Ends the transport with the session's last word in its own close,

@@ -31,7 +31,7 @@ mod config;
 
 pub use config::{
     SessionConfig, DEFAULT_DEAD_AFTER, DEFAULT_DELIVER_CAPACITY, DEFAULT_REPLAY_CAPACITY,
-    MAX_DEAD_AFTER, MIN_DEAD_AFTER,
+    HEARTBEATS, MAX_DEAD_AFTER, MIN_DEAD_AFTER,
 };
 
 use crate::proto::replay::{ReplayBuffer, ReplayStore};
@@ -181,6 +181,8 @@ pub struct Session {
     last_heard: Instant,
     /// When something was last sent.
     last_sent: Instant,
+    /// Heartbeats per dead-peer interval.
+    heartbeats: u32,
     /// A ping to answer.
     pong_due: Option<u64>,
     /// The latest ping sent and when.
@@ -254,6 +256,7 @@ impl Session {
             attached: false,
             last_heard: now,
             last_sent: now,
+            heartbeats: HEARTBEATS,
             pong_due: None,
             ping_in_flight: None,
             next_ping: 0,
@@ -510,11 +513,23 @@ impl Session {
         Ok(())
     }
 
-    /// Bytes arrived from the peer, whether or not they complete a frame: the
-    /// transport is alive. (On a slow link one large frame can take longer
-    /// than the dead-peer interval to arrive.)
-    pub fn heard(&mut self, now: Instant) {
-        self.last_heard = now;
+    /// Something arrived from the peer at `at`, whether or not it completes
+    /// a frame (bytes of one; on QUIC, an acknowledgement): the transport
+    /// is alive. (On a slow link one large frame can take longer than the
+    /// dead-peer interval to arrive.)
+    pub fn heard(&mut self, at: Instant) {
+        self.last_heard = self.last_heard.max(at);
+    }
+
+    /// Sends `per_interval` heartbeats per dead-peer interval while idle
+    /// (the transport's choice; [`HEARTBEATS`] otherwise).
+    pub fn set_heartbeats(&mut self, per_interval: u32) {
+        self.heartbeats = per_interval.max(1);
+    }
+
+    /// How long this side may stay silent before it sends a heartbeat.
+    fn heartbeat_interval(&self) -> Duration {
+        self.config.dead_after / self.heartbeats
     }
 
     /// A frame from the peer.
@@ -632,7 +647,7 @@ impl Session {
                 offset: self.replay.end(),
             });
         }
-        if now.saturating_duration_since(self.last_sent) >= self.config.heartbeat_interval() {
+        if now.saturating_duration_since(self.last_sent) >= self.heartbeat_interval() {
             let token = self.next_ping;
             self.next_ping += 1;
             self.ping_in_flight = Some((token, now));
@@ -649,7 +664,7 @@ impl Session {
             || self.end_ackable()
             || self.send_next < self.replay.end()
             || (self.local_eof && !self.end_sent)
-            || now.saturating_duration_since(self.last_sent) >= self.config.heartbeat_interval()
+            || now.saturating_duration_since(self.last_sent) >= self.heartbeat_interval()
             || self.ack_pending_since.map_or(true, |since| {
                 now.saturating_duration_since(since) >= ACK_DELAY
             })
@@ -668,7 +683,7 @@ impl Session {
         if !can_transmit {
             return Some(dead);
         }
-        let heartbeat = self.last_sent + self.config.heartbeat_interval();
+        let heartbeat = self.last_sent + self.heartbeat_interval();
         let ack = match self.ack_pending_since {
             Some(since) if self.ack_position() > self.ack_sent => since + ACK_DELAY,
             _ => heartbeat,

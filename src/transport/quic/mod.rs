@@ -31,6 +31,7 @@
 //! never be sent again. The client's stack stays a moment to answer what
 //! the relay still sends with that close ([`CLIENT_LINGER`]).
 
+mod client_socket;
 mod path;
 mod send_window;
 mod socket;
@@ -45,6 +46,7 @@ use super::{ConnectError, QuicError, Transport, TransportKind};
 use crate::proto::fleet::InstanceName;
 use crate::proto::resume_auth::BINDING_LEN;
 use crate::proto::session::MAX_DEAD_AFTER;
+use client_socket::{ClientSocket, Heard};
 use path::QuicPath;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{IdleTimeout, VarInt};
@@ -53,7 +55,7 @@ use socket::StoppableSocket;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use stream::QuicStream;
 
 /// Bytes the peer may send on the session's stream ahead of what was read:
@@ -71,6 +73,16 @@ pub const HANDSHAKE_WINDOW: u32 = 64 * 1024;
 /// its QUIC stack answers every packet the relay still sends with the
 /// close again. A relay that has it sends nothing more.
 pub const CLIENT_LINGER: Duration = Duration::from_secs(2);
+/// Heartbeats per dead-peer interval on QUIC (TCP has four): an idle
+/// session hears from its peer often enough that a partition shorter than
+/// the interval costs no resume. After it, a heartbeat crosses within a
+/// sixteenth of the interval, and what the peer last heard before it was
+/// no older than that.
+pub const HEARTBEATS: u32 = 16;
+/// A client's connection gives up on a silent path after this many
+/// dead-peer intervals: the session judges silence itself (from what the
+/// socket hears, see `client_socket.rs`), and abandons the connection first.
+pub const IDLE_TIMEOUTS: u32 = 2;
 /// Longest idle timeout the relay allows; the client's own (its
 /// `--dead-after`) is shorter and wins, as QUIC takes the smaller one.
 const RELAY_IDLE_TIMEOUT: Duration = MAX_DEAD_AFTER;
@@ -149,6 +161,12 @@ pub fn server_endpoint(
     endpoint_config.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
+    // Every client a new worker must tell gets its reset at once: quinn's
+    // default sends one per 20 ms, and the packets a crash left queued all
+    // come in one batch, so 100 idle clients would learn over seconds. No
+    // reset amplifies (it is smaller than the packet that asked for it)
+    // and only a packet with an id this relay signed gets one.
+    endpoint_config.min_reset_interval(Duration::ZERO);
     let runtime = Arc::new(quinn::TokioRuntime);
     let reads = ReadStop::default();
     let socket = Arc::new(StoppableSocket {
@@ -160,16 +178,6 @@ pub fn server_endpoint(
     Ok((endpoint, reads))
 }
 
-/// An endpoint on `socket`, serving with `server` if given.
-fn endpoint(server: Option<quinn::ServerConfig>, socket: UdpSocket) -> io::Result<quinn::Endpoint> {
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        server,
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-}
-
 /// Completes the relay's side of a QUIC connection: the handshake and the
 /// client's stream (the caller bounds it with a timeout).
 pub async fn accept(incoming: quinn::Incoming) -> io::Result<Transport> {
@@ -179,15 +187,18 @@ pub async fn accept(incoming: quinn::Incoming) -> io::Result<Transport> {
         .handshake_data()
         .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|data| data.server_name);
-    let mut transport = transport(connection, send, recv)?;
+    let mut transport = transport(connection, send, recv, None)?;
     transport.server_name = server_name;
     Ok(transport)
 }
 
+/// The transport on a connection's stream; `heard`, on the client, is
+/// what its socket heard besides QUIC.
 fn transport(
     connection: quinn::Connection,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
+    heard: Option<Arc<Heard>>,
 ) -> io::Result<Transport> {
     let mut binding = [0u8; BINDING_LEN];
     connection
@@ -199,7 +210,7 @@ fn transport(
         TransportKind::Quic,
         binding,
     );
-    Ok(transport.with_path(QuicPath(connection)))
+    Ok(transport.with_path(QuicPath::new(connection, heard)))
 }
 
 /// A QUIC connection that failed, in words.
@@ -221,19 +232,38 @@ fn connect_error(e: quinn::ConnectionError) -> ConnectError {
 #[derive(Debug, Clone)]
 pub struct QuicClient {
     endpoint: quinn::Endpoint,
+    /// What its socket heard besides QUIC (it moves to each new socket).
+    heard: Arc<Heard>,
 }
 
 impl QuicClient {
     /// An endpoint on an ephemeral port of the family of `relay`.
     pub fn new(relay: SocketAddr) -> io::Result<QuicClient> {
-        let endpoint = endpoint(None, udp_socket(addresses::unspecified(relay))?)?;
-        Ok(QuicClient { endpoint })
+        let heard = Arc::new(Heard::default());
+        let socket = ClientSocket::new(
+            udp_socket(addresses::unspecified(relay))?,
+            Arc::clone(&heard),
+        )?;
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            quinn::EndpointConfig::default(),
+            None,
+            Arc::new(socket),
+            Arc::new(quinn::TokioRuntime),
+        )?;
+        Ok(QuicClient { endpoint, heard })
+    }
+
+    /// What the endpoint's socket heard besides QUIC.
+    pub fn heard(&self) -> &Heard {
+        &self.heard
     }
 
     /// Connects to the relay at `addr` and opens the session's stream; the
-    /// caller bounds it with a timeout. The idle timeout is `dead_after`,
-    /// with keep-alives four times as often. A reconnect names the
-    /// `instance` that holds its session, as SNI.
+    /// caller bounds it with a timeout. Keep-alives go four times per
+    /// `dead_after`, and the connection's own idle timeout is longer (the
+    /// session judges silence, see [`IDLE_TIMEOUTS`]). A reconnect names
+    /// the `instance` that holds its session, as SNI. The relay's host
+    /// saying that nothing listens on its UDP port ends the attempt at once.
     pub async fn connect(
         &self,
         addr: SocketAddr,
@@ -246,22 +276,32 @@ impl QuicClient {
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(transport_config(
             End::Client,
-            dead_after,
+            dead_after.saturating_mul(IDLE_TIMEOUTS),
             Some(dead_after / 4),
         )));
         // The relay is identified by its pinned key, not by this name.
         let name = instance.map_or_else(|| addr.ip().to_string(), |i| i.as_str().to_owned());
+        let started = Instant::now();
         let connecting = self
             .endpoint
             .connect_with(config, addr, &name)
             .map_err(|e| ConnectError::Quic(QuicError::Start(e)))?;
-        let connection = connecting.await.map_err(connect_error)?;
-        let (send, recv) = connection.open_bi().await.map_err(connect_error)?;
+        let opened = async {
+            let connection = connecting.await.map_err(connect_error)?;
+            let (send, recv) = connection.open_bi().await.map_err(connect_error)?;
+            Ok::<_, ConnectError>((connection, send, recv))
+        };
+        let (connection, send, recv) = tokio::select! {
+            opened = opened => opened?,
+            () = self.heard.unreachable_after(started) => {
+                return Err(ConnectError::Quic(QuicError::PortUnreachable));
+            }
+        };
         let relay_key = connection
             .peer_identity()
             .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
             .and_then(|certs| certs.first().map(|key| Fingerprint::of_spki(key.as_ref())));
-        let mut transport = transport(connection, send, recv)
+        let mut transport = transport(connection, send, recv, Some(Arc::clone(&self.heard)))
             .map_err(|e| ConnectError::Quic(QuicError::Binding(e)))?;
         transport.relay_key = relay_key;
         Ok(transport)
@@ -277,8 +317,9 @@ impl QuicClient {
     /// Moves the endpoint to a new UDP socket: the relay sees packets from
     /// the new address and migrates the connection to it.
     fn rebind(&self, relay: SocketAddr) -> io::Result<()> {
-        self.endpoint
-            .rebind(udp_socket(addresses::unspecified(relay))?)
+        let socket = udp_socket(addresses::unspecified(relay))?;
+        let socket = ClientSocket::new(socket, Arc::clone(&self.heard))?;
+        self.endpoint.rebind_abstract(Arc::new(socket))
     }
 }
 

@@ -2,12 +2,14 @@
 //! peer is now, the round trip, the relay's window opening with the
 //! session, and the session's last word in QUIC's own close.
 
-use super::CONNECTION_WINDOW;
+use super::client_socket::Heard;
+use super::{CONNECTION_WINDOW, HEARTBEATS};
 use crate::proto::wire::Code;
 use crate::transport::NetworkPath;
 use quinn::VarInt;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// QUIC application error codes from here on carry a session's last word
 /// (its [`Code`] added): "resumeproxy goodbye". Code 0, what quinn sends
@@ -17,11 +19,22 @@ const GOODBYE_BASE: u32 = 0x7270_6700;
 const MAX_GOODBYE_REASON: usize = 256;
 /// A QUIC connection's path: the peer's address moves with the client, and
 /// the relay's receive window opens once the session does.
-pub(super) struct QuicPath(pub(super) quinn::Connection);
+pub(super) struct QuicPath {
+    connection: quinn::Connection,
+    /// On the client: what its socket heard besides QUIC.
+    heard: Option<Arc<Heard>>,
+}
+
+impl QuicPath {
+    /// The path of `connection`; `heard` on the client.
+    pub(super) fn new(connection: quinn::Connection, heard: Option<Arc<Heard>>) -> QuicPath {
+        QuicPath { connection, heard }
+    }
+}
 
 impl NetworkPath for QuicPath {
     fn peer_now(&self) -> SocketAddr {
-        self.0.remote_address()
+        self.connection.remote_address()
     }
 
     fn fixed_local(&self) -> Option<SocketAddr> {
@@ -30,23 +43,33 @@ impl NetworkPath for QuicPath {
 
     /// Gives the peer the full receive window (see [`HANDSHAKE_WINDOW`]).
     fn open_windows(&self) {
-        self.0
+        self.connection
             .set_receive_window(VarInt::from_u32(CONNECTION_WINDOW));
     }
 
     /// QUIC's smoothed round-trip time: known from the handshake on, and
     /// kept current by every ack, busy or idle.
     fn rtt(&self) -> Option<Duration> {
-        Some(self.0.rtt())
+        Some(self.connection.rtt())
+    }
+
+    fn heartbeats(&self) -> u32 {
+        HEARTBEATS
+    }
+
+    /// On the client: when its socket last heard a datagram from the
+    /// relay's side (an acknowledgement counts: the path is alive).
+    fn last_heard(&self) -> Option<Instant> {
+        self.heard.as_ref()?.last_datagram()
     }
 
     fn close(&self, code: Code, reason: &str) {
         let reason = truncated(reason, MAX_GOODBYE_REASON);
-        self.0.close(goodbye_code(code), reason.as_bytes());
+        self.connection.close(goodbye_code(code), reason.as_bytes());
     }
 
     fn goodbye(&self) -> Option<(Code, String)> {
-        match self.0.close_reason()? {
+        match self.connection.close_reason()? {
             quinn::ConnectionError::ApplicationClosed(close) => {
                 let code = goodbye_of(close.error_code)?;
                 let reason = String::from_utf8_lossy(&close.reason);
