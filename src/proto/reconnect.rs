@@ -252,7 +252,24 @@ impl Reconnect {
         } else {
             self.refused_since = None;
         }
-        self.retry(now, jitter)
+        // An attempt is due by the time the evidence would say the relay is
+        // gone, not a backoff later.
+        let verdicts = [
+            evidence
+                .udp_unreachable_since
+                .map(|since| since + UDP_GONE_AFTER),
+            self.refused_since.map(|since| since + RELAY_GONE_AFTER),
+        ];
+        match self.retry(now, jitter) {
+            Next::Retry { after } => Next::Retry {
+                after: verdicts
+                    .into_iter()
+                    .flatten()
+                    .map(|at| at.saturating_duration_since(now))
+                    .fold(after, Duration::min),
+            },
+            next => next,
+        }
     }
 
     /// Another attempt after the backoff, unless the relay's grace period
@@ -367,10 +384,14 @@ mod tests {
             policy.failed(at(5), 0.0, since(1)),
             Next::Retry { .. }
         ));
-        assert!(matches!(
-            policy.failed(at(10), 0.0, since(1)),
-            Next::Retry { .. }
-        ));
+        // The next attempt is due when the evidence would be enough.
+        let almost = at(10) + Duration::from_millis(900);
+        assert_eq!(
+            policy.failed(almost, 1.0, since(1)),
+            Next::Retry {
+                after: Duration::from_millis(100)
+            }
+        );
         // A datagram from the relay's side in between starts it again.
         assert!(matches!(
             policy.failed(at(12), 0.0, since(8)),

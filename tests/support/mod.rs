@@ -8,6 +8,8 @@
 //!   lines of the real client.
 //! * [`netns`] — two network namespaces and the faults of a real network.
 //! * [`faults`] — the fault suite's lab and workloads, on top of `netns`.
+//! * [`quic_lab`] — many QUIC sessions in the lab, without ssh: the real
+//!   relay before an echo target, the real clients piped to the test.
 //! * [`security`] — what the security tests share: a paced upload, hostile
 //!   connections, refusals.
 //! * [`durable`] — the durable relay's tests: a relay binary to upgrade,
@@ -21,6 +23,7 @@ pub mod faults;
 pub mod fleet;
 pub mod netns;
 pub mod process;
+pub mod quic_lab;
 pub mod relay;
 pub mod security;
 pub mod sshd;
