@@ -73,10 +73,11 @@ pub const HANDSHAKE_WINDOW: u32 = 64 * 1024;
 /// its QUIC stack answers every packet the relay still sends with the
 /// close again. A relay that has it sends nothing more.
 pub const CLIENT_LINGER: Duration = Duration::from_secs(2);
-/// Heartbeats per dead-peer interval on QUIC (TCP has four): an idle
+/// Heartbeats per dead-peer interval a QUIC client sends (over TCP, and on
+/// the relay, four; the relay answers each of the client's): an idle
 /// session hears from its peer often enough that a partition shorter than
 /// the interval costs no resume. After it, a heartbeat crosses within a
-/// sixteenth of the interval, and what the peer last heard before it was
+/// sixteenth of the interval, and what either end last heard before it was
 /// no older than that.
 pub const HEARTBEATS: u32 = 16;
 /// A client's connection gives up on a silent path after this many

@@ -53,8 +53,13 @@ impl NetworkPath for QuicPath {
         Some(self.connection.rtt())
     }
 
+    /// The client sends [`HEARTBEATS`]; the relay answers each (so it
+    /// hears, and is heard, as often) and keeps the default.
     fn heartbeats(&self) -> u32 {
-        HEARTBEATS
+        match self.heard {
+            Some(_) => HEARTBEATS,
+            None => crate::proto::session::HEARTBEATS,
+        }
     }
 
     /// On the client: when its socket last heard a datagram from the
