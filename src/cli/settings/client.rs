@@ -28,7 +28,7 @@ pub const DEAD_AFTER: Setting<Span> = Setting {
         max: MAX_DEAD_AFTER,
     },
     doc: "Abandon a link that has delivered nothing for this long (heartbeats flow every quarter \
-          of it while idle), and reconnect",
+          of it while idle, every sixteenth over QUIC), and reconnect",
     default: Fallback::Is(|| DEFAULT_DEAD_AFTER),
     reload: false,
 };
