@@ -209,7 +209,7 @@ impl RingBuffer {
             self.memory.drained();
             self.written_since_release = 0;
             self.released_to = self.start;
-        } else if self.start - self.released_to >= RELEASE_EVERY {
+        } else if self.start - self.released_to >= RELEASE_EVERY.min(self.capacity() as u64 / 4) {
             self.release_acknowledged();
         }
     }
@@ -217,8 +217,9 @@ impl RingBuffer {
     /// Gives back the memory of what was acknowledged since the last time.
     fn release_acknowledged(&mut self) {
         let capacity = self.capacity() as u64;
-        // Never more than the ring: the rest was written again since.
-        let from = self.released_to.max(self.start.saturating_sub(capacity));
+        // Only offsets whose place in the ring was not written again since:
+        // those before `end - capacity` share theirs with what is held now.
+        let from = self.released_to.max(self.end.saturating_sub(capacity));
         let at = (from % capacity) as usize;
         let len = (self.start - from) as usize;
         let first = len.min(self.capacity() - at);
@@ -354,29 +355,28 @@ mod tests {
 
     #[test]
     fn a_ring_that_never_drains_gives_back_what_was_acknowledged() {
-        let capacity = 3 * RELEASE_EVERY as usize;
+        let chunk = RELEASE_EVERY as usize;
         let memory = Arc::new(Watched {
-            heap: HeapMemory::new(capacity),
+            heap: HeapMemory::new(4 * chunk),
             acked: AtomicU64::new(0),
             drained: AtomicUsize::new(0),
             released: std::sync::Mutex::default(),
         });
         let mut ring =
             RingBuffer::new(Arc::clone(&memory) as Arc<dyn RingMemory>, 0, 0).expect("ring");
-        let chunk = vec![3; RELEASE_EVERY as usize];
-        write(&mut ring, &chunk);
-        write(&mut ring, &chunk);
-        ring.acknowledge(RELEASE_EVERY - 1);
+        let at = |n: f64| (n * chunk as f64) as u64;
+        write(&mut ring, &vec![3; 3 * chunk]);
+        ring.acknowledge(at(1.0) - 1);
         assert!(memory.released.lock().expect("lock").is_empty());
-        ring.acknowledge(RELEASE_EVERY + 10);
-        write(&mut ring, &chunk);
-        write(&mut ring, &chunk[..RELEASE_EVERY as usize / 2]);
-        // Across the wrap: the end of the ring, then its start.
-        ring.acknowledge(3 * RELEASE_EVERY + 100);
-        let chunk = RELEASE_EVERY as usize;
+        ring.acknowledge(at(1.0) + 10);
+        ring.acknowledge(at(1.5));
+        // The ring wraps: offsets from 4 chunks on take the places of the
+        // first ones, which are not given back again.
+        write(&mut ring, &vec![4; 2 * chunk + chunk / 2]);
+        ring.acknowledge(at(2.5) + 100);
         assert_eq!(
             *memory.released.lock().expect("lock"),
-            [(0, chunk + 10), (chunk + 10, 2 * chunk - 10), (0, 100)]
+            [(0, chunk + 10), (chunk + chunk / 2, chunk + 100)]
         );
         assert_eq!(memory.drained.load(Ordering::Relaxed), 0);
     }
@@ -389,13 +389,38 @@ mod tests {
         assert!(RingBuffer::new(memory, 5, 4).is_err());
     }
 
+    /// Memory whose given-back pages read as zeroes (as a memfd's do).
+    struct Zeroing(HeapMemory);
+
+    // SAFETY: delegates to the heap memory; `release` writes only the range
+    // the ring gave back, which no slice of held bytes covers.
+    unsafe impl RingMemory for Zeroing {
+        fn as_ptr(&self) -> *mut u8 {
+            self.0.as_ptr()
+        }
+        fn capacity(&self) -> usize {
+            self.0.capacity()
+        }
+        fn acknowledged(&self, _offset: u64) {}
+        fn drained(&self) {
+            // SAFETY: nothing is held when the ring drains.
+            unsafe { std::ptr::write_bytes(self.as_ptr(), 0, self.capacity()) };
+        }
+        fn release(&self, at: usize, len: usize) {
+            assert!(at + len <= self.capacity(), "{at}+{len} past the ring");
+            // SAFETY: within the ring, and only acknowledged bytes.
+            unsafe { std::ptr::write_bytes(self.as_ptr().add(at), 0, len) };
+        }
+    }
+
     proptest! {
         #[test]
         fn any_schedule_of_writes_and_acks_reads_back_in_order(
             capacity in 1usize..64,
             steps in proptest::collection::vec((0usize..80, 0usize..80, 1usize..80), 1..60),
         ) {
-            let mut ring = RingBuffer::new(Arc::new(HeapMemory::new(capacity)), 0, 0).expect("ring");
+            let memory = Arc::new(Zeroing(HeapMemory::new(capacity)));
+            let mut ring = RingBuffer::new(memory, 0, 0).expect("ring");
             let mut sent: Vec<u8> = Vec::new();
             for (write_n, ack_n, max) in steps {
                 let room = capacity - ring.len();
