@@ -6,25 +6,35 @@
 //! Every byte in that window is a copy of one in the session's replay
 //! buffer, so on a relay with many sessions it is most of their memory. A
 //! window starts at [`FLOOR`], which fills a gigabit link whose round trip
-//! is a few milliseconds. While writes find it full and the round trip is
-//! still near its minimum (no queue builds on the way: the window, not the
-//! path, is what holds the connection back), it tries twice the size; if
-//! the connection then sends at least [`GAIN_EIGHTHS`]/8 as much, it keeps
-//! the larger window and may try again, and if not (the peer's flow
-//! control or the CPU is the limit, and a larger window would only hold
-//! more bytes waiting) it goes back to the smaller one and tries again only
-//! after [`HOLD`]. A round trip well above its minimum means a queue: the
-//! path is full, and the window stays. It never exceeds [`CAP`], a default
-//! replay buffer: a session cannot have more than that unacknowledged
-//! anyway.
+//! is a couple of milliseconds. While writes find it full and the
+//! connection uses more than half of it each round trip (at the rate it
+//! sends, over its smoothed round trip: the window may be what holds it
+//! back), it tries twice the size; if the connection then sends at least
+//! [`GAIN_EIGHTHS`]/8 as much, it keeps the larger window and may try
+//! again, and if not (the path, the peer's flow control or the CPU is the
+//! limit, and a larger window would only hold more bytes waiting) it goes
+//! back to the smaller one and tries again only after [`HOLD`]. A window
+//! its writes no longer fill shrinks by half at each look. It never
+//! exceeds [`CAP`], a default replay buffer: a session cannot have more
+//! than that unacknowledged anyway.
+//!
+//! What the windows of all connections of a process hold beyond their
+//! floor is bounded too, by a [`Budget`] ([`BUDGET`] on a relay): on a
+//! busy relay, round trips and rates are what the CPU makes them, and a
+//! larger window can seem to help by chance.
 //!
 //! Pure: the caller gives it the clock, what was sent and the round trip.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The window a connection starts with: a gigabit per second over a round
-/// trip of 4 ms.
-pub const FLOOR: u64 = 512 * 1024;
+/// trip of 2 ms.
+pub const FLOOR: u64 = 256 * 1024;
+/// What all windows of a process may hold beyond their floor.
+pub const BUDGET: u64 = 32 << 20;
+/// The process's budget.
+pub static PROCESS_BUDGET: Budget = Budget::new(BUDGET);
 /// The largest window: the default replay buffer.
 pub const CAP: u64 = 8 << 20;
 /// Shortest time between two looks at the window (and at least two round
@@ -36,30 +46,45 @@ pub const GAIN_EIGHTHS: u64 = 9;
 /// After a larger window brought nothing, how long until the next try.
 pub const HOLD: Duration = Duration::from_secs(1);
 
-/// A connection's round trip, as QUIC measures it.
-#[derive(Debug, Clone, Copy)]
-pub struct Rtt {
-    /// The smoothed round trip.
-    pub smoothed: Duration,
-    /// The least round trip seen.
-    pub least: Duration,
+/// Bytes that windows may hold beyond their floor, shared by connections.
+#[derive(Debug)]
+pub struct Budget {
+    limit: u64,
+    used: AtomicU64,
 }
 
-impl Rtt {
-    /// Whether packets wait in a queue on the way: the round trip is half
-    /// again its least, and some milliseconds more.
-    fn queueing(&self) -> bool {
-        self.smoothed > self.least * 3 / 2 + QUEUE_SLACK
+impl Budget {
+    /// A budget of `limit` bytes.
+    pub const fn new(limit: u64) -> Budget {
+        Budget {
+            limit,
+            used: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes `n` bytes of it, if that many are left.
+    fn take(&self, n: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    /// Gives `n` bytes back.
+    fn give(&self, n: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(n))
+            });
     }
 }
 
-/// What a round trip may exceed its least by without counting as a queue
-/// (timers, scheduling).
-const QUEUE_SLACK: Duration = Duration::from_millis(2);
-
 /// The send window of one connection.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SendWindow {
+    budget: &'static Budget,
     window: u64,
     /// Since the last look: whether a write found the window full.
     blocked: bool,
@@ -71,9 +96,23 @@ pub struct SendWindow {
     hold_until: Option<Instant>,
 }
 
+impl Drop for SendWindow {
+    fn drop(&mut self) {
+        self.budget.give(self.window - FLOOR);
+    }
+}
+
 impl Default for SendWindow {
     fn default() -> Self {
+        SendWindow::new(&PROCESS_BUDGET)
+    }
+}
+
+impl SendWindow {
+    /// A window at [`FLOOR`], growing out of `budget`.
+    pub fn new(budget: &'static Budget) -> SendWindow {
         SendWindow {
+            budget,
             window: FLOOR,
             blocked: false,
             last: None,
@@ -81,18 +120,29 @@ impl Default for SendWindow {
             hold_until: None,
         }
     }
-}
 
-impl SendWindow {
+    /// Sets the window to `window`, taking from or giving back to the
+    /// budget; whether the budget allowed it.
+    fn resize(&mut self, window: u64) -> bool {
+        if window > self.window && !self.budget.take(window - self.window) {
+            return false;
+        }
+        if window < self.window {
+            self.budget.give(self.window - window);
+        }
+        self.window = window;
+        true
+    }
+
     /// A write found the window full.
     pub fn blocked(&mut self) {
         self.blocked = true;
     }
 
     /// At `now`, with `sent` bytes written in all and the connection's
-    /// round trip, smoothed and least (asked only when due): the new
-    /// window, if it changes.
-    pub fn look(&mut self, now: Instant, sent: u64, rtt: impl FnOnce() -> Rtt) -> Option<u64> {
+    /// smoothed round trip (asked only when due): the new window, if it
+    /// changes.
+    pub fn look(&mut self, now: Instant, sent: u64, rtt: impl FnOnce() -> Duration) -> Option<u64> {
         let Some((at, sent_then)) = self.last else {
             self.last = Some((now, sent));
             return None;
@@ -102,7 +152,7 @@ impl SendWindow {
             return None;
         }
         let rtt = rtt();
-        if elapsed < rtt.smoothed * 2 {
+        if elapsed < rtt * 2 {
             return None;
         }
         let micros = u64::try_from(elapsed.as_micros())
@@ -112,17 +162,28 @@ impl SendWindow {
         let rate = sent.saturating_sub(sent_then).saturating_mul(1_000_000) / micros;
         self.last = Some((now, sent));
         let blocked = std::mem::take(&mut self.blocked);
+        let smaller = (self.window / 2).max(FLOOR);
         if let Some(before) = self.trial.take() {
             if rate.saturating_mul(8) < before.saturating_mul(GAIN_EIGHTHS) {
-                self.window = (self.window / 2).max(FLOOR);
+                self.resize(smaller);
                 self.hold_until = Some(now + HOLD);
                 return Some(self.window);
             }
         }
+        if !blocked {
+            return (smaller < self.window && self.resize(smaller)).then_some(self.window);
+        }
         let held = self.hold_until.is_some_and(|until| now < until);
-        if blocked && !held && !rtt.queueing() && self.window < CAP {
+        // Bytes in flight each round trip at this rate.
+        let per_round_trip =
+            u64::try_from(u128::from(rate) * rtt.as_micros() / 1_000_000).unwrap_or(u64::MAX);
+        let window_used = per_round_trip.saturating_mul(2) >= self.window;
+        if window_used && !held && self.window < CAP {
+            if !self.resize((self.window * 2).min(CAP)) {
+                self.hold_until = Some(now + HOLD);
+                return None;
+            }
             self.trial = Some(rate);
-            self.window = (self.window * 2).min(CAP);
             return Some(self.window);
         }
         None
@@ -133,10 +194,12 @@ impl SendWindow {
 mod tests {
     use super::*;
 
-    const RTT: Rtt = Rtt {
-        smoothed: Duration::from_millis(25),
-        least: Duration::from_millis(25),
-    };
+    const RTT: Duration = Duration::from_millis(25);
+
+    /// A budget of its own, as large as a relay's.
+    fn budget() -> &'static Budget {
+        Box::leak(Box::new(Budget::new(BUDGET)))
+    }
 
     /// A bulk sender (writes always find the window full) over a path
     /// that carries `path_per_look` bytes between two looks, 50 ms apart,
@@ -157,18 +220,22 @@ mod tests {
 
     #[test]
     fn a_long_fat_path_grows_the_window_to_what_it_carries() {
-        let mut sw = SendWindow::default();
+        let mut sw = SendWindow::new(budget());
         // The path carries 5 MiB per look: the window grows while that
         // raises the rate; the try beyond brings nothing and is undone.
         let windows = run(&mut sw, 12, 5 << 20);
-        assert_eq!(&windows[..3], [1 << 20, 2 << 20, 4 << 20], "{windows:?}");
+        assert_eq!(
+            &windows[..4],
+            [512 << 10, 1 << 20, 2 << 20, 4 << 20],
+            "{windows:?}"
+        );
         assert!(windows[3..].iter().all(|w| *w == 4 << 20 || *w == CAP));
         assert_eq!(windows.last(), Some(&(4 << 20)), "{windows:?}");
     }
 
     #[test]
     fn a_path_that_takes_no_more_keeps_the_window_small() {
-        let mut sw = SendWindow::default();
+        let mut sw = SendWindow::new(budget());
         // A slow path (or a busy CPU): a larger window brings nothing, and
         // is tried again only after a while.
         let windows = run(&mut sw, 40, FLOOR);
@@ -178,24 +245,39 @@ mod tests {
     }
 
     #[test]
-    fn a_queue_on_the_path_keeps_the_window() {
-        let mut sw = SendWindow::default();
+    fn a_connection_that_sends_slowly_for_its_round_trip_keeps_its_window() {
+        let mut sw = SendWindow::new(budget());
         let start = Instant::now();
-        let queued = Rtt {
-            smoothed: Duration::from_millis(40),
-            least: Duration::from_millis(10),
-        };
-        sw.look(start, 0, || queued);
+        // Held back, but at 2 MB/s over 40 ms it uses a sixth of it: the
+        // window is not what holds it back (a busy relay, a slow path).
+        let rtt = || Duration::from_millis(40);
+        sw.look(start, 0, rtt);
         for i in 1..20 {
             sw.blocked();
-            let sent = u64::from(i) << 20;
-            assert_eq!(sw.look(start + MIN_INTERVAL * i, sent, || queued), None);
+            let sent = u64::from(i) * 100_000;
+            assert_eq!(sw.look(start + MIN_INTERVAL * i, sent, rtt), None);
         }
     }
 
     #[test]
+    fn what_windows_hold_beyond_their_floor_is_bounded_for_all_of_them() {
+        let budget = Box::leak(Box::new(Budget::new(3 * FLOOR)));
+        let mut one = SendWindow::new(budget);
+        let mut two = SendWindow::new(budget);
+        // A fast path: both would grow, the budget lets them have 3 floors
+        // more between them.
+        let first = run(&mut one, 4, u64::MAX / 4);
+        let second = run(&mut two, 4, u64::MAX / 4);
+        assert_eq!(first.last(), Some(&(4 * FLOOR)), "{first:?}");
+        assert!(second.iter().all(|w| *w == FLOOR), "{second:?}");
+        drop(one);
+        let second = run(&mut two, 40, u64::MAX / 4);
+        assert_eq!(second.last(), Some(&(4 * FLOOR)), "{second:?}");
+    }
+
+    #[test]
     fn an_idle_connection_does_not_grow_and_the_cap_holds() {
-        let mut sw = SendWindow::default();
+        let mut sw = SendWindow::new(budget());
         let start = Instant::now();
         for i in 0..10 {
             // Never held back by the window.
@@ -204,7 +286,7 @@ mod tests {
                 None
             );
         }
-        let windows = run(&mut SendWindow::default(), 40, u64::MAX / 4);
+        let windows = run(&mut SendWindow::new(budget()), 40, u64::MAX / 4);
         assert_eq!(windows.last(), Some(&CAP));
     }
 }

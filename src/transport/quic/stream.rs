@@ -2,7 +2,7 @@
 //! written as any byte stream, whose connection's send window follows the
 //! path (see [`SendWindow`]).
 
-use super::send_window::{Rtt, SendWindow};
+use super::send_window::SendWindow;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -47,11 +47,10 @@ impl QuicStream {
             self.window.blocked();
         }
         let connection = &self.connection;
-        let rtt = || Rtt {
-            smoothed: connection.rtt(),
-            least: connection.min_rtt(),
-        };
-        if let Some(window) = self.window.look(Instant::now(), self.written, rtt) {
+        if let Some(window) = self
+            .window
+            .look(Instant::now(), self.written, || connection.rtt())
+        {
             connection.set_send_window(window);
         }
     }
