@@ -13,7 +13,8 @@
 //!   - with UDP dropped on the client's link, `auto` is connected over TCP
 //!     within a second or two, its background probe of QUIC finds UDP
 //!     blocked, and the next client remembers: with UDP open again, it still
-//!     uses TCP (for ten minutes);
+//!     uses TCP (for a few seconds after the first such judgement, longer
+//!     after more in a row);
 //!   - a QUIC connection killed by a silent partition mid-transfer is
 //!     resumed, and one killed by UDP becoming blocked is resumed over TCP;
 //!   - `auto` comes back to QUIC: a partition at whose end TCP wins (UDP

@@ -6,9 +6,10 @@
 //!   restarting, says so in its one lost line, reconnects at once and
 //!   resumes within a second of the new worker listening.
 //! * A relay stopped for good (its keeper killed: nothing listens on its
-//!   port any more): each client exits 255 with one clear line once every
-//!   attempt has been refused for `RELAY_GONE_AFTER`, not after the grace
-//!   period.
+//!   port any more): each client exits 255 with one clear line, not after
+//!   the grace period: over TCP once every attempt has been refused for
+//!   `RELAY_GONE_AFTER`, with `auto` once the relay's host has also said
+//!   for `UDP_GONE_AFTER` that nothing listens on its UDP port.
 //! * The same relay behind a balancer that accepts each connection and
 //!   closes it when it cannot reach the relay (as nginx's `stream` proxy
 //!   does): the clients see no refusal, but every attempt closed before its
@@ -18,7 +19,7 @@
 mod support;
 
 use anyhow::{ensure, Result};
-use resumeproxy::client::RELAY_GONE_AFTER;
+use resumeproxy::client::{RELAY_GONE_AFTER, UDP_GONE_AFTER};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 use support::relay::{proxy_command, RelayProcess, CLIENT, RESUMED};
@@ -81,23 +82,49 @@ fn a_relay_stopped_for_good_ends_its_clients_after_relay_gone_after() -> Result<
     let killed = Instant::now();
     relay.kill();
     let bound = RELAY_GONE_AFTER + Duration::from_secs(10);
-    for (transport, ssh) in &mut sessions {
-        let exit = ssh.wait(bound.saturating_sub(killed.elapsed()))?;
-        let took = killed.elapsed();
+    // Each one's exit, as it comes.
+    let mut exits = vec![None; sessions.len()];
+    while exits.iter().any(Option::is_none) && killed.elapsed() < bound {
+        for ((_, ssh), exit) in sessions.iter_mut().zip(&mut exits) {
+            if exit.is_none() {
+                *exit = ssh
+                    .child
+                    .try_wait()?
+                    .map(|status| (status, killed.elapsed()));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for ((transport, ssh), exit) in sessions.iter_mut().zip(exits) {
+        let (exit, took) = match exit {
+            Some(exited) => exited,
+            None => (ssh.wait(Duration::ZERO)?, killed.elapsed()),
+        };
         ensure!(exit.code() == Some(255), "{transport}: ssh {exit}");
         // ssh's stderr is read on a thread: let it catch up.
         ssh.stderr
             .wait_for(0, "is not running", Duration::from_secs(5))?;
         let lines = ssh.stderr.starting_with(CLIENT);
-        let want = format!(
-            "resumeproxy: relay at {addr} is not running (connections refused for {}s); the session is lost",
-            RELAY_GONE_AFTER.as_secs()
-        );
+        let (after, why) = match *transport {
+            "tcp" => (
+                RELAY_GONE_AFTER,
+                format!("connections refused for {}s", RELAY_GONE_AFTER.as_secs()),
+            ),
+            _ => (
+                UDP_GONE_AFTER,
+                format!(
+                    "its host says nothing listens on its UDP port, for {}s",
+                    UDP_GONE_AFTER.as_secs()
+                ),
+            ),
+        };
+        let want =
+            format!("resumeproxy: relay at {addr} is not running ({why}); the session is lost");
         ensure!(lines.len() == 2, "{transport}: {lines:?}");
         ensure!(lines[0].contains("lost ("), "{transport}: {lines:?}");
         ensure!(lines[1] == want, "{transport}: {lines:?}");
         ensure!(
-            took >= RELAY_GONE_AFTER && took < RELAY_GONE_AFTER + Duration::from_secs(5),
+            took >= after && took < after + Duration::from_secs(5),
             "{transport}: exited {took:?} after the relay was killed"
         );
         eprintln!(

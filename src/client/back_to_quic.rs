@@ -17,8 +17,10 @@
 //!
 //! A probe that hears nothing for [`UDP_PROBE_TIME`](super::connector::UDP_PROBE_TIME)
 //! while TCP works is the evidence that UDP is blocked: QUIC is then left
-//! alone for `UDP_RETRY_AFTER`. A probe that failed otherwise, or a move the
-//! relay did not answer, is tried again after [`PROBE_AGAIN_AFTER`].
+//! alone for a while, from a few seconds after the first such probe to ten
+//! minutes after many in a row (see [`super::udp_memory`]). A probe that
+//! failed otherwise, or a move the relay did not answer, is tried again
+//! after [`PROBE_AGAIN_AFTER`].
 
 use super::connector::Connector;
 use super::open;

@@ -81,7 +81,10 @@ where
                         None => "the client was ended".to_string(),
                     };
                     tracing::debug!("closing the session: {reason}");
-                    close_transport(transport, Code::Shutdown, &reason, END_CLOSE_TIMEOUT).await;
+                    let acked =
+                        close_transport(transport, Code::Shutdown, &reason, END_CLOSE_TIMEOUT)
+                            .await;
+                    self.connector.closed(transport, acked);
                     return AfterConnected::Ended(Ok(self.report()));
                 }
                 Step::Other(Interrupt::Control(request)) => {
@@ -89,7 +92,10 @@ where
                         .answer(request, self.link.session(), transport.rtt());
                 }
                 Step::Link(Outcome::Finished) => {
-                    close_transport(transport, Code::Done, "session complete", CLOSE_TIMEOUT).await;
+                    let acked =
+                        close_transport(transport, Code::Done, "session complete", CLOSE_TIMEOUT)
+                            .await;
+                    self.connector.closed(transport, acked);
                     return AfterConnected::Ended(Ok(self.report()));
                 }
                 Step::Link(Outcome::PeerClosed(Code::Done, _)) => {

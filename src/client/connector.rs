@@ -9,8 +9,10 @@
 //! slower): a session that lands on TCP probes QUIC in the background and
 //! moves onto it when it answers (see `back_to_quic.rs`). Only a QUIC
 //! probe that hears nothing for [`UDP_PROBE_TIME`] while TCP works marks UDP
-//! as blocked on the way to this relay; QUIC is then not tried again for `UDP_RETRY_AFTER` — by this
-//! client, and by the next ones too (see [`crate::client::udp_memory`]).
+//! as blocked on the way to this relay; QUIC is then left alone for a
+//! while — by this client, and by the next ones too — and tried again with
+//! backoff, from a few seconds after the first such judgement to ten
+//! minutes after many in a row (see [`crate::client::udp_memory`]).
 //!
 //! Once the session is open, the relay has said where it lives in its fleet
 //! ([`Home`]): every reconnect names that instance as TLS SNI (over TCP the
@@ -18,24 +20,23 @@
 //! session was opened, the instance's own address, or nowhere (TCP only,
 //! whatever the choice).
 
-use super::udp_memory;
+use super::udp_memory::{self, Blocked};
 use crate::locks::lock;
 use crate::proto::fleet::{Home, InstanceName};
 use crate::proto::reconnect::NotServed;
 use crate::transport::quic::{self, QuicClient};
-use crate::transport::{ConnectError, QuicError, Transport};
+use crate::transport::{ConnectError, QuicError, Transport, TransportKind};
 use crate::units::{format_duration, host_port};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::AbortHandle;
 
 /// How long QUIC runs alone before TCP joins the race.
 pub(crate) const QUIC_HEAD_START: Duration = Duration::from_millis(250);
-/// How long, after UDP was found blocked, only TCP is tried.
-pub(crate) const UDP_RETRY_AFTER: Duration = Duration::from_secs(600);
 /// How long QUIC must hear nothing, while TCP works, for UDP to count as
 /// blocked.
 pub(crate) const UDP_PROBE_TIME: Duration = Duration::from_secs(3);
@@ -78,12 +79,12 @@ pub(crate) enum Plan {
     Race,
 }
 
-/// The plan for an attempt at `now`, given the user's choice, when TCP
-/// last won a race (if it did), and whether the session may come back over
-/// QUIC at all (its relay may say it may not: see [`Home`]).
+/// The plan for an attempt at `now`, given the user's choice, when UDP
+/// was last found blocked (if it was), and whether the session may come
+/// back over QUIC at all (its relay may say it may not: see [`Home`]).
 pub(crate) fn plan(
     choice: TransportChoice,
-    udp_failed_at: Option<Instant>,
+    udp_blocked: Option<Blocked<Instant>>,
     now: Instant,
     quic_allowed: bool,
 ) -> Plan {
@@ -93,11 +94,16 @@ pub(crate) fn plan(
     match choice {
         TransportChoice::Tcp => Plan::Tcp,
         TransportChoice::Quic => Plan::Quic,
-        TransportChoice::Auto => match udp_failed_at {
-            Some(at) if now.saturating_duration_since(at) < UDP_RETRY_AFTER => Plan::Tcp,
+        TransportChoice::Auto => match udp_blocked {
+            Some(blocked) if now < retry_at(blocked) => Plan::Tcp,
             _ => Plan::Race,
         },
     }
+}
+
+/// When UDP found `blocked` is tried again.
+fn retry_at(blocked: Blocked<Instant>) -> Instant {
+    blocked.at + udp_memory::retry_after(blocked.streak)
 }
 
 /// Where an open session's reconnects go.
@@ -115,8 +121,8 @@ pub(crate) struct Connector {
     host: String,
     port: u16,
     dead_after: Duration,
-    /// When TCP last won a race.
-    udp_failed_at: Mutex<Option<Instant>>,
+    /// When UDP was last found blocked, and how many times in a row.
+    udp_blocked: Mutex<Option<Blocked<Instant>>>,
     /// Where other clients learn of it, and this one learned from them.
     memory: Option<PathBuf>,
     /// The QUIC endpoint, made at the first QUIC attempt, and the task that
@@ -130,6 +136,9 @@ pub(crate) struct Connector {
     /// The largest TCP segment new connections ask for (see
     /// [`crate::proto::segment_size`]); `None`: the system's own.
     max_segment: Mutex<Option<u32>>,
+    /// The session's last word went out over QUIC without the relay
+    /// acknowledging it in time (see [`Connector::linger`]).
+    close_unconfirmed: AtomicBool,
 }
 
 impl Connector {
@@ -149,31 +158,32 @@ impl Connector {
             host: host.to_owned(),
             port,
             dead_after,
-            udp_failed_at: Mutex::new(None),
+            udp_blocked: Mutex::new(None),
             memory,
             quic: Mutex::new(None),
             last_tcp: Mutex::new(None),
             way: Mutex::new(None),
             max_segment: Mutex::new(None),
+            close_unconfirmed: AtomicBool::new(false),
         };
         if choice == TransportChoice::Auto {
             if let Some(path) = &connector.memory {
                 let text = udp_memory::read(path);
-                let ago = udp_memory::failed_ago(
-                    &text,
-                    &connector.relay(),
-                    udp_memory::unix_now(),
-                    UDP_RETRY_AFTER,
-                );
+                let relay = connector.relay();
+                let ago = udp_memory::failed_ago(&text, &relay, udp_memory::unix_now());
                 if let Some(ago) = ago {
                     tracing::debug!(
-                        "UDP to {} failed {} ago: trying TCP only",
-                        connector.relay(),
-                        format_duration(ago)
+                        "UDP to {relay} was found blocked {} ago ({} in a row)",
+                        format_duration(ago.at),
+                        ago.streak
                     );
                 }
-                *lock(&connector.udp_failed_at) =
-                    ago.and_then(|ago| Instant::now().checked_sub(ago));
+                *lock(&connector.udp_blocked) = ago.and_then(|ago| {
+                    Some(Blocked {
+                        at: Instant::now().checked_sub(ago.at)?,
+                        streak: ago.streak,
+                    })
+                });
             }
         }
         connector
@@ -235,19 +245,25 @@ impl Connector {
     /// Records whether UDP worked (QUIC won) or not (TCP won), here and in
     /// the memory file.
     fn remember(&self, udp_works: bool) {
-        let before = std::mem::replace(
-            &mut *lock(&self.udp_failed_at),
-            (!udp_works).then(Instant::now),
-        );
+        let streak = {
+            let mut blocked = lock(&self.udp_blocked);
+            let before = blocked.take();
+            if udp_works && before.is_none() {
+                // Nothing was remembered, so there is nothing to forget.
+                return;
+            }
+            let streak = before.map_or(0, |b| b.streak).saturating_add(1);
+            *blocked = (!udp_works).then(|| Blocked {
+                at: Instant::now(),
+                streak,
+            });
+            streak
+        };
         let Some(path) = &self.memory else { return };
-        if udp_works && before.is_none() {
-            // Nothing was remembered, so there is nothing to forget.
-            return;
-        }
         let now = udp_memory::unix_now();
         let text = udp_memory::read(path);
-        let failed_at = (!udp_works).then_some(now);
-        let text = udp_memory::updated(&text, &self.relay(), failed_at, now, UDP_RETRY_AFTER);
+        let blocked = (!udp_works).then_some(Blocked { at: now, streak });
+        let text = udp_memory::updated(&text, &self.relay(), blocked, now);
         udp_memory::write(path, &text);
     }
 
@@ -258,8 +274,8 @@ impl Connector {
         if self.choice != TransportChoice::Auto || !self.quic_allowed() {
             return None;
         }
-        Some(match *lock(&self.udp_failed_at) {
-            Some(at) => (at + UDP_RETRY_AFTER).max(now),
+        Some(match *lock(&self.udp_blocked) {
+            Some(blocked) => retry_at(blocked).max(now),
             None => now,
         })
     }
@@ -304,12 +320,14 @@ impl Connector {
 
     /// QUIC heard nothing while TCP worked: UDP is blocked on the way.
     fn udp_blocked(&self) {
-        tracing::debug!(
-            "QUIC heard nothing for {} while TCP works: using only TCP for {}",
-            format_duration(UDP_PROBE_TIME),
-            format_duration(UDP_RETRY_AFTER)
-        );
         self.remember(false);
+        if let Some(blocked) = *lock(&self.udp_blocked) {
+            tracing::debug!(
+                "QUIC heard nothing for {} while TCP works: using only TCP for {}",
+                format_duration(UDP_PROBE_TIME),
+                format_duration(udp_memory::retry_after(blocked.streak))
+            );
+        }
     }
 
     /// One connection to the relay, with its transport's handshake done,
@@ -319,10 +337,10 @@ impl Connector {
         timeout: Duration,
         tls: Arc<rustls::ClientConfig>,
     ) -> Result<Transport, ConnectError> {
-        let udp_failed_at = *lock(&self.udp_failed_at);
+        let udp_blocked = *lock(&self.udp_blocked);
         match plan(
             self.choice,
-            udp_failed_at,
+            udp_blocked,
             Instant::now(),
             self.quic_allowed(),
         ) {
@@ -363,6 +381,15 @@ impl Connector {
             Some((at, not_served)) if at >= since => not_served,
             _ => None,
         }
+    }
+
+    /// Since when the relay's host has said that nothing listens on its UDP
+    /// port, with nothing heard from it since (see
+    /// [`PortEvidence`](crate::proto::reconnect::PortEvidence)).
+    pub(crate) fn udp_unreachable_since(&self) -> Option<Instant> {
+        lock(&self.quic)
+            .as_ref()
+            .and_then(|(client, _, _)| client.heard().unreachable_since())
     }
 
     /// A QUIC connection: to the relay's name at first, then where the
@@ -468,6 +495,33 @@ impl Connector {
     }
 }
 
+impl Connector {
+    /// The session was closed over `transport`; `acknowledged` says whether
+    /// the relay acknowledged the close in time.
+    pub(crate) fn closed(&self, transport: &Transport, acknowledged: bool) {
+        if transport.kind == TransportKind::Quic && !acknowledged {
+            self.close_unconfirmed.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Before the process exits: if a close over QUIC went unacknowledged,
+    /// keeps the QUIC endpoint for up to [`quic::CLIENT_LINGER`], which
+    /// sends the close again to every packet the relay still sends (as a
+    /// TCP socket's close goes on in the kernel after its process exited).
+    pub(crate) async fn linger(&self) {
+        if !self.close_unconfirmed.load(Ordering::Relaxed) {
+            return;
+        }
+        let client = lock(&self.quic)
+            .as_ref()
+            .map(|(client, _, _)| client.clone());
+        if let Some(client) = client {
+            tracing::debug!("the relay did not acknowledge the close yet: lingering");
+            client.linger(quic::CLIENT_LINGER).await;
+        }
+    }
+}
+
 impl Drop for Connector {
     fn drop(&mut self) {
         if let Some((_, _, follower)) = lock(&self.quic).take() {
@@ -484,16 +538,22 @@ fn quic_timed_out(timeout: Duration) -> ConnectError {
 mod tests {
     use super::*;
 
+    fn blocked(at: Instant, streak: u32) -> Option<Blocked<Instant>> {
+        Some(Blocked { at, streak })
+    }
+
     #[test]
-    fn auto_races_unless_tcp_won_recently() {
+    fn auto_races_unless_udp_was_found_blocked_lately() {
         let now = Instant::now();
-        assert_eq!(plan(TransportChoice::Auto, None, now, true), Plan::Race);
-        assert_eq!(plan(TransportChoice::Auto, Some(now), now, true), Plan::Tcp);
-        let later = now + UDP_RETRY_AFTER;
-        assert_eq!(
-            plan(TransportChoice::Auto, Some(now), later, true),
-            Plan::Race
-        );
+        let auto = TransportChoice::Auto;
+        assert_eq!(plan(auto, None, now, true), Plan::Race);
+        assert_eq!(plan(auto, blocked(now, 1), now, true), Plan::Tcp);
+        // The first judgement holds for seconds, many in a row for longer.
+        let soon = now + udp_memory::RETRY_FIRST;
+        assert_eq!(plan(auto, blocked(now, 1), soon, true), Plan::Race);
+        assert_eq!(plan(auto, blocked(now, 3), soon, true), Plan::Tcp);
+        let later = now + udp_memory::RETRY_LONGEST;
+        assert_eq!(plan(auto, blocked(now, 50), later, true), Plan::Race);
     }
 
     #[test]
@@ -501,7 +561,7 @@ mod tests {
         let now = Instant::now();
         assert_eq!(plan(TransportChoice::Tcp, None, now, true), Plan::Tcp);
         assert_eq!(
-            plan(TransportChoice::Quic, Some(now), now, true),
+            plan(TransportChoice::Quic, blocked(now, 1), now, true),
             Plan::Quic
         );
     }

@@ -32,7 +32,7 @@ pub mod udp_memory;
 mod waits;
 
 use crate::link::Link;
-use crate::proto::reconnect::NotServed;
+pub use crate::proto::reconnect::{GoneBy, UDP_GONE_AFTER};
 use crate::proto::segment_size::SegmentSize;
 use crate::proto::session::{Session, SessionConfig, SessionStats};
 use crate::proto::wire::SessionId;
@@ -167,17 +167,6 @@ fn unreachable_hint(reason: &str) -> &'static str {
     }
 }
 
-/// What a client that gave its relay up found, for `for_` every attempt.
-fn relay_gone_words(how: NotServed, for_: Duration) -> String {
-    match how {
-        NotServed::Refused => format!("connections refused for {}s", for_.as_secs()),
-        NotServed::ClosedAtOnce => format!(
-            "for {}s every connection was closed before its TLS handshake: a balancer with no relay behind it?",
-            for_.as_secs()
-        ),
-    }
-}
-
 /// How the client ended badly; every one means exit status 255 for ssh.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -217,17 +206,17 @@ pub enum ClientError {
         /// Why.
         reason: String,
     },
-    /// Every reconnect attempt for [`RELAY_GONE_AFTER`] found nothing
-    /// serving the relay's port (refused, or accepted and closed at once by
-    /// a balancer): the relay was stopped for good.
-    #[error("relay at {addr} is not running ({}); the session is lost", relay_gone_words(*.how, *.refused_for))]
+    /// Nothing has served the relay's port for a while: every reconnect
+    /// attempt found it refused, or accepted and closed at once by a
+    /// balancer, for [`RELAY_GONE_AFTER`], or the relay's host said for
+    /// [`UDP_GONE_AFTER`] that nothing listens on its UDP port. The relay
+    /// was stopped for good.
+    #[error("relay at {addr} is not running ({by}); the session is lost")]
     RelayGone {
         /// host:port
         addr: String,
-        /// How long.
-        refused_for: Duration,
-        /// How the last attempt found nothing there.
-        how: NotServed,
+        /// How the client knows.
+        by: GoneBy,
     },
     /// The relay ended the session.
     #[error("relay at {addr} closed the session: {reason}; the ssh connection is lost")]
@@ -396,10 +385,12 @@ where
         segments: SegmentSize::new(),
         smaller: None,
         probe: QuicProbe::new(Arc::clone(&connector), relay_key),
-        connector,
+        connector: Arc::clone(&connector),
         on_event,
     };
-    client.serve(transport).await
+    let result = client.serve(transport).await;
+    connector.linger().await;
+    result
 }
 
 /// A client with an open session: what its phases share.

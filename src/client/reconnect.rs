@@ -12,7 +12,7 @@ use super::waits::Interrupt;
 use super::{Client, ClientConfig, ClientError, ClientEvent, ClientReport};
 use crate::link::handshake;
 use crate::link::{Outcome, Step};
-use crate::proto::reconnect::{refusal_may_pass, Next, NotServed, Reconnect};
+use crate::proto::reconnect::{refusal_may_pass, Next, NotServed, PortEvidence, Reconnect};
 use crate::proto::resume_auth;
 use crate::proto::wire::{Code, Hello, Reply, SessionId, SECRET_LEN};
 use crate::transport::identity::Fingerprint;
@@ -310,13 +310,19 @@ async fn reconnect(
                 return Err(ClientError::KeyChanged(Box::new(changed)));
             }
             failed => {
-                // Nothing serves the relay's port: refused, or accepted and
-                // closed at once (seen by the TCP part of an attempt, even
-                // one cut short while QUIC had its chance).
-                let not_served = match &failed {
-                    Attempt::Failed(OpenError::NotListening(_)) => Some(NotServed::Refused),
-                    Attempt::Failed(OpenError::ClosedAtOnce(_)) => Some(NotServed::ClosedAtOnce),
-                    _ => connector.tcp_not_served_since(attempt_started),
+                // Nothing serves the relay's port: TCP was refused, or
+                // accepted and closed at once (seen by the TCP part of an
+                // attempt, even one cut short while QUIC had its chance), or
+                // the relay's host says nothing listens on its UDP port.
+                let evidence = PortEvidence {
+                    tcp_not_served: match &failed {
+                        Attempt::Failed(OpenError::NotListening(_)) => Some(NotServed::Refused),
+                        Attempt::Failed(OpenError::ClosedAtOnce(_)) => {
+                            Some(NotServed::ClosedAtOnce)
+                        }
+                        _ => connector.tcp_not_served_since(attempt_started),
+                    },
+                    udp_unreachable_since: connector.udp_unreachable_since(),
                 };
                 match &failed {
                     Attempt::Failed(error) => {
@@ -327,7 +333,7 @@ async fn reconnect(
                         format_duration(attempt_timeout)
                     ),
                 }
-                policy.failed(Instant::now(), jitter, not_served)
+                policy.failed(Instant::now(), jitter, evidence)
             }
         };
         match next {
@@ -348,13 +354,7 @@ async fn reconnect(
                 })
             }
             Next::Refused { reason, .. } => return Err(ClientError::Refused { addr, reason }),
-            Next::RelayGone { refused_for, how } => {
-                return Err(ClientError::RelayGone {
-                    addr,
-                    refused_for,
-                    how,
-                })
-            }
+            Next::RelayGone(by) => return Err(ClientError::RelayGone { addr, by }),
             // Taken above, with the transport it came on.
             Next::Resume { .. } => {}
         }

@@ -63,11 +63,17 @@ async fn next_event(transport: &mut Transport) -> Result<Event, HandshakeError> 
 /// reply. After an accepting reply the connection is open.
 pub async fn client(transport: &mut Transport, hello: &Hello) -> Result<Reply, HandshakeError> {
     transport.connection = Connection::client(hello)?;
-    match next_event(transport).await? {
-        Event::ReplyReceived(reply) => Ok(reply),
-        Event::HelloReceived(_) => {
+    match next_event(transport).await {
+        Ok(Event::ReplyReceived(reply)) => Ok(reply),
+        Ok(Event::HelloReceived(_)) => {
             Err(io::Error::other("a client's connection received a hello").into())
         }
+        // A refusal the relay also put in the transport's own close (see
+        // `Transport::close`): its frame may have been lost with the close.
+        Err(e) => match transport.goodbye() {
+            Some((code, reason)) => Ok(Reply::Refused { code, reason }),
+            None => Err(e),
+        },
     }
 }
 

@@ -139,6 +139,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
         other: F,
     ) -> Step<F::Output> {
         let mut other = pin!(other);
+        if let Some(t) = transport.as_deref() {
+            self.session.set_heartbeats(t.heartbeats());
+        }
         poll_fn(|cx| {
             if let Poll::Ready(value) = other.as_mut().poll(cx) {
                 return Poll::Ready(Step::Other(value));
@@ -167,7 +170,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
                 if let Some(t) = transport.as_deref_mut() {
                     match self.poll_transport_read(cx, t, now) {
                         Ok(moved) => progress |= moved,
-                        Err(outcome) => return Poll::Ready(outcome),
+                        Err(outcome) => return Poll::Ready(with_goodbye(outcome, t)),
                     }
                 }
                 progress |= self.poll_local_write(cx);
@@ -181,7 +184,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
                         let was_queued = t.connection.queued();
                         match poll_write_queue(cx, t) {
                             Ok(_) => progress |= t.connection.queued() != was_queued,
-                            Err(e) => return Poll::Ready(Outcome::TransportLost(Lost::Io(e))),
+                            Err(e) => {
+                                let lost = Outcome::TransportLost(Lost::Io(e));
+                                return Poll::Ready(with_goodbye(lost, t));
+                            }
                         }
                     }
                     if self.local_output_settled() && t.connection.queued() == 0 {
@@ -221,6 +227,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
                 return Poll::Pending;
             }
             self.timer_deadline = None;
+            // What the transport heard that carried no frame (on QUIC, an
+            // acknowledgement while the peer's data waits to be resent).
+            if let Some(at) = transport.as_deref().and_then(Transport::last_heard) {
+                self.session.heard(at);
+            }
             if let Some(dead) = self.session.handle_timeout(Instant::now()) {
                 let after = self.session.config().dead_after;
                 let lost = match dead {
@@ -333,12 +344,24 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
     }
 }
 
+/// A lost transport whose peer closed it with a last word (see
+/// [`Transport::goodbye`]) is the peer's close, as if its close frame had
+/// arrived: the frame itself may have been lost on the way.
+fn with_goodbye(outcome: Outcome, transport: &Transport) -> Outcome {
+    match (outcome, transport.goodbye()) {
+        (Outcome::TransportLost(_), Some((code, reason))) => Outcome::PeerClosed(code, reason),
+        (outcome, _) => outcome,
+    }
+}
+
 /// Bytes read at a time, and dropped, while a closed TCP transport waits
 /// for its peer to close too.
 const LINGER_READ: usize = 4096;
 
 /// Sends a [`Frame::Close`](crate::proto::wire::Frame::Close) after whatever is queued, waiting at most
-/// `timeout`. Best effort: the transport is dropped after it either way.
+/// `timeout`, then ends the transport with the same word in its own close
+/// (see [`Transport::close`]). Best effort: the transport is dropped after
+/// it either way. Returns whether the peer acknowledged the close in time.
 ///
 /// On TCP it then reads, and drops, what the peer still sends until the
 /// peer closes too (a lingering close): a socket closed with bytes unread
@@ -350,20 +373,22 @@ pub(crate) async fn close_transport(
     code: Code,
     reason: &str,
     timeout: Duration,
-) {
+) -> bool {
     transport.connection.close(code, reason);
     let delivered = async {
         // Shutting the stream down waits, on QUIC, until the peer has it all:
         // the process may exit right after.
-        if flush(transport).await.is_ok() {
-            let _ = poll_fn(|cx| Pin::new(&mut transport.stream).poll_shutdown(cx)).await;
-            if transport.kind == TransportKind::Tls {
-                let mut scratch = [0u8; LINGER_READ];
-                while matches!(transport.stream.read(&mut scratch).await, Ok(n) if n > 0) {}
-            }
+        flush(transport).await?;
+        poll_fn(|cx| Pin::new(&mut transport.stream).poll_shutdown(cx)).await?;
+        if transport.kind == TransportKind::Tls {
+            let mut scratch = [0u8; LINGER_READ];
+            while matches!(transport.stream.read(&mut scratch).await, Ok(n) if n > 0) {}
         }
+        Ok::<_, io::Error>(())
     };
-    let _ = tokio::time::timeout(timeout, delivered).await;
+    let delivered = matches!(tokio::time::timeout(timeout, delivered).await, Ok(Ok(())));
+    transport.close(code, reason);
+    delivered
 }
 
 /// Writes everything the transport's connection has queued (a handshake

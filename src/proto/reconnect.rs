@@ -34,6 +34,13 @@ pub const GRACE_MARGIN: Duration = Duration::from_secs(5);
 /// has the balancer accept and close; a middlebox that rejects connections
 /// for a moment (a reset storm) is survived.
 pub const RELAY_GONE_AFTER: Duration = Duration::from_secs(30);
+/// How long the relay's host must have said that nothing listens on its
+/// UDP port (ICMP port unreachable, with nothing heard from it since)
+/// before the relay is taken to be stopped for good. Shorter than
+/// [`RELAY_GONE_AFTER`]: a relay that restarts keeps its UDP socket too, so
+/// the answer never comes from a restart, and a QUIC client has nothing
+/// else to tell a stopped relay from a silent network.
+pub const UDP_GONE_AFTER: Duration = Duration::from_secs(10);
 /// How long the relay holds a session whose streams have both ended and
 /// whose client is away: only the client's last acknowledgement is missing,
 /// and the client has most likely exited.
@@ -100,14 +107,37 @@ pub enum Next {
         /// Why, for people.
         reason: String,
     },
-    /// Nothing has served the relay's port for this long: the relay is
+    /// Nothing has served the relay's port for a while: the relay is
     /// stopped for good; the client ends.
-    RelayGone {
-        /// [`RELAY_GONE_AFTER`].
-        refused_for: Duration,
-        /// How the latest attempt found nothing there.
-        how: NotServed,
-    },
+    RelayGone(GoneBy),
+}
+
+/// What a failed attempt learned about the relay's port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortEvidence {
+    /// How a TCP attempt found nothing serving it, if it did.
+    pub tcp_not_served: Option<NotServed>,
+    /// Since when the relay's host has said that nothing listens on its
+    /// UDP port, with nothing heard from it since.
+    pub udp_unreachable_since: Option<Instant>,
+}
+
+/// How the client knows nothing serves the relay's port any more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum GoneBy {
+    /// Every TCP connection was refused for this long.
+    #[error("connections refused for {}s", .0.as_secs())]
+    Refused(Duration),
+    /// For this long every TCP connection was accepted and closed before
+    /// its TLS handshake (a balancer with nothing behind it).
+    #[error(
+        "for {}s every connection was closed before its TLS handshake: a balancer with no relay behind it?",
+        .0.as_secs()
+    )]
+    ClosedAtOnce(Duration),
+    /// Its host said, for this long, that nothing listens on its UDP port.
+    #[error("its host says nothing listens on its UDP port, for {}s", .0.as_secs())]
+    Unreachable(Duration),
 }
 
 /// Why the client knows its session is gone.
@@ -229,22 +259,43 @@ impl Reconnect {
 
     /// The attempt brought no usable answer: the network, the handshake, or
     /// nothing within [`attempt_timeout`](Self::attempt_timeout).
-    /// `not_served` says whether, and how, the attempt found nothing
-    /// serving the relay's port.
-    pub fn failed(&mut self, now: Instant, jitter: f64, not_served: Option<NotServed>) -> Next {
-        match not_served {
+    /// `evidence` says whether nothing serves the relay's port.
+    pub fn failed(&mut self, now: Instant, jitter: f64, evidence: PortEvidence) -> Next {
+        if let Some(since) = evidence.udp_unreachable_since {
+            if now.saturating_duration_since(since) >= UDP_GONE_AFTER {
+                return Next::RelayGone(GoneBy::Unreachable(UDP_GONE_AFTER));
+            }
+        }
+        match evidence.tcp_not_served {
             Some(how) => {
                 let since = *self.unserved_since.get_or_insert(now);
                 if now.saturating_duration_since(since) >= RELAY_GONE_AFTER {
-                    return Next::RelayGone {
-                        refused_for: RELAY_GONE_AFTER,
-                        how,
-                    };
+                    return Next::RelayGone(match how {
+                        NotServed::Refused => GoneBy::Refused(RELAY_GONE_AFTER),
+                        NotServed::ClosedAtOnce => GoneBy::ClosedAtOnce(RELAY_GONE_AFTER),
+                    });
                 }
             }
             None => self.unserved_since = None,
         }
-        self.retry(now, jitter)
+        // An attempt is due by the time the evidence would say the relay is
+        // gone, not a backoff later.
+        let verdicts = [
+            evidence
+                .udp_unreachable_since
+                .map(|since| since + UDP_GONE_AFTER),
+            self.unserved_since.map(|since| since + RELAY_GONE_AFTER),
+        ];
+        match self.retry(now, jitter) {
+            Next::Retry { after } => Next::Retry {
+                after: verdicts
+                    .into_iter()
+                    .flatten()
+                    .map(|at| at.saturating_duration_since(now))
+                    .fold(after, Duration::min),
+            },
+            next => next,
+        }
     }
 
     /// Another attempt after the backoff, unless the relay's grace period
@@ -266,6 +317,19 @@ mod tests {
     use crate::proto::session::SessionConfig;
     use crate::proto::wire::Frame;
 
+    const NONE: PortEvidence = PortEvidence {
+        tcp_not_served: None,
+        udp_unreachable_since: None,
+    };
+    const REFUSED: PortEvidence = PortEvidence {
+        tcp_not_served: Some(NotServed::Refused),
+        udp_unreachable_since: None,
+    };
+    const CLOSED: PortEvidence = PortEvidence {
+        tcp_not_served: Some(NotServed::ClosedAtOnce),
+        udp_unreachable_since: None,
+    };
+
     #[test]
     fn failed_attempts_back_off_until_the_grace_period_has_certainly_passed() {
         let lost = Instant::now();
@@ -275,14 +339,14 @@ mod tests {
         assert_eq!(policy.attempt_timeout(), Duration::from_secs(2));
         assert_eq!(policy.begin(), 1);
         assert_eq!(
-            policy.failed(lost, 1.0, None),
+            policy.failed(lost, 1.0, NONE),
             Next::Retry {
                 after: BACKOFF_INITIAL
             }
         );
         let mut delays = Vec::new();
         for _ in 0..10 {
-            match policy.failed(lost + grace, 1.0, None) {
+            match policy.failed(lost + grace, 1.0, NONE) {
                 Next::Retry { after } => delays.push(after),
                 other => panic!("{other:?}"),
             }
@@ -290,13 +354,13 @@ mod tests {
         assert_eq!(delays.last(), Some(&BACKOFF_CAP));
         policy.try_now();
         assert_eq!(
-            policy.failed(lost + grace + GRACE_MARGIN, 1.0, None),
+            policy.failed(lost + grace + GRACE_MARGIN, 1.0, NONE),
             Next::Retry {
                 after: BACKOFF_INITIAL
             }
         );
         let late = lost + grace + GRACE_MARGIN + Duration::from_millis(1);
-        let gone = policy.failed(late, 0.5, None);
+        let gone = policy.failed(late, 0.5, NONE);
         assert_eq!(gone, Next::Gone(Gone::Unreachable(grace)));
         let Next::Gone(gone) = gone else { return };
         assert_eq!(
@@ -312,41 +376,36 @@ mod tests {
         let mut policy =
             Reconnect::new(lost, grace, Duration::from_secs(5), Duration::from_secs(5));
         let at = |s| lost + Duration::from_secs(s);
-        let refused = Some(NotServed::Refused);
-        let closed = Some(NotServed::ClosedAtOnce);
         assert!(matches!(
-            policy.failed(at(0), 0.0, refused),
+            policy.failed(at(0), 0.0, REFUSED),
             Next::Retry { .. }
         ));
         // An attempt that found something there starts the count again.
         assert!(matches!(
-            policy.failed(at(20), 0.0, None),
+            policy.failed(at(20), 0.0, NONE),
             Next::Retry { .. }
         ));
         assert!(matches!(
-            policy.failed(at(25), 0.0, refused),
+            policy.failed(at(25), 0.0, REFUSED),
             Next::Retry { .. }
         ));
         // Accepted and closed at once counts as nothing there too.
         assert!(matches!(
-            policy.failed(at(40), 0.0, closed),
+            policy.failed(at(40), 0.0, CLOSED),
             Next::Retry { .. }
         ));
         assert!(matches!(
-            policy.failed(at(54), 0.0, refused),
+            policy.failed(at(54), 0.0, REFUSED),
             Next::Retry { .. }
         ));
         assert_eq!(
-            policy.failed(at(55), 0.0, closed),
-            Next::RelayGone {
-                refused_for: RELAY_GONE_AFTER,
-                how: NotServed::ClosedAtOnce,
-            }
+            policy.failed(at(55), 0.0, CLOSED),
+            Next::RelayGone(GoneBy::ClosedAtOnce(RELAY_GONE_AFTER))
         );
         // So does an answer.
         let mut policy =
             Reconnect::new(lost, grace, Duration::from_secs(5), Duration::from_secs(5));
-        policy.failed(at(0), 0.0, closed);
+        policy.failed(at(0), 0.0, CLOSED);
         let busy = Reply::Refused {
             code: Code::Busy,
             reason: "busy".into(),
@@ -356,7 +415,46 @@ mod tests {
             Next::Retry { .. }
         ));
         assert!(matches!(
-            policy.failed(at(31), 0.0, closed),
+            policy.failed(at(31), 0.0, CLOSED),
+            Next::Retry { .. }
+        ));
+    }
+
+    #[test]
+    fn a_udp_port_said_unreachable_for_long_means_the_relay_is_gone() {
+        let lost = Instant::now();
+        let grace = Duration::from_secs(3600);
+        let mut policy =
+            Reconnect::new(lost, grace, Duration::from_secs(5), Duration::from_secs(5));
+        let at = |s| lost + Duration::from_secs(s);
+        let since = |s| PortEvidence {
+            tcp_not_served: None,
+            udp_unreachable_since: Some(at(s)),
+        };
+        assert!(matches!(
+            policy.failed(at(5), 0.0, since(1)),
+            Next::Retry { .. }
+        ));
+        // The next attempt is due when the evidence would be enough.
+        let almost = at(10) + Duration::from_millis(900);
+        assert_eq!(
+            policy.failed(almost, 1.0, since(1)),
+            Next::Retry {
+                after: Duration::from_millis(100)
+            }
+        );
+        // A datagram from the relay's side in between starts it again.
+        assert!(matches!(
+            policy.failed(at(12), 0.0, since(8)),
+            Next::Retry { .. }
+        ));
+        assert_eq!(
+            policy.failed(at(18), 0.0, since(8)),
+            Next::RelayGone(GoneBy::Unreachable(UDP_GONE_AFTER))
+        );
+        // A silent network says nothing: the grace period is waited out.
+        assert!(matches!(
+            policy.failed(at(600), 0.0, NONE),
             Next::Retry { .. }
         ));
     }

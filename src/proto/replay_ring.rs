@@ -29,6 +29,11 @@ use tokio::io::ReadBuf;
 /// Bytes written to the ring since it was last drained after which, once it
 /// drains, its memory is given back ([`RingMemory::drained`]).
 pub const RELEASE_AFTER: usize = 16 * 1024;
+/// Acknowledged bytes after which their memory is given back even though
+/// the ring does not drain ([`RingMemory::release`]): a ring that a busy
+/// transfer keeps partly full holds about what is unacknowledged, not its
+/// whole capacity.
+pub const RELEASE_EVERY: u64 = 256 * 1024;
 
 /// The memory a [`RingBuffer`] lives in.
 ///
@@ -47,6 +52,10 @@ pub unsafe trait RingMemory: Send + Sync + 'static {
     /// The ring holds nothing: the memory's pages may be given back. Their
     /// contents are not needed again.
     fn drained(&self) {}
+    /// The bytes at `at..at + len` of the ring were acknowledged: the
+    /// pages wholly inside may be given back (the ring writes them again
+    /// only once it wraps around to them).
+    fn release(&self, _at: usize, _len: usize) {}
 }
 
 /// Memory on the heap, for a ring nothing has to outlive.
@@ -86,6 +95,8 @@ pub struct RingBuffer {
     end: u64,
     /// Bytes written since the memory was last given back.
     written_since_release: usize,
+    /// Offset before which the memory was given back.
+    released_to: u64,
 }
 
 impl std::fmt::Debug for RingBuffer {
@@ -131,6 +142,7 @@ impl RingBuffer {
             start,
             end,
             written_since_release: 0,
+            released_to: start,
         })
     }
 
@@ -210,7 +222,26 @@ impl RingBuffer {
         if self.start == self.end && self.written_since_release >= RELEASE_AFTER {
             self.memory.drained();
             self.written_since_release = 0;
+            self.released_to = self.start;
+        } else if self.start - self.released_to >= RELEASE_EVERY.min(self.capacity() as u64 / 4) {
+            self.release_acknowledged();
         }
+    }
+
+    /// Gives back the memory of what was acknowledged since the last time.
+    fn release_acknowledged(&mut self) {
+        let capacity = self.capacity() as u64;
+        // Only offsets whose place in the ring was not written again since:
+        // those before `end - capacity` share theirs with what is held now.
+        let from = self.released_to.max(self.end.saturating_sub(capacity));
+        let at = (from % capacity) as usize;
+        let len = (self.start - from) as usize;
+        let first = len.min(self.capacity() - at);
+        self.memory.release(at, first);
+        if len > first {
+            self.memory.release(0, len - first);
+        }
+        self.released_to = self.start;
     }
 
     /// Up to `max` bytes starting at `offset`, without copying (never past
@@ -256,6 +287,7 @@ mod tests {
         heap: HeapMemory,
         acked: AtomicU64,
         drained: AtomicUsize,
+        released: std::sync::Mutex<Vec<(usize, usize)>>,
     }
 
     // SAFETY: delegates to the heap memory.
@@ -271,6 +303,9 @@ mod tests {
         }
         fn drained(&self) {
             self.drained.fetch_add(1, Ordering::Relaxed);
+        }
+        fn release(&self, at: usize, len: usize) {
+            self.released.lock().expect("lock").push((at, len));
         }
     }
 
@@ -312,6 +347,7 @@ mod tests {
             heap: HeapMemory::new(64 * 1024),
             acked: AtomicU64::new(0),
             drained: AtomicUsize::new(0),
+            released: std::sync::Mutex::default(),
         });
         let mut ring =
             RingBuffer::new(Arc::clone(&memory) as Arc<dyn RingMemory>, 0, 0).expect("ring");
@@ -335,11 +371,63 @@ mod tests {
     }
 
     #[test]
+    fn a_ring_that_never_drains_gives_back_what_was_acknowledged() {
+        let chunk = RELEASE_EVERY as usize;
+        let memory = Arc::new(Watched {
+            heap: HeapMemory::new(4 * chunk),
+            acked: AtomicU64::new(0),
+            drained: AtomicUsize::new(0),
+            released: std::sync::Mutex::default(),
+        });
+        let mut ring =
+            RingBuffer::new(Arc::clone(&memory) as Arc<dyn RingMemory>, 0, 0).expect("ring");
+        let at = |n: f64| (n * chunk as f64) as u64;
+        write(&mut ring, &vec![3; 3 * chunk]);
+        ring.acknowledge(at(1.0) - 1);
+        assert!(memory.released.lock().expect("lock").is_empty());
+        ring.acknowledge(at(1.0) + 10);
+        ring.acknowledge(at(1.5));
+        // The ring wraps: offsets from 4 chunks on take the places of the
+        // first ones, which are not given back again.
+        write(&mut ring, &vec![4; 2 * chunk + chunk / 2]);
+        ring.acknowledge(at(2.5) + 100);
+        assert_eq!(
+            *memory.released.lock().expect("lock"),
+            [(0, chunk + 10), (chunk + chunk / 2, chunk + 100)]
+        );
+        assert_eq!(memory.drained.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
     fn a_restored_range_must_fit() {
         let memory: Arc<dyn RingMemory> = Arc::new(HeapMemory::new(16));
         assert!(RingBuffer::new(Arc::clone(&memory), 100, 116).is_ok());
         assert!(RingBuffer::new(Arc::clone(&memory), 100, 117).is_err());
         assert!(RingBuffer::new(memory, 5, 4).is_err());
+    }
+
+    /// Memory whose given-back pages read as zeroes (as a memfd's do).
+    struct Zeroing(HeapMemory);
+
+    // SAFETY: delegates to the heap memory; `release` writes only the range
+    // the ring gave back, which no slice of held bytes covers.
+    unsafe impl RingMemory for Zeroing {
+        fn as_ptr(&self) -> *mut u8 {
+            self.0.as_ptr()
+        }
+        fn capacity(&self) -> usize {
+            self.0.capacity()
+        }
+        fn acknowledged(&self, _offset: u64) {}
+        fn drained(&self) {
+            // SAFETY: nothing is held when the ring drains.
+            unsafe { std::ptr::write_bytes(self.as_ptr(), 0, self.capacity()) };
+        }
+        fn release(&self, at: usize, len: usize) {
+            assert!(at + len <= self.capacity(), "{at}+{len} past the ring");
+            // SAFETY: within the ring, and only acknowledged bytes.
+            unsafe { std::ptr::write_bytes(self.as_ptr().add(at), 0, len) };
+        }
     }
 
     proptest! {
@@ -348,7 +436,8 @@ mod tests {
             capacity in 1usize..64,
             steps in proptest::collection::vec((0usize..80, 0usize..80, 1usize..80), 1..60),
         ) {
-            let mut ring = RingBuffer::new(Arc::new(HeapMemory::new(capacity)), 0, 0).expect("ring");
+            let memory = Arc::new(Zeroing(HeapMemory::new(capacity)));
+            let mut ring = RingBuffer::new(memory, 0, 0).expect("ring");
             let mut sent: Vec<u8> = Vec::new();
             for (write_n, ack_n, max) in steps {
                 let room = capacity - ring.len();

@@ -53,6 +53,10 @@ pub(super) enum AcceptError {
     Quic(io::Error),
     #[error("not a resumeproxy client (it did not start TLS)")]
     NotTls,
+    /// The client closed it before it said anything: the losing half of an
+    /// `auto` race, or a connection check.
+    #[error("the client closed it before it said anything")]
+    GivenUp,
     #[error("it starts with a PROXY protocol header: if it is your balancer, add its address to proxy_protocol_from")]
     UntrustedProxy,
     #[error("handshake took longer than {}", format_duration(*.0))]
@@ -70,6 +74,45 @@ pub(super) enum AcceptError {
         format_duration(SILENT_AFTER)
     )]
     Evicted,
+}
+
+impl AcceptError {
+    /// Whether the client gave the connection up before its hello, closing
+    /// it without a word: what the losing half of every `auto` race does
+    /// (QUIC and TCP are both tried, and the slower one is dropped), so not
+    /// worth an operator's attention.
+    pub(super) fn given_up(&self) -> bool {
+        match self {
+            AcceptError::GivenUp => true,
+            AcceptError::Tls(e)
+            | AcceptError::Quic(e)
+            | AcceptError::Handshake(HandshakeError::Io(e)) => dropped_by_peer(e),
+            _ => false,
+        }
+    }
+}
+
+/// The peer closed or reset a TCP connection, or closed a QUIC one as
+/// quinn does when it is dropped (application code 0, no reason).
+fn dropped_by_peer(e: &io::Error) -> bool {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+    ) {
+        return true;
+    }
+    let Some(inner) = e.get_ref() else {
+        return false;
+    };
+    let closed = match inner.downcast_ref::<quinn::ReadError>() {
+        Some(quinn::ReadError::ConnectionLost(lost)) => Some(lost),
+        _ => inner.downcast_ref::<quinn::ConnectionError>(),
+    };
+    matches!(
+        closed,
+        Some(quinn::ConnectionError::ApplicationClosed(close))
+            if close.error_code.into_inner() == 0 && close.reason.is_empty()
+    )
 }
 
 /// Where a new connection stands with [admission](super::admission).
@@ -149,7 +192,10 @@ async fn accept_tls(
         // to send one: the operator's to fix, the client's to hear nothing.
         return Err(AcceptError::UntrustedProxy);
     }
-    if n == 0 || first[0] != TLS_HANDSHAKE_RECORD {
+    if n == 0 {
+        return Err(AcceptError::GivenUp);
+    }
+    if first[0] != TLS_HANDSHAKE_RECORD {
         // An ssh client pointed at this port, a scanner: say what this is.
         let mut stream = stream;
         let _ = stream.write_all(NOT_A_CLIENT_NOTICE).await;
@@ -422,5 +468,43 @@ pub(super) async fn refuse(transport: &mut Transport, refusal: Refusal) -> Resul
         transport.stream.shutdown().await
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, answer).await;
+    // On QUIC, the refusal goes in the connection's close too: a client
+    // slow to read its stream would otherwise lose it to the close.
+    transport.close(refusal.code(), &refusal.to_string());
     Err(AcceptError::Refused(refusal))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quic_closed(code: u32, reason: &'static [u8]) -> io::Error {
+        let close = quinn::ApplicationClose {
+            error_code: quinn::VarInt::from_u32(code),
+            reason: bytes::Bytes::from_static(reason),
+        };
+        quinn::ConnectionError::ApplicationClosed(close).into()
+    }
+
+    #[test]
+    fn the_losing_half_of_a_race_is_told_from_a_refusal() {
+        let eof = || io::Error::from(io::ErrorKind::UnexpectedEof);
+        assert!(AcceptError::GivenUp.given_up());
+        assert!(AcceptError::Tls(eof()).given_up());
+        assert!(AcceptError::Handshake(HandshakeError::Io(eof())).given_up());
+        assert!(AcceptError::Quic(quic_closed(0, b"")).given_up());
+        let lost = quinn::ReadError::ConnectionLost(match quic_closed(0, b"").into_inner() {
+            Some(inner) => *inner
+                .downcast::<quinn::ConnectionError>()
+                .expect("a QUIC error"),
+            None => unreachable!("built with an inner error"),
+        });
+        assert!(AcceptError::Handshake(HandshakeError::Io(lost.into())).given_up());
+        // A close that says something, a timeout, a refusal: the operator's.
+        assert!(!AcceptError::Quic(quic_closed(0, b"bye")).given_up());
+        assert!(!AcceptError::Quic(quic_closed(7, b"")).given_up());
+        assert!(!AcceptError::Timeout(Duration::from_secs(10)).given_up());
+        assert!(!AcceptError::NotTls.given_up());
+        assert!(!AcceptError::UntrustedProxy.given_up());
+    }
 }

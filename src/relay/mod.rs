@@ -569,6 +569,7 @@ fn admit(
                             tracing::info!(client = %peer, "connection evicted: it sent nothing within {}, and another connection needed its place; {n} evicted so far", format_duration(SILENT_AFTER));
                         }
                     }
+                    Err(e) if e.given_up() => tracing::debug!(client = %peer, "connection given up: {e}"),
                     Err(e) => tracing::info!(client = %peer, "connection refused: {e}"),
                 }
             }

@@ -29,12 +29,13 @@ pub mod tls;
 
 use crate::proto::connection::Connection;
 use crate::proto::resume_auth::BINDING_LEN;
+use crate::proto::wire::Code;
 use crate::units::format_duration;
 use identity::Fingerprint;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Any byte stream a session can run over.
@@ -80,6 +81,28 @@ pub trait NetworkPath: Send + Sync {
     /// `TCP_INFO`): when its data stopped arriving, whether small packets
     /// — this side's heartbeats, their acknowledgements — still passed.
     fn since_peer_acked(&self) -> Option<Duration> {
+        None
+    }
+    /// How many heartbeats the session sends per dead-peer interval while
+    /// idle.
+    fn heartbeats(&self) -> u32 {
+        crate::proto::session::HEARTBEATS
+    }
+    /// When the path last carried anything from the peer, where the
+    /// transport knows more than the session's frames tell (QUIC's
+    /// acknowledgements, on the client).
+    fn last_heard(&self) -> Option<Instant> {
+        None
+    }
+    /// Puts the session's last word (`code`, `reason`) in the transport's
+    /// own close too, where it has one (QUIC's `CONNECTION_CLOSE`, which
+    /// its stack sends again to every packet the peer still sends): the
+    /// peer learns it even when the stream's last frames were lost. The
+    /// transport is closed from then on.
+    fn close(&self, _code: Code, _reason: &str) {}
+    /// The last word the peer put in the transport's own close, if it
+    /// closed it with one (see [`close`](Self::close)).
+    fn goodbye(&self) -> Option<(Code, String)> {
         None
     }
 }
@@ -162,6 +185,10 @@ pub enum QuicError {
     /// a close.
     #[error("{}", describe::quic_error(.0))]
     Connection(quinn::ConnectionError),
+    /// The relay's host said that nothing listens on its UDP port (ICMP
+    /// port unreachable).
+    #[error("nothing listens on the relay's UDP port (its host says so)")]
+    PortUnreachable,
     /// Nothing came back within the attempt's time.
     #[error("no answer over QUIC within {}: is UDP blocked on the way?", format_duration(*.0))]
     TimedOut(Duration),
@@ -258,6 +285,29 @@ impl Transport {
     /// says (TCP); see [`NetworkPath::since_peer_acked`].
     pub fn since_peer_acked(&self) -> Option<Duration> {
         self.path.since_peer_acked()
+    }
+
+    /// Heartbeats per dead-peer interval (see [`NetworkPath::heartbeats`]).
+    pub fn heartbeats(&self) -> u32 {
+        self.path.heartbeats()
+    }
+
+    /// When the path last carried anything from the peer, if the
+    /// transport knows (see [`NetworkPath::last_heard`]).
+    pub fn last_heard(&self) -> Option<Instant> {
+        self.path.last_heard()
+    }
+
+    /// Ends the transport with the session's last word in its own close,
+    /// where it has one (see [`NetworkPath::close`]).
+    pub fn close(&self, code: Code, reason: &str) {
+        self.path.close(code, reason);
+    }
+
+    /// The peer's last word, if it closed the transport with one (see
+    /// [`NetworkPath::goodbye`]).
+    pub fn goodbye(&self) -> Option<(Code, String)> {
+        self.path.goodbye()
     }
 
     /// Lets the peer send at full speed: a QUIC connection starts with a

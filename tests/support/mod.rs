@@ -9,6 +9,8 @@
 //!   lines of the real client.
 //! * [`netns`] — two network namespaces and the faults of a real network.
 //! * [`faults`] — the fault suite's lab and workloads, on top of `netns`.
+//! * [`quic_lab`] — many QUIC sessions in the lab, without ssh: the real
+//!   relay before an echo target, the real clients piped to the test.
 //! * [`security`] — what the security tests share: a paced upload, hostile
 //!   connections, refusals.
 //! * [`durable`] — the durable relay's tests: a relay binary to upgrade,
@@ -33,6 +35,7 @@ pub mod master;
 pub mod netns;
 pub mod nginx;
 pub mod process;
+pub mod quic_lab;
 pub mod relay;
 pub mod security;
 pub mod sshd;

@@ -29,8 +29,9 @@ pub const DEAD_AFTER: Setting<Span> = Setting {
         max: MAX_DEAD_AFTER,
     },
     doc: "Abandon a link that has delivered nothing for this long (heartbeats flow every quarter \
-          of it while idle), or whose data has waited this long for the relay's acknowledgement \
-          while its heartbeats arrive (large packets lost on the way), and reconnect",
+          of it while idle, every sixteenth over QUIC), or whose data has waited this long for \
+          the relay's acknowledgement while its heartbeats arrive (large packets lost on the \
+          way), and reconnect",
     default: Fallback::Is(|| DEFAULT_DEAD_AFTER),
     reload: false,
 };

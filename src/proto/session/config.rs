@@ -47,10 +47,15 @@ impl Default for SessionConfig {
     }
 }
 
+/// Heartbeats per dead-peer interval, unless the transport asks for more:
+/// three can be lost.
+pub const HEARTBEATS: u32 = 4;
+
 impl SessionConfig {
     /// How long the sender may stay silent before it sends a heartbeat: a
-    /// quarter of the dead-peer interval, so three can be lost.
+    /// quarter of the dead-peer interval ([`HEARTBEATS`]), so three can be
+    /// lost.
     pub fn heartbeat_interval(&self) -> Duration {
-        self.dead_after / 4
+        self.dead_after / HEARTBEATS
     }
 }

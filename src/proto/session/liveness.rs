@@ -105,15 +105,15 @@ impl Liveness {
     // ----- what arrived -----
 
     /// Bytes arrived from the peer, whole frames or not.
-    pub(super) fn heard(&mut self, now: Instant) {
-        self.last_heard = now;
+    pub(super) fn heard(&mut self, at: Instant) {
+        self.last_heard = self.last_heard.max(at);
     }
 
     /// Data from the peer arrived (a whole frame, part of one, or its end
     /// marker): the peer is alive and sending, so acks for this side's data
     /// may wait behind its own.
     pub(super) fn data_arrived(&mut self, now: Instant) {
-        self.last_heard = now;
+        self.last_heard = self.last_heard.max(now);
         self.progress_at = now;
         self.data_heard = true;
         self.started();

@@ -2,19 +2,26 @@
 //! relay): bytes read from it into the replay buffer, with backpressure,
 //! and received bytes handed to it in order.
 
-use super::{Session, DELIVER_ENTRY_COST};
+use super::{Session, DELIVER_ENTRY_COST, READ_AHEAD};
 use bytes::{Buf, Bytes};
 use tokio::io::ReadBuf;
 
 impl Session {
     /// How many bytes may be read from the local end now: zero when the
-    /// replay buffer is full (backpressure) or the local end has closed.
+    /// replay buffer is full (backpressure) or the local end has closed,
+    /// and, while a transport is attached, no more than keeps
+    /// [`READ_AHEAD`] bytes waiting for it (what the transport cannot take
+    /// yet stays in the local end's own buffers, not in the replay buffer).
     pub fn local_room(&self) -> usize {
         if self.local_eof {
-            0
-        } else {
-            self.replay.room()
+            return 0;
         }
+        let room = self.replay.room();
+        if !self.attached {
+            return room;
+        }
+        let waiting = self.replay.end().saturating_sub(self.send_next);
+        room.min(usize::try_from(READ_AHEAD.saturating_sub(waiting)).unwrap_or(0))
     }
 
     /// Reads from the local end straight into the replay buffer: `read`

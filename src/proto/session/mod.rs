@@ -43,7 +43,7 @@ mod restore;
 
 pub use config::{
     SessionConfig, DEFAULT_DEAD_AFTER, DEFAULT_DELIVER_CAPACITY, DEFAULT_REPLAY_CAPACITY,
-    MAX_DEAD_AFTER, MIN_DEAD_AFTER,
+    HEARTBEATS, MAX_DEAD_AFTER, MIN_DEAD_AFTER,
 };
 pub use error::ProtocolError;
 pub use liveness::Dead;
@@ -71,6 +71,11 @@ pub const DELIVER_COPY_BELOW: usize = 4096;
 /// anyway: an interactive reply, a heartbeat. A quarter of the smallest
 /// replay buffer a relay may have (64 KiB), so no sender waits on the delay.
 pub const ACK_EVERY: u64 = 16 * 1024;
+/// While a transport is attached, most bytes read from the local end and
+/// not yet framed for it: enough to keep it busy, not so many that a
+/// transport slower than the local end fills the replay buffer with bytes
+/// it has not even sent (its memory is what the transport has in flight).
+pub const READ_AHEAD: u64 = 256 * 1024;
 /// Longest an ack of fewer than [`ACK_EVERY`] bytes is held back.
 pub const ACK_DELAY: Duration = Duration::from_millis(5);
 
@@ -135,6 +140,8 @@ pub struct Session {
     live: Liveness,
     /// When something was last sent.
     last_sent: Instant,
+    /// Heartbeats per dead-peer interval.
+    heartbeats: u32,
     /// A ping to answer.
     pong_due: Option<u64>,
     /// The latest ping sent and when.
@@ -184,6 +191,7 @@ impl Session {
             attached: false,
             live: Liveness::new(now),
             last_sent: now,
+            heartbeats: HEARTBEATS,
             pong_due: None,
             ping_in_flight: None,
             next_ping: 0,
@@ -309,11 +317,12 @@ impl Session {
         Ok(())
     }
 
-    /// Bytes arrived from the peer, whether or not they complete a frame: the
-    /// transport is alive. (On a slow link one large frame can take longer
+    /// Something arrived from the peer at `at`, whether or not it completes
+    /// a frame (bytes of one; on QUIC, an acknowledgement): the transport
+    /// is alive. (On a slow link one large frame can take longer
     /// than the dead-peer interval to arrive.)
-    pub fn heard(&mut self, now: Instant) {
-        self.live.heard(now);
+    pub fn heard(&mut self, at: Instant) {
+        self.live.heard(at);
     }
 
     /// Part of a data frame arrived from the peer: its data is coming, so
@@ -321,6 +330,17 @@ impl Session {
     /// heartbeat interval, and the transport carries data.
     pub fn heard_data(&mut self, now: Instant) {
         self.live.data_arrived(now);
+    }
+
+    /// Sends `per_interval` heartbeats per dead-peer interval while idle
+    /// (the transport's choice; [`HEARTBEATS`] otherwise).
+    pub fn set_heartbeats(&mut self, per_interval: u32) {
+        self.heartbeats = per_interval.max(1);
+    }
+
+    /// How long this side may stay silent before it sends a heartbeat.
+    fn heartbeat_interval(&self) -> Duration {
+        self.config.dead_after / self.heartbeats
     }
 
     /// A frame from the peer.
@@ -456,7 +476,7 @@ impl Session {
         if self.live.take_probe(self.next_ping) {
             return Some(self.ping(now));
         }
-        let heartbeat = self.config.heartbeat_interval();
+        let heartbeat = self.heartbeat_interval();
         if self
             .live
             .keep_alive_at(self.holding_back(), heartbeat)
@@ -507,7 +527,7 @@ impl Session {
             || self.end_ackable()
             || self.send_next < self.replay.end()
             || (self.local_eof && !self.end_sent)
-            || now.saturating_duration_since(self.last_sent) >= self.config.heartbeat_interval()
+            || now.saturating_duration_since(self.last_sent) >= self.heartbeat_interval()
             || self
                 .ack_pending_since
                 .is_none_or(|since| now.saturating_duration_since(since) >= ACK_DELAY)
@@ -526,7 +546,7 @@ impl Session {
         if !can_transmit {
             return Some(dead);
         }
-        let interval = self.config.heartbeat_interval();
+        let interval = self.heartbeat_interval();
         let heartbeat = self.last_sent + interval;
         let ack = match self.ack_pending_since {
             Some(since) if self.ack_position() > self.ack_sent => since + ACK_DELAY,

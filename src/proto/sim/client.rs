@@ -7,7 +7,7 @@ use super::local::Local;
 use super::net::{LinkId, Net, Side};
 use super::{Clock, Rng, Trace};
 use crate::proto::connection::{Connection, Event};
-use crate::proto::reconnect::{Gone, Next, Reconnect};
+use crate::proto::reconnect::{Gone, Next, PortEvidence, Reconnect};
 use crate::proto::resume_auth;
 use crate::proto::session::{Dead, Session, SessionConfig};
 use crate::proto::wire::{Code, Hello, Reply, SessionId, SECRET_LEN};
@@ -379,7 +379,7 @@ impl Client {
                     deadline,
                 })
             }
-            Answer::None => policy.failed(clock.now(), rng.unit(), None),
+            Answer::None => policy.failed(clock.now(), rng.unit(), PortEvidence::default()),
         };
         let phase = match next {
             Next::Resume { peer_received } => {

@@ -43,7 +43,8 @@ pub enum Code {
 }
 
 impl Code {
-    pub(super) fn to_u8(self) -> u8 {
+    /// The code's byte on the wire.
+    pub(crate) fn to_u8(self) -> u8 {
         match self {
             Code::Done => 0,
             Code::Protocol => 1,
@@ -61,7 +62,8 @@ impl Code {
         }
     }
 
-    pub(super) fn from_u8(n: u8) -> Code {
+    /// The code that a byte on the wire stands for.
+    pub(crate) fn from_u8(n: u8) -> Code {
         match n {
             0 => Code::Done,
             1 => Code::Protocol,

@@ -354,6 +354,12 @@ unsafe impl RingMemory for SessionRecord {
             tracing::debug!("giving a drained ring's memory back failed: {e}");
         }
     }
+
+    fn release(&self, at: usize, len: usize) {
+        if let Err(e) = self.map.release(HEADER_LEN + at, len) {
+            tracing::debug!("giving acknowledged memory back failed: {e}");
+        }
+    }
 }
 
 /// The boot clock in milliseconds: it counts across processes (and

@@ -15,136 +15,81 @@
 //! another address.
 //!
 //! Keep-alives and the idle timeout follow the client's `--dead-after`, so
-//! QUIC gives up on a silent path exactly when the session layer would; the
-//! flow-control windows are sized for bulk transfers over long fat links.
+//! QUIC gives up on a silent path exactly when the session layer would.
+//! What a connection may hold is sized to what the session needs, since on
+//! a relay with many sessions it is most of their memory: the receive
+//! window to what a gigabit per second needs over a few tens of
+//! milliseconds (it fills only while the local end is slower than the
+//! link), the send window to the path as it goes (`send_window.rs`), and
+//! peers acknowledge every [`ACK_EVERY_PACKETS`] packets rather than every
+//! other one, which spares a relay sending to many clients most of the
+//! datagrams it would otherwise have to read.
+//!
+//! The session's last word also travels in QUIC's own close (`path.rs`): a
+//! client exits right after it, and its QUIC stack, unlike a closed TCP
+//! socket in the kernel, goes with it; a close frame lost on the way would
+//! never be sent again. The client's stack stays a moment to answer what
+//! the relay still sends with that close ([`CLIENT_LINGER`]).
+
+mod client_socket;
+mod path;
+mod send_window;
+mod socket;
+mod stream;
+
+pub use socket::{udp_socket, ReadStop};
 
 use super::addresses;
 use super::identity::Fingerprint;
 use super::tls::{self, BINDING_LABEL};
-use super::{ConnectError, NetworkPath, QuicError, Transport, TransportKind};
+use super::{ConnectError, QuicError, Transport, TransportKind};
 use crate::proto::fleet::InstanceName;
 use crate::proto::resume_auth::BINDING_LEN;
 use crate::proto::session::MAX_DEAD_AFTER;
+use client_socket::{ClientSocket, Heard};
+use path::QuicPath;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{IdleTimeout, VarInt};
 use rustls::pki_types::CertificateDer;
-use std::future::Future;
+use socket::StoppableSocket;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use std::time::{Duration, Instant};
+use stream::QuicStream;
 
 /// Bytes the peer may send on the session's stream ahead of what was read:
-/// room for a bandwidth-delay product of 1 Gbit/s over 60 ms.
-pub const STREAM_WINDOW: u32 = 8 << 20;
-/// Bytes the peer may send on the whole connection ahead of what was read.
-pub const CONNECTION_WINDOW: u32 = 2 * STREAM_WINDOW;
+/// a gigabit per second over a round trip of 32 ms, what Linux's TCP
+/// buffers reach by default. The session reads as it can deliver, so this
+/// fills only while the local end is slower than the link.
+pub const STREAM_WINDOW: u32 = 4 << 20;
+/// Bytes the peer may send on the whole connection ahead of what was read:
+/// the stream's, and room for the handshake's frames.
+pub const CONNECTION_WINDOW: u32 = STREAM_WINDOW + HANDSHAKE_WINDOW;
 /// Bytes a client may send the relay before its session is open.
 pub const HANDSHAKE_WINDOW: u32 = 64 * 1024;
-/// Bytes this side may have sent and not yet had acknowledged.
-pub const SEND_WINDOW: u64 = 2 * STREAM_WINDOW as u64;
-/// Socket buffer asked for each way on UDP sockets (the kernel caps it at
-/// `net.core.rmem_max`/`wmem_max`): the default, some 200 KiB, drops
-/// datagrams at a few hundred MiB/s, and every drop costs QUIC a congestion
-/// window cut.
-pub const UDP_SOCKET_BUFFER: usize = 4 << 20;
+/// How long a client whose last word may not have arrived (the stream's
+/// close was not acknowledged in time) keeps its endpoint before it exits:
+/// its QUIC stack answers every packet the relay still sends with the
+/// close again. A relay that has it sends nothing more.
+pub const CLIENT_LINGER: Duration = Duration::from_secs(2);
+/// Heartbeats per dead-peer interval a QUIC client sends (over TCP, and on
+/// the relay, four; the relay answers each of the client's): an idle
+/// session hears from its peer often enough that a partition shorter than
+/// the interval costs no resume. After it, a heartbeat crosses within a
+/// sixteenth of the interval, and what either end last heard before it was
+/// no older than that.
+pub const HEARTBEATS: u32 = 16;
+/// A client's connection gives up on a silent path after this many
+/// dead-peer intervals: the session judges silence itself (from what the
+/// socket hears, see `client_socket.rs`), and abandons the connection first.
+pub const IDLE_TIMEOUTS: u32 = 2;
 /// Longest idle timeout the relay allows; the client's own (its
 /// `--dead-after`) is shorter and wins, as QUIC takes the smaller one.
 const RELAY_IDLE_TIMEOUT: Duration = MAX_DEAD_AFTER;
 
-/// The session's stream: the two halves of one bidirectional QUIC stream.
-pub struct QuicStream {
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    /// Once the stream is finished: resolves when the peer has all of it.
-    delivered: Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>,
-}
-
-impl QuicStream {
-    fn new(send: quinn::SendStream, recv: quinn::RecvStream) -> QuicStream {
-        QuicStream {
-            send,
-            recv,
-            delivered: None,
-        }
-    }
-}
-
-impl AsyncRead for QuicStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().recv).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for QuicStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        AsyncWrite::poll_write(Pin::new(&mut self.get_mut().send), cx, buf)
-    }
-
-    /// Writes as many of `bufs` as the stream takes now (frames are queued
-    /// as header and payload slices: one call, not one per slice).
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let send = &mut self.get_mut().send;
-        let mut written = 0;
-        for buf in bufs.iter().filter(|b| !b.is_empty()) {
-            match AsyncWrite::poll_write(Pin::new(&mut *send), cx, buf) {
-                Poll::Ready(Ok(n)) => {
-                    written += n;
-                    if n < buf.len() {
-                        break;
-                    }
-                }
-                Poll::Ready(Err(e)) if written == 0 => return Poll::Ready(Err(e)),
-                Poll::Pending if written == 0 => return Poll::Pending,
-                // What was written counts; the error or the wait comes again.
-                Poll::Ready(Err(_)) | Poll::Pending => break,
-            }
-        }
-        Poll::Ready(Ok(written))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        AsyncWrite::poll_flush(Pin::new(&mut self.get_mut().send), cx)
-    }
-
-    /// Finishes the stream and waits until the peer has acknowledged all of
-    /// it, so that a last frame is not lost when the process exits.
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.delivered.is_none() {
-            // Finishing twice is harmless; the first time counts.
-            let _ = this.send.finish();
-            let stopped = this.send.stopped();
-            this.delivered = Some(Box::pin(async move {
-                let _ = stopped.await;
-            }));
-        }
-        match this.delivered.as_mut() {
-            Some(delivered) => delivered.as_mut().poll(cx).map(Ok),
-            None => Poll::Ready(Ok(())),
-        }
-    }
-}
+/// Packets the peer may receive before it must acknowledge them.
+const ACK_EVERY_PACKETS: u32 = 10;
 
 /// Which end a transport configuration is for.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -172,7 +117,11 @@ fn transport_config(
         End::Client => CONNECTION_WINDOW,
         End::Relay => HANDSHAKE_WINDOW,
     }));
-    config.send_window(SEND_WINDOW);
+    // Sized to the path as the connection goes (see `send_window.rs`).
+    config.send_window(send_window::FLOOR);
+    let mut acks = quinn::AckFrequencyConfig::default();
+    acks.ack_eliciting_threshold(VarInt::from_u32(ACK_EVERY_PACKETS));
+    config.ack_frequency_config(Some(acks));
     // Durations this short always fit QUIC's idle timeout field.
     config.max_idle_timeout(IdleTimeout::try_from(idle).ok());
     config.keep_alive_interval(keep_alive);
@@ -215,72 +164,6 @@ fn path_size(config: &mut quinn::TransportConfig) {
     config.mtu_discovery_config(Some(search));
 }
 
-/// Stops a relay endpoint's reading of its UDP socket, for good. The
-/// socket outlives the worker (the keeper or systemd keeps it): what
-/// arrives after the stop waits in the kernel's queue for the next worker.
-/// A worker that stops for a restart stops reading first, so that its
-/// clients' new connections are not taken by it and lost, but answered by
-/// the next one.
-#[derive(Debug, Clone, Default)]
-pub struct ReadStop(Arc<AtomicBool>);
-
-impl ReadStop {
-    /// Stops reading; sending goes on.
-    pub fn stop(&self) {
-        self.0.store(true, Ordering::Release);
-    }
-
-    fn stopped(&self) -> bool {
-        self.0.load(Ordering::Acquire)
-    }
-}
-
-/// quinn's socket, with reading that [`ReadStop`] ends.
-#[derive(Debug)]
-struct StoppableSocket {
-    inner: Arc<dyn quinn::AsyncUdpSocket>,
-    reads: ReadStop,
-}
-
-impl quinn::AsyncUdpSocket for StoppableSocket {
-    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn quinn::UdpPoller>> {
-        Arc::clone(&self.inner).create_io_poller()
-    }
-
-    fn try_send(&self, transmit: &quinn::udp::Transmit<'_>) -> io::Result<()> {
-        self.inner.try_send(transmit)
-    }
-
-    fn poll_recv(
-        &self,
-        cx: &mut Context<'_>,
-        bufs: &mut [io::IoSliceMut<'_>],
-        meta: &mut [quinn::udp::RecvMeta],
-    ) -> Poll<io::Result<usize>> {
-        if self.reads.stopped() {
-            // Never again: nothing needs waking.
-            return Poll::Pending;
-        }
-        self.inner.poll_recv(cx, bufs, meta)
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
-    }
-
-    fn max_transmit_segments(&self) -> usize {
-        self.inner.max_transmit_segments()
-    }
-
-    fn max_receive_segments(&self) -> usize {
-        self.inner.max_receive_segments()
-    }
-
-    fn may_fragment(&self) -> bool {
-        self.inner.may_fragment()
-    }
-}
-
 /// Derives the key that signs the relay's QUIC connection ids from the
 /// reset key, so that every worker recognises every other's ids.
 const CID_KEY_LABEL: &[u8] = b"resumeproxy quic connection ids";
@@ -315,6 +198,12 @@ pub fn server_endpoint(
     endpoint_config.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
+    // Every client a new worker must tell gets its reset at once: quinn's
+    // default sends one per 20 ms, and the packets a crash left queued all
+    // come in one batch, so 100 idle clients would learn over seconds. No
+    // reset amplifies (it is smaller than the packet that asked for it)
+    // and only a packet with an id this relay signed gets one.
+    endpoint_config.min_reset_interval(Duration::ZERO);
     let runtime = Arc::new(quinn::TokioRuntime);
     let reads = ReadStop::default();
     let socket = Arc::new(StoppableSocket {
@@ -326,28 +215,6 @@ pub fn server_endpoint(
     Ok((endpoint, reads))
 }
 
-/// An endpoint on `socket`, serving with `server` if given.
-fn endpoint(server: Option<quinn::ServerConfig>, socket: UdpSocket) -> io::Result<quinn::Endpoint> {
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        server,
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-}
-
-/// A UDP socket bound to `addr`, with [`UDP_SOCKET_BUFFER`] each way.
-pub fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    // Best effort: a smaller buffer still works, only slower.
-    let _ = socket.set_recv_buffer_size(UDP_SOCKET_BUFFER);
-    let _ = socket.set_send_buffer_size(UDP_SOCKET_BUFFER);
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
-}
-
 /// Completes the relay's side of a QUIC connection: the handshake and the
 /// client's stream (the caller bounds it with a timeout).
 pub async fn accept(incoming: quinn::Incoming) -> io::Result<Transport> {
@@ -357,53 +224,30 @@ pub async fn accept(incoming: quinn::Incoming) -> io::Result<Transport> {
         .handshake_data()
         .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|data| data.server_name);
-    let mut transport = transport(connection, send, recv)?;
+    let mut transport = transport(connection, send, recv, None)?;
     transport.server_name = server_name;
     Ok(transport)
 }
 
+/// The transport on a connection's stream; `heard`, on the client, is
+/// what its socket heard besides QUIC.
 fn transport(
     connection: quinn::Connection,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
+    heard: Option<Arc<Heard>>,
 ) -> io::Result<Transport> {
     let mut binding = [0u8; BINDING_LEN];
     connection
         .export_keying_material(&mut binding, BINDING_LABEL, &[])
         .map_err(|_| io::Error::other("cannot derive the channel binding"))?;
     let transport = Transport::new(
-        Box::new(QuicStream::new(send, recv)),
+        Box::new(QuicStream::new(connection.clone(), send, recv)),
         connection.remote_address(),
         TransportKind::Quic,
         binding,
     );
-    Ok(transport.with_path(QuicPath(connection)))
-}
-
-/// A QUIC connection's path: the peer's address moves with the client, and
-/// the relay's receive window opens once the session does.
-struct QuicPath(quinn::Connection);
-
-impl NetworkPath for QuicPath {
-    fn peer_now(&self) -> SocketAddr {
-        self.0.remote_address()
-    }
-
-    fn fixed_local(&self) -> Option<SocketAddr> {
-        None
-    }
-
-    /// Gives the peer the full receive window (see [`HANDSHAKE_WINDOW`]).
-    fn open_windows(&self) {
-        self.0
-            .set_receive_window(VarInt::from_u32(CONNECTION_WINDOW));
-    }
-
-    /// QUIC's smoothed round-trip time: known from the handshake on, and
-    /// kept current by every ack, busy or idle.
-    fn rtt(&self) -> Option<Duration> {
-        Some(self.0.rtt())
-    }
+    Ok(transport.with_path(QuicPath::new(connection, heard)))
 }
 
 /// A QUIC connection that failed, in words.
@@ -425,19 +269,38 @@ fn connect_error(e: quinn::ConnectionError) -> ConnectError {
 #[derive(Debug, Clone)]
 pub struct QuicClient {
     endpoint: quinn::Endpoint,
+    /// What its socket heard besides QUIC (it moves to each new socket).
+    heard: Arc<Heard>,
 }
 
 impl QuicClient {
     /// An endpoint on an ephemeral port of the family of `relay`.
     pub fn new(relay: SocketAddr) -> io::Result<QuicClient> {
-        let endpoint = endpoint(None, udp_socket(addresses::unspecified(relay))?)?;
-        Ok(QuicClient { endpoint })
+        let heard = Arc::new(Heard::default());
+        let socket = ClientSocket::new(
+            udp_socket(addresses::unspecified(relay))?,
+            Arc::clone(&heard),
+        )?;
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            quinn::EndpointConfig::default(),
+            None,
+            Arc::new(socket),
+            Arc::new(quinn::TokioRuntime),
+        )?;
+        Ok(QuicClient { endpoint, heard })
+    }
+
+    /// What the endpoint's socket heard besides QUIC.
+    pub fn heard(&self) -> &Heard {
+        &self.heard
     }
 
     /// Connects to the relay at `addr` and opens the session's stream; the
-    /// caller bounds it with a timeout. The idle timeout is `dead_after`,
-    /// with keep-alives four times as often. A reconnect names the
-    /// `instance` that holds its session, as SNI.
+    /// caller bounds it with a timeout. Keep-alives go four times per
+    /// `dead_after`, and the connection's own idle timeout is longer (the
+    /// session judges silence, see [`IDLE_TIMEOUTS`]). A reconnect names
+    /// the `instance` that holds its session, as SNI. The relay's host
+    /// saying that nothing listens on its UDP port ends the attempt at once.
     pub async fn connect(
         &self,
         addr: SocketAddr,
@@ -450,32 +313,50 @@ impl QuicClient {
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(transport_config(
             End::Client,
-            dead_after,
+            dead_after.saturating_mul(IDLE_TIMEOUTS),
             Some(dead_after / 4),
         )));
         // The relay is identified by its pinned key, not by this name.
         let name = instance.map_or_else(|| addr.ip().to_string(), |i| i.as_str().to_owned());
+        let started = Instant::now();
         let connecting = self
             .endpoint
             .connect_with(config, addr, &name)
             .map_err(|e| ConnectError::Quic(QuicError::Start(e)))?;
-        let connection = connecting.await.map_err(connect_error)?;
-        let (send, recv) = connection.open_bi().await.map_err(connect_error)?;
+        let opened = async {
+            let connection = connecting.await.map_err(connect_error)?;
+            let (send, recv) = connection.open_bi().await.map_err(connect_error)?;
+            Ok::<_, ConnectError>((connection, send, recv))
+        };
+        let (connection, send, recv) = tokio::select! {
+            opened = opened => opened?,
+            () = self.heard.unreachable_after(started) => {
+                return Err(ConnectError::Quic(QuicError::PortUnreachable));
+            }
+        };
         let relay_key = connection
             .peer_identity()
             .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
             .and_then(|certs| certs.first().map(|key| Fingerprint::of_spki(key.as_ref())));
-        let mut transport = transport(connection, send, recv)
+        let mut transport = transport(connection, send, recv, Some(Arc::clone(&self.heard)))
             .map_err(|e| ConnectError::Quic(QuicError::Binding(e)))?;
         transport.relay_key = relay_key;
         Ok(transport)
     }
 
+    /// Keeps the endpoint for at most `max`, until its connections have
+    /// finished closing: a close the relay may not have heard is sent again
+    /// to whatever the relay still sends.
+    pub async fn linger(&self, max: Duration) {
+        let _ = tokio::time::timeout(max, self.endpoint.wait_idle()).await;
+    }
+
     /// Moves the endpoint to a new UDP socket: the relay sees packets from
     /// the new address and migrates the connection to it.
     fn rebind(&self, relay: SocketAddr) -> io::Result<()> {
-        self.endpoint
-            .rebind(udp_socket(addresses::unspecified(relay))?)
+        let socket = udp_socket(addresses::unspecified(relay))?;
+        let socket = ClientSocket::new(socket, Arc::clone(&self.heard))?;
+        self.endpoint.rebind_abstract(Arc::new(socket))
     }
 }
 
