@@ -47,9 +47,13 @@ impl Heard {
     }
 
     /// Since when the relay's host says nothing listens on its UDP port,
-    /// with no datagram from it since.
+    /// with no datagram from it since — once a datagram has come from the
+    /// relay's side at all: a port that never answered (UDP rejected from
+    /// the start, a balancer that passes TCP alone, while the session runs
+    /// over TCP) says nothing about whether the relay is still there.
     pub fn unreachable_since(&self) -> Option<Instant> {
-        self.state().unreachable_since
+        let state = self.state();
+        state.datagram.and(state.unreachable_since)
     }
 
     /// Resolves when the relay's host says, after `since`, that nothing
@@ -266,5 +270,27 @@ mod errors {
             }
         }
         refused
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_port_unreachable_counts_only_where_the_relay_was_heard() {
+        let start = Instant::now();
+        let heard = Heard::default();
+        heard.port_unreachable(start);
+        assert_eq!(heard.unreachable_since(), None);
+        heard.datagram(start + Duration::from_secs(1));
+        assert_eq!(heard.unreachable_since(), None);
+        let later = start + Duration::from_secs(2);
+        heard.port_unreachable(later);
+        heard.port_unreachable(later + Duration::from_secs(1));
+        assert_eq!(heard.unreachable_since(), Some(later));
+        heard.datagram(later + Duration::from_secs(2));
+        assert_eq!(heard.unreachable_since(), None);
     }
 }
