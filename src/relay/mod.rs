@@ -37,6 +37,7 @@ mod listeners;
 mod proxied;
 mod refusal;
 mod session_task;
+mod source_counts;
 mod table;
 pub mod target_policy;
 mod trim;

@@ -7,7 +7,7 @@
 //! entry when it ends. Counts are kept by marks that give their place back
 //! when dropped, so no path can forget to.
 
-use super::admission::SourceCounts;
+use super::source_counts::SourceCounts;
 use crate::locks;
 use crate::proto::wire::{SessionId, SECRET_LEN};
 use crate::transport::Transport;
