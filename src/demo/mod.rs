@@ -9,7 +9,7 @@
 pub mod fault;
 
 use crate::cli::DemoArgs;
-use crate::client::connector::TransportChoice;
+use crate::client::transport_plan::TransportChoice;
 use crate::client::trust::TrustSource;
 use crate::client::{self, ClientConfig, ClientEvent};
 use crate::proto::session::SessionConfig;
