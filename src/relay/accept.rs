@@ -6,16 +6,16 @@
 //! new transport to its session's task. All of it within the handshake
 //! timeout; every refusal goes back to the client with a code and a reason.
 
-use super::admission::{Slot, Ticket, SILENT_AFTER};
+use super::admission::{Admit, Full, Slot, Ticket, SILENT_AFTER};
 use super::durable::crash::{self, Point};
 use super::durable::record::{Fixed, SessionRecord};
 use super::durable::session_name;
 use super::durable::tcp_counters::TcpCounters;
-use super::refusal::Refusal;
+use super::refusal::{self, Refusal};
 use super::session_task::{self, Audit, Start, ATTACH_QUEUE};
+use super::shared::Shared;
 use super::table::{Attach, Entry};
 use super::target_policy::Target;
-use super::{Shared, CLOSE_TIMEOUT, TARGET_CONNECT_TIMEOUT};
 use crate::link::flush;
 use crate::link::handshake::{self, HandshakeError, NOT_A_CLIENT_NOTICE};
 use crate::proto::fleet::{self, Home};
@@ -27,12 +27,15 @@ use crate::transport::{quic, tls, FixedPath, Transport};
 use crate::units::format_duration;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+/// Longest time a connection to the target may take.
+pub const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first byte of every TLS connection (a handshake record).
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
@@ -457,21 +460,74 @@ fn clamp_dead_after(ms: u32) -> Duration {
     Duration::from_millis(ms.into()).clamp(MIN_DEAD_AFTER, MAX_DEAD_AFTER)
 }
 
-/// Answers a hello with a refusal (best effort, within [`CLOSE_TIMEOUT`]).
-pub(super) async fn refuse(transport: &mut Transport, refusal: Refusal) -> Result<(), AcceptError> {
-    transport
-        .connection
-        .refuse(refusal.code(), &refusal.to_string());
-    let answer = async {
-        flush(transport).await?;
-        // On QUIC, dropping the connection would drop the answer with it.
-        transport.stream.shutdown().await
+/// Answers a hello with a refusal, and fails with it.
+async fn refuse(transport: &mut Transport, refusal: Refusal) -> Result<(), AcceptError> {
+    Err(AcceptError::Refused(
+        refusal::answer(transport, refusal).await,
+    ))
+}
+
+/// Gives a new connection from `peer` (accepted at `accepted`) a place to
+/// run its handshake in, or a place in line, and serves it; or turns it
+/// away when even the line is full.
+pub(super) fn admit(
+    shared: &Arc<Shared>,
+    connection: Incoming,
+    peer: SocketAddr,
+    accepted: tokio::time::Instant,
+) {
+    let place = match shared.admission.admit(peer.ip()) {
+        Ok(Admit::Now(slot) | Admit::Evicted(slot)) => Place::Now(slot),
+        Ok(Admit::Queued(ticket)) => Place::Queued(ticket),
+        Err(full) => {
+            // Turned away at once, with a word the client can read
+            // (a TLS alert, QUIC's refusal) and nothing more: nothing
+            // about the connection is known yet, and answering must
+            // not cost more than it did.
+            match connection {
+                Incoming::Tcp(stream) => turn_away(&stream),
+                Incoming::Quic(incoming) => incoming.refuse(),
+            }
+            let turned_away = shared.turned_away.fetch_add(1, Ordering::Relaxed) + 1;
+            if turned_away.is_power_of_two() {
+                let why = match full {
+                    Full::Total(n) => {
+                        format!("{n} connections waiting for a place to start their handshake (--max-handshakes)")
+                    }
+                    Full::Source(n) => format!(
+                        "{n} handshakes in progress from {} and {n} more waiting (--max-handshakes-per-source)",
+                        peer.ip()
+                    ),
+                };
+                tracing::warn!(client = %peer, "connection turned away: {why}; {turned_away} turned away so far");
+            }
+            return;
+        }
     };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, answer).await;
-    // On QUIC, the refusal goes in the connection's close too: a client
-    // slow to read its stream would otherwise lose it to the close.
-    transport.close(refusal.code(), &refusal.to_string());
-    Err(AcceptError::Refused(refusal))
+    let task_shared = Arc::clone(shared);
+    shared.tasks.spawn(async move {
+        let shared = task_shared;
+        let stop = shared.stop.clone();
+        tokio::select! {
+            result = accept(connection, peer, place, accepted, Arc::clone(&shared)) => {
+                if result.is_err() {
+                    shared.trim.released();
+                }
+                match result {
+                    Ok(()) => {}
+                    Err(AcceptError::Evicted) => {
+                        let n = shared.evicted.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n.is_power_of_two() {
+                            tracing::info!(client = %peer, "connection evicted: it sent nothing within {}, and another connection needed its place; {n} evicted so far", format_duration(SILENT_AFTER));
+                        }
+                    }
+                    Err(e) if e.given_up() => tracing::debug!(client = %peer, "connection given up: {e}"),
+                    Err(e) => tracing::info!(client = %peer, "connection refused: {e}"),
+                }
+            }
+            () = stop.cancelled() => {}
+        }
+    });
 }
 
 #[cfg(test)]

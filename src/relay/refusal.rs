@@ -2,13 +2,17 @@
 //! the [`Code`] the refusal carries. Its words (`Display`) are what the
 //! client's user reads and the relay's log says.
 
+use super::shared::CLOSE_TIMEOUT;
 use super::target_policy::{Target, TargetRefused};
+use crate::link::flush;
 use crate::proto::fleet::{InstanceName, OtherInstance};
 use crate::proto::resume_auth::ResumeRefused;
 use crate::proto::session::ProtocolError;
 use crate::proto::wire::Code;
+use crate::transport::Transport;
 use std::io;
 use std::net::IpAddr;
+use tokio::io::AsyncWriteExt;
 
 /// A refused hello.
 #[derive(Debug, thiserror::Error)]
@@ -68,4 +72,22 @@ impl Refusal {
             Refusal::ResumeOutOfRange(_) => Code::Protocol,
         }
     }
+}
+
+/// Answers a hello with `refusal` (best effort, within [`CLOSE_TIMEOUT`]),
+/// and gives it back.
+pub(super) async fn answer(transport: &mut Transport, refusal: Refusal) -> Refusal {
+    transport
+        .connection
+        .refuse(refusal.code(), &refusal.to_string());
+    let answer = async {
+        flush(transport).await?;
+        // On QUIC, dropping the connection would drop the answer with it.
+        transport.stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, answer).await;
+    // On QUIC, the refusal goes in the connection's close too: a client
+    // slow to read its stream would otherwise lose it to the close.
+    transport.close(refusal.code(), &refusal.to_string());
+    refusal
 }

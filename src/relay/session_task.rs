@@ -20,14 +20,14 @@
 //! sshd, so that sshd's log (which sees the relay's address) can be joined
 //! back to the real client.
 
-use super::accept::refuse;
+use super::config::RelayConfig;
 use super::durable::record::{boot_clock_ms, SessionRecord};
 use super::durable::restore::{restore, Restoring};
 use super::durable::session_name;
 use super::durable::sshd::{SshdReader, SshdWriter};
-use super::refusal::Refusal;
+use super::refusal::{self, Refusal};
+use super::shared::{Shared, Stop, CLOSE_TIMEOUT, RESTART_REASON, SHUTDOWN_REASON};
 use super::table::{Attach, Entry, SourceMark};
-use super::{RelayConfig, Shared, Stop, CLOSE_TIMEOUT, RESTART_REASON, SHUTDOWN_REASON};
 use crate::link::{close_transport, flush, Link, Outcome, Step};
 use crate::proto::reconnect::hold_for;
 use crate::proto::replay_ring::{RingBuffer, RingMemory};
@@ -414,7 +414,7 @@ impl SessionTask {
         );
         if let Err(e) = accepted {
             tracing::warn!(session = %id, client = %client, "resume refused: {e}");
-            let _ = refuse(&mut attach.transport, Refusal::ResumeOutOfRange(e)).await;
+            refusal::answer(&mut attach.transport, Refusal::ResumeOutOfRange(e)).await;
             return None;
         }
         session.set_dead_after(attach.dead_after);
