@@ -308,7 +308,7 @@ impl Connector {
             max_segment,
         )
         .await;
-        let not_served = result.as_ref().err().and_then(super::open::not_served);
+        let not_served = result.as_ref().err().and_then(not_served);
         *lock(&self.last_tcp) = Some((Instant::now(), not_served));
         result
     }
@@ -467,6 +467,28 @@ impl Drop for Connector {
         if let Some((_, _, follower)) = lock(&self.quic).take() {
             follower.abort();
         }
+    }
+}
+
+/// Whether a connection that failed found nothing serving the relay's
+/// port, and how: refused, or accepted and then closed (or reset) before
+/// its TLS handshake was done, without a TLS alert.
+pub(super) fn not_served(e: &ConnectError) -> Option<NotServed> {
+    use std::io::ErrorKind;
+    match e {
+        ConnectError::Tcp(io) if io.kind() == ErrorKind::ConnectionRefused => {
+            Some(NotServed::Refused)
+        }
+        ConnectError::Tls(io)
+            if e.tls_error().is_none()
+                && matches!(
+                    io.kind(),
+                    ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset
+                ) =>
+        {
+            Some(NotServed::ClosedAtOnce)
+        }
+        _ => None,
     }
 }
 

@@ -5,7 +5,7 @@
 //! transport, raced over QUIC and TCP by the [`Connector`], whose relay key
 //! meets an [`Expectation`].
 
-use super::connector::Connector;
+use super::connector::{not_served, Connector};
 use super::direct::Fallback;
 use super::trust::{self, Expectation};
 use super::{ClientConfig, ClientError, ClientEvent};
@@ -341,28 +341,6 @@ fn connect_failure(e: &ConnectError) -> OpenError {
             "the connection was closed before its TLS handshake was done: a balancer with no relay behind it, or the relay at a connection limit (see its log)".into(),
         ),
         None => OpenError::Io(e.to_string()),
-    }
-}
-
-/// Whether a connection that failed found nothing serving the relay's
-/// port, and how: refused, or accepted and then closed (or reset) before
-/// its TLS handshake was done, without a TLS alert.
-pub(super) fn not_served(e: &ConnectError) -> Option<NotServed> {
-    use std::io::ErrorKind;
-    match e {
-        ConnectError::Tcp(io) if io.kind() == ErrorKind::ConnectionRefused => {
-            Some(NotServed::Refused)
-        }
-        ConnectError::Tls(io)
-            if e.tls_error().is_none()
-                && matches!(
-                    io.kind(),
-                    ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset
-                ) =>
-        {
-            Some(NotServed::ClosedAtOnce)
-        }
-        _ => None,
     }
 }
 

@@ -4,8 +4,8 @@
 //! then resume as the [`Reconnect`] policy says.
 
 use super::local::Local;
-use super::net::{LinkId, Net, Side};
-use super::{Clock, Rng, Trace};
+use super::net::{LinkId, Net, Side, RELAY_INSTANCE};
+use super::{millis, Clock, Rng, Trace};
 use crate::proto::connection::{Connection, Event};
 use crate::proto::reconnect::{Gone, Next, PortEvidence, Reconnect};
 use crate::proto::resume_auth;
@@ -255,7 +255,7 @@ impl Client {
                 max_data,
                 home,
             } => {
-                if home.instance.as_str() != super::relay::INSTANCE {
+                if home.instance.as_str() != RELAY_INSTANCE {
                     return Err(format!("client: opened at instance {}", home.instance));
                 }
                 self.config.max_data_len = max_data as usize;
@@ -444,9 +444,4 @@ fn answer(net: &mut Net, link: LinkId, deadline: u64, clock: &Clock) -> Result<A
         None if clock.ms < deadline && !end.reset && !end.eof => Ok(Answer::Pending),
         None => Ok(Answer::None),
     }
-}
-
-/// A duration in whole milliseconds.
-pub(super) fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

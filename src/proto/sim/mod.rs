@@ -75,6 +75,11 @@ impl Clock {
     }
 }
 
+/// A duration in whole milliseconds.
+pub(super) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Deterministic randomness (splitmix64): one seed, one schedule.
 pub(super) struct Rng(u64);
 

@@ -9,6 +9,10 @@ use crate::proto::resume_auth::BINDING_LEN;
 use bytes::{Buf, BytesMut};
 use std::net::IpAddr;
 
+/// The simulated relay's instance name: a relay on its own, the one the
+/// network reaches.
+pub(super) const RELAY_INSTANCE: &str = "sim-relay";
+
 /// Index of a link in [`Net::links`].
 pub(super) type LinkId = usize;
 

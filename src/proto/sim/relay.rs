@@ -5,10 +5,9 @@
 //! relay still thinks alive; serve the session until its transport is lost;
 //! hold it for its grace period ([`hold_for`]) and then drop it.
 
-use super::client::millis;
 use super::local::Local;
-use super::net::{LinkId, Net, Side};
-use super::{Clock, Rng, Trace};
+use super::net::{LinkId, Net, Side, RELAY_INSTANCE};
+use super::{millis, Clock, Rng, Trace};
 use crate::proto::connection::Event;
 use crate::proto::fleet::{Home, InstanceName, QuicRoute};
 use crate::proto::reconnect::hold_for;
@@ -16,9 +15,6 @@ use crate::proto::resume_auth::{self, FailureLimiter, ResumeRefused};
 use crate::proto::session::{Dead, Session, SessionConfig, MAX_DEAD_AFTER, MIN_DEAD_AFTER};
 use crate::proto::wire::{Code, Hello, SessionId, SECRET_LEN};
 use std::time::Duration;
-
-/// The simulated relay's instance name: a relay on its own.
-pub(super) const INSTANCE: &str = "sim-relay";
 
 /// How long a connection may take to say hello (the relay's default).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -210,7 +206,7 @@ impl Relay {
                 let secret = rng.bytes();
                 let conn = &mut net.links[link].relay.conn;
                 let home = Home {
-                    instance: INSTANCE
+                    instance: RELAY_INSTANCE
                         .parse::<InstanceName>()
                         .map_err(|e| format!("relay: {e}"))?,
                     quic: QuicRoute::Direct,
