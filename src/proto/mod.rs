@@ -15,6 +15,9 @@
 //! * `backoff.rs` — the client's reconnect delays; [`reconnect`] — when
 //!   the client attempts a resume and when it gives up, and how long the
 //!   relay holds a session whose client is away.
+//! * [`relay_endpoint`] — the relay's decisions on a hello: open a
+//!   session or refuse it (draining, limits), authorize a resume or send it
+//!   to its instance, and attach it (stale, or replacing a live transport).
 //! * [`resume_auth`] — the proof that a resume comes from the session's
 //!   owner, and the limiter of failed attempts.
 //! * [`fleet`] — what a session knows of the fleet its relay is in: the
@@ -32,6 +35,7 @@ pub mod connection;
 pub mod fleet;
 pub mod proxy_header;
 pub mod reconnect;
+pub mod relay_endpoint;
 pub(crate) mod replay;
 pub mod replay_ring;
 pub mod resume_auth;

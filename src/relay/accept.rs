@@ -18,9 +18,10 @@ use super::table::{Attach, Entry};
 use super::target_policy::Target;
 use crate::link::flush;
 use crate::link::handshake::{self, HandshakeError, NOT_A_CLIENT_NOTICE};
-use crate::proto::fleet::{self, Home};
+use crate::proto::fleet::Home;
 use crate::proto::proxy_header;
-use crate::proto::resume_auth::{self, ResumeRefused, MAX_FAILURES};
+use crate::proto::relay_endpoint::{self, Open, Refused, RelayState, ResumeAsk};
+use crate::proto::resume_auth::{ResumeRefused, MAX_FAILURES};
 use crate::proto::session::{MAX_DEAD_AFTER, MIN_DEAD_AFTER};
 use crate::proto::wire::{Hello, SessionId, SECRET_LEN, SESSION_ID_LEN};
 use crate::transport::{quic, tls, FixedPath, Transport};
@@ -258,23 +259,22 @@ async fn serve(
         } => {
             let ip = peer.ip();
             let found = shared.table.lookup(&session);
-            if found.is_none() {
-                let here = &shared.config().fleet.instance;
-                if let Some(astray) = fleet::astray(transport.server_name.as_deref(), here) {
-                    return refuse(&mut transport, Refusal::OtherInstance(astray)).await;
-                }
-            }
-            let authorized = resume_auth::authorize(
-                &mut shared.failures(),
-                ip,
-                Instant::now(),
+            let ask = ResumeAsk {
+                session: &session,
+                proof: &proof,
+                binding: &transport.binding,
+                from: ip,
+                server_name: transport.server_name.as_deref(),
+            };
+            let authorized = relay_endpoint::authorize(
+                &shared.config().fleet.instance,
                 found.as_ref().map(|(secret, _)| secret),
-                &session,
-                &transport.binding,
-                &proof,
+                &ask,
+                &mut shared.failures(),
+                Instant::now(),
             );
             if let Err(refused) = authorized {
-                if let ResumeRefused::BadProof { failures } = refused {
+                if let Refused::Resume(ResumeRefused::BadProof { failures }) = refused {
                     if failures <= MAX_FAILURES {
                         tracing::warn!(session = %session, client = %peer, "resume refused: wrong proof ({failures} from this address in the last minute)");
                     }
@@ -284,7 +284,7 @@ async fn serve(
                 }
                 return refuse(&mut transport, refused.into()).await;
             }
-            let gone = || ResumeRefused::UnknownSession.into();
+            let gone = || Refused::Resume(ResumeRefused::UnknownSession).into();
             let Some((_, attach)) = found else {
                 return refuse(&mut transport, gone()).await;
             };
@@ -313,31 +313,34 @@ async fn open_session(
     port: u16,
 ) -> Result<(), AcceptError> {
     let config = shared.config();
-    if config.fleet.draining {
-        // Busy: the client tries again, and its balancer sends it elsewhere.
-        let refusal = Refusal::Draining(config.fleet.instance.clone());
-        return refuse(&mut transport, refusal).await;
-    }
-    let target = match config.targets.decide(host, port) {
-        Ok(target) => target,
-        Err(refused) => return refuse(&mut transport, refused.into()).await,
-    };
     let limits = config.limits;
-    if shared.table.len() >= limits.max_sessions {
-        return refuse(&mut transport, Refusal::MaxSessions(limits.max_sessions)).await;
-    }
-    if shared.table.detached() >= limits.max_detached {
-        return refuse(&mut transport, Refusal::MaxDetached(limits.max_detached)).await;
-    }
+    let state = RelayState {
+        instance: &config.fleet.instance,
+        draining: config.fleet.draining,
+        max_sessions: limits.max_sessions,
+        max_detached: limits.max_detached,
+        max_sessions_per_source: limits.max_sessions_per_source,
+        sessions: shared.table.len(),
+        detached: shared.table.detached(),
+        from_source: shared.table.opened_from(peer.ip()),
+    };
+    // Busy when draining: the client tries again, and its balancer sends
+    // it elsewhere.
+    let target = match relay_endpoint::open(&state, peer.ip(), config.targets.decide(host, port)) {
+        Open::Open(target) => target,
+        Open::TargetRefused(refused) => return refuse(&mut transport, refused.into()).await,
+        Open::Refuse(refused) => return refuse(&mut transport, refused.into()).await,
+    };
+    // Counted now: another session from this address may have opened since.
     let Some(source_mark) = shared
         .table
         .add_source(peer.ip(), limits.max_sessions_per_source)
     else {
-        let refusal = Refusal::MaxPerSource {
+        let refused = Refused::MaxPerSource {
             max: limits.max_sessions_per_source,
             address: peer.ip(),
         };
-        return refuse(&mut transport, refusal).await;
+        return refuse(&mut transport, refused.into()).await;
     };
     let connect = async {
         match &target {

@@ -20,6 +20,11 @@ impl SourceCounts {
         true
     }
 
+    /// How many `source` holds.
+    pub fn count(&self, source: IpAddr) -> usize {
+        self.0.get(&source).copied().unwrap_or(0)
+    }
+
     /// Counts one fewer from `source`; a source at zero is forgotten.
     pub fn remove(&mut self, source: IpAddr) {
         if let Some(count) = self.0.get_mut(&source) {

@@ -96,6 +96,11 @@ impl SessionTable {
         })
     }
 
+    /// How many sessions were opened from `source`.
+    pub(super) fn opened_from(&self, source: IpAddr) -> usize {
+        self.per_source().count(source)
+    }
+
     /// Counts a session carried on from an earlier worker against `source`,
     /// whatever that source holds already: it was admitted once.
     pub(super) fn add_source_unlimited(self: &Arc<Self>, source: IpAddr) -> SourceMark {
