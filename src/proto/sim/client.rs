@@ -1,13 +1,18 @@
 //! The client's side of the simulation: what `client/` does, over the
 //! simulated network — open a session, run it over its transport until the
 //! transport is lost (reset, closed, or silent for the dead-peer interval),
-//! then resume as the [`Reconnect`] policy says.
+//! then resume as the [`Reconnect`] policy says. A refused or failed open
+//! is tried again as the client does: a refusal that may pass
+//! ([`refusal_may_pass`]: the relay busy or restarting) or no answer, with
+//! its [`Backoff`], until the connect timeout.
 
 use super::local::Local;
 use super::net::{LinkId, Net, Side, RELAY_INSTANCE};
 use super::{millis, Clock, Rng, Trace};
+use crate::proto::backoff::Backoff;
 use crate::proto::connection::{Connection, Event};
-use crate::proto::reconnect::{Gone, Next, PortEvidence, Reconnect};
+use crate::proto::fleet::InstanceName;
+use crate::proto::reconnect::{refusal_may_pass, Gone, Next, PortEvidence, Reconnect};
 use crate::proto::resume_auth;
 use crate::proto::session::{Dead, Session, SessionConfig};
 use crate::proto::wire::{Code, Hello, Reply, SessionId, SECRET_LEN};
@@ -36,6 +41,8 @@ pub(super) enum Ending {
 pub(super) enum Phase {
     /// Its hello for a new session is out.
     Opening { link: LinkId, deadline: u64 },
+    /// Its last open failed; the next attempt is due at `next_attempt`.
+    Reopening { next_attempt: u64 },
     /// The session runs over `link`.
     Connected { link: LinkId },
     /// No transport; the next attempt is due at `next_attempt`.
@@ -58,6 +65,8 @@ struct Opened {
     id: SessionId,
     secret: [u8; SECRET_LEN],
     grace: Duration,
+    /// The instance that holds it, named by every resume.
+    home: InstanceName,
 }
 
 /// The client.
@@ -75,6 +84,12 @@ pub(super) struct Client {
     pub(super) failed_attempts: u32,
     /// The position its session had received up to when it ended.
     pub(super) received_at_end: u64,
+    /// Until when it tries to open (virtual milliseconds).
+    open_until: u64,
+    /// Delays between attempts to open.
+    open_backoff: Backoff,
+    /// Opens that were refused or failed, and tried again.
+    pub(super) failed_opens: u32,
 }
 
 impl Client {
@@ -90,11 +105,21 @@ impl Client {
             resumes: 0,
             failed_attempts: 0,
             received_at_end: 0,
+            open_until: 0,
+            open_backoff: Backoff::default(),
+            failed_opens: 0,
         }
     }
 
-    /// Opens: connects and asks for a new session.
+    /// Opens: connects and asks for a new session, trying until the
+    /// connect timeout.
     pub(super) fn open(&mut self, net: &mut Net, clock: &Clock, rng: &mut Rng) {
+        self.open_until = clock.ms + millis(CONNECT_TIMEOUT);
+        self.phase = self.attempt_open(net, clock, rng);
+    }
+
+    /// One attempt to open, given until the connect timeout.
+    fn attempt_open(&mut self, net: &mut Net, clock: &Clock, rng: &mut Rng) -> Phase {
         let hello = Hello::New {
             dead_after_ms: u32::try_from(millis(self.config.dead_after)).unwrap_or(u32::MAX),
             host: String::new(),
@@ -102,8 +127,10 @@ impl Client {
         };
         let conn = Connection::client(&hello).expect("a hello encodes");
         let link = net.connect(clock.ms, CLIENT_IP, rng.bytes(), conn);
-        let deadline = clock.ms + millis(CONNECT_TIMEOUT);
-        self.phase = Phase::Opening { link, deadline };
+        Phase::Opening {
+            link,
+            deadline: self.open_until,
+        }
     }
 
     /// The link it reads and writes now, if any.
@@ -112,7 +139,7 @@ impl Client {
             Phase::Opening { link, .. }
             | Phase::Connected { link }
             | Phase::Attempting { link, .. } => Some(link),
-            Phase::Detached { .. } | Phase::Ended(_) => None,
+            Phase::Reopening { .. } | Phase::Detached { .. } | Phase::Ended(_) => None,
         }
     }
 
@@ -168,7 +195,9 @@ impl Client {
             (Phase::Opening { deadline, .. } | Phase::Attempting { deadline, .. }, _) => {
                 Some(*deadline)
             }
-            (Phase::Detached { next_attempt, .. }, _) => Some(*next_attempt),
+            (Phase::Detached { next_attempt, .. } | Phase::Reopening { next_attempt }, _) => {
+                Some(*next_attempt)
+            }
             (Phase::Connected { link }, Some(session)) => session
                 .poll_timeout(net.links[*link].client.conn.can_transmit())
                 .map(|at| clock.ms_of(at)),
@@ -187,7 +216,13 @@ impl Client {
     ) -> Result<(), String> {
         let phase = std::mem::replace(&mut self.phase, Phase::Ended(Ending::Unreachable));
         self.phase = match phase {
-            Phase::Opening { link, deadline } => self.opening(link, deadline, net, clock, trace)?,
+            Phase::Opening { link, deadline } => {
+                self.opening(link, deadline, net, clock, rng, trace)?
+            }
+            Phase::Reopening { next_attempt } if clock.ms >= next_attempt => {
+                trace.note(clock, "client: tries to open again");
+                self.attempt_open(net, clock, rng)
+            }
             Phase::Connected { link } => self.connected(link, net, clock, trace)?,
             Phase::Detached {
                 mut policy,
@@ -203,6 +238,7 @@ impl Client {
                     .as_ref()
                     .ok_or("client: detached without a session")?;
                 let binding = rng.bytes();
+                let home = self.opened.as_ref().map(|opened| opened.home.to_string());
                 let hello = Hello::Resume {
                     dead_after_ms: u32::try_from(millis(self.config.dead_after))
                         .unwrap_or(u32::MAX),
@@ -212,6 +248,7 @@ impl Client {
                 };
                 let conn = Connection::client(&hello).expect("a hello encodes");
                 let link = net.connect(clock.ms, CLIENT_IP, binding, conn);
+                net.links[link].server_name = home;
                 trace.note(clock, format!("client: attempt {attempt} on link {link}"));
                 let deadline = clock.ms + millis(policy.attempt_timeout());
                 Phase::Attempting {
@@ -236,6 +273,7 @@ impl Client {
         deadline: u64,
         net: &mut Net,
         clock: &Clock,
+        rng: &mut Rng,
         trace: &mut Trace,
     ) -> Result<Phase, String> {
         let reply = match answer(net, link, deadline, clock)? {
@@ -243,8 +281,7 @@ impl Client {
             Answer::Pending => return Ok(Phase::Opening { link, deadline }),
             Answer::None => {
                 net.close(link, Side::Client);
-                trace.note(clock, "client: cannot open");
-                return Ok(Phase::Ended(Ending::Unreachable));
+                return Ok(self.open_failed("no answer", clock, rng, trace));
             }
         };
         match reply {
@@ -258,6 +295,7 @@ impl Client {
                 if home.instance.as_str() != RELAY_INSTANCE {
                     return Err(format!("client: opened at instance {}", home.instance));
                 }
+                let home = home.instance;
                 self.config.max_data_len = max_data as usize;
                 let mut session = Session::new(self.config, clock.now());
                 session
@@ -268,13 +306,35 @@ impl Client {
                     id,
                     secret,
                     grace: Duration::from_millis(grace_ms),
+                    home,
                 });
                 trace.note(clock, format!("client: session {id} open on link {link}"));
                 Ok(Phase::Connected { link })
             }
+            Reply::Refused { code, reason } if refusal_may_pass(code) => {
+                net.close(link, Side::Client);
+                Ok(self.open_failed(&reason, clock, rng, trace))
+            }
             Reply::Refused { reason, .. } => Ok(Phase::Ended(Ending::Refused(reason))),
             Reply::Resumed { .. } => Err("client: a new session answered as a resume".into()),
         }
+    }
+
+    /// An attempt to open failed (`why`): another after the backoff, if
+    /// there is time before the connect timeout.
+    fn open_failed(&mut self, why: &str, clock: &Clock, rng: &mut Rng, trace: &mut Trace) -> Phase {
+        if clock.ms >= self.open_until {
+            trace.note(clock, format!("client: cannot open ({why})"));
+            return Phase::Ended(Ending::Unreachable);
+        }
+        self.failed_opens += 1;
+        let after = millis(self.open_backoff.next_delay(rng.unit()));
+        let next_attempt = (clock.ms + after).min(self.open_until);
+        trace.note(
+            clock,
+            format!("client: open failed ({why}); again at {next_attempt} ms"),
+        );
+        Phase::Reopening { next_attempt }
     }
 
     fn connected(

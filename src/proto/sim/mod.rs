@@ -14,8 +14,16 @@
 //! sees (the client comes back while the relay still thinks its old
 //! transport alive: the new one wins), a transport that stalls, outages
 //! longer than the grace period (the relay drops the session; the client's
-//! resume is refused as an unknown session, or it gives up), an impatient
-//! user (`resumeproxy resume`), and an attacker resuming with a wrong proof.
+//! resume is refused as an unknown session, or it gives up), the session's
+//! instance going down (another instance refuses the resume as another
+//! instance's, and the client ends at once), an impatient user
+//! (`resumeproxy resume`), and an attacker resuming with a wrong proof.
+//! Some schedules start with the relay draining or holding others'
+//! sessions up to one of its limits for a while: the client's open is
+//! refused as busy and tried again, until it opens or its connect timeout
+//! passes. The relay's decisions are the relay's own
+//! ([`relay_endpoint`](crate::proto::relay_endpoint)); the client's are its
+//! [`Reconnect`] policy and, at the open, `refusal_may_pass` and `Backoff`.
 //! Then the network heals and the run goes on until the client has ended
 //! and the relay holds nothing.
 //!
@@ -150,15 +158,18 @@ impl Trace {
 pub(super) struct Tally {
     schedules: u64,
     /// Client endings: done, gone (unknown session), gone (unreachable),
-    /// refused, never opened, gone (the relay had completed the session).
-    endings: [u64; 6],
+    /// refused, never opened, gone (the relay had completed the session),
+    /// gone (the session's instance went down).
+    endings: [u64; 7],
     /// Faults injected: partitions, client-side resets, relay-side resets,
-    /// stalls, paths that lose large writes.
-    faults: [u64; 5],
+    /// stalls, paths that lose large writes, the session's instance down.
+    faults: [u64; 6],
     /// Transports the client lost: reset, closed, silent, stalled.
     client_lost: [u64; 4],
     resumes: u64,
     failed_attempts: u64,
+    /// Opens refused (the relay busy) or unanswered, and tried again.
+    failed_opens: u64,
     relay: RelayCounts,
     attacks: u64,
 }
@@ -178,6 +189,7 @@ impl Tally {
         self.relay.add(&other.relay);
         self.resumes += other.resumes;
         self.failed_attempts += other.failed_attempts;
+        self.failed_opens += other.failed_opens;
         self.attacks += other.attacks;
     }
 }
@@ -286,6 +298,25 @@ fn every_schedule_keeps_the_stream_contract() {
         ("wrong proofs refused", t.relay.refused[1] > 0),
         ("attackers throttled", t.relay.refused[2] > 0),
         ("sessions expired", t.relay.expired > 0),
+        ("new sessions refused while draining", t.relay.busy[0] > 0),
+        (
+            "new sessions refused at the limit of sessions",
+            t.relay.busy[1] > 0,
+        ),
+        (
+            "new sessions refused at the limit of detached sessions",
+            t.relay.busy[2] > 0,
+        ),
+        (
+            "new sessions refused at the limit per source",
+            t.relay.busy[3] > 0,
+        ),
+        ("refused opens tried again", t.failed_opens > 0),
+        ("opens given up at the connect timeout", t.endings[4] > 0),
+        (
+            "resumes sent to another instance, the client told at once",
+            t.relay.other_instance > 0 && t.endings[6] > 0,
+        ),
     ];
     for (what, ok) in reached {
         assert!(
