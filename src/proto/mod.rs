@@ -12,6 +12,8 @@
 //!   a session, with the transport's read buffer and write queue.
 //! * `write_queue.rs` — encoded frames waiting for a transport, written with
 //!   vectored writes.
+//! * [`opening`] — when the client tries again to open a session, and
+//!   when it stops.
 //! * `backoff.rs` — the client's reconnect delays; [`reconnect`] — when
 //!   the client attempts a resume and when it gives up, and how long the
 //!   relay holds a session whose client is away.
@@ -33,6 +35,7 @@
 pub(crate) mod backoff;
 pub mod connection;
 pub mod fleet;
+pub mod opening;
 pub mod proxy_header;
 pub mod reconnect;
 pub mod relay_endpoint;

@@ -2,17 +2,17 @@
 //! simulated network — open a session, run it over its transport until the
 //! transport is lost (reset, closed, or silent for the dead-peer interval),
 //! then resume as the [`Reconnect`] policy says. A refused or failed open
-//! is tried again as the client does: a refusal that may pass
-//! ([`refusal_may_pass`]: the relay busy or restarting) or no answer, with
-//! its [`Backoff`], until the connect timeout.
+//! is tried again as the client's [`Opening`] policy says (the relay busy
+//! or restarting, or no answer: again after a backoff, until the connect
+//! timeout).
 
 use super::local::Local;
 use super::net::{LinkId, Net, Side, RELAY_INSTANCE};
 use super::{millis, Clock, Rng, Trace};
-use crate::proto::backoff::Backoff;
 use crate::proto::connection::{Connection, Event};
 use crate::proto::fleet::InstanceName;
-use crate::proto::reconnect::{refusal_may_pass, Gone, Next, PortEvidence, Reconnect};
+use crate::proto::opening::{OpenNext, Opening};
+use crate::proto::reconnect::{Gone, Next, PortEvidence, Reconnect};
 use crate::proto::resume_auth;
 use crate::proto::session::{Dead, Session, SessionConfig};
 use crate::proto::wire::{Code, Hello, Reply, SessionId, SECRET_LEN};
@@ -84,10 +84,8 @@ pub(super) struct Client {
     pub(super) failed_attempts: u32,
     /// The position its session had received up to when it ended.
     pub(super) received_at_end: u64,
-    /// Until when it tries to open (virtual milliseconds).
-    open_until: u64,
-    /// Delays between attempts to open.
-    open_backoff: Backoff,
+    /// Its attempts to open, and until when they may run.
+    opening: Opening,
     /// Opens that were refused or failed, and tried again.
     pub(super) failed_opens: u32,
 }
@@ -105,8 +103,7 @@ impl Client {
             resumes: 0,
             failed_attempts: 0,
             received_at_end: 0,
-            open_until: 0,
-            open_backoff: Backoff::default(),
+            opening: Opening::new(std::time::Instant::now(), CONNECT_TIMEOUT),
             failed_opens: 0,
         }
     }
@@ -114,7 +111,7 @@ impl Client {
     /// Opens: connects and asks for a new session, trying until the
     /// connect timeout.
     pub(super) fn open(&mut self, net: &mut Net, clock: &Clock, rng: &mut Rng) {
-        self.open_until = clock.ms + millis(CONNECT_TIMEOUT);
+        self.opening = Opening::new(clock.now(), CONNECT_TIMEOUT);
         self.phase = self.attempt_open(net, clock, rng);
     }
 
@@ -129,7 +126,7 @@ impl Client {
         let link = net.connect(clock.ms, CLIENT_IP, rng.bytes(), conn);
         Phase::Opening {
             link,
-            deadline: self.open_until,
+            deadline: clock.ms_of(self.opening.deadline()),
         }
     }
 
@@ -281,7 +278,7 @@ impl Client {
             Answer::Pending => return Ok(Phase::Opening { link, deadline }),
             Answer::None => {
                 net.close(link, Side::Client);
-                return Ok(self.open_failed("no answer", clock, rng, trace));
+                return Ok(self.open_failed(None, "no answer", clock, rng, trace));
             }
         };
         match reply {
@@ -311,30 +308,41 @@ impl Client {
                 trace.note(clock, format!("client: session {id} open on link {link}"));
                 Ok(Phase::Connected { link })
             }
-            Reply::Refused { code, reason } if refusal_may_pass(code) => {
+            Reply::Refused { code, reason } => {
                 net.close(link, Side::Client);
-                Ok(self.open_failed(&reason, clock, rng, trace))
+                Ok(self.open_failed(Some(code), &reason, clock, rng, trace))
             }
-            Reply::Refused { reason, .. } => Ok(Phase::Ended(Ending::Refused(reason))),
             Reply::Resumed { .. } => Err("client: a new session answered as a resume".into()),
         }
     }
 
-    /// An attempt to open failed (`why`): another after the backoff, if
-    /// there is time before the connect timeout.
-    fn open_failed(&mut self, why: &str, clock: &Clock, rng: &mut Rng, trace: &mut Trace) -> Phase {
-        if clock.ms >= self.open_until {
-            trace.note(clock, format!("client: cannot open ({why})"));
-            return Phase::Ended(Ending::Unreachable);
+    /// An attempt to open failed, refused with `refused`'s code or (with
+    /// `None`) unanswered, for `why`: another after the backoff, if the
+    /// client's policy says so.
+    fn open_failed(
+        &mut self,
+        refused: Option<Code>,
+        why: &str,
+        clock: &Clock,
+        rng: &mut Rng,
+        trace: &mut Trace,
+    ) -> Phase {
+        match self.opening.failed(refused, clock.now(), rng.unit()) {
+            OpenNext::Retry { at } => {
+                self.failed_opens += 1;
+                let next_attempt = clock.ms_of(at);
+                trace.note(
+                    clock,
+                    format!("client: open failed ({why}); again at {next_attempt} ms"),
+                );
+                Phase::Reopening { next_attempt }
+            }
+            OpenNext::GiveUp => {
+                trace.note(clock, format!("client: cannot open ({why})"));
+                Phase::Ended(Ending::Unreachable)
+            }
+            OpenNext::Refused => Phase::Ended(Ending::Refused(why.to_string())),
         }
-        self.failed_opens += 1;
-        let after = millis(self.open_backoff.next_delay(rng.unit()));
-        let next_attempt = (clock.ms + after).min(self.open_until);
-        trace.note(
-            clock,
-            format!("client: open failed ({why}); again at {next_attempt} ms"),
-        );
-        Phase::Reopening { next_attempt }
     }
 
     fn connected(
