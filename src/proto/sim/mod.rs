@@ -23,7 +23,7 @@
 //! refused as busy and tried again, until it opens or its connect timeout
 //! passes. The relay's decisions are the relay's own
 //! ([`relay_endpoint`](crate::proto::relay_endpoint)); the client's are its
-//! [`Reconnect`] policy and, at the open, `refusal_may_pass` and `Backoff`.
+//! [`Opening`](crate::proto::opening::Opening) and [`Reconnect`] policies.
 //! Then the network heals and the run goes on until the client has ended
 //! and the relay holds nothing.
 //!
