@@ -43,7 +43,8 @@ pub(crate) enum Plan {
 
 /// The plan for an attempt at `now`, given the user's choice, when UDP
 /// was last found blocked (if it was), and whether the session may come
-/// back over QUIC at all (its relay may say it may not: see [`Home`]).
+/// back over QUIC at all (its relay may say it may not: see
+/// [`Home`](crate::proto::fleet::Home)).
 pub(crate) fn plan(
     choice: TransportChoice,
     udp_blocked: Option<Blocked<Instant>>,

@@ -4,7 +4,7 @@
 //! client's hello, and either opens a new session — if the target is
 //! allowed and the relay has room — or authenticates a resume and hands the
 //! new transport to its session's task. What to do is decided by
-//! [`relay_endpoint`](crate::proto::relay_endpoint), from the relay's state
+//! [`relay_endpoint`], from the relay's state
 //! as plain data; this module does the I/O. All of it within the handshake
 //! timeout; every refusal goes back to the client with a code and a reason.
 
