@@ -6,9 +6,11 @@
 //! or restarting, or no answer: again after a backoff, until the connect
 //! timeout).
 
+use super::clock::{millis, Clock};
 use super::local::Local;
 use super::net::{LinkId, Net, Side, RELAY_INSTANCE};
-use super::{millis, Clock, Rng, Trace};
+use super::rng::Rng;
+use super::trace::Trace;
 use crate::proto::connection::{Connection, Event};
 use crate::proto::fleet::InstanceName;
 use crate::proto::opening::{OpenNext, Opening};

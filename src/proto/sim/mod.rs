@@ -40,12 +40,18 @@
 //! run more: `SIM_SCHEDULES=100000 cargo test --release --lib proto::sim`.
 //!
 //! `world.rs` is one schedule; `net.rs` the network, `client.rs` and
-//! `relay.rs` the two sides, `local.rs` the local ends.
+//! `relay.rs` the two sides, `local.rs` the local ends; `clock.rs`,
+//! `rng.rs` and `trace.rs` its virtual time, its randomness and what it
+//! notes; `tally.rs` what the schedules did, summed.
 
 mod client;
+mod clock;
 mod local;
 mod net;
 mod relay;
+mod rng;
+mod tally;
+mod trace;
 mod world;
 
 #[cfg(doc)]
@@ -54,145 +60,12 @@ use crate::proto::{
     session::Session,
 };
 
-use relay::RelayCounts;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::{Duration, Instant};
+use tally::Tally;
 use world::World;
 
 /// Schedules per `cargo test` (unless `SIM_SCHEDULES` says otherwise).
 const SCHEDULES: u64 = 2000;
-
-/// The virtual clock: milliseconds since the schedule began.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Clock {
-    base: Instant,
-    pub(super) ms: u64,
-}
-
-impl Clock {
-    /// The time now, as the protocol takes it.
-    pub(super) fn now(&self) -> Instant {
-        self.base + Duration::from_millis(self.ms)
-    }
-
-    /// An instant as virtual milliseconds, rounded up.
-    pub(super) fn ms_of(&self, at: Instant) -> u64 {
-        let since = at.saturating_duration_since(self.base);
-        let ms = u64::try_from(since.as_millis()).unwrap_or(u64::MAX);
-        ms + u64::from(Duration::from_millis(ms) < since)
-    }
-}
-
-/// A duration in whole milliseconds.
-pub(super) fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Deterministic randomness (splitmix64): one seed, one schedule.
-pub(super) struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `lo..=hi`.
-    pub(super) fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-
-    /// True `percent` times in a hundred.
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-
-    /// A number in `[0, 1)` (backoff jitter).
-    pub(super) fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Random bytes (ids, secrets, channel bindings).
-    pub(super) fn bytes<const N: usize>(&mut self) -> [u8; N] {
-        let mut out = [0u8; N];
-        for chunk in out.chunks_mut(8) {
-            chunk.copy_from_slice(&self.next().to_le_bytes()[..chunk.len()]);
-        }
-        out
-    }
-
-    /// A size for one read or write: often small, sometimes everything.
-    fn size(&mut self) -> usize {
-        let n = match self.next() % 4 {
-            0 => self.range(1, 16),
-            1 => self.range(1, 1500),
-            2 => self.range(1, 16 * 1024),
-            _ => 1 << 20,
-        };
-        n as usize
-    }
-}
-
-/// What happened in a schedule, for its failure report.
-pub(super) struct Trace {
-    lines: Vec<String>,
-    /// Printed as it happens (a schedule re-run alone).
-    echo: bool,
-}
-
-impl Trace {
-    pub(super) fn note(&mut self, clock: &Clock, what: impl Into<String>) {
-        let line = format!("{:>9} ms  {}", clock.ms, what.into());
-        if self.echo {
-            eprintln!("{line}");
-        }
-        self.lines.push(line);
-    }
-}
-
-/// What the schedules did, summed: the simulation must reach every case.
-#[derive(Debug, Default, Clone, Copy)]
-pub(super) struct Tally {
-    schedules: u64,
-    /// Client endings: done, gone (unknown session), gone (unreachable),
-    /// refused, never opened, gone (the relay had completed the session),
-    /// gone (the session's instance went down).
-    endings: [u64; 7],
-    /// Faults injected: partitions, client-side resets, relay-side resets,
-    /// stalls, paths that lose large writes, the session's instance down.
-    faults: [u64; 6],
-    /// Transports the client lost: reset, closed, silent, stalled.
-    client_lost: [u64; 4],
-    resumes: u64,
-    failed_attempts: u64,
-    /// Opens refused (the relay busy) or unanswered, and tried again.
-    failed_opens: u64,
-    relay: RelayCounts,
-    attacks: u64,
-}
-
-impl Tally {
-    fn add(&mut self, other: &Tally) {
-        self.schedules += other.schedules;
-        for (a, b) in self.endings.iter_mut().zip(other.endings) {
-            *a += b;
-        }
-        for (a, b) in self.faults.iter_mut().zip(other.faults) {
-            *a += b;
-        }
-        for (a, b) in self.client_lost.iter_mut().zip(other.client_lost) {
-            *a += b;
-        }
-        self.relay.add(&other.relay);
-        self.resumes += other.resumes;
-        self.failed_attempts += other.failed_attempts;
-        self.failed_opens += other.failed_opens;
-        self.attacks += other.attacks;
-    }
-}
 
 /// Runs the schedule of `seed`; a failure panics with the seed, what went
 /// wrong, what happened, and how to run it alone.

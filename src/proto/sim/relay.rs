@@ -10,9 +10,11 @@
 //! ([`Crowd`]: counts, at a limit, or draining), and its instance may go
 //! down, the balancer sending the client's resumes to another.
 
+use super::clock::{millis, Clock};
 use super::local::Local;
 use super::net::{LinkId, Net, Side, RELAY_INSTANCE};
-use super::{millis, Clock, Rng, Trace};
+use super::rng::Rng;
+use super::trace::Trace;
 use crate::proto::connection::Event;
 use crate::proto::fleet::{Home, InstanceName, QuicRoute};
 use crate::proto::reconnect::hold_for;

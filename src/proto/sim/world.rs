@@ -4,17 +4,20 @@
 //! at the end.
 
 use super::client::{Client, Ending, Phase};
+use super::clock::Clock;
 use super::local::Local;
 use super::net::{LinkId, Net, Side};
 use super::relay::{Crowd, Relay, MAX_DETACHED, MAX_PER_SOURCE, MAX_SESSIONS};
-use super::{Clock, Rng, Tally, Trace};
+use super::rng::Rng;
+use super::tally::Tally;
+use super::trace::Trace;
 use crate::proto::connection::{Connection, Event};
 use crate::proto::reconnect::Gone;
 use crate::proto::session::SessionConfig;
 use crate::proto::wire::{Code, Hello, Reply, SessionId, MAX_DATA_LEN, MIN_DATA_LEN, PROOF_LEN};
 use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// An attacker's address.
 const ATTACKER_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
@@ -47,7 +50,7 @@ pub(super) struct World {
 impl World {
     /// The schedule of `seed`.
     pub(super) fn new(seed: u64, echo: bool) -> World {
-        let mut rng = Rng(seed ^ 0x5e55_1090_0000_0000);
+        let mut rng = Rng::new(seed ^ 0x5e55_1090_0000_0000);
         let stream = |rng: &mut Rng| {
             let len = match rng.next() % 8 {
                 0 => 0,
@@ -105,10 +108,7 @@ impl World {
         };
         let chaos_steps = rng.range(200, 2500);
         let faults_left = rng.range(0, 5);
-        let clock = Clock {
-            base: Instant::now(),
-            ms: 0,
-        };
+        let clock = Clock::start();
         let mut trace = Trace {
             lines: Vec::new(),
             echo,
