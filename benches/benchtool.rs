@@ -5,7 +5,7 @@
 //! A bench target with `harness = false`, so `cargo test` never builds it:
 //! `cargo build --release --bench benchtool`. Run it with no arguments for usage.
 
-use resumeproxy::client::connector::TransportChoice;
+use resumeproxy::client::transport_plan::TransportChoice;
 use resumeproxy::client::trust::TrustSource;
 use resumeproxy::client::{self, ClientConfig, ClientEvent};
 use resumeproxy::proto::session::SessionConfig;

@@ -6,11 +6,11 @@
 
 use super::settings::client::ClientTable;
 use super::settings::Given;
+#[cfg(target_os = "linux")]
+use crate::demo::DemoArgs;
 use crate::transport::identity::Fingerprint;
-use crate::units::{parse_duration, parse_size};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// `resumeproxy`: the client.
 #[derive(Debug, Parser)]
@@ -163,17 +163,6 @@ pub enum ClientCommand {
         /// The shell.
         shell: clap_complete::Shell,
     },
-}
-
-/// Options of `resumeproxy demo`.
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// Bytes to send each way (suffixes K, M, G, KiB, MiB, GiB).
-    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size)]
-    pub size: u64,
-    /// Break the link this often.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
-    pub break_every: Duration,
 }
 
 #[cfg(test)]

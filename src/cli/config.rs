@@ -14,8 +14,8 @@
 use super::settings::client::{self, ClientTable};
 use super::settings::{Given, Resolver, Table};
 use super::LinkOptions;
-use crate::client::connector::TransportChoice;
 use crate::client::direct::Fallback;
+use crate::client::transport_plan::TransportChoice;
 use crate::units::format_bytes;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

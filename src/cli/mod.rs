@@ -17,7 +17,7 @@ mod relay_flags;
 pub mod settings;
 pub mod wrap;
 
-pub use client_flags::{ClientCli, ClientCommand, ConnectArgs, DemoArgs, LinkOptions};
+pub use client_flags::{ClientCli, ClientCommand, ConnectArgs, LinkOptions};
 pub use logging::{init_logging, stderr_is_journal};
 #[cfg(target_os = "linux")]
 pub use relay_flags::{RelayCli, RelayCommand, ServeArgs};

@@ -8,8 +8,9 @@
 //! period has certainly passed. One `Client` holds what the phases share.
 //! A signal ends the session on the relay too ([`ending`]).
 //!
-//! Around that core: the [`connector`] races QUIC and TCP, remembering
-//! ([`udp_memory`]) where UDP is blocked; [`trust`] decides which relay keys
+//! Around that core: the [`connector`] races QUIC and TCP as its
+//! [`transport_plan`] says, remembering ([`udp_memory`]) where UDP is
+//! blocked; [`trust`] decides which relay keys
 //! to accept, pinning them in `known_relays.rs`; the [`control`] socket lets
 //! `resumeproxy status` and `resume` reach a running client (answered from
 //! its vitals, `status.rs`); [`stdio`] is ssh's end of the pipe; [`direct`]
@@ -27,6 +28,7 @@ mod open;
 mod reconnect;
 mod status;
 pub mod stdio;
+pub mod transport_plan;
 pub mod trust;
 pub mod udp_memory;
 mod waits;
@@ -42,7 +44,7 @@ use crate::transport::{Transport, TransportKind};
 use crate::units::{format_duration, host_port};
 use back_to_quic::QuicProbe;
 use connected::AfterConnected;
-use connector::{Connector, TransportChoice};
+use connector::Connector;
 use control::Request;
 use direct::Fallback;
 use ending::{EndSignal, LocalInput};
@@ -59,6 +61,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
+use transport_plan::TransportChoice;
 use trust::{KeyChanged, TrustSource};
 use waits::Waits;
 

@@ -5,14 +5,14 @@
 //! transport, raced over QUIC and TCP by the [`Connector`], whose relay key
 //! meets an [`Expectation`].
 
-use super::connector::Connector;
+use super::connector::{not_served, Connector};
 use super::direct::Fallback;
 use super::trust::{self, Expectation};
 use super::{ClientConfig, ClientError, ClientEvent};
 use crate::link::handshake::{self, HandshakeError};
-use crate::proto::backoff::Backoff;
 use crate::proto::fleet::Home;
-use crate::proto::reconnect::{refusal_may_pass, NotServed};
+use crate::proto::opening::{OpenNext, Opening};
+use crate::proto::reconnect::NotServed;
 use crate::proto::wire::{Code, Hello, Reply, SessionId, SECRET_LEN};
 use crate::transport::identity::Fingerprint;
 use crate::transport::tls::{self, PinVerifier};
@@ -28,10 +28,6 @@ use std::time::{Duration, Instant};
 pub(super) const START_SLOW_AFTER: Duration = Duration::from_secs(1);
 /// What a refused connection says.
 const NOT_LISTENING: &str = "connection refused: nothing listens on its port";
-
-/// The last attempt at start has at least this long before the connect
-/// timeout.
-const LAST_ATTEMPT: Duration = Duration::from_millis(100);
 
 /// Why a connection attempt went nowhere.
 pub(super) enum OpenError {
@@ -101,9 +97,9 @@ pub(super) async fn open_session(
             reason: e.to_string(),
         })?;
     let started = Instant::now();
-    let deadline = started + config.connect_timeout;
+    let mut opening = Opening::new(started, config.connect_timeout);
+    let deadline = opening.deadline();
     let mut notice = SlowStart::new(started, addr.clone());
-    let mut backoff = Backoff::default();
     let mut attempts = 0u32;
     let opened = loop {
         attempts += 1;
@@ -124,10 +120,7 @@ pub(super) async fn open_session(
                 return Err(ClientError::NoRelay { addr, reason });
             }
         };
-        match error {
-            OpenError::Refused(code, reason) if !refusal_may_pass(code) => {
-                return Err(ClientError::Refused { addr, reason })
-            }
+        let next = match error {
             OpenError::KeyChanged(seen) => {
                 let changed = expectation.changed(&config.trust, &addr, seen);
                 return Err(ClientError::KeyChanged(Box::new(changed)));
@@ -141,19 +134,25 @@ pub(super) async fn open_session(
             | OpenError::ClosedAtOnce(_)
             | OpenError::Io(_)
             | OpenError::Refused(..)) => {
+                let refused = match &error {
+                    OpenError::Refused(code, _) => Some(*code),
+                    _ => None,
+                };
+                // The last attempt starts a moment before the deadline, not after.
+                let next = opening.failed(refused, Instant::now(), rand::random());
                 let reason = error.reason();
+                if next == OpenNext::Refused {
+                    return Err(ClientError::Refused { addr, reason });
+                }
                 tracing::debug!("start, attempt {attempts}: {reason}");
                 notice.failed(reason, on_event);
+                let OpenNext::Retry { at } = next else {
+                    let reason = notice.last.take().unwrap_or_default();
+                    return Err(ClientError::NoRelay { addr, reason });
+                };
+                at
             }
-        }
-        // The last attempt starts a moment before the deadline, not after.
-        let now = Instant::now();
-        let latest = deadline.checked_sub(LAST_ATTEMPT).unwrap_or(now);
-        if now >= latest {
-            let reason = notice.last.take().unwrap_or_default();
-            return Err(ClientError::NoRelay { addr, reason });
-        }
-        let next = (now + backoff.next_delay(rand::random())).min(latest);
+        };
         notice
             .during(tokio::time::sleep_until(next.into()), on_event)
             .await;
@@ -341,28 +340,6 @@ fn connect_failure(e: &ConnectError) -> OpenError {
             "the connection was closed before its TLS handshake was done: a balancer with no relay behind it, or the relay at a connection limit (see its log)".into(),
         ),
         None => OpenError::Io(e.to_string()),
-    }
-}
-
-/// Whether a connection that failed found nothing serving the relay's
-/// port, and how: refused, or accepted and then closed (or reset) before
-/// its TLS handshake was done, without a TLS alert.
-pub(super) fn not_served(e: &ConnectError) -> Option<NotServed> {
-    use std::io::ErrorKind;
-    match e {
-        ConnectError::Tcp(io) if io.kind() == ErrorKind::ConnectionRefused => {
-            Some(NotServed::Refused)
-        }
-        ConnectError::Tls(io)
-            if e.tls_error().is_none()
-                && matches!(
-                    io.kind(),
-                    ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset
-                ) =>
-        {
-            Some(NotServed::ClosedAtOnce)
-        }
-        _ => None,
     }
 }
 

@@ -8,8 +8,7 @@
 
 pub mod fault;
 
-use crate::cli::DemoArgs;
-use crate::client::connector::TransportChoice;
+use crate::client::transport_plan::TransportChoice;
 use crate::client::trust::TrustSource;
 use crate::client::{self, ClientConfig, ClientEvent};
 use crate::proto::session::SessionConfig;
@@ -17,7 +16,8 @@ use crate::relay::target_policy::TargetPolicy;
 use crate::relay::{Fleet, Limits, Relay, RelayConfig};
 use crate::transport::identity::RelayKey;
 use crate::transport::tls;
-use crate::units::{format_bytes, format_duration, hex};
+use crate::units::{format_bytes, format_duration, hex, parse_duration, parse_size};
+use clap::Args;
 use fault::FaultInjector;
 use sha2::{Digest, Sha256};
 use std::io;
@@ -160,6 +160,17 @@ async fn start_target(size: u64) -> io::Result<(SocketAddr, oneshot::Receiver<(u
         let _ = tx.send(received);
     });
     Ok((addr, rx))
+}
+
+/// Options of `resumeproxy demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Bytes to send each way (suffixes K, M, G, KiB, MiB, GiB).
+    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size)]
+    pub size: u64,
+    /// Break the link this often.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub break_every: Duration,
 }
 
 /// Runs the demo; returns whether every byte arrived intact.

@@ -12,9 +12,14 @@
 //!   a session, with the transport's read buffer and write queue.
 //! * `write_queue.rs` — encoded frames waiting for a transport, written with
 //!   vectored writes.
+//! * [`opening`] — when the client tries again to open a session, and
+//!   when it stops.
 //! * `backoff.rs` — the client's reconnect delays; [`reconnect`] — when
 //!   the client attempts a resume and when it gives up, and how long the
 //!   relay holds a session whose client is away.
+//! * [`relay_endpoint`] — the relay's decisions on a hello: open a
+//!   session or refuse it (draining, limits), authorize a resume or send it
+//!   to its instance, and attach it (stale, or replacing a live transport).
 //! * [`resume_auth`] — the proof that a resume comes from the session's
 //!   owner, and the limiter of failed attempts.
 //! * [`fleet`] — what a session knows of the fleet its relay is in: the
@@ -30,8 +35,10 @@
 pub(crate) mod backoff;
 pub mod connection;
 pub mod fleet;
+pub mod opening;
 pub mod proxy_header;
 pub mod reconnect;
+pub mod relay_endpoint;
 pub(crate) mod replay;
 pub mod replay_ring;
 pub mod resume_auth;

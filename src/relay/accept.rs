@@ -3,36 +3,42 @@
 //! Completes the transport's own handshake (TLS on TCP, or QUIC), reads the
 //! client's hello, and either opens a new session — if the target is
 //! allowed and the relay has room — or authenticates a resume and hands the
-//! new transport to its session's task. All of it within the handshake
+//! new transport to its session's task. What to do is decided by
+//! [`relay_endpoint`], from the relay's state
+//! as plain data; this module does the I/O. All of it within the handshake
 //! timeout; every refusal goes back to the client with a code and a reason.
 
-use super::admission::{Slot, Ticket, SILENT_AFTER};
+use super::admission::{Admit, Full, Slot, Ticket, SILENT_AFTER};
 use super::durable::crash::{self, Point};
 use super::durable::record::{Fixed, SessionRecord};
 use super::durable::session_name;
 use super::durable::tcp_counters::TcpCounters;
-use super::refusal::Refusal;
+use super::refusal::{self, Refusal};
 use super::session_task::{self, Audit, Start, ATTACH_QUEUE};
+use super::shared::Shared;
 use super::table::{Attach, Entry};
 use super::target_policy::Target;
-use super::{Shared, CLOSE_TIMEOUT, TARGET_CONNECT_TIMEOUT};
 use crate::link::flush;
 use crate::link::handshake::{self, HandshakeError, NOT_A_CLIENT_NOTICE};
-use crate::proto::fleet::{self, Home};
+use crate::proto::fleet::Home;
 use crate::proto::proxy_header;
-use crate::proto::resume_auth::{self, ResumeRefused, MAX_FAILURES};
+use crate::proto::relay_endpoint::{self, Open, Refused, RelayState, ResumeAsk};
+use crate::proto::resume_auth::{ResumeRefused, MAX_FAILURES};
 use crate::proto::session::{MAX_DEAD_AFTER, MIN_DEAD_AFTER};
 use crate::proto::wire::{Hello, SessionId, SECRET_LEN, SESSION_ID_LEN};
 use crate::transport::{quic, tls, FixedPath, Transport};
 use crate::units::format_duration;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+/// Longest time a connection to the target may take.
+pub const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first byte of every TLS connection (a handshake record).
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
@@ -255,23 +261,22 @@ async fn serve(
         } => {
             let ip = peer.ip();
             let found = shared.table.lookup(&session);
-            if found.is_none() {
-                let here = &shared.config().fleet.instance;
-                if let Some(astray) = fleet::astray(transport.server_name.as_deref(), here) {
-                    return refuse(&mut transport, Refusal::OtherInstance(astray)).await;
-                }
-            }
-            let authorized = resume_auth::authorize(
-                &mut shared.failures(),
-                ip,
-                Instant::now(),
+            let ask = ResumeAsk {
+                session: &session,
+                proof: &proof,
+                binding: &transport.binding,
+                from: ip,
+                server_name: transport.server_name.as_deref(),
+            };
+            let authorized = relay_endpoint::authorize(
+                &shared.config().fleet.instance,
                 found.as_ref().map(|(secret, _)| secret),
-                &session,
-                &transport.binding,
-                &proof,
+                &ask,
+                &mut shared.failures(),
+                Instant::now(),
             );
             if let Err(refused) = authorized {
-                if let ResumeRefused::BadProof { failures } = refused {
+                if let Refused::Resume(ResumeRefused::BadProof { failures }) = refused {
                     if failures <= MAX_FAILURES {
                         tracing::warn!(session = %session, client = %peer, "resume refused: wrong proof ({failures} from this address in the last minute)");
                     }
@@ -281,7 +286,7 @@ async fn serve(
                 }
                 return refuse(&mut transport, refused.into()).await;
             }
-            let gone = || ResumeRefused::UnknownSession.into();
+            let gone = || Refused::Resume(ResumeRefused::UnknownSession).into();
             let Some((_, attach)) = found else {
                 return refuse(&mut transport, gone()).await;
             };
@@ -310,31 +315,34 @@ async fn open_session(
     port: u16,
 ) -> Result<(), AcceptError> {
     let config = shared.config();
-    if config.fleet.draining {
-        // Busy: the client tries again, and its balancer sends it elsewhere.
-        let refusal = Refusal::Draining(config.fleet.instance.clone());
-        return refuse(&mut transport, refusal).await;
-    }
-    let target = match config.targets.decide(host, port) {
-        Ok(target) => target,
-        Err(refused) => return refuse(&mut transport, refused.into()).await,
-    };
     let limits = config.limits;
-    if shared.table.len() >= limits.max_sessions {
-        return refuse(&mut transport, Refusal::MaxSessions(limits.max_sessions)).await;
-    }
-    if shared.table.detached() >= limits.max_detached {
-        return refuse(&mut transport, Refusal::MaxDetached(limits.max_detached)).await;
-    }
+    let state = RelayState {
+        instance: &config.fleet.instance,
+        draining: config.fleet.draining,
+        max_sessions: limits.max_sessions,
+        max_detached: limits.max_detached,
+        max_sessions_per_source: limits.max_sessions_per_source,
+        sessions: shared.table.len(),
+        detached: shared.table.detached(),
+        from_source: shared.table.opened_from(peer.ip()),
+    };
+    // Busy when draining: the client tries again, and its balancer sends
+    // it elsewhere.
+    let target = match relay_endpoint::open(&state, peer.ip(), config.targets.decide(host, port)) {
+        Open::Open(target) => target,
+        Open::TargetRefused(refused) => return refuse(&mut transport, refused.into()).await,
+        Open::Refuse(refused) => return refuse(&mut transport, refused.into()).await,
+    };
+    // Counted now: another session from this address may have opened since.
     let Some(source_mark) = shared
         .table
         .add_source(peer.ip(), limits.max_sessions_per_source)
     else {
-        let refusal = Refusal::MaxPerSource {
+        let refused = Refused::MaxPerSource {
             max: limits.max_sessions_per_source,
             address: peer.ip(),
         };
-        return refuse(&mut transport, refusal).await;
+        return refuse(&mut transport, refused.into()).await;
     };
     let connect = async {
         match &target {
@@ -457,21 +465,74 @@ fn clamp_dead_after(ms: u32) -> Duration {
     Duration::from_millis(ms.into()).clamp(MIN_DEAD_AFTER, MAX_DEAD_AFTER)
 }
 
-/// Answers a hello with a refusal (best effort, within [`CLOSE_TIMEOUT`]).
-pub(super) async fn refuse(transport: &mut Transport, refusal: Refusal) -> Result<(), AcceptError> {
-    transport
-        .connection
-        .refuse(refusal.code(), &refusal.to_string());
-    let answer = async {
-        flush(transport).await?;
-        // On QUIC, dropping the connection would drop the answer with it.
-        transport.stream.shutdown().await
+/// Answers a hello with a refusal, and fails with it.
+async fn refuse(transport: &mut Transport, refusal: Refusal) -> Result<(), AcceptError> {
+    Err(AcceptError::Refused(
+        refusal::answer(transport, refusal).await,
+    ))
+}
+
+/// Gives a new connection from `peer` (accepted at `accepted`) a place to
+/// run its handshake in, or a place in line, and serves it; or turns it
+/// away when even the line is full.
+pub(super) fn admit(
+    shared: &Arc<Shared>,
+    connection: Incoming,
+    peer: SocketAddr,
+    accepted: tokio::time::Instant,
+) {
+    let place = match shared.admission.admit(peer.ip()) {
+        Ok(Admit::Now(slot) | Admit::Evicted(slot)) => Place::Now(slot),
+        Ok(Admit::Queued(ticket)) => Place::Queued(ticket),
+        Err(full) => {
+            // Turned away at once, with a word the client can read
+            // (a TLS alert, QUIC's refusal) and nothing more: nothing
+            // about the connection is known yet, and answering must
+            // not cost more than it did.
+            match connection {
+                Incoming::Tcp(stream) => turn_away(&stream),
+                Incoming::Quic(incoming) => incoming.refuse(),
+            }
+            let turned_away = shared.turned_away.fetch_add(1, Ordering::Relaxed) + 1;
+            if turned_away.is_power_of_two() {
+                let why = match full {
+                    Full::Total(n) => {
+                        format!("{n} connections waiting for a place to start their handshake (--max-handshakes)")
+                    }
+                    Full::Source(n) => format!(
+                        "{n} handshakes in progress from {} and {n} more waiting (--max-handshakes-per-source)",
+                        peer.ip()
+                    ),
+                };
+                tracing::warn!(client = %peer, "connection turned away: {why}; {turned_away} turned away so far");
+            }
+            return;
+        }
     };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, answer).await;
-    // On QUIC, the refusal goes in the connection's close too: a client
-    // slow to read its stream would otherwise lose it to the close.
-    transport.close(refusal.code(), &refusal.to_string());
-    Err(AcceptError::Refused(refusal))
+    let task_shared = Arc::clone(shared);
+    shared.tasks.spawn(async move {
+        let shared = task_shared;
+        let stop = shared.stop.clone();
+        tokio::select! {
+            result = accept(connection, peer, place, accepted, Arc::clone(&shared)) => {
+                if result.is_err() {
+                    shared.trim.released();
+                }
+                match result {
+                    Ok(()) => {}
+                    Err(AcceptError::Evicted) => {
+                        let n = shared.evicted.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n.is_power_of_two() {
+                            tracing::info!(client = %peer, "connection evicted: it sent nothing within {}, and another connection needed its place; {n} evicted so far", format_duration(SILENT_AFTER));
+                        }
+                    }
+                    Err(e) if e.given_up() => tracing::debug!(client = %peer, "connection given up: {e}"),
+                    Err(e) => tracing::info!(client = %peer, "connection refused: {e}"),
+                }
+            }
+            () = stop.cancelled() => {}
+        }
+    });
 }
 
 #[cfg(test)]

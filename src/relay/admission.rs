@@ -17,9 +17,8 @@
 //!   that falls silent while others of its source wait gives its place up;
 //! * only beyond the line is it turned away ([`Full`]).
 //!
-//! The per-source count ([`SourceCounts`]) is the relay's one way of
-//! counting by address: the session table bounds sessions per source with
-//! it too.
+//! Places are counted per source address; the session table counts its
+//! sessions per source with [`super::source_counts`].
 
 use crate::locks;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -34,32 +33,6 @@ use tokio_util::sync::CancellationToken;
 /// hello with the end of TCP's handshake; this leaves room for that hello
 /// to be lost and sent again.
 pub const SILENT_AFTER: Duration = Duration::from_secs(1);
-
-/// How many of something each source address holds, each bounded.
-#[derive(Debug, Default)]
-pub struct SourceCounts(HashMap<IpAddr, usize>);
-
-impl SourceCounts {
-    /// Counts one more from `source`, unless it holds `max` already.
-    pub fn try_add(&mut self, source: IpAddr, max: usize) -> bool {
-        let count = self.0.entry(source).or_insert(0);
-        if *count >= max {
-            return false;
-        }
-        *count += 1;
-        true
-    }
-
-    /// Counts one fewer from `source`; a source at zero is forgotten.
-    pub fn remove(&mut self, source: IpAddr) {
-        if let Some(count) = self.0.get_mut(&source) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                self.0.remove(&source);
-            }
-        }
-    }
-}
 
 /// Places for connections in their handshake, and the line for them.
 #[derive(Debug)]
@@ -593,16 +566,5 @@ mod tests {
         let a2 = granted(t).await;
         assert!(a2.is_some());
         assert_eq!(admission.in_progress(), 2);
-    }
-
-    #[test]
-    fn a_source_at_zero_is_forgotten() {
-        let mut counts = SourceCounts::default();
-        assert!(counts.try_add(A, 1));
-        assert!(!counts.try_add(A, 1));
-        counts.remove(A);
-        assert!(counts.0.is_empty());
-        counts.remove(A);
-        assert!(counts.try_add(A, 1));
     }
 }

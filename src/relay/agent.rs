@@ -15,7 +15,7 @@
 //! connections wait in its queue, and an agent that does not answer is
 //! not a failure to HAProxy (its health check decides).
 
-use super::Shared;
+use super::shared::Shared;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;

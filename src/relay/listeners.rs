@@ -6,8 +6,8 @@
 //! socket on another address than the configured one (the settings changed
 //! between two starts) is closed and the new address bound.
 
+use super::config::RelayConfig;
 use super::durable::{Store, AGENT_LISTENER, TCP_LISTENER, UDP_SOCKET};
-use super::RelayConfig;
 use crate::transport::quic;
 use std::io;
 use std::net::SocketAddr;

@@ -3,11 +3,13 @@
 //!
 //! Clients come over TLS on TCP or over QUIC on UDP, both on the same port
 //! number; after the transport's handshake both are served alike. This
-//! module holds the relay's configuration, its limits and its accept loop.
-//! Each accepted connection goes down the accept path (`accept.rs`), which
-//! opens a session or resumes one found in the session table (`table.rs`);
-//! every session is one task (`session_task.rs`) that owns the sshd
-//! connection and the session's link.
+//! module holds the relay's accept loop and its handle; its configuration
+//! and limits are in `config.rs`, what its tasks share and how it stops in
+//! `shared.rs`. Each accepted connection is given a place (`admission.rs`)
+//! and goes down the accept path (`accept.rs`), which opens a session or
+//! resumes one found in the session table (`table.rs`); every session is
+//! one task (`session_task.rs`) that owns the sshd connection and the
+//! session's link. A refused hello is answered by `refusal.rs`.
 //!
 //! Every input is hostile until proven otherwise: connections in their
 //! handshake are bounded in number (`admission.rs`: a connection without a
@@ -32,198 +34,46 @@
 mod accept;
 pub(crate) mod admission;
 pub mod agent;
+mod config;
 pub mod durable;
 mod listeners;
 mod proxied;
 mod refusal;
 mod session_task;
+mod shared;
+mod source_counts;
 mod table;
 pub mod target_policy;
 mod trim;
 
 use crate::locks;
-use crate::proto::fleet::{InstanceName, QuicRoute};
-use crate::proto::resume_auth::FailureLimiter;
-use crate::proto::session::SessionConfig;
 use crate::transport::quic;
 use crate::units::{count, format_duration};
-use accept::{AcceptError, Incoming};
-use admission::{Admission, Admit, Full, SILENT_AFTER};
+pub use accept::TARGET_CONNECT_TIMEOUT;
+pub use config::{Fleet, Limits, RelayConfig, DEFAULT_GRACE};
+pub use shared::Stop;
+
+use accept::{admit, Incoming};
+use admission::Admission;
 use durable::Store;
+use shared::{Shared, CLOSE_TIMEOUT, RESTART_REASON, SHUTDOWN_REASON};
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use table::SessionTable;
-use target_policy::TargetPolicy;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Default grace period: long enough for a laptop to sleep through a night.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(12 * 3600);
-/// Longest time a connection to the target may take.
-pub const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a close notice may take to send.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a worker stopping for a restart lets its QUIC connections'
 /// closes go out (it no longer reads, so it waits for nothing else).
 const RESTART_CLOSE_WAIT: Duration = Duration::from_millis(50);
 /// How long sessions get at shutdown to tell their clients.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
-/// What clients are told when the relay stops for good.
-const SHUTDOWN_REASON: &str = "the relay is shutting down";
-/// What clients are told when the relay's process restarts.
-const RESTART_REASON: &str = "the relay is restarting";
-
-/// How the relay stops.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stop {
-    /// Its process will be restarted and carry every session on: clients
-    /// are told to come back, sshd connections are left as they are.
-    Restart,
-    /// For good: every session ends, clients are told, sshd connections
-    /// are closed.
-    EndAll,
-}
-
-/// The relay's limits. At each, it refuses the new thing with a reason and
-/// keeps serving what it has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Longest time a connection may take from accept to a complete
-    /// handshake (TLS and hello).
-    pub handshake_timeout: Duration,
-    /// Most sessions at once, attached or not.
-    pub max_sessions: usize,
-    /// Most sessions without a client at once.
-    pub max_detached: usize,
-    /// Most sessions opened from one client address, attached or not.
-    pub max_sessions_per_source: usize,
-    /// Most connections in their handshake at once.
-    pub max_handshakes: usize,
-    /// Most connections in their handshake from one source address.
-    pub max_handshakes_per_source: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            handshake_timeout: Duration::from_secs(10),
-            max_sessions: 1024,
-            max_detached: 512,
-            max_sessions_per_source: 256,
-            max_handshakes: 512,
-            max_handshakes_per_source: 64,
-        }
-    }
-}
-
-/// The relay as one instance of a fleet behind a balancer (see
-/// [`fleet`](crate::proto::fleet)).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fleet {
-    /// This instance's name: new sessions are told it, reconnects send it
-    /// as SNI.
-    pub instance: InstanceName,
-    /// How sessions opened here come back over QUIC.
-    pub quic_route: QuicRoute,
-    /// Where HAProxy's agent-check is answered, if anywhere.
-    pub agent_listen: Option<SocketAddr>,
-    /// Taking no new sessions; those here go on.
-    pub draining: bool,
-    /// Balancers whose TCP connections start with a PROXY protocol (v1 or v2)
-    /// header naming the client.
-    pub proxy_protocol_from: Vec<IpAddr>,
-}
-
-impl Default for Fleet {
-    /// A relay on its own: named `resumeproxyd`, reached directly.
-    fn default() -> Self {
-        Fleet {
-            instance: InstanceName::from_host_name(""),
-            quic_route: QuicRoute::Direct,
-            agent_listen: None,
-            draining: false,
-            proxy_protocol_from: Vec::new(),
-        }
-    }
-}
-
-/// What the relay needs to know.
-#[derive(Debug, Clone)]
-pub struct RelayConfig {
-    /// Where to listen for clients.
-    pub listen: SocketAddr,
-    /// Where sessions may go.
-    pub targets: TargetPolicy,
-    /// How long a session without a client is kept.
-    pub grace: Duration,
-    /// Session tunables: replay buffer and frame size (the dead-peer
-    /// interval is the client's).
-    pub session: SessionConfig,
-    /// Limits on what clients may make the relay hold.
-    pub limits: Limits,
-    /// TLS with the relay's key.
-    pub tls: Arc<rustls::ServerConfig>,
-    /// Keys QUIC's stateless resets. The same across restarts (the relay
-    /// derives it from its key), so that a new worker's reset ends a
-    /// client's connection to the old one at once.
-    pub quic_reset_key: [u8; 32],
-    /// Its place in a fleet: name, QUIC route, agent, draining.
-    pub fleet: Fleet,
-}
-
-/// What every task of a relay shares.
-struct Shared {
-    /// The configuration; replaced by [`RelayHandle::reload`].
-    config: RwLock<Arc<RelayConfig>>,
-    acceptor: TlsAcceptor,
-    /// Live sessions, by id, and the counts the limits apply to.
-    table: Arc<SessionTable>,
-    /// Connections in their handshake.
-    admission: Arc<Admission>,
-    /// Connections evicted from their place for another, so far.
-    evicted: AtomicU64,
-    /// Connections turned away beyond the line, so far.
-    turned_away: AtomicU64,
-    /// Gives memory back after sessions and connections end.
-    trim: trim::Trimmer,
-    /// Failed resumes per source address.
-    failures: Mutex<FailureLimiter>,
-    /// Cancelled when the relay shuts down.
-    stop: CancellationToken,
-    /// How it shuts down, once `stop` is cancelled.
-    stop_mode: std::sync::OnceLock<Stop>,
-    /// Where what outlives the process is kept.
-    store: Store,
-    /// Set when the relay told its supervisor it stops: no status line of
-    /// the running relay may follow.
-    status_stopped: Mutex<bool>,
-    /// Every task the relay spawned, to wait for at shutdown.
-    tasks: TaskTracker,
-}
-
-impl Shared {
-    /// The current configuration.
-    fn config(&self) -> Arc<RelayConfig> {
-        Arc::clone(&locks::read(&self.config))
-    }
-
-    /// How the relay stops; only meaningful once `stop` is cancelled.
-    fn stop_mode(&self) -> Stop {
-        self.stop_mode.get().copied().unwrap_or(Stop::EndAll)
-    }
-
-    fn failures(&self) -> MutexGuard<'_, FailureLimiter> {
-        locks::lock(&self.failures)
-    }
-}
-
 /// Counts of what a relay holds, for status lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RelayCounts {
@@ -513,69 +363,6 @@ impl Relay {
             let _ = tokio::time::timeout(wait, quic.wait_idle()).await;
         }
     }
-}
-
-/// Gives a new connection from `peer` (accepted at `accepted`) a place to
-/// run its handshake in, or a place in line, and serves it; or turns it
-/// away when even the line is full.
-fn admit(
-    shared: &Arc<Shared>,
-    connection: Incoming,
-    peer: SocketAddr,
-    accepted: tokio::time::Instant,
-) {
-    let place = match shared.admission.admit(peer.ip()) {
-        Ok(Admit::Now(slot) | Admit::Evicted(slot)) => accept::Place::Now(slot),
-        Ok(Admit::Queued(ticket)) => accept::Place::Queued(ticket),
-        Err(full) => {
-            // Turned away at once, with a word the client can read
-            // (a TLS alert, QUIC's refusal) and nothing more: nothing
-            // about the connection is known yet, and answering must
-            // not cost more than it did.
-            match connection {
-                Incoming::Tcp(stream) => accept::turn_away(&stream),
-                Incoming::Quic(incoming) => incoming.refuse(),
-            }
-            let turned_away = shared.turned_away.fetch_add(1, Ordering::Relaxed) + 1;
-            if turned_away.is_power_of_two() {
-                let why = match full {
-                    Full::Total(n) => {
-                        format!("{n} connections waiting for a place to start their handshake (--max-handshakes)")
-                    }
-                    Full::Source(n) => format!(
-                        "{n} handshakes in progress from {} and {n} more waiting (--max-handshakes-per-source)",
-                        peer.ip()
-                    ),
-                };
-                tracing::warn!(client = %peer, "connection turned away: {why}; {turned_away} turned away so far");
-            }
-            return;
-        }
-    };
-    let task_shared = Arc::clone(shared);
-    shared.tasks.spawn(async move {
-        let shared = task_shared;
-        let stop = shared.stop.clone();
-        tokio::select! {
-            result = accept::accept(connection, peer, place, accepted, Arc::clone(&shared)) => {
-                if result.is_err() {
-                    shared.trim.released();
-                }
-                match result {
-                    Ok(()) => {}
-                    Err(AcceptError::Evicted) => {
-                        let n = shared.evicted.fetch_add(1, Ordering::Relaxed) + 1;
-                        if n.is_power_of_two() {
-                            tracing::info!(client = %peer, "connection evicted: it sent nothing within {}, and another connection needed its place; {n} evicted so far", format_duration(SILENT_AFTER));
-                        }
-                    }
-                    Err(e) if e.given_up() => tracing::debug!(client = %peer, "connection given up: {e}"),
-                    Err(e) => tracing::info!(client = %peer, "connection refused: {e}"),
-                }
-            }
-            () = stop.cancelled() => {}
-        }
-    });
 }
 
 /// The next QUIC connection attempt; never, without QUIC.

@@ -9,8 +9,8 @@
 //! balancer made for itself (a `LOCAL` header: HAProxy's health check
 //! sends one, then closes).
 
-use super::accept::Incoming;
-use super::Shared;
+use super::accept::{self, Incoming};
+use super::shared::Shared;
 use crate::proto::proxy_header::{self, Source};
 use std::io;
 use std::net::SocketAddr;
@@ -36,10 +36,10 @@ pub(super) fn spawn(stream: TcpStream, balancer: SocketAddr, shared: &Arc<Shared
         };
         match read {
             Ok(Ok(Source::Client(client))) => {
-                super::admit(&shared, Incoming::Tcp(stream), client, accepted);
+                accept::admit(&shared, Incoming::Tcp(stream), client, accepted);
             }
             Ok(Ok(Source::Unknown)) => {
-                super::admit(&shared, Incoming::Tcp(stream), balancer, accepted);
+                accept::admit(&shared, Incoming::Tcp(stream), balancer, accepted);
             }
             Ok(Ok(Source::Local)) => {}
             // A check without a header (a connect, then a close).

@@ -20,16 +20,17 @@
 //! sshd, so that sshd's log (which sees the relay's address) can be joined
 //! back to the real client.
 
-use super::accept::refuse;
+use super::config::RelayConfig;
 use super::durable::record::{boot_clock_ms, SessionRecord};
 use super::durable::restore::{restore, Restoring};
 use super::durable::session_name;
 use super::durable::sshd::{SshdReader, SshdWriter};
-use super::refusal::Refusal;
+use super::refusal;
+use super::shared::{Shared, Stop, CLOSE_TIMEOUT, RESTART_REASON, SHUTDOWN_REASON};
 use super::table::{Attach, Entry, SourceMark};
-use super::{RelayConfig, Shared, Stop, CLOSE_TIMEOUT, RESTART_REASON, SHUTDOWN_REASON};
 use crate::link::{close_transport, flush, Link, Outcome, Step};
 use crate::proto::reconnect::hold_for;
+use crate::proto::relay_endpoint::{self, Refused};
 use crate::proto::replay_ring::{RingBuffer, RingMemory};
 use crate::proto::session::{Session, SessionConfig};
 use crate::proto::wire::{Code, SessionId};
@@ -407,7 +408,16 @@ impl SessionTask {
         let id = self.audit.id;
         let client = attach.transport.peer;
         let session = self.link.session_mut();
-        // The client's position is checked before the answer goes out.
+        // The client's position is checked before the answer goes out; a
+        // stale resume leaves the live transport to the caller.
+        match relay_endpoint::attach(session, attach.peer_received) {
+            relay_endpoint::Attach::Resume { .. } => {}
+            relay_endpoint::Attach::Stale(refused) | relay_endpoint::Attach::Refuse(refused) => {
+                tracing::warn!(session = %id, client = %client, "resume refused: {refused}");
+                refusal::answer(&mut attach.transport, refused.into()).await;
+                return None;
+            }
+        }
         let accepted = attach.transport.connection.accept_resume(
             session,
             attach.peer_received,
@@ -416,7 +426,7 @@ impl SessionTask {
         );
         if let Err(e) = accepted {
             tracing::warn!(session = %id, client = %client, "resume refused: {e}");
-            let _ = refuse(&mut attach.transport, Refusal::ResumeOutOfRange(e)).await;
+            refusal::answer(&mut attach.transport, Refused::from(e).into()).await;
             return None;
         }
         session.set_dead_after(attach.dead_after);

@@ -7,7 +7,7 @@
 //! entry when it ends. Counts are kept by marks that give their place back
 //! when dropped, so no path can forget to.
 
-use super::admission::SourceCounts;
+use super::source_counts::SourceCounts;
 use crate::locks;
 use crate::proto::wire::{SessionId, SECRET_LEN};
 use crate::transport::Transport;
@@ -94,6 +94,11 @@ impl SessionTable {
             table: Arc::clone(self),
             source,
         })
+    }
+
+    /// How many sessions were opened from `source`.
+    pub(super) fn opened_from(&self, source: IpAddr) -> usize {
+        self.per_source().count(source)
     }
 
     /// Counts a session carried on from an earlier worker against `source`,

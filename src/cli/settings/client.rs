@@ -5,8 +5,8 @@
 use super::kinds::{Choice, FilePath, Port, Span, Switch};
 use super::{AnySetting, Fallback, Flag, Setting, Table};
 use crate::cli::DEFAULT_RELAY_PORT;
-use crate::client::connector::TransportChoice;
 use crate::client::direct::Fallback as NoRelayFallback;
+use crate::client::transport_plan::TransportChoice;
 use crate::client::DEFAULT_CONNECT_TIMEOUT;
 use crate::proto::session::{DEFAULT_DEAD_AFTER, MAX_DEAD_AFTER, MIN_DEAD_AFTER};
 

@@ -410,3 +410,22 @@ proptest! {
         prop_assert!(link.b.taken > 0, "data flowed");
     }
 }
+
+#[test]
+fn the_side_that_judges_second_waits_a_heartbeat_interval_more() {
+    let start = Instant::now();
+    let config = SessionConfig {
+        dead_after: Duration::from_secs(4),
+        ..SessionConfig::default()
+    };
+    let mut s = Session::new(config, start);
+    s.judge_second();
+    s.attach(0, start).unwrap();
+    assert_eq!(s.dead_after(), Duration::from_secs(5));
+    assert_eq!(s.poll_timeout(false), Some(start + Duration::from_secs(5)));
+    assert_eq!(s.handle_timeout(start + Duration::from_secs(4)), None);
+    assert_eq!(
+        s.handle_timeout(start + Duration::from_secs(5)),
+        Some(Dead::Silent)
+    );
+}

@@ -1,12 +1,19 @@
 //! The client's side of the simulation: what `client/` does, over the
 //! simulated network — open a session, run it over its transport until the
 //! transport is lost (reset, closed, or silent for the dead-peer interval),
-//! then resume as the [`Reconnect`] policy says.
+//! then resume as the [`Reconnect`] policy says. A refused or failed open
+//! is tried again as the client's [`Opening`] policy says (the relay busy
+//! or restarting, or no answer: again after a backoff, until the connect
+//! timeout).
 
+use super::clock::{millis, Clock};
 use super::local::Local;
-use super::net::{LinkId, Net, Side};
-use super::{Clock, Rng, Trace};
+use super::net::{LinkId, Net, Side, RELAY_INSTANCE};
+use super::rng::Rng;
+use super::trace::Trace;
 use crate::proto::connection::{Connection, Event};
+use crate::proto::fleet::InstanceName;
+use crate::proto::opening::{OpenNext, Opening};
 use crate::proto::reconnect::{Gone, Next, PortEvidence, Reconnect};
 use crate::proto::resume_auth;
 use crate::proto::session::{Dead, Session, SessionConfig};
@@ -36,6 +43,8 @@ pub(super) enum Ending {
 pub(super) enum Phase {
     /// Its hello for a new session is out.
     Opening { link: LinkId, deadline: u64 },
+    /// Its last open failed; the next attempt is due at `next_attempt`.
+    Reopening { next_attempt: u64 },
     /// The session runs over `link`.
     Connected { link: LinkId },
     /// No transport; the next attempt is due at `next_attempt`.
@@ -58,6 +67,8 @@ struct Opened {
     id: SessionId,
     secret: [u8; SECRET_LEN],
     grace: Duration,
+    /// The instance that holds it, named by every resume.
+    home: InstanceName,
 }
 
 /// The client.
@@ -75,6 +86,10 @@ pub(super) struct Client {
     pub(super) failed_attempts: u32,
     /// The position its session had received up to when it ended.
     pub(super) received_at_end: u64,
+    /// Its attempts to open, and until when they may run.
+    opening: Opening,
+    /// Opens that were refused or failed, and tried again.
+    pub(super) failed_opens: u32,
 }
 
 impl Client {
@@ -90,11 +105,20 @@ impl Client {
             resumes: 0,
             failed_attempts: 0,
             received_at_end: 0,
+            opening: Opening::new(std::time::Instant::now(), CONNECT_TIMEOUT),
+            failed_opens: 0,
         }
     }
 
-    /// Opens: connects and asks for a new session.
+    /// Opens: connects and asks for a new session, trying until the
+    /// connect timeout.
     pub(super) fn open(&mut self, net: &mut Net, clock: &Clock, rng: &mut Rng) {
+        self.opening = Opening::new(clock.now(), CONNECT_TIMEOUT);
+        self.phase = self.attempt_open(net, clock, rng);
+    }
+
+    /// One attempt to open, given until the connect timeout.
+    fn attempt_open(&mut self, net: &mut Net, clock: &Clock, rng: &mut Rng) -> Phase {
         let hello = Hello::New {
             dead_after_ms: u32::try_from(millis(self.config.dead_after)).unwrap_or(u32::MAX),
             host: String::new(),
@@ -102,8 +126,10 @@ impl Client {
         };
         let conn = Connection::client(&hello).expect("a hello encodes");
         let link = net.connect(clock.ms, CLIENT_IP, rng.bytes(), conn);
-        let deadline = clock.ms + millis(CONNECT_TIMEOUT);
-        self.phase = Phase::Opening { link, deadline };
+        Phase::Opening {
+            link,
+            deadline: clock.ms_of(self.opening.deadline()),
+        }
     }
 
     /// The link it reads and writes now, if any.
@@ -112,7 +138,7 @@ impl Client {
             Phase::Opening { link, .. }
             | Phase::Connected { link }
             | Phase::Attempting { link, .. } => Some(link),
-            Phase::Detached { .. } | Phase::Ended(_) => None,
+            Phase::Reopening { .. } | Phase::Detached { .. } | Phase::Ended(_) => None,
         }
     }
 
@@ -168,7 +194,9 @@ impl Client {
             (Phase::Opening { deadline, .. } | Phase::Attempting { deadline, .. }, _) => {
                 Some(*deadline)
             }
-            (Phase::Detached { next_attempt, .. }, _) => Some(*next_attempt),
+            (Phase::Detached { next_attempt, .. } | Phase::Reopening { next_attempt }, _) => {
+                Some(*next_attempt)
+            }
             (Phase::Connected { link }, Some(session)) => session
                 .poll_timeout(net.links[*link].client.conn.can_transmit())
                 .map(|at| clock.ms_of(at)),
@@ -187,7 +215,13 @@ impl Client {
     ) -> Result<(), String> {
         let phase = std::mem::replace(&mut self.phase, Phase::Ended(Ending::Unreachable));
         self.phase = match phase {
-            Phase::Opening { link, deadline } => self.opening(link, deadline, net, clock, trace)?,
+            Phase::Opening { link, deadline } => {
+                self.opening(link, deadline, net, clock, rng, trace)?
+            }
+            Phase::Reopening { next_attempt } if clock.ms >= next_attempt => {
+                trace.note(clock, "client: tries to open again");
+                self.attempt_open(net, clock, rng)
+            }
             Phase::Connected { link } => self.connected(link, net, clock, trace)?,
             Phase::Detached {
                 mut policy,
@@ -203,6 +237,7 @@ impl Client {
                     .as_ref()
                     .ok_or("client: detached without a session")?;
                 let binding = rng.bytes();
+                let home = self.opened.as_ref().map(|opened| opened.home.to_string());
                 let hello = Hello::Resume {
                     dead_after_ms: u32::try_from(millis(self.config.dead_after))
                         .unwrap_or(u32::MAX),
@@ -212,6 +247,7 @@ impl Client {
                 };
                 let conn = Connection::client(&hello).expect("a hello encodes");
                 let link = net.connect(clock.ms, CLIENT_IP, binding, conn);
+                net.links[link].server_name = home;
                 trace.note(clock, format!("client: attempt {attempt} on link {link}"));
                 let deadline = clock.ms + millis(policy.attempt_timeout());
                 Phase::Attempting {
@@ -236,6 +272,7 @@ impl Client {
         deadline: u64,
         net: &mut Net,
         clock: &Clock,
+        rng: &mut Rng,
         trace: &mut Trace,
     ) -> Result<Phase, String> {
         let reply = match answer(net, link, deadline, clock)? {
@@ -243,8 +280,7 @@ impl Client {
             Answer::Pending => return Ok(Phase::Opening { link, deadline }),
             Answer::None => {
                 net.close(link, Side::Client);
-                trace.note(clock, "client: cannot open");
-                return Ok(Phase::Ended(Ending::Unreachable));
+                return Ok(self.open_failed(None, "no answer", clock, rng, trace));
             }
         };
         match reply {
@@ -255,9 +291,10 @@ impl Client {
                 max_data,
                 home,
             } => {
-                if home.instance.as_str() != super::relay::INSTANCE {
+                if home.instance.as_str() != RELAY_INSTANCE {
                     return Err(format!("client: opened at instance {}", home.instance));
                 }
+                let home = home.instance;
                 self.config.max_data_len = max_data as usize;
                 let mut session = Session::new(self.config, clock.now());
                 session
@@ -268,12 +305,45 @@ impl Client {
                     id,
                     secret,
                     grace: Duration::from_millis(grace_ms),
+                    home,
                 });
                 trace.note(clock, format!("client: session {id} open on link {link}"));
                 Ok(Phase::Connected { link })
             }
-            Reply::Refused { reason, .. } => Ok(Phase::Ended(Ending::Refused(reason))),
+            Reply::Refused { code, reason } => {
+                net.close(link, Side::Client);
+                Ok(self.open_failed(Some(code), &reason, clock, rng, trace))
+            }
             Reply::Resumed { .. } => Err("client: a new session answered as a resume".into()),
+        }
+    }
+
+    /// An attempt to open failed, refused with `refused`'s code or (with
+    /// `None`) unanswered, for `why`: another after the backoff, if the
+    /// client's policy says so.
+    fn open_failed(
+        &mut self,
+        refused: Option<Code>,
+        why: &str,
+        clock: &Clock,
+        rng: &mut Rng,
+        trace: &mut Trace,
+    ) -> Phase {
+        match self.opening.failed(refused, clock.now(), rng.unit()) {
+            OpenNext::Retry { at } => {
+                self.failed_opens += 1;
+                let next_attempt = clock.ms_of(at);
+                trace.note(
+                    clock,
+                    format!("client: open failed ({why}); again at {next_attempt} ms"),
+                );
+                Phase::Reopening { next_attempt }
+            }
+            OpenNext::GiveUp => {
+                trace.note(clock, format!("client: cannot open ({why})"));
+                Phase::Ended(Ending::Unreachable)
+            }
+            OpenNext::Refused => Phase::Ended(Ending::Refused(why.to_string())),
         }
     }
 
@@ -444,9 +514,4 @@ fn answer(net: &mut Net, link: LinkId, deadline: u64, clock: &Clock) -> Result<A
         None if clock.ms < deadline && !end.reset && !end.eof => Ok(Answer::Pending),
         None => Ok(Answer::None),
     }
-}
-
-/// A duration in whole milliseconds.
-pub(super) fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

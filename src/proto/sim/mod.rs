@@ -14,8 +14,16 @@
 //! sees (the client comes back while the relay still thinks its old
 //! transport alive: the new one wins), a transport that stalls, outages
 //! longer than the grace period (the relay drops the session; the client's
-//! resume is refused as an unknown session, or it gives up), an impatient
-//! user (`resumeproxy resume`), and an attacker resuming with a wrong proof.
+//! resume is refused as an unknown session, or it gives up), the session's
+//! instance going down (another instance refuses the resume as another
+//! instance's, and the client ends at once), an impatient user
+//! (`resumeproxy resume`), and an attacker resuming with a wrong proof.
+//! Some schedules start with the relay draining or holding others'
+//! sessions up to one of its limits for a while: the client's open is
+//! refused as busy and tried again, until it opens or its connect timeout
+//! passes. The relay's decisions are the relay's own
+//! ([`relay_endpoint`](crate::proto::relay_endpoint)); the client's are its
+//! [`Opening`](crate::proto::opening::Opening) and [`Reconnect`] policies.
 //! Then the network heals and the run goes on until the client has ended
 //! and the relay holds nothing.
 //!
@@ -32,12 +40,18 @@
 //! run more: `SIM_SCHEDULES=100000 cargo test --release --lib proto::sim`.
 //!
 //! `world.rs` is one schedule; `net.rs` the network, `client.rs` and
-//! `relay.rs` the two sides, `local.rs` the local ends.
+//! `relay.rs` the two sides, `local.rs` the local ends; `clock.rs`,
+//! `rng.rs` and `trace.rs` its virtual time, its randomness and what it
+//! notes; `tally.rs` what the schedules did, summed.
 
 mod client;
+mod clock;
 mod local;
 mod net;
 mod relay;
+mod rng;
+mod tally;
+mod trace;
 mod world;
 
 #[cfg(doc)]
@@ -46,136 +60,12 @@ use crate::proto::{
     session::Session,
 };
 
-use relay::RelayCounts;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::{Duration, Instant};
+use tally::Tally;
 use world::World;
 
 /// Schedules per `cargo test` (unless `SIM_SCHEDULES` says otherwise).
 const SCHEDULES: u64 = 2000;
-
-/// The virtual clock: milliseconds since the schedule began.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Clock {
-    base: Instant,
-    pub(super) ms: u64,
-}
-
-impl Clock {
-    /// The time now, as the protocol takes it.
-    pub(super) fn now(&self) -> Instant {
-        self.base + Duration::from_millis(self.ms)
-    }
-
-    /// An instant as virtual milliseconds, rounded up.
-    pub(super) fn ms_of(&self, at: Instant) -> u64 {
-        let since = at.saturating_duration_since(self.base);
-        let ms = u64::try_from(since.as_millis()).unwrap_or(u64::MAX);
-        ms + u64::from(Duration::from_millis(ms) < since)
-    }
-}
-
-/// Deterministic randomness (splitmix64): one seed, one schedule.
-pub(super) struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `lo..=hi`.
-    pub(super) fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-
-    /// True `percent` times in a hundred.
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-
-    /// A number in `[0, 1)` (backoff jitter).
-    pub(super) fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Random bytes (ids, secrets, channel bindings).
-    pub(super) fn bytes<const N: usize>(&mut self) -> [u8; N] {
-        let mut out = [0u8; N];
-        for chunk in out.chunks_mut(8) {
-            chunk.copy_from_slice(&self.next().to_le_bytes()[..chunk.len()]);
-        }
-        out
-    }
-
-    /// A size for one read or write: often small, sometimes everything.
-    fn size(&mut self) -> usize {
-        let n = match self.next() % 4 {
-            0 => self.range(1, 16),
-            1 => self.range(1, 1500),
-            2 => self.range(1, 16 * 1024),
-            _ => 1 << 20,
-        };
-        n as usize
-    }
-}
-
-/// What happened in a schedule, for its failure report.
-pub(super) struct Trace {
-    lines: Vec<String>,
-    /// Printed as it happens (a schedule re-run alone).
-    echo: bool,
-}
-
-impl Trace {
-    pub(super) fn note(&mut self, clock: &Clock, what: impl Into<String>) {
-        let line = format!("{:>9} ms  {}", clock.ms, what.into());
-        if self.echo {
-            eprintln!("{line}");
-        }
-        self.lines.push(line);
-    }
-}
-
-/// What the schedules did, summed: the simulation must reach every case.
-#[derive(Debug, Default, Clone, Copy)]
-pub(super) struct Tally {
-    schedules: u64,
-    /// Client endings: done, gone (unknown session), gone (unreachable),
-    /// refused, never opened, gone (the relay had completed the session).
-    endings: [u64; 6],
-    /// Faults injected: partitions, client-side resets, relay-side resets,
-    /// stalls, paths that lose large writes.
-    faults: [u64; 5],
-    /// Transports the client lost: reset, closed, silent, stalled.
-    client_lost: [u64; 4],
-    resumes: u64,
-    failed_attempts: u64,
-    relay: RelayCounts,
-    attacks: u64,
-}
-
-impl Tally {
-    fn add(&mut self, other: &Tally) {
-        self.schedules += other.schedules;
-        for (a, b) in self.endings.iter_mut().zip(other.endings) {
-            *a += b;
-        }
-        for (a, b) in self.faults.iter_mut().zip(other.faults) {
-            *a += b;
-        }
-        for (a, b) in self.client_lost.iter_mut().zip(other.client_lost) {
-            *a += b;
-        }
-        self.relay.add(&other.relay);
-        self.resumes += other.resumes;
-        self.failed_attempts += other.failed_attempts;
-        self.attacks += other.attacks;
-    }
-}
 
 /// Runs the schedule of `seed`; a failure panics with the seed, what went
 /// wrong, what happened, and how to run it alone.
@@ -281,6 +171,25 @@ fn every_schedule_keeps_the_stream_contract() {
         ("wrong proofs refused", t.relay.refused[1] > 0),
         ("attackers throttled", t.relay.refused[2] > 0),
         ("sessions expired", t.relay.expired > 0),
+        ("new sessions refused while draining", t.relay.busy[0] > 0),
+        (
+            "new sessions refused at the limit of sessions",
+            t.relay.busy[1] > 0,
+        ),
+        (
+            "new sessions refused at the limit of detached sessions",
+            t.relay.busy[2] > 0,
+        ),
+        (
+            "new sessions refused at the limit per source",
+            t.relay.busy[3] > 0,
+        ),
+        ("refused opens tried again", t.failed_opens > 0),
+        ("opens given up at the connect timeout", t.endings[4] > 0),
+        (
+            "resumes sent to another instance, the client told at once",
+            t.relay.other_instance > 0 && t.endings[6] > 0,
+        ),
     ];
     for (what, ok) in reached {
         assert!(

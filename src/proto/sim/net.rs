@@ -9,6 +9,10 @@ use crate::proto::resume_auth::BINDING_LEN;
 use bytes::{Buf, BytesMut};
 use std::net::IpAddr;
 
+/// The simulated relay's instance name: a relay on its own, the one the
+/// network reaches.
+pub(super) const RELAY_INSTANCE: &str = "sim-relay";
+
 /// Index of a link in [`Net::links`].
 pub(super) type LinkId = usize;
 
@@ -60,6 +64,8 @@ pub(super) struct Link {
     pub(super) binding: [u8; BINDING_LEN],
     /// Where it comes from.
     pub(super) from: IpAddr,
+    /// The instance its client named (its TLS server name), if any.
+    pub(super) server_name: Option<String>,
     pub(super) client: End,
     pub(super) relay: End,
     to_relay: Pipe,
@@ -115,6 +121,7 @@ impl Net {
         self.links.push(Link {
             binding,
             from,
+            server_name: None,
             client: End::new(conn),
             relay: End::new(Connection::relay()),
             to_relay: Pipe::default(),

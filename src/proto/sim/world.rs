@@ -4,17 +4,20 @@
 //! at the end.
 
 use super::client::{Client, Ending, Phase};
+use super::clock::Clock;
 use super::local::Local;
 use super::net::{LinkId, Net, Side};
-use super::relay::Relay;
-use super::{Clock, Rng, Tally, Trace};
+use super::relay::{Crowd, Relay, MAX_DETACHED, MAX_PER_SOURCE, MAX_SESSIONS};
+use super::rng::Rng;
+use super::tally::Tally;
+use super::trace::Trace;
 use crate::proto::connection::{Connection, Event};
 use crate::proto::reconnect::Gone;
 use crate::proto::session::SessionConfig;
 use crate::proto::wire::{Code, Hello, Reply, SessionId, MAX_DATA_LEN, MIN_DATA_LEN, PROOF_LEN};
 use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// An attacker's address.
 const ATTACKER_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
@@ -47,7 +50,7 @@ pub(super) struct World {
 impl World {
     /// The schedule of `seed`.
     pub(super) fn new(seed: u64, echo: bool) -> World {
-        let mut rng = Rng(seed ^ 0x5e55_1090_0000_0000);
+        let mut rng = Rng::new(seed ^ 0x5e55_1090_0000_0000);
         let stream = |rng: &mut Rng| {
             let len = match rng.next() % 8 {
                 0 => 0,
@@ -75,12 +78,37 @@ impl World {
             ..SessionConfig::default()
         };
         let grace = Duration::from_millis(rng.range(2000, 12_000));
+        // Now and then the relay drains, or holds others' sessions up to a
+        // limit, for up to twice the client's connect timeout.
+        let until = rng.range(0, 10_000);
+        let crowd = match rng.range(0, 24) {
+            0 => Crowd {
+                draining: true,
+                until,
+                ..Crowd::default()
+            },
+            1 => Crowd {
+                sessions: MAX_SESSIONS,
+                until,
+                ..Crowd::default()
+            },
+            2 => Crowd {
+                sessions: MAX_DETACHED,
+                detached: MAX_DETACHED,
+                until,
+                ..Crowd::default()
+            },
+            3 => Crowd {
+                sessions: MAX_PER_SOURCE,
+                from_source: MAX_PER_SOURCE,
+                until,
+                ..Crowd::default()
+            },
+            _ => Crowd::default(),
+        };
         let chaos_steps = rng.range(200, 2500);
         let faults_left = rng.range(0, 5);
-        let clock = Clock {
-            base: Instant::now(),
-            ms: 0,
-        };
+        let clock = Clock::start();
         let mut trace = Trace {
             lines: Vec::new(),
             echo,
@@ -88,7 +116,7 @@ impl World {
         trace.note(
             &clock,
             format!(
-                "seed {seed}: {} bytes up, {} down; client {client_config:?}; relay {relay_config:?}; grace {grace:?}; {chaos_steps} steps, {faults_left} faults",
+                "seed {seed}: {} bytes up, {} down; client {client_config:?}; relay {relay_config:?}; grace {grace:?}; {crowd:?}; {chaos_steps} steps, {faults_left} faults",
                 client_in.len(),
                 relay_in.len()
             ),
@@ -101,7 +129,7 @@ impl World {
             rng,
             net: Net::default(),
             client: Client::new(client_config, client_local),
-            relay: Relay::new(relay_config, grace, relay_local),
+            relay: Relay::new(relay_config, grace, relay_local, crowd),
             trace,
             chaos_steps,
             faults_left,
@@ -162,7 +190,7 @@ impl World {
             _ => {
                 if self.rng.chance(5) {
                     self.attack();
-                } else if self.rng.chance(10) {
+                } else if self.rng.chance(30) {
                     self.client
                         .try_now(&mut self.net, &self.clock, &mut self.trace);
                 }
@@ -350,7 +378,10 @@ impl World {
         self.faults_left -= 1;
         let grace = self.grace.as_millis() as u64;
         let dead = self.dead_after.as_millis() as u64;
-        let kind = self.rng.range(0, 4) as usize;
+        let kind = match self.rng.range(0, 19) {
+            0 => 5,
+            n => (n % 5) as usize,
+        };
         let client_link = self.client.link();
         let relay_link = self.relay.link();
         let what = match kind {
@@ -384,13 +415,21 @@ impl World {
                 }
                 None => return,
             },
-            _ => match client_link {
+            4 => match client_link {
                 Some(link) => {
                     self.net.shrink(link);
                     format!("link {link} loses large writes from now on")
                 }
                 None => return,
             },
+            _ => {
+                if self.relay.held.as_ref().is_none_or(|h| h.ended.is_some()) {
+                    return;
+                }
+                self.relay
+                    .instance_down(&mut self.net, &self.clock, &mut self.trace);
+                "the session's instance goes down".to_string()
+            }
         };
         self.tally.faults[kind] += 1;
         self.trace.note(&self.clock, format!("fault: {what}"));
@@ -466,6 +505,8 @@ impl World {
                 // reach the client before the transport broke: sshd read
                 // everything, and the client had received everything
                 // (what its local end had not yet taken is lost with it).
+                // Its instance went down: another told the client so.
+                Some("instance down") => 6,
                 Some("complete") => {
                     let all = self.relay_in_len + 1;
                     if !relay_complete || self.client.received_at_end != all {
@@ -497,6 +538,7 @@ impl World {
         self.tally.client_lost = self.client.lost.map(u64::from);
         self.tally.resumes = self.client.resumes.into();
         self.tally.failed_attempts = self.client.failed_attempts.into();
+        self.tally.failed_opens = self.client.failed_opens.into();
         self.tally.relay = self.relay.counts;
         Ok(())
     }
