@@ -11,6 +11,22 @@
 //! The ring is pure: where its memory lives, and what happens when the peer
 //! acknowledges or the ring runs empty, is the [`RingMemory`]'s business.
 //!
+//! # Memory given back, and kept
+//!
+//! Acknowledged bytes need no memory, and a relay with many sessions should
+//! not hold a full ring for each: a ring gives the pages of what was
+//! acknowledged back ([`RingMemory::drained`], [`RingMemory::release`]).
+//! But a page given back during a stream is needed again as soon as the
+//! ring comes round to it, and faulting it in (and zeroing it) again costs
+//! more than the bytes it holds are worth. So a ring that would give memory
+//! back while bytes flow first asks its process's [`KEEP_BUDGET`] for its
+//! capacity: with it, it keeps its pages until the session is idle
+//! ([`RingBuffer::release_idle`], called by the session after
+//! [`IDLE_RELEASE`] without a byte read in), then gives back what was
+//! acknowledged and returns the budget. Without it (many busy sessions), it
+//! gives memory back as it goes, as above. Keeping pages never keeps bytes
+//! longer: what is held is the same either way.
+//!
 //! # The one rule that makes the slices safe
 //!
 //! A slice handed out covers bytes between the acknowledged offset and the
@@ -20,10 +36,12 @@
 //! current transport, which is dropped with the transport. A resume re-sends
 //! from the peer's position, never below it.
 
+use crate::proto::budget::Budget;
 use crate::proto::replay::fill;
 use bytes::Bytes;
 use std::mem::MaybeUninit;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::ReadBuf;
 
 /// Bytes written to the ring since it was last drained after which, once it
@@ -34,6 +52,14 @@ pub const RELEASE_AFTER: usize = 16 * 1024;
 /// transfer keeps partly full holds about what is unacknowledged, not its
 /// whole capacity.
 pub const RELEASE_EVERY: u64 = 256 * 1024;
+/// Ring memory the busy rings of a process may keep instead of giving it
+/// back as they go (each takes its whole capacity: four default rings).
+pub const KEEP_BUDGET: u64 = 32 << 20;
+/// The process's budget of kept ring memory.
+pub static KEEP: Budget = Budget::new(KEEP_BUDGET);
+/// How long a ring that keeps its memory must see no new bytes before it
+/// gives back what was acknowledged ([`RingBuffer::release_idle`]).
+pub const IDLE_RELEASE: Duration = Duration::from_secs(1);
 
 /// The memory a [`RingBuffer`] lives in.
 ///
@@ -97,6 +123,19 @@ pub struct RingBuffer {
     written_since_release: usize,
     /// Offset before which the memory was given back.
     released_to: u64,
+    /// Where [`keeping`](Self::keeping) takes its capacity from.
+    budget: &'static Budget,
+    /// The ring holds its capacity of the budget and gives nothing back
+    /// until [`release_idle`](Self::release_idle).
+    kept: bool,
+}
+
+impl Drop for RingBuffer {
+    fn drop(&mut self) {
+        if self.kept {
+            self.budget.give(self.capacity() as u64);
+        }
+    }
 }
 
 impl std::fmt::Debug for RingBuffer {
@@ -129,6 +168,17 @@ impl RingBuffer {
         start: u64,
         end: u64,
     ) -> Result<RingBuffer, RingRangeError> {
+        RingBuffer::with_budget(memory, start, end, &KEEP)
+    }
+
+    /// [`new`](Self::new), keeping memory within `budget` instead of the
+    /// process's [`KEEP`].
+    pub fn with_budget(
+        memory: Arc<dyn RingMemory>,
+        start: u64,
+        end: u64,
+        budget: &'static Budget,
+    ) -> Result<RingBuffer, RingRangeError> {
         let capacity = memory.capacity();
         if capacity == 0 || start > end || end - start > capacity as u64 {
             return Err(RingRangeError {
@@ -143,6 +193,8 @@ impl RingBuffer {
             end,
             written_since_release: 0,
             released_to: start,
+            budget,
+            kept: false,
         })
     }
 
@@ -220,12 +272,54 @@ impl RingBuffer {
         self.start = offset;
         self.memory.acknowledged(offset);
         if self.start == self.end && self.written_since_release >= RELEASE_AFTER {
-            self.memory.drained();
-            self.written_since_release = 0;
-            self.released_to = self.start;
-        } else if self.start - self.released_to >= RELEASE_EVERY.min(self.capacity() as u64 / 4) {
+            if !self.keeping() {
+                self.drain();
+            }
+        } else if self.start - self.released_to >= RELEASE_EVERY.min(self.capacity() as u64 / 4)
+            && !self.keeping()
+        {
             self.release_acknowledged();
         }
+    }
+
+    /// Whether the ring keeps its memory rather than giving it back now:
+    /// it does while it holds its capacity of the budget, which it takes
+    /// here if that much is left.
+    fn keeping(&mut self) -> bool {
+        if !self.kept {
+            self.kept = self.budget.take(self.capacity() as u64);
+        }
+        self.kept
+    }
+
+    /// Whether the ring keeps memory that [`release_idle`](Self::release_idle)
+    /// would give back.
+    pub fn keeps_memory(&self) -> bool {
+        self.kept
+    }
+
+    /// No bytes came in for a while ([`IDLE_RELEASE`]): gives back the
+    /// memory of what was acknowledged and kept, and the budget it held.
+    pub fn release_idle(&mut self) {
+        if !self.kept {
+            return;
+        }
+        self.kept = false;
+        self.budget.give(self.capacity() as u64);
+        if self.start == self.end {
+            if self.written_since_release > 0 {
+                self.drain();
+            }
+        } else if self.start > self.released_to {
+            self.release_acknowledged();
+        }
+    }
+
+    /// Gives the whole ring back: it holds nothing.
+    fn drain(&mut self) {
+        self.memory.drained();
+        self.written_since_release = 0;
+        self.released_to = self.start;
     }
 
     /// Gives back the memory of what was acknowledged since the last time.
@@ -309,6 +403,18 @@ mod tests {
         }
     }
 
+    /// A budget that lets no ring keep its memory.
+    static NO_KEEP: Budget = Budget::new(0);
+
+    fn watched(capacity: usize) -> Arc<Watched> {
+        Arc::new(Watched {
+            heap: HeapMemory::new(capacity),
+            acked: AtomicU64::new(0),
+            drained: AtomicUsize::new(0),
+            released: std::sync::Mutex::default(),
+        })
+    }
+
     fn write(ring: &mut RingBuffer, mut data: &[u8]) {
         while !data.is_empty() {
             let ((), n) = ring.read_into(data.len(), |buf| {
@@ -343,14 +449,10 @@ mod tests {
 
     #[test]
     fn the_memory_hears_acks_and_is_given_back_when_drained() {
-        let memory = Arc::new(Watched {
-            heap: HeapMemory::new(64 * 1024),
-            acked: AtomicU64::new(0),
-            drained: AtomicUsize::new(0),
-            released: std::sync::Mutex::default(),
-        });
+        let memory = watched(64 * 1024);
         let mut ring =
-            RingBuffer::new(Arc::clone(&memory) as Arc<dyn RingMemory>, 0, 0).expect("ring");
+            RingBuffer::with_budget(Arc::clone(&memory) as Arc<dyn RingMemory>, 0, 0, &NO_KEEP)
+                .expect("ring");
         write(&mut ring, &[1; 100]);
         ring.acknowledge(100);
         assert_eq!(memory.acked.load(Ordering::Relaxed), 100);
@@ -373,14 +475,10 @@ mod tests {
     #[test]
     fn a_ring_that_never_drains_gives_back_what_was_acknowledged() {
         let chunk = RELEASE_EVERY as usize;
-        let memory = Arc::new(Watched {
-            heap: HeapMemory::new(4 * chunk),
-            acked: AtomicU64::new(0),
-            drained: AtomicUsize::new(0),
-            released: std::sync::Mutex::default(),
-        });
+        let memory = watched(4 * chunk);
         let mut ring =
-            RingBuffer::new(Arc::clone(&memory) as Arc<dyn RingMemory>, 0, 0).expect("ring");
+            RingBuffer::with_budget(Arc::clone(&memory) as Arc<dyn RingMemory>, 0, 0, &NO_KEEP)
+                .expect("ring");
         let at = |n: f64| (n * chunk as f64) as u64;
         write(&mut ring, &vec![3; 3 * chunk]);
         ring.acknowledge(at(1.0) - 1);
@@ -396,6 +494,54 @@ mod tests {
             [(0, chunk + 10), (chunk + chunk / 2, chunk + 100)]
         );
         assert_eq!(memory.drained.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_busy_ring_within_the_budget_keeps_its_memory_until_idle() {
+        let chunk = RELEASE_EVERY as usize;
+        // Room for one ring of four chunks.
+        let budget: &'static Budget = Box::leak(Box::new(Budget::new(4 * chunk as u64)));
+        let memory = watched(4 * chunk);
+        let mut ring =
+            RingBuffer::with_budget(Arc::clone(&memory) as Arc<dyn RingMemory>, 0, 0, budget)
+                .expect("ring");
+        let other = watched(4 * chunk);
+        let mut second =
+            RingBuffer::with_budget(Arc::clone(&other) as Arc<dyn RingMemory>, 0, 0, budget)
+                .expect("ring");
+        write(&mut ring, &vec![5; 3 * chunk]);
+        ring.acknowledge(2 * chunk as u64);
+        write(&mut ring, &vec![6; 2 * chunk]);
+        ring.acknowledge(4 * chunk as u64);
+        assert!(ring.keeps_memory());
+        assert!(memory.released.lock().expect("lock").is_empty());
+        // The second ring finds the budget taken: it gives back as it goes.
+        write(&mut second, &vec![7; 2 * chunk]);
+        second.acknowledge(2 * chunk as u64);
+        assert!(!second.keeps_memory());
+        assert_eq!(other.drained.load(Ordering::Relaxed), 1);
+        // Idle: what was acknowledged and not written again goes back, the
+        // held chunk stays, and the budget is free for the second ring.
+        ring.release_idle();
+        assert!(!ring.keeps_memory());
+        assert_eq!(
+            *memory.released.lock().expect("lock"),
+            [(chunk, 3 * chunk)],
+            "offsets chunk..4 chunks (the first chunk's place holds offsets 4..5 chunks)"
+        );
+        assert_eq!(ring.len(), chunk);
+        write(&mut second, &vec![8; 2 * chunk]);
+        second.acknowledge(4 * chunk as u64);
+        assert!(second.keeps_memory());
+        // Once drained and idle, the whole ring goes back.
+        second.release_idle();
+        assert_eq!(other.drained.load(Ordering::Relaxed), 2);
+        drop(ring);
+        drop(second);
+        assert!(
+            budget.take(4 * chunk as u64),
+            "dropped rings give the budget back"
+        );
     }
 
     #[test]
@@ -434,12 +580,17 @@ mod tests {
         #[test]
         fn any_schedule_of_writes_and_acks_reads_back_in_order(
             capacity in 1usize..64,
-            steps in proptest::collection::vec((0usize..80, 0usize..80, 1usize..80), 1..60),
+            keep in any::<bool>(),
+            steps in proptest::collection::vec((0usize..80, 0usize..80, 1usize..80, any::<bool>()), 1..60),
         ) {
             let memory = Arc::new(Zeroing(HeapMemory::new(capacity)));
-            let mut ring = RingBuffer::new(memory, 0, 0).expect("ring");
+            let budget: &'static Budget = if keep { Box::leak(Box::new(Budget::new(64))) } else { &NO_KEEP };
+            let mut ring = RingBuffer::with_budget(memory, 0, 0, budget).expect("ring");
             let mut sent: Vec<u8> = Vec::new();
-            for (write_n, ack_n, max) in steps {
+            for (write_n, ack_n, max, idle) in steps {
+                if idle {
+                    ring.release_idle();
+                }
                 let room = capacity - ring.len();
                 let data: Vec<u8> = (0..write_n.min(room)).map(|i| (sent.len() + i) as u8).collect();
                 write(&mut ring, &data);

@@ -37,6 +37,7 @@
 
 mod config;
 mod error;
+mod kept_memory;
 mod liveness;
 mod local_end;
 mod restore;
@@ -100,6 +101,9 @@ pub struct Session {
     // Outgoing: local end → peer.
     /// Bytes read from the local end and not yet acknowledged.
     replay: ReplayStore,
+    /// While the replay ring keeps memory: when to look whether bytes came
+    /// in since, and its end then (`kept_memory.rs`).
+    idle_release: Option<(Instant, u64)>,
     /// The local end closed; the end marker sits at `replay.end()`.
     local_eof: bool,
     /// Next offset to send on the current transport.
@@ -174,6 +178,7 @@ impl Session {
         Session {
             config,
             replay,
+            idle_release: None,
             local_eof: false,
             send_next: start,
             end_sent: false,
@@ -260,6 +265,7 @@ impl Session {
     /// The transport was lost; frames queued for it are gone too.
     pub fn detach(&mut self) {
         self.attached = false;
+        self.release_kept_memory();
         self.pong_due = None;
         self.ping_in_flight = None;
         if self.config.ack_delivered {
@@ -297,6 +303,7 @@ impl Session {
     pub fn attach(&mut self, peer_received: u64, now: Instant) -> Result<(), ProtocolError> {
         self.check_resume(peer_received)?;
         self.replay.acknowledge(peer_received);
+        self.watch_kept_memory(now);
         if self.local_eof && peer_received == self.replay.end() + 1 {
             self.end_acked = true;
         }
@@ -383,6 +390,7 @@ impl Session {
                 }
                 let repeated = position <= self.acked_position();
                 self.replay.acknowledge(position);
+                self.watch_kept_memory(now);
                 if self.local_eof && position == self.replay.end() + 1 {
                     self.end_acked = true;
                 }
@@ -543,6 +551,7 @@ impl Session {
             return None;
         }
         let dead = self.live.dead_at(self.waiting(), self.config.dead_after);
+        let dead = self.idle_release.map_or(dead, |(at, _)| dead.min(at));
         if !can_transmit {
             return Some(dead);
         }
@@ -565,6 +574,7 @@ impl Session {
     /// it while its heartbeats arrived ([`Dead::Stalled`]). Neither counts
     /// while this side is not reading (its local end is slow).
     pub fn handle_timeout(&mut self, now: Instant) -> Option<Dead> {
+        self.check_kept_memory(now);
         if !self.attached {
             return None;
         }
