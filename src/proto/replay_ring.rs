@@ -53,8 +53,8 @@ pub const RELEASE_AFTER: usize = 16 * 1024;
 /// whole capacity.
 pub const RELEASE_EVERY: u64 = 256 * 1024;
 /// Ring memory the busy rings of a process may keep instead of giving it
-/// back as they go (each takes its whole capacity: four default rings).
-pub const KEEP_BUDGET: u64 = 32 << 20;
+/// back as they go (each takes its whole capacity: two default rings).
+pub const KEEP_BUDGET: u64 = 16 << 20;
 /// The process's budget of kept ring memory.
 pub static KEEP: Budget = Budget::new(KEEP_BUDGET);
 /// How long a ring that keeps its memory must see no new bytes before it
