@@ -31,7 +31,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 use support::data::{sha256_file, write_random_file};
 use support::durable::{kill_worker, RESUMED};
-use support::faults::Bench;
+use support::faults::{serial, Bench};
 use support::process::{file_len, Watched, IDLE};
 use support::quic_lab::{EchoLab, ECHO_TIMEOUT};
 use support::relay::{CLIENT, LOST};
@@ -45,6 +45,7 @@ const GONE_WITHIN: Duration = Duration::from_secs(15);
 
 #[test]
 fn every_idle_quic_session_is_back_within_a_second_and_a_half_of_a_worker_crash() -> Result<()> {
+    let _serial = serial();
     let Some(lab) = EchoLab::start("quic-crash", &[])? else {
         return Ok(());
     };
@@ -80,6 +81,7 @@ fn every_idle_quic_session_is_back_within_a_second_and_a_half_of_a_worker_crash(
 
 #[test]
 fn a_quic_client_outlives_a_partition_but_not_its_relay() -> Result<()> {
+    let _serial = serial();
     let Some(mut lab) = EchoLab::start("quic-gone", &[])? else {
         return Ok(());
     };
@@ -122,6 +124,7 @@ fn a_quic_client_outlives_a_partition_but_not_its_relay() -> Result<()> {
 
 #[test]
 fn an_auto_session_is_back_on_quic_soon_after_udp_returns() -> Result<()> {
+    let _serial = serial();
     let Some(lab) = EchoLab::start("quic-back", &[])? else {
         return Ok(());
     };
@@ -162,6 +165,7 @@ fn an_auto_session_is_back_on_quic_soon_after_udp_returns() -> Result<()> {
 
 #[test]
 fn a_partition_shorter_than_dead_after_costs_no_resume_on_quic() -> Result<()> {
+    let _serial = serial();
     const SIZE: u64 = 256 << 20;
     const PARTITION: Duration = Duration::from_secs(4);
     let flags = "--transport quic --dead-after 5s";

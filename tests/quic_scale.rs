@@ -2,7 +2,7 @@
 //! `support/netns.rs`): what one relay serving many people sees.
 //!
 //! * **Bulk sessions end, and stay lean.** 100 ssh sessions over
-//!   `--transport quic` each download 16 MiB at once (sha256 compared) and
+//!   `--transport quic` each download 32 MiB at once (sha256 compared) and
 //!   end together: the relay ends every one of them (none is kept for the
 //!   grace period as if its client were lost), no connection to sshd is
 //!   left, and the relay (keeper and worker) grows by at most 300 MiB while
@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use support::data::{sha256_file, write_random_file};
-use support::faults::Bench;
+use support::faults::{serial, Bench};
 use support::process::{Watched, IDLE};
 use support::quic_lab::EchoLab;
 use support::relay::CLIENT;
@@ -33,7 +33,7 @@ use support::relay::CLIENT;
 /// Bulk sessions at once.
 const BULK_SESSIONS: usize = 100;
 /// What each downloads.
-const BULK_SIZE: u64 = 16 << 20;
+const BULK_SIZE: u64 = 32 << 20;
 /// How much the relay may grow with them (issue 18).
 const MAX_GROWTH_KIB: u64 = 300 * 1024;
 /// Sessions in the burst, and how long it takes to start them.
@@ -98,6 +98,7 @@ fn download(
 
 #[test]
 fn a_hundred_bulk_quic_sessions_end_on_the_relay_and_stay_lean() -> Result<()> {
+    let _serial = serial();
     let Some(bench) = Bench::start_with("", &[], "--transport quic --dead-after 5s")? else {
         return Ok(());
     };
@@ -173,6 +174,7 @@ fn established_to(bench: &Bench, port: u16) -> Result<usize> {
 
 #[test]
 fn a_burst_of_quic_sessions_from_one_address_all_start() -> Result<()> {
+    let _serial = serial();
     let flags = ["--max-handshakes-per-source", "256"];
     let Some(bench) = Bench::start_with("", &flags, "--transport quic")? else {
         return Ok(());
@@ -239,6 +241,7 @@ fn a_burst_of_quic_sessions_from_one_address_all_start() -> Result<()> {
 
 #[test]
 fn quic_clients_over_a_limit_are_refused_in_words() -> Result<()> {
+    let _serial = serial();
     const CLIENTS: usize = 100;
     const LIMIT: usize = 50;
     let limit = LIMIT.to_string();

@@ -233,7 +233,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Link<R, W> {
                 self.session.heard(at);
             }
             if let Some(dead) = self.session.handle_timeout(Instant::now()) {
-                let after = self.session.config().dead_after;
+                let after = self.session.dead_after();
                 let lost = match dead {
                     Dead::Silent => Lost::Silent(after),
                     Dead::Stalled => Lost::Stalled(after),

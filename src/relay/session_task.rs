@@ -147,6 +147,8 @@ pub(super) async fn run(
     shared: Arc<Shared>,
     attach_rx: mpsc::Receiver<Attach>,
 ) {
+    // The client judges its transport first (see `Session::judge_second`).
+    session.judge_second();
     let mut current = match start {
         Start::New(transport) => match session.attach(0, Instant::now()) {
             Ok(()) => Some(*transport),

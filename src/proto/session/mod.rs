@@ -146,6 +146,9 @@ pub struct Session {
     last_sent: Instant,
     /// Heartbeats per dead-peer interval.
     heartbeats: u32,
+    /// This side judges a transport dead one heartbeat interval after the
+    /// peer would (see [`judge_second`](Self::judge_second)).
+    judges_second: bool,
     /// A ping to answer.
     pong_due: Option<u64>,
     /// The latest ping sent and when.
@@ -197,6 +200,7 @@ impl Session {
             live: Liveness::new(now),
             last_sent: now,
             heartbeats: HEARTBEATS,
+            judges_second: false,
             pong_due: None,
             ping_in_flight: None,
             next_ping: 0,
@@ -343,6 +347,29 @@ impl Session {
     /// (the transport's choice; [`HEARTBEATS`] otherwise).
     pub fn set_heartbeats(&mut self, per_interval: u32) {
         self.heartbeats = per_interval.max(1);
+    }
+
+    /// This side judges a transport dead (silent, or stalled) one heartbeat
+    /// interval after the peer, which uses the same dead-peer interval,
+    /// would. The relay does: the client is the side that can act on a
+    /// dead transport (reconnect, with smaller segments where large
+    /// packets are lost), and a transport the relay closed first would
+    /// look like any other loss to it. Both ends measure from nearly the
+    /// same moment, a round trip apart, so without this the two
+    /// judgements race.
+    pub fn judge_second(&mut self) {
+        self.judges_second = true;
+    }
+
+    /// How long a transport may be silent (or stalled) before this side
+    /// judges it dead: the dead-peer interval, and on the side that
+    /// [judges second](Self::judge_second) a heartbeat interval more.
+    pub fn dead_after(&self) -> Duration {
+        if self.judges_second {
+            self.config.dead_after + self.heartbeat_interval()
+        } else {
+            self.config.dead_after
+        }
     }
 
     /// How long this side may stay silent before it sends a heartbeat.
@@ -550,7 +577,7 @@ impl Session {
         if !self.attached {
             return None;
         }
-        let dead = self.live.dead_at(self.waiting(), self.config.dead_after);
+        let dead = self.live.dead_at(self.waiting(), self.dead_after());
         let dead = self.idle_release.map_or(dead, |(at, _)| dead.min(at));
         if !can_transmit {
             return Some(dead);
@@ -580,8 +607,7 @@ impl Session {
         }
         let reading = self.wants_transport_read();
         let waiting = self.waiting();
-        self.live
-            .check(now, reading, waiting, self.config.dead_after)
+        self.live.check(now, reading, waiting, self.dead_after())
     }
 
     /// Whether the attached transport has carried data since it was

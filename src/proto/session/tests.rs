@@ -449,6 +449,25 @@ fn silence_kills_the_transport_unless_the_local_end_is_slow() {
 }
 
 #[test]
+fn the_side_that_judges_second_waits_a_heartbeat_interval_more() {
+    let start = Instant::now();
+    let config = SessionConfig {
+        dead_after: Duration::from_secs(4),
+        ..SessionConfig::default()
+    };
+    let mut s = Session::new(config, start);
+    s.judge_second();
+    s.attach(0, start).unwrap();
+    assert_eq!(s.dead_after(), Duration::from_secs(5));
+    assert_eq!(s.poll_timeout(false), Some(start + Duration::from_secs(5)));
+    assert_eq!(s.handle_timeout(start + Duration::from_secs(4)), None);
+    assert_eq!(
+        s.handle_timeout(start + Duration::from_secs(5)),
+        Some(Dead::Silent)
+    );
+}
+
+#[test]
 fn bytes_of_an_incomplete_frame_keep_the_transport_alive() {
     let start = Instant::now();
     let config = SessionConfig {
