@@ -1,5 +1,5 @@
 //! Helpers for `scripts/bench` where shell tools cannot do the job: a TCP echo
-//! server and sink, one-byte ping-pong latency (p50/p99), resume time after a
+//! server, sink and source, one-byte ping-pong latency (p50/p99), resume time after a
 //! network outage, holding many idle sessions on a relay, and many busy ones.
 //!
 //! A bench target with `harness = false`, so `cargo test` never builds it:
@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 const USAGE: &str = "usage:
   benchtool echo ADDR                      TCP echo server (prints its port)
   benchtool sink ADDR                      TCP server that discards, holds connections open
+  benchtool source ADDR MIB                TCP server that sends MIB MiB of zeroes to each
+                                           connection, then closes it
   benchtool pingpong COUNT tcp ADDR        one-byte round trips over TCP
   benchtool pingpong COUNT cmd PROG ARGS…  one-byte round trips through PROG's stdin/stdout
   benchtool resume ROUNDS OUTAGE_MS DOWN_CMD UP_CMD TRIGGER_CMD|- PROG ARGS…
@@ -38,6 +40,7 @@ fn main() {
     let result = match a.as_slice() {
         ["echo", addr] => serve(addr, true),
         ["sink", addr] => serve(addr, false),
+        ["source", addr, mib] => source(addr, mib.parse().unwrap()),
         ["pingpong", count, "tcp", addr] => pingpong_tcp(count.parse().unwrap(), addr),
         ["pingpong", count, "cmd", prog @ ..] => pingpong_cmd(count.parse().unwrap(), prog),
         ["resume", rounds, outage, down, up, trigger, prog @ ..] => resume(
@@ -93,6 +96,27 @@ fn serve(addr: &str, echo: bool) -> Result<()> {
                             break;
                         }
                     }
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Sends `mib` MiB of zeroes to each connection, 256 KiB per write, and
+/// closes it (what the peer sends is never read).
+fn source(addr: &str, mib: usize) -> Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    println!("{}", listener.local_addr()?.port());
+    std::io::stdout().flush()?;
+    for conn in listener.incoming() {
+        let mut conn = conn?;
+        conn.set_nodelay(true)?;
+        std::thread::spawn(move || {
+            let buf = vec![0u8; 256 * 1024];
+            for _ in 0..mib * 4 {
+                if conn.write_all(&buf).is_err() {
+                    break;
                 }
             }
         });

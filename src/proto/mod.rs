@@ -12,6 +12,8 @@
 //!   a session, with the transport's read buffer and write queue.
 //! * `write_queue.rs` — encoded frames waiting for a transport, written with
 //!   vectored writes.
+//! * [`budget`] — bytes that many owners in a process share (QUIC's send
+//!   windows, the replay rings' kept pages).
 //! * [`opening`] — when the client tries again to open a session, and
 //!   when it stops.
 //! * `backoff.rs` — the client's reconnect delays; [`reconnect`] — when
@@ -33,6 +35,7 @@
 //!   schedules of faults, each checking the stream contract.
 
 pub(crate) mod backoff;
+pub mod budget;
 pub mod connection;
 pub mod fleet;
 pub mod opening;

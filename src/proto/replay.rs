@@ -88,6 +88,19 @@ impl ReplayStore {
         }
     }
 
+    /// Whether memory of acknowledged bytes is kept for the next ones, to
+    /// be given back once idle ([`RingBuffer::release_idle`]).
+    pub fn keeps_memory(&self) -> bool {
+        matches!(self, ReplayStore::Ring(r) if r.keeps_memory())
+    }
+
+    /// No bytes came in for a while: gives kept memory back.
+    pub fn release_idle(&mut self) {
+        if let ReplayStore::Ring(r) = self {
+            r.release_idle();
+        }
+    }
+
     /// Up to `max` bytes starting at `offset`, without copying.
     pub fn slice_from(&self, offset: u64, max: usize) -> Bytes {
         match self {

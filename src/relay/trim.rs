@@ -11,7 +11,8 @@
 //! for sessions that stay open but fell quiet.
 //!
 //! (The replay buffers are not on the heap: each is a ring in shared
-//! memory whose pages are given back whenever it drains; see
+//! memory whose pages are given back when it drains, or once its session
+//! is idle while the process keeps a few busy rings whole; see
 //! [`RingMemory::drained`](crate::proto::replay_ring::RingMemory::drained).)
 
 use std::time::Duration;

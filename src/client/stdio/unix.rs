@@ -118,8 +118,38 @@ pub struct NonBlockingFdReader(NonBlockingFd);
 /// The writing half, kept opaque.
 pub struct NonBlockingFdWriter(NonBlockingFd);
 
+/// The size asked for the pipes to and from ssh (Linux's default is
+/// 64 KiB): a 128 KiB read from ssh, or a write of a received frame to it,
+/// then takes one system call and one wake-up, not two or more. It counts
+/// against the user's pipe memory (`/proc/sys/fs/pipe-user-pages-soft`,
+/// 64 MiB by default): 512 KiB per ssh.
+#[cfg(target_os = "linux")]
+const PIPE_SIZE: libc::c_int = 256 * 1024;
+
+/// Makes the pipe behind `fd`, if it is one, [`PIPE_SIZE`] large (Linux
+/// only). A refusal (the user's pipe memory is used up) leaves it as it is.
+#[cfg(target_os = "linux")]
+fn grow_pipe(fd: RawFd) {
+    // SAFETY: fstat writes one stat struct; fcntl on a descriptor number has
+    // no memory effects.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) == 0
+            && st.st_mode & libc::S_IFMT == libc::S_IFIFO
+            && libc::fcntl(fd, libc::F_GETPIPE_SZ) < PIPE_SIZE
+        {
+            libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_SIZE);
+        }
+    }
+}
+
 /// The process's stdin and stdout as async handles. Call once.
 pub fn take() -> (Stdin, Stdout) {
+    #[cfg(target_os = "linux")]
+    {
+        grow_pipe(0);
+        grow_pipe(1);
+    }
     let stdin = match NonBlockingFd::new(0) {
         Ok(fd) => Stdin::Reactor(NonBlockingFdReader(fd)),
         Err(_) => Stdin::Blocking(tokio::io::stdin()),

@@ -11,6 +11,7 @@ impl Session {
     /// The transport was lost; frames queued for it are gone too.
     pub fn detach(&mut self) {
         self.attached = false;
+        self.release_kept_memory();
         self.pong_due = None;
         self.ping_in_flight = None;
         if self.config.ack_delivered {
@@ -48,6 +49,7 @@ impl Session {
     pub fn attach(&mut self, peer_received: u64, now: Instant) -> Result<(), ProtocolError> {
         self.check_resume(peer_received)?;
         self.replay.acknowledge(peer_received);
+        self.watch_kept_memory(now);
         if self.local_eof && peer_received == self.replay.end() + 1 {
             self.end_acked = true;
         }

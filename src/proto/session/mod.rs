@@ -38,6 +38,7 @@
 mod attach;
 mod config;
 mod error;
+mod kept_memory;
 mod liveness;
 mod local_end;
 mod restore;
@@ -101,6 +102,9 @@ pub struct Session {
     // Outgoing: local end → peer.
     /// Bytes read from the local end and not yet acknowledged.
     replay: ReplayStore,
+    /// While the replay ring keeps memory: when to look whether bytes came
+    /// in since, and its end then (`kept_memory.rs`).
+    idle_release: Option<(Instant, u64)>,
     /// The local end closed; the end marker sits at `replay.end()`.
     local_eof: bool,
     /// Next offset to send on the current transport.
@@ -178,6 +182,7 @@ impl Session {
         Session {
             config,
             replay,
+            idle_release: None,
             local_eof: false,
             send_next: start,
             end_sent: false,
@@ -351,6 +356,7 @@ impl Session {
                 }
                 let repeated = position <= self.acked_position();
                 self.replay.acknowledge(position);
+                self.watch_kept_memory(now);
                 if self.local_eof && position == self.replay.end() + 1 {
                     self.end_acked = true;
                 }
@@ -511,6 +517,7 @@ impl Session {
             return None;
         }
         let dead = self.live.dead_at(self.waiting(), self.dead_after());
+        let dead = self.idle_release.map_or(dead, |(at, _)| dead.min(at));
         if !can_transmit {
             return Some(dead);
         }
@@ -533,6 +540,7 @@ impl Session {
     /// it while its heartbeats arrived ([`Dead::Stalled`]). Neither counts
     /// while this side is not reading (its local end is slow).
     pub fn handle_timeout(&mut self, now: Instant) -> Option<Dead> {
+        self.check_kept_memory(now);
         if !self.attached {
             return None;
         }

@@ -25,7 +25,7 @@
 //!
 //! Pure: the caller gives it the clock, what was sent and the round trip.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::proto::budget::Budget;
 use std::time::{Duration, Instant};
 
 /// The window a connection starts with: a gigabit per second over a round
@@ -45,41 +45,6 @@ const MIN_INTERVAL: Duration = Duration::from_millis(50);
 pub const GAIN_EIGHTHS: u64 = 9;
 /// After a larger window brought nothing, how long until the next try.
 pub const HOLD: Duration = Duration::from_secs(1);
-
-/// Bytes that windows may hold beyond their floor, shared by connections.
-#[derive(Debug)]
-pub struct Budget {
-    limit: u64,
-    used: AtomicU64,
-}
-
-impl Budget {
-    /// A budget of `limit` bytes.
-    pub const fn new(limit: u64) -> Budget {
-        Budget {
-            limit,
-            used: AtomicU64::new(0),
-        }
-    }
-
-    /// Takes `n` bytes of it, if that many are left.
-    fn take(&self, n: u64) -> bool {
-        self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(n).filter(|total| *total <= self.limit)
-            })
-            .is_ok()
-    }
-
-    /// Gives `n` bytes back.
-    fn give(&self, n: u64) {
-        let _ = self
-            .used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                Some(used.saturating_sub(n))
-            });
-    }
-}
 
 /// The send window of one connection.
 #[derive(Debug)]

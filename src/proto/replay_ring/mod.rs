@@ -11,6 +11,22 @@
 //! The ring is pure: where its memory lives, and what happens when the peer
 //! acknowledges or the ring runs empty, is the [`RingMemory`]'s business.
 //!
+//! # Memory given back, and kept
+//!
+//! Acknowledged bytes need no memory, and a relay with many sessions should
+//! not hold a full ring for each: a ring gives the pages of what was
+//! acknowledged back ([`RingMemory::drained`], [`RingMemory::release`]).
+//! But a page given back during a stream is needed again as soon as the
+//! ring comes round to it, and faulting it in (and zeroing it) again costs
+//! more than the bytes it holds are worth. So a ring that would give memory
+//! back while bytes flow first asks its process's [`KEEP_BUDGET`] for its
+//! capacity: with it, it keeps its pages until the session is idle
+//! ([`RingBuffer::release_idle`], called by the session after
+//! [`IDLE_RELEASE`] without a byte read in), then gives back what was
+//! acknowledged and returns the budget. Without it (many busy sessions), it
+//! gives memory back as it goes, as above. Keeping pages never keeps bytes
+//! longer: what is held is the same either way.
+//!
 //! # The one rule that makes the slices safe
 //!
 //! A slice handed out covers bytes between the acknowledged offset and the
@@ -20,10 +36,12 @@
 //! current transport, which is dropped with the transport. A resume re-sends
 //! from the peer's position, never below it.
 
+use crate::proto::budget::Budget;
 use crate::proto::replay::fill;
 use bytes::Bytes;
 use std::mem::MaybeUninit;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::ReadBuf;
 
 /// Bytes written to the ring since it was last drained after which, once it
@@ -34,6 +52,14 @@ pub const RELEASE_AFTER: usize = 16 * 1024;
 /// transfer keeps partly full holds about what is unacknowledged, not its
 /// whole capacity.
 pub const RELEASE_EVERY: u64 = 256 * 1024;
+/// Ring memory the busy rings of a process may keep instead of giving it
+/// back as they go (each takes its whole capacity: two default rings).
+pub const KEEP_BUDGET: u64 = 16 << 20;
+/// The process's budget of kept ring memory.
+pub static KEEP: Budget = Budget::new(KEEP_BUDGET);
+/// How long a ring that keeps its memory must see no new bytes before it
+/// gives back what was acknowledged ([`RingBuffer::release_idle`]).
+pub const IDLE_RELEASE: Duration = Duration::from_secs(1);
 
 /// The memory a [`RingBuffer`] lives in.
 ///
@@ -97,6 +123,19 @@ pub struct RingBuffer {
     written_since_release: usize,
     /// Offset before which the memory was given back.
     released_to: u64,
+    /// Where [`keeping`](Self::keeping) takes its capacity from.
+    budget: &'static Budget,
+    /// The ring holds its capacity of the budget and gives nothing back
+    /// until [`release_idle`](Self::release_idle).
+    kept: bool,
+}
+
+impl Drop for RingBuffer {
+    fn drop(&mut self) {
+        if self.kept {
+            self.budget.give(self.capacity() as u64);
+        }
+    }
 }
 
 impl std::fmt::Debug for RingBuffer {
@@ -129,6 +168,17 @@ impl RingBuffer {
         start: u64,
         end: u64,
     ) -> Result<RingBuffer, RingRangeError> {
+        RingBuffer::with_budget(memory, start, end, &KEEP)
+    }
+
+    /// [`new`](Self::new), keeping memory within `budget` instead of the
+    /// process's [`KEEP`].
+    pub fn with_budget(
+        memory: Arc<dyn RingMemory>,
+        start: u64,
+        end: u64,
+        budget: &'static Budget,
+    ) -> Result<RingBuffer, RingRangeError> {
         let capacity = memory.capacity();
         if capacity == 0 || start > end || end - start > capacity as u64 {
             return Err(RingRangeError {
@@ -143,6 +193,8 @@ impl RingBuffer {
             end,
             written_since_release: 0,
             released_to: start,
+            budget,
+            kept: false,
         })
     }
 
@@ -220,12 +272,54 @@ impl RingBuffer {
         self.start = offset;
         self.memory.acknowledged(offset);
         if self.start == self.end && self.written_since_release >= RELEASE_AFTER {
-            self.memory.drained();
-            self.written_since_release = 0;
-            self.released_to = self.start;
-        } else if self.start - self.released_to >= RELEASE_EVERY.min(self.capacity() as u64 / 4) {
+            if !self.keeping() {
+                self.drain();
+            }
+        } else if self.start - self.released_to >= RELEASE_EVERY.min(self.capacity() as u64 / 4)
+            && !self.keeping()
+        {
             self.release_acknowledged();
         }
+    }
+
+    /// Whether the ring keeps its memory rather than giving it back now:
+    /// it does while it holds its capacity of the budget, which it takes
+    /// here if that much is left.
+    fn keeping(&mut self) -> bool {
+        if !self.kept {
+            self.kept = self.budget.take(self.capacity() as u64);
+        }
+        self.kept
+    }
+
+    /// Whether the ring keeps memory that [`release_idle`](Self::release_idle)
+    /// would give back.
+    pub fn keeps_memory(&self) -> bool {
+        self.kept
+    }
+
+    /// No bytes came in for a while ([`IDLE_RELEASE`]): gives back the
+    /// memory of what was acknowledged and kept, and the budget it held.
+    pub fn release_idle(&mut self) {
+        if !self.kept {
+            return;
+        }
+        self.kept = false;
+        self.budget.give(self.capacity() as u64);
+        if self.start == self.end {
+            if self.written_since_release > 0 {
+                self.drain();
+            }
+        } else if self.start > self.released_to {
+            self.release_acknowledged();
+        }
+    }
+
+    /// Gives the whole ring back: it holds nothing.
+    fn drain(&mut self) {
+        self.memory.drained();
+        self.written_since_release = 0;
+        self.released_to = self.start;
     }
 
     /// Gives back the memory of what was acknowledged since the last time.
@@ -277,184 +371,4 @@ impl AsRef<[u8]> for RingSlice {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-
-    /// Heap memory that remembers what the ring told it.
-    struct Watched {
-        heap: HeapMemory,
-        acked: AtomicU64,
-        drained: AtomicUsize,
-        released: std::sync::Mutex<Vec<(usize, usize)>>,
-    }
-
-    // SAFETY: delegates to the heap memory.
-    unsafe impl RingMemory for Watched {
-        fn as_ptr(&self) -> *mut u8 {
-            self.heap.as_ptr()
-        }
-        fn capacity(&self) -> usize {
-            self.heap.capacity()
-        }
-        fn acknowledged(&self, offset: u64) {
-            self.acked.store(offset, Ordering::Relaxed);
-        }
-        fn drained(&self) {
-            self.drained.fetch_add(1, Ordering::Relaxed);
-        }
-        fn release(&self, at: usize, len: usize) {
-            self.released.lock().expect("lock").push((at, len));
-        }
-    }
-
-    fn write(ring: &mut RingBuffer, mut data: &[u8]) {
-        while !data.is_empty() {
-            let ((), n) = ring.read_into(data.len(), |buf| {
-                let n = buf.remaining();
-                buf.put_slice(&data[..n]);
-            });
-            assert!(n > 0, "no room for {} bytes", data.len());
-            data = &data[n..];
-        }
-    }
-
-    /// How many bytes the ring would take in one read now.
-    fn slot_len(ring: &mut RingBuffer, max: usize) -> usize {
-        ring.read_into(max, |buf| buf.remaining()).0
-    }
-
-    #[test]
-    fn slots_stop_at_the_wrap_and_slices_follow_it() {
-        let mut ring = RingBuffer::new(Arc::new(HeapMemory::new(8)), 0, 0).expect("ring");
-        write(&mut ring, b"abcdef");
-        ring.acknowledge(4);
-        assert_eq!(slot_len(&mut ring, 100), 2, "up to the wrap");
-        write(&mut ring, b"ghij");
-        assert_eq!((ring.start(), ring.end(), ring.len()), (4, 10, 6));
-        assert_eq!(&ring.slice_from(4, 100)[..], b"efgh");
-        assert_eq!(&ring.slice_from(8, 100)[..], b"ij");
-        assert_eq!(&ring.slice_from(5, 2)[..], b"fg");
-        assert!(ring.slice_from(3, 100).is_empty());
-        assert!(ring.slice_from(10, 100).is_empty());
-        assert_eq!(slot_len(&mut ring, 100), 2, "room is capacity minus held");
-    }
-
-    #[test]
-    fn the_memory_hears_acks_and_is_given_back_when_drained() {
-        let memory = Arc::new(Watched {
-            heap: HeapMemory::new(64 * 1024),
-            acked: AtomicU64::new(0),
-            drained: AtomicUsize::new(0),
-            released: std::sync::Mutex::default(),
-        });
-        let mut ring =
-            RingBuffer::new(Arc::clone(&memory) as Arc<dyn RingMemory>, 0, 0).expect("ring");
-        write(&mut ring, &[1; 100]);
-        ring.acknowledge(100);
-        assert_eq!(memory.acked.load(Ordering::Relaxed), 100);
-        assert_eq!(
-            memory.drained.load(Ordering::Relaxed),
-            0,
-            "too little to give back"
-        );
-        write(&mut ring, &vec![2; RELEASE_AFTER]);
-        ring.acknowledge(50);
-        assert_eq!(
-            memory.acked.load(Ordering::Relaxed),
-            100,
-            "stale acks change nothing"
-        );
-        ring.acknowledge(ring.end());
-        assert_eq!(memory.drained.load(Ordering::Relaxed), 1);
-    }
-
-    #[test]
-    fn a_ring_that_never_drains_gives_back_what_was_acknowledged() {
-        let chunk = RELEASE_EVERY as usize;
-        let memory = Arc::new(Watched {
-            heap: HeapMemory::new(4 * chunk),
-            acked: AtomicU64::new(0),
-            drained: AtomicUsize::new(0),
-            released: std::sync::Mutex::default(),
-        });
-        let mut ring =
-            RingBuffer::new(Arc::clone(&memory) as Arc<dyn RingMemory>, 0, 0).expect("ring");
-        let at = |n: f64| (n * chunk as f64) as u64;
-        write(&mut ring, &vec![3; 3 * chunk]);
-        ring.acknowledge(at(1.0) - 1);
-        assert!(memory.released.lock().expect("lock").is_empty());
-        ring.acknowledge(at(1.0) + 10);
-        ring.acknowledge(at(1.5));
-        // The ring wraps: offsets from 4 chunks on take the places of the
-        // first ones, which are not given back again.
-        write(&mut ring, &vec![4; 2 * chunk + chunk / 2]);
-        ring.acknowledge(at(2.5) + 100);
-        assert_eq!(
-            *memory.released.lock().expect("lock"),
-            [(0, chunk + 10), (chunk + chunk / 2, chunk + 100)]
-        );
-        assert_eq!(memory.drained.load(Ordering::Relaxed), 0);
-    }
-
-    #[test]
-    fn a_restored_range_must_fit() {
-        let memory: Arc<dyn RingMemory> = Arc::new(HeapMemory::new(16));
-        assert!(RingBuffer::new(Arc::clone(&memory), 100, 116).is_ok());
-        assert!(RingBuffer::new(Arc::clone(&memory), 100, 117).is_err());
-        assert!(RingBuffer::new(memory, 5, 4).is_err());
-    }
-
-    /// Memory whose given-back pages read as zeroes (as a memfd's do).
-    struct Zeroing(HeapMemory);
-
-    // SAFETY: delegates to the heap memory; `release` writes only the range
-    // the ring gave back, which no slice of held bytes covers.
-    unsafe impl RingMemory for Zeroing {
-        fn as_ptr(&self) -> *mut u8 {
-            self.0.as_ptr()
-        }
-        fn capacity(&self) -> usize {
-            self.0.capacity()
-        }
-        fn acknowledged(&self, _offset: u64) {}
-        fn drained(&self) {
-            // SAFETY: nothing is held when the ring drains.
-            unsafe { std::ptr::write_bytes(self.as_ptr(), 0, self.capacity()) };
-        }
-        fn release(&self, at: usize, len: usize) {
-            assert!(at + len <= self.capacity(), "{at}+{len} past the ring");
-            // SAFETY: within the ring, and only acknowledged bytes.
-            unsafe { std::ptr::write_bytes(self.as_ptr().add(at), 0, len) };
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn any_schedule_of_writes_and_acks_reads_back_in_order(
-            capacity in 1usize..64,
-            steps in proptest::collection::vec((0usize..80, 0usize..80, 1usize..80), 1..60),
-        ) {
-            let memory = Arc::new(Zeroing(HeapMemory::new(capacity)));
-            let mut ring = RingBuffer::new(memory, 0, 0).expect("ring");
-            let mut sent: Vec<u8> = Vec::new();
-            for (write_n, ack_n, max) in steps {
-                let room = capacity - ring.len();
-                let data: Vec<u8> = (0..write_n.min(room)).map(|i| (sent.len() + i) as u8).collect();
-                write(&mut ring, &data);
-                sent.extend_from_slice(&data);
-                ring.acknowledge(ring.start() + (ack_n as u64).min(ring.len() as u64));
-                let mut out = Vec::new();
-                let mut off = ring.start();
-                while off < ring.end() {
-                    let s = ring.slice_from(off, max);
-                    prop_assert!(!s.is_empty() && s.len() <= max);
-                    out.extend_from_slice(&s);
-                    off += s.len() as u64;
-                }
-                prop_assert_eq!(&out[..], &sent[ring.start() as usize..]);
-            }
-        }
-    }
-}
+mod tests;
