@@ -14,8 +14,8 @@
 use super::netns::NetLab;
 use super::process::{Lines, Watched};
 use super::relay::{test_key, RelayProcess};
-use anyhow::{bail, ensure, Context, Result};
-use std::io::{BufRead, BufReader, Read, Write};
+use anyhow::{ensure, Context, Result};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
@@ -55,7 +55,7 @@ impl EchoLab {
             TcpListener::bind("127.0.0.1:0").context("binding the echo target")
         })?;
         let echo_port = listener.local_addr()?.port();
-        std::thread::spawn(move || echo(listener));
+        std::thread::spawn(move || echo_each_connection(listener));
         let relay = RelayProcess::start_in_netns(
             lab.server_ns(),
             &format!("{}:0", lab.server_addr()),
@@ -173,38 +173,23 @@ impl EchoClient {
 
     /// Waits, at most `timeout`, for it to exit; its exit code.
     pub fn exit_code(&mut self, timeout: Duration) -> Result<Option<i32>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.process.child.try_wait()? {
-                return Ok(status.code());
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "the client did not exit within {timeout:?}; it said:\n{}",
-                    self.process.stderr.text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let status = super::process::wait_timeout(&mut self.process.child, timeout)
+            .with_context(|| format!("the client; it said:\n{}", self.process.stderr.text()))?;
+        Ok(status.code())
     }
 }
 
-/// Echoes every connection to `listener` until its client closes.
-fn echo(listener: TcpListener) {
+/// Echoes every connection to `listener` until its client closes, a
+/// thread each (also the echo target of `tests/bursts.rs`).
+pub fn echo_each_connection(listener: TcpListener) {
     for conn in listener.incoming() {
-        let Ok(mut conn) = conn else { continue };
+        let Ok(conn) = conn else { continue };
         std::thread::spawn(move || {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match conn.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if conn.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
+            let Ok(mut from) = conn.try_clone() else {
+                return;
+            };
+            let mut to = conn;
+            let _ = std::io::copy(&mut from, &mut to);
         });
     }
 }

@@ -84,6 +84,11 @@ impl Heard {
     }
 }
 
+/// Receives that may report a queued error, in one poll, before the
+/// socket yields (and wakes itself) so that a flood of ICMP errors cannot
+/// hold the thread.
+const MAX_ERROR_ROUNDS: usize = 16;
+
 /// quinn's socket, with what it hears recorded in [`Heard`].
 #[derive(Debug)]
 pub(super) struct ClientSocket {
@@ -139,7 +144,7 @@ impl quinn::AsyncUdpSocket for ClientSocket {
         meta: &mut [quinn::udp::RecvMeta],
     ) -> Poll<io::Result<usize>> {
         // Each queued error is reported once: a few rounds at most.
-        for _ in 0..16 {
+        for _ in 0..MAX_ERROR_ROUNDS {
             match self.inner.poll_recv(cx, bufs, meta) {
                 Poll::Ready(Ok(n)) => {
                     self.heard.datagram(Instant::now());
