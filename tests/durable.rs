@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 use support::data::{sha256_file, write_random_file};
 use support::durable::{kill_worker, resumes_after_each_start, show_resumes};
-use support::process::{file_len, wait_progress, wait_timeout};
+use support::process::{file_len, wait_progress, wait_timeout, Watched};
 use support::relay::{proxy_command, RelayProcess, CLIENT_FLAGS};
 use support::sshd::TestSshd;
 
@@ -100,20 +100,37 @@ fn transfers_survive_three_worker_kills_and_an_upgrade() -> Result<()> {
 /// killed one.
 #[test]
 fn quic_clients_resume_over_quic_after_an_upgrade_and_a_kill() -> Result<()> {
-    use std::io::{Read, Write};
+    use std::io::{BufRead, BufReader, Read, Write};
     let sshd = TestSshd::start()?;
     let relay = RelayProcess::start(sshd.port(), &[])?;
     let mut clients = Vec::new();
     for transport in ["quic", "auto"] {
         let flags = format!("--transport {transport} {CLIENT_FLAGS}");
         let proxy = proxy_command(relay.addr(), sshd.port(), &flags);
-        let ssh = sshd
-            .ssh_command(Some(&proxy), "cat")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        clients.push(ssh);
+        let command = sshd.ssh_command(Some(&proxy), "echo ready; exec cat");
+        let mut ssh = Watched::spawn(command, Stdio::piped(), Stdio::piped())?;
+        // The first line, then the rest, read as they come.
+        let stdout = ssh.child.stdout.take().context("ssh stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = tx.send(line);
+            let mut rest = String::new();
+            let _ = reader.read_to_string(&mut rest);
+            let _ = tx.send(rest);
+        });
+        // Logged in through the relay, the session open end to end: a
+        // restart before the client heard that its session was open would
+        // (rightly) make it open a new one instead of resuming.
+        let first = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+        ensure!(
+            first == "ready\n",
+            "{transport}: the session did not start: {first:?}; stderr:\n{}",
+            ssh.stderr.text()
+        );
+        clients.push((ssh, rx));
     }
     for n in 1..=2 {
         let line = relay.wait_for_count("session started", n, Duration::from_secs(10))?;
@@ -124,24 +141,18 @@ fn quic_clients_resume_over_quic_after_an_upgrade_and_a_kill() -> Result<()> {
     relay.wait_for_count("session resumed", 2, Duration::from_secs(10))?;
     kill_worker(&relay)?;
     relay.wait_for_count("session resumed", 4, Duration::from_secs(10))?;
-    for mut ssh in clients {
-        let mut stdin = ssh.stdin.take().context("stdin")?;
+    for (mut ssh, rest) in clients {
+        let mut stdin = ssh.child.stdin.take().context("stdin")?;
         stdin.write_all(b"still here\n")?;
         drop(stdin);
-        let mut out = String::new();
-        ssh.stdout
-            .take()
-            .context("stdout")?
-            .read_to_string(&mut out)?;
-        let status = ssh.wait()?;
-        let mut err = String::new();
-        ssh.stderr
-            .take()
-            .context("stderr")?
-            .read_to_string(&mut err)?;
+        let status = ssh.wait(Duration::from_secs(30))?;
+        let out = rest
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_default();
         ensure!(
             status.success() && out == "still here\n",
-            "ssh {status}, out {out:?}; stderr:\n{err}"
+            "ssh {status}, out {out:?}; stderr:\n{}",
+            ssh.stderr.text()
         );
     }
     let resumes = resumes_after_each_start(&relay, 2)?;

@@ -31,8 +31,9 @@
 
 use super::relay::RelayProcess;
 use anyhow::{bail, Context, Result};
+use resumeproxy::relay::durable::fd_store::receive_notify;
 use std::ffi::OsStr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -47,8 +48,6 @@ const LISTEN_FDS_START: RawFd = 3;
 pub const NOTIFY_BUFFER_MAX: usize = 4096;
 /// The longest descriptor name systemd accepts (`FDNAME_MAX`).
 pub const FDNAME_MAX: usize = 255;
-/// Most descriptors one datagram can carry (the kernel's `SCM_MAX_FD`).
-const SCM_MAX_FD: usize = 253;
 /// How often the notify thread looks at its stop flag.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -282,68 +281,16 @@ struct Received {
     at: Instant,
 }
 
-/// Receives one datagram without waiting; `None` when none is queued.
+/// Receives one datagram without waiting, with the crate's own receive
+/// (as the keeper does); `None` when none is queued. One byte more than
+/// systemd reads, to see a message that is too long.
 fn receive(socket: &OwnedFd) -> Option<Received> {
-    let mut payload = vec![0u8; NOTIFY_BUFFER_MAX + 1];
-    let mut iov = libc::iovec {
-        iov_base: payload.as_mut_ptr().cast(),
-        iov_len: payload.len(),
-    };
-    // SAFETY: CMSG_SPACE only computes sizes.
-    let space = unsafe {
-        libc::CMSG_SPACE((SCM_MAX_FD * std::mem::size_of::<RawFd>()) as u32)
-            + libc::CMSG_SPACE(std::mem::size_of::<libc::ucred>() as u32)
-    } as usize;
-    // u64 elements keep the buffer aligned for cmsghdr.
-    let mut control = vec![0u64; space.div_ceil(8)];
-    // SAFETY: msghdr is plain data; its pointers outlive the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    // SAFETY: `msg` describes live buffers.
-    let n = unsafe {
-        libc::recvmsg(
-            socket.as_raw_fd(),
-            &mut msg,
-            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-        )
-    };
-    if n < 0 {
-        return None;
-    }
-    let mut fds = Vec::new();
-    let mut pid = None;
-    // SAFETY: walks the control messages the kernel wrote into `control`.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            let data = libc::CMSG_DATA(cmsg);
-            let len = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET {
-                if (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                    for i in 0..len / std::mem::size_of::<RawFd>() {
-                        let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
-                        fds.push(OwnedFd::from_raw_fd(fd));
-                    }
-                } else if (*cmsg).cmsg_type == libc::SCM_CREDENTIALS
-                    && len >= std::mem::size_of::<libc::ucred>()
-                {
-                    let cred = std::ptr::read_unaligned(data.cast::<libc::ucred>());
-                    pid = u32::try_from(cred.pid).ok();
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-    }
-    let n = n as usize;
-    payload.truncate(n.min(NOTIFY_BUFFER_MAX + 1));
+    let datagram = receive_notify(socket.as_fd(), NOTIFY_BUFFER_MAX + 1)?;
     Some(Received {
-        pid,
-        payload,
-        fds,
-        truncated: msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0,
+        pid: datagram.sender.and_then(|pid| u32::try_from(pid).ok()),
+        payload: datagram.payload,
+        fds: datagram.fds,
+        truncated: datagram.truncated,
         at: Instant::now(),
     })
 }

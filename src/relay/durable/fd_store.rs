@@ -134,6 +134,85 @@ impl Notifier {
     }
 }
 
+/// One notify datagram as the supervisor receives it.
+#[derive(Debug)]
+pub struct NotifyDatagram {
+    /// The sender's process, from `SCM_CREDENTIALS` (the socket needs
+    /// `SO_PASSCRED`).
+    pub sender: Option<libc::pid_t>,
+    /// The message, at most the length asked for.
+    pub payload: Vec<u8>,
+    /// The descriptors, from `SCM_RIGHTS`, closed when dropped.
+    pub fds: Vec<OwnedFd>,
+    /// The message or its control data was cut short.
+    pub truncated: bool,
+}
+
+/// Receives one datagram from a notify socket without waiting, with up to
+/// `max_len` bytes of message, up to [`MAX_FDS_PER_MESSAGE`] descriptors
+/// (close-on-exec) and the sender's credentials; `None` when none is
+/// queued or receiving failed.
+pub fn receive_notify(socket: BorrowedFd<'_>, max_len: usize) -> Option<NotifyDatagram> {
+    let mut payload = vec![0u8; max_len];
+    let mut iov = libc::iovec {
+        iov_base: payload.as_mut_ptr().cast(),
+        iov_len: payload.len(),
+    };
+    let fd_space = MAX_FDS_PER_MESSAGE * std::mem::size_of::<RawFd>();
+    // SAFETY: CMSG_SPACE only computes sizes.
+    let space = unsafe {
+        libc::CMSG_SPACE(fd_space as u32)
+            + libc::CMSG_SPACE(std::mem::size_of::<libc::ucred>() as u32)
+    } as usize;
+    // u64 elements keep the buffer aligned for cmsghdr.
+    let mut control = vec![0u64; space.div_ceil(8)];
+    // SAFETY: msghdr is plain data; its pointers outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: `msg` describes live buffers.
+    let n = unsafe {
+        libc::recvmsg(
+            socket.as_raw_fd(),
+            &mut msg,
+            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+        )
+    };
+    let n = usize::try_from(n).ok()?;
+    let mut fds = Vec::new();
+    let mut sender = None;
+    // SAFETY: walks the control messages the kernel wrote into `control`.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            let data = libc::CMSG_DATA(cmsg);
+            let len = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET {
+                if (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                    for i in 0..len / std::mem::size_of::<RawFd>() {
+                        let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
+                        fds.push(OwnedFd::from_raw_fd(fd));
+                    }
+                } else if (*cmsg).cmsg_type == libc::SCM_CREDENTIALS
+                    && len >= std::mem::size_of::<libc::ucred>()
+                {
+                    sender = Some(std::ptr::read_unaligned(data.cast::<libc::ucred>()).pid);
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    payload.truncate(n.min(max_len));
+    Some(NotifyDatagram {
+        sender,
+        payload,
+        fds,
+        truncated: msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0,
+    })
+}
+
 /// Names are what systemd accepts: 1–255 printable ASCII characters, no `:`.
 fn check_name(name: &str) -> io::Result<()> {
     let valid = !name.is_empty()

@@ -27,10 +27,10 @@
 
 mod system;
 
-use super::fd_store::MAX_FDS_PER_MESSAGE;
+use super::fd_store::{receive_notify, NotifyDatagram};
 use std::ffi::{CString, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -318,59 +318,15 @@ impl Keeper {
 
     /// Receives one notify message from the worker; false when none waits.
     fn receive(&mut self) -> bool {
-        let mut payload = [0u8; MAX_MESSAGE];
-        let mut iov = libc::iovec {
-            iov_base: payload.as_mut_ptr().cast(),
-            iov_len: payload.len(),
-        };
-        let fd_space = MAX_FDS_PER_MESSAGE * std::mem::size_of::<RawFd>();
-        // SAFETY: CMSG_SPACE only computes sizes.
-        let space = unsafe {
-            libc::CMSG_SPACE(fd_space as u32)
-                + libc::CMSG_SPACE(std::mem::size_of::<libc::ucred>() as u32)
-        } as usize;
-        let mut control = vec![0u64; space.div_ceil(8)];
-        // SAFETY: msghdr is plain data; its pointers outlive the call.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        // SAFETY: `msg` describes live buffers.
-        let n = unsafe {
-            libc::recvmsg(
-                self.notify.as_raw_fd(),
-                &mut msg,
-                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-            )
-        };
-        if n < 0 {
+        let Some(datagram) = receive_notify(self.notify.as_fd(), MAX_MESSAGE) else {
             return false;
-        }
-        let mut fds = Vec::new();
-        let mut sender = None;
-        // SAFETY: walking the control messages the kernel wrote.
-        unsafe {
-            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-            while !cmsg.is_null() {
-                let data = libc::CMSG_DATA(cmsg);
-                let len = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
-                if (*cmsg).cmsg_level == libc::SOL_SOCKET {
-                    if (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                        for i in 0..len / std::mem::size_of::<RawFd>() {
-                            let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
-                            fds.push(OwnedFd::from_raw_fd(fd));
-                        }
-                    } else if (*cmsg).cmsg_type == libc::SCM_CREDENTIALS
-                        && len >= std::mem::size_of::<libc::ucred>()
-                    {
-                        sender = Some(std::ptr::read_unaligned(data.cast::<libc::ucred>()).pid);
-                    }
-                }
-                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-            }
-        }
-        let truncated = msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0;
+        };
+        let NotifyDatagram {
+            sender,
+            payload,
+            fds,
+            truncated,
+        } = datagram;
         if truncated || sender.is_none() || sender != self.worker {
             // Not from the worker (or cut short): its descriptors are closed.
             self.dropped_messages += 1;
@@ -382,7 +338,7 @@ impl Keeper {
             }
             return true;
         }
-        let text = String::from_utf8_lossy(&payload[..n as usize]).into_owned();
+        let text = String::from_utf8_lossy(&payload).into_owned();
         self.apply(&text, fds);
         true
     }
