@@ -8,7 +8,7 @@
 //! after an outage, or under load, QUIC's first packets are often just
 //! slower): a session that lands on TCP probes QUIC in the background and
 //! moves onto it when it answers (see `back_to_quic.rs`). Only a QUIC
-//! probe that hears nothing for [`UDP_PROBE_TIME`] while TCP works marks UDP
+//! probe that hears nothing for `UDP_PROBE_TIME` while TCP works marks UDP
 //! as blocked on the way to this relay; QUIC is then left alone for a
 //! while — by this client, and by the next ones too — and tried again with
 //! backoff, from a few seconds after the first such judgement to ten

@@ -2,7 +2,7 @@
 //! ([`TransportChoice`]), what this client (and those before it) learned of
 //! UDP on the way to this relay, and whether the relay lets the session come
 //! back over QUIC at all. Pure: the [`super::connector`] acts on the
-//! [`Plan`].
+//! `Plan`.
 
 use super::udp_memory::{self, Blocked};
 use std::time::Instant;

@@ -7,7 +7,7 @@
 //! exchange with a timeout. The relay answers a hello through the
 //! connection ([`Connection::accept_new`], [`Connection::accept_resume`],
 //! [`Connection::refuse`]) and sends the answer with
-//! [`flush`](crate::link::flush).
+//! `link::flush`.
 
 pub use crate::proto::connection::NOT_A_CLIENT_NOTICE;
 

@@ -6,7 +6,7 @@
 //! Every attempt runs within the connect timeout, counted from the first.
 //! An attempt that failed — no answer, a connection that broke, or a
 //! refusal that may pass (the relay busy or restarting:
-//! [`refusal_may_pass`]) — is tried again after a jittered [`Backoff`]; the
+//! [`refusal_may_pass`]) — is tried again after a jittered `Backoff`; the
 //! last one starts [`LAST_ATTEMPT`] before the timeout at the latest, and
 //! none after. A refusal that will not pass ends the open at once.
 

@@ -205,7 +205,7 @@ impl RelayKey {
 
     /// The key of QUIC's stateless resets, derived from this key: every
     /// process of the relay has the same one, so a new one can end a
-    /// client's connection to the old one (see [`crate::transport::quic`]).
+    /// client's connection to the old one (see `transport::quic`).
     pub fn quic_reset_key(&self) -> [u8; 32] {
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.pkcs8_der());
         let tag = ring::hmac::sign(&key, b"resumeproxy QUIC stateless reset key");

@@ -198,7 +198,7 @@ pub fn channel_binding<D>(
 /// and completes the TLS handshake, all within `timeout`. A reconnect
 /// names the `instance` that holds its session, as SNI. With
 /// `max_segment`, TCP segments are at most that long both ways (see
-/// [`connect_tcp`]).
+/// `connect_tcp`).
 pub async fn connect(
     host: &str,
     port: u16,

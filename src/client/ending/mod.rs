@@ -8,7 +8,7 @@
 //! Ctrl-C, and ssh itself (SIGHUP when it exits) all end it this way.
 //!
 //! On the signal the client takes what ssh already wrote (the local input is
-//! read until it has nothing more to give, then ends: see [`LocalInput`]),
+//! read until it has nothing more to give, then ends: see `LocalInput`),
 //! ends its outgoing stream there, and gives the session [`END_WAIT`] to end
 //! by itself — sshd closes its side once it sees that end, and both streams
 //! finish as on any normal exit. If it has not by then, the client sends the

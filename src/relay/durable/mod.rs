@@ -8,7 +8,7 @@
 //! its client) lives in a `memfd` kept beside its sshd connection; what the
 //! worker read from and wrote to sshd is read back from the kernel's own
 //! counters ([`tcp_counters`]). A new worker finds all of it in
-//! `$LISTEN_FDS` and carries every session on ([`restore`]); its clients
+//! `$LISTEN_FDS` and carries every session on (`restore`); its clients
 //! resume as after a network break.
 //!
 //! [`Store`] is the relay's one handle on all this; an in-process relay (the

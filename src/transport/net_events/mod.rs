@@ -3,7 +3,7 @@
 //! Why: without it the client learns of a network change late. A link that
 //! goes down without losing its address is noticed only after
 //! `--dead-after`, an address that goes only at the next look
-//! ([`crate::transport::addresses::CHECK_INTERVAL`]), and a network that comes *back*
+//! (`addresses::CHECK_INTERVAL`), and a network that comes *back*
 //! (link up, a new address, a route) only when the reconnect backoff runs
 //! out, up to 2 s later. The kernel announces each of these on a
 //! `NETLINK_ROUTE` socket the moment it happens; [`NetWatcher`] listens
