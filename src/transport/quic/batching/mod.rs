@@ -5,7 +5,7 @@
 //! two such batches per turn of a connection's driver (one poll of its
 //! task). Sending the two with one call halves the calls and cuts the
 //! kernel's work per byte sent (raw 512 MiB–1 GiB streams on loopback:
-//! the sender's CPU 0.82–0.91 of ten per call, the receiver's 0.89–0.98;
+//! the sender's CPU 0.89–0.94 of ten per call, the receiver's 0.82–0.98;
 //! quinn itself patched to forty-four per call gained no more). So
 //! within a driver's turn a full batch (ten datagrams of one size) is held
 //! back, and the next one for the same peer, which usually follows at
