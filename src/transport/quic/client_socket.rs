@@ -12,6 +12,7 @@
 //! The error queue is read on Linux (`IP_RECVERR`); elsewhere only
 //! datagrams are heard.
 
+use super::batching::Batching;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -105,7 +106,7 @@ impl ClientSocket {
         #[cfg(target_os = "linux")]
         errors::enable(&socket);
         let runtime = quinn::TokioRuntime;
-        let inner = quinn::Runtime::wrap_udp_socket(&runtime, socket)?;
+        let inner = Batching::wrap(quinn::Runtime::wrap_udp_socket(&runtime, socket)?);
         Ok(ClientSocket { inner, fd, heard })
     }
 

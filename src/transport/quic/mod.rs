@@ -31,6 +31,7 @@
 //! never be sent again. The client's stack stays a moment to answer what
 //! the relay still sends with that close ([`CLIENT_LINGER`]).
 
+mod batching;
 mod client_socket;
 mod path;
 mod send_window;
@@ -46,6 +47,7 @@ use super::{ConnectError, QuicError, Transport, TransportKind};
 use crate::proto::fleet::InstanceName;
 use crate::proto::resume_auth::BINDING_LEN;
 use crate::proto::session::MAX_DEAD_AFTER;
+use batching::{Batching, BatchingRuntime};
 use client_socket::{ClientSocket, Heard};
 use path::QuicPath;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -204,10 +206,10 @@ pub fn server_endpoint(
     // reset amplifies (it is smaller than the packet that asked for it)
     // and only a packet with an id this relay signed gets one.
     endpoint_config.min_reset_interval(Duration::ZERO);
-    let runtime = Arc::new(quinn::TokioRuntime);
+    let runtime = Arc::new(BatchingRuntime);
     let reads = ReadStop::default();
     let socket = Arc::new(StoppableSocket {
-        inner: quinn::Runtime::wrap_udp_socket(&*runtime, socket)?,
+        inner: Batching::wrap(quinn::Runtime::wrap_udp_socket(&*runtime, socket)?),
         reads: reads.clone(),
     });
     let endpoint =
@@ -285,7 +287,7 @@ impl QuicClient {
             quinn::EndpointConfig::default(),
             None,
             Arc::new(socket),
-            Arc::new(quinn::TokioRuntime),
+            Arc::new(BatchingRuntime),
         )?;
         Ok(QuicClient { endpoint, heard })
     }
