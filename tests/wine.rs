@@ -107,34 +107,35 @@ fn wine() -> Command {
 /// client it asked had gone) and was not seen again in isolation; that
 /// one is killed after [`STEP`] and asked once more, and says so.
 fn status_under_wine(exe: &Path) -> Result<(bool, String, String)> {
-    for attempt in 1..=2 {
-        let mut child = wine()
-            .arg(exe)
-            .args(["status", "--json"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("start wine")?;
-        match support::process::wait_timeout(&mut child, STEP) {
-            Ok(exit) => {
-                let mut out = String::new();
-                let mut err = String::new();
-                if let Some(mut o) = child.stdout.take() {
-                    o.read_to_string(&mut out)?;
-                }
-                if let Some(mut e) = child.stderr.take() {
-                    e.read_to_string(&mut err)?;
-                }
-                return Ok((exit.success(), out, err));
-            }
-            Err(e) if attempt == 1 => {
-                eprintln!("status under wine, first attempt: {e:#}; asking again");
-            }
-            Err(e) => return Err(e.context("status under wine, asked twice")),
+    match status_once(exe) {
+        Err(e) => {
+            eprintln!("status under wine, first attempt: {e:#}; asking again");
+            status_once(exe).context("status under wine, asked twice")
         }
+        answered => answered,
     }
-    unreachable!("the second attempt returns")
+}
+
+/// One `resumeproxy.exe status --json` under Wine, killed after [`STEP`].
+fn status_once(exe: &Path) -> Result<(bool, String, String)> {
+    let mut child = wine()
+        .arg(exe)
+        .args(["status", "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("start wine")?;
+    let exit = support::process::wait_timeout(&mut child, STEP)?;
+    let mut out = String::new();
+    let mut err = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        o.read_to_string(&mut out)?;
+    }
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_string(&mut err)?;
+    }
+    Ok((exit.success(), out, err))
 }
 
 /// Whether `program --version` runs.
