@@ -1,4 +1,5 @@
-//! systemd's notify and file descriptor store protocol, the worker's side.
+//! systemd's notify and file descriptor store protocol: the worker's side,
+//! and the supervisor's receive ([`receive_notify`]).
 //!
 //! The worker tells its supervisor how it is (`READY=1`, `STATUS=…`) with a
 //! datagram to `$NOTIFY_SOCKET`, and hands it descriptors to keep
