@@ -7,7 +7,7 @@ use std::time::Duration;
 /// Default bound on unacknowledged bytes per direction.
 pub const DEFAULT_REPLAY_CAPACITY: usize = 8 * 1024 * 1024;
 /// Default bound on received bytes waiting for the local end to take them.
-pub const DEFAULT_DELIVER_CAPACITY: usize = 1024 * 1024;
+pub const DEFAULT_DELIVER_CAPACITY: usize = 512 * 1024;
 /// Default dead-peer interval: a transport silent this long is abandoned.
 pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(5);
 /// Shortest dead-peer interval accepted from a user or a peer.
