@@ -100,37 +100,19 @@ fn transfers_survive_three_worker_kills_and_an_upgrade() -> Result<()> {
 /// killed one.
 #[test]
 fn quic_clients_resume_over_quic_after_an_upgrade_and_a_kill() -> Result<()> {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::Write;
     let sshd = TestSshd::start()?;
     let relay = RelayProcess::start(sshd.port(), &[])?;
     let mut clients = Vec::new();
     for transport in ["quic", "auto"] {
         let flags = format!("--transport {transport} {CLIENT_FLAGS}");
         let proxy = proxy_command(relay.addr(), sshd.port(), &flags);
-        let command = sshd.ssh_command(Some(&proxy), "echo ready; exec cat");
-        let mut ssh = Watched::spawn(command, Stdio::piped(), Stdio::piped())?;
-        // The first line, then the rest, read as they come.
-        let stdout = ssh.child.stdout.take().context("ssh stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let _ = tx.send(line);
-            let mut rest = String::new();
-            let _ = reader.read_to_string(&mut rest);
-            let _ = tx.send(rest);
-        });
         // Logged in through the relay, the session open end to end: a
         // restart before the client heard that its session was open would
         // (rightly) make it open a new one instead of resuming.
-        let first = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
-        ensure!(
-            first == "ready\n",
-            "{transport}: the session did not start: {first:?}; stderr:\n{}",
-            ssh.stderr.text()
-        );
-        clients.push((ssh, rx));
+        let command = sshd.ssh_command(Some(&proxy), "echo ready; exec cat");
+        let (ssh, rest) = Watched::ready(command, Stdio::piped()).context(transport)?;
+        clients.push((ssh, rest));
     }
     for n in 1..=2 {
         let line = relay.wait_for_count("session started", n, Duration::from_secs(10))?;

@@ -10,11 +10,13 @@ use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The remote command of an idle session: says `ready`, then waits.
 pub const IDLE: &str = "echo ready; exec sleep 600";
+/// Longest wait for a session's `ready` ([`Watched::ready`]).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Lines of a child's stderr (or a relay's log), with a way to wait for
 /// one, and for the end of the pipe.
@@ -192,23 +194,34 @@ impl Watched {
     /// said `ready` (logged in, session open); its further output is read
     /// and dropped, as ssh's user would.
     pub fn idle(command: Command) -> Result<Watched> {
-        let mut ssh = Watched::spawn(command, Stdio::null(), Stdio::piped())?;
+        Ok(Watched::ready(command, Stdio::null())?.0)
+    }
+
+    /// Spawns an ssh `command` whose remote side first says `ready`, with
+    /// `stdin`, and returns once that line came through (logged in, the
+    /// session open end to end; at most [`READY_TIMEOUT`]), with the rest
+    /// of its output, delivered when ssh closes it.
+    pub fn ready(command: Command, stdin: Stdio) -> Result<(Watched, mpsc::Receiver<String>)> {
+        let mut ssh = Watched::spawn(command, stdin, Stdio::piped())?;
         let stdout = ssh.child.stdout.take().context("ssh stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (first_tx, first_rx) = mpsc::channel();
+        let (rest_tx, rest_rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stdout);
             let mut line = String::new();
             let _ = reader.read_line(&mut line);
-            let _ = tx.send(line);
-            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+            let _ = first_tx.send(line);
+            let mut rest = String::new();
+            let _ = reader.read_to_string(&mut rest);
+            let _ = rest_tx.send(rest);
         });
-        let first = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+        let first = first_rx.recv_timeout(READY_TIMEOUT).unwrap_or_default();
         anyhow::ensure!(
             first.trim() == "ready",
             "the session did not start: {first:?}; stderr:\n{}",
             ssh.stderr.text()
         );
-        Ok(ssh)
+        Ok((ssh, rest_rx))
     }
 
     /// Waits for it to exit, at most `timeout` (then kills it and fails).
